@@ -1,0 +1,454 @@
+//! The service configuration: one TOML file, every key with a documented default.
+//!
+//! `DEFAULT_TOML` is what `huddle --print-default-config` prints; a unit test keeps
+//! it equal to `Config::default()`, so the commented file and the code cannot drift.
+//! Unknown keys are errors (a typo must not silently fall back to a default).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::rooms::CoreConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {why}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: Http,
+    pub signalling: Signalling,
+    pub rooms: Rooms,
+    pub media: Media,
+    pub records: Records,
+    pub device: Device,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub listen: SocketAddr,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Signalling {
+    pub max_sessions: usize,
+    pub max_message_bytes: usize,
+    pub ping_interval_ms: u64,
+    pub ping_misses: u32,
+    pub rate_messages_per_sec: u32,
+    pub rate_burst: u32,
+    pub outbound_queue: usize,
+}
+
+impl Default for Signalling {
+    fn default() -> Self {
+        Signalling {
+            max_sessions: 256,
+            max_message_bytes: 262_144,
+            ping_interval_ms: 5_000,
+            ping_misses: 3,
+            rate_messages_per_sec: 50,
+            rate_burst: 200,
+            outbound_queue: 1_024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rooms {
+    pub idle_timeout_ms: u64,
+    pub max_participants: usize,
+    pub max_rooms: usize,
+    pub max_streams_per_participant: usize,
+    pub max_name_bytes: usize,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Rooms {
+            idle_timeout_ms: 60_000,
+            max_participants: 16,
+            max_rooms: 64,
+            max_streams_per_participant: 2,
+            max_name_bytes: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    pub udp_port: u16,
+    pub advertise_ips: Vec<IpAddr>,
+    pub ice_timeout_ms: u64,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Media {
+            udp_port: 20_000,
+            advertise_ips: Vec::new(),
+            ice_timeout_ms: 15_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Records {
+    pub dir: PathBuf,
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Records {
+            dir: PathBuf::from("records"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Device {
+    pub camera: String,
+    pub microphone: String,
+    pub login: String,
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device {
+            camera: "auto".into(),
+            microphone: "auto".into(),
+            login: "Room system".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub level: LogLevel,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: LogLevel::Info,
+        }
+    }
+}
+
+/// The complete default configuration, commented. Printed by
+/// `huddle --print-default-config`.
+pub const DEFAULT_TOML: &str = r#"# Huddle configuration. Every key is optional; the values below are the defaults.
+# Check a file with: huddle --check-config /etc/huddle/huddle.toml
+
+[http]
+# Address and port of the web app, the WebSocket signalling (Room API, upgrade on
+# any path) and the REST API (GET /health).
+listen = "0.0.0.0:8080"
+
+[signalling]
+# Concurrent WebSocket sessions; more are closed at once with code 1013.
+max_sessions = 256
+# Largest accepted WebSocket message, in bytes (SDP offers are 5-20 KB). A larger
+# one closes the session with code 1009.
+max_message_bytes = 262144
+# The server pings every session this often...
+ping_interval_ms = 5000
+# ...and closes a session that sends nothing for this many intervals.
+ping_misses = 3
+# Per-session message rate: sustained messages per second, and the burst allowed
+# above it. Messages over the limit are answered FAILED; a session that keeps going
+# (another burst's worth) is closed with code 1008.
+rate_messages_per_sec = 50
+rate_burst = 200
+# Messages queued toward one session; a client that does not read them is closed.
+outbound_queue = 1024
+
+[rooms]
+# A room whose last participant vanished without leaving (page refresh, lost
+# network) is kept this long for a rejoin, then finalized.
+idle_timeout_ms = 60000
+# Participants per room; a join beyond it fails with "Room is full".
+max_participants = 16
+# Rooms on this device (including rooms waiting out their idle timeout).
+max_rooms = 64
+# Streams one participant may publish in a room (camera + screen share).
+max_streams_per_participant = 2
+# Longest room name and login, in bytes of UTF-8.
+max_name_bytes = 256
+
+[media]
+# The one UDP port every WebRTC peer uses.
+udp_port = 20000
+# Addresses put into ICE candidates (1:1 NAT: list the public address). Empty: the
+# machine's non-loopback addresses plus 127.0.0.1.
+advertise_ips = []
+# A publish or play whose media path is not up after this long fails with
+# "Failed by ICE timeout".
+ice_timeout_ms = 15000
+
+[records]
+# Where stream and room recordings are written (relative to the working directory
+# unless absolute).
+dir = "records"
+
+[device]
+# The device's camera: a V4L2 device path such as "/dev/video0", "test-pattern",
+# "none", or "auto" (the first /dev/video* device, else the test pattern).
+camera = "auto"
+# The device's microphone: an ALSA PCM name such as "default" or "hw:1,0", "tone",
+# "none", or "auto" (the "default" PCM if a capture card exists, else the tone).
+microphone = "auto"
+# The device's participant name in the rooms.
+login = "Room system"
+
+[log]
+# error, warn, info, debug or trace. Under systemd logs go to the journal,
+# otherwise to stderr.
+level = "info"
+"#;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, why: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            why,
+        };
+        let at_least = |key: &'static str, value: u64, min: u64| {
+            if value < min {
+                Err(invalid(key, format!("must be at least {min}, got {value}")))
+            } else {
+                Ok(())
+            }
+        };
+        let s = &self.signalling;
+        at_least("signalling.max_sessions", s.max_sessions as u64, 1)?;
+        at_least(
+            "signalling.max_message_bytes",
+            s.max_message_bytes as u64,
+            4096,
+        )?;
+        if s.max_message_bytes > 16 << 20 {
+            return Err(invalid(
+                "signalling.max_message_bytes",
+                format!("must be at most {} (16 MiB)", 16 << 20),
+            ));
+        }
+        at_least("signalling.ping_interval_ms", s.ping_interval_ms, 100)?;
+        at_least("signalling.ping_misses", s.ping_misses.into(), 1)?;
+        at_least(
+            "signalling.rate_messages_per_sec",
+            s.rate_messages_per_sec.into(),
+            1,
+        )?;
+        at_least("signalling.rate_burst", s.rate_burst.into(), 1)?;
+        at_least("signalling.outbound_queue", s.outbound_queue as u64, 16)?;
+        let r = &self.rooms;
+        at_least("rooms.max_participants", r.max_participants as u64, 1)?;
+        at_least("rooms.max_rooms", r.max_rooms as u64, 1)?;
+        at_least(
+            "rooms.max_streams_per_participant",
+            r.max_streams_per_participant as u64,
+            1,
+        )?;
+        at_least("rooms.max_name_bytes", r.max_name_bytes as u64, 16)?;
+        at_least("media.ice_timeout_ms", self.media.ice_timeout_ms, 100)?;
+        if self.records.dir.as_os_str().is_empty() {
+            return Err(invalid("records.dir", "must not be empty".into()));
+        }
+        let d = &self.device;
+        if d.camera.is_empty() {
+            return Err(invalid(
+                "device.camera",
+                "must be a V4L2 device path, \"test-pattern\", \"auto\" or \"none\"".into(),
+            ));
+        }
+        if d.microphone.is_empty() {
+            return Err(invalid(
+                "device.microphone",
+                "must be an ALSA PCM name, \"tone\", \"auto\" or \"none\"".into(),
+            ));
+        }
+        if d.login.is_empty() || d.login.len() > r.max_name_bytes {
+            return Err(invalid(
+                "device.login",
+                format!("must be 1 to {} bytes", r.max_name_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The room core's view of this configuration.
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            idle_timeout: Duration::from_millis(self.rooms.idle_timeout_ms),
+            max_participants: self.rooms.max_participants,
+            max_rooms: self.rooms.max_rooms,
+            max_streams_per_participant: self.rooms.max_streams_per_participant,
+            max_sessions: self.signalling.max_sessions,
+            max_name_bytes: self.rooms.max_name_bytes,
+            ping_interval: Duration::from_millis(self.signalling.ping_interval_ms),
+            ping_misses: self.signalling.ping_misses,
+            rate_per_sec: self.signalling.rate_messages_per_sec,
+            rate_burst: self.signalling.rate_burst,
+            media_timeout: Duration::from_millis(self.media.ice_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn default_toml_is_the_default_config() {
+        assert_eq!(parse(DEFAULT_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_default_config() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn core_defaults_match_config_defaults() {
+        let core = Config::default().core();
+        let plain = CoreConfig::default();
+        assert_eq!(format!("{core:?}"), format!("{plain:?}"));
+    }
+
+    #[test]
+    fn product_contract_keys_exist() {
+        let c = parse(
+            r#"
+            [http]
+            listen = "127.0.0.1:9000"
+            [media]
+            udp_port = 30000
+            advertise_ips = ["127.0.0.1", "::1"]
+            [rooms]
+            idle_timeout_ms = 1000
+            max_participants = 3
+            [records]
+            dir = "/tmp/rec"
+            [device]
+            camera = "test-pattern"
+            microphone = "tone"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.port(), 9000);
+        assert_eq!(c.media.advertise_ips.len(), 2);
+        assert_eq!(c.rooms.max_participants, 3);
+        assert_eq!(c.device.camera, "test-pattern");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[rooms]\nmax_participant = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_participant"), "{e}");
+        let e = parse("[roms]\n").unwrap_err().to_string();
+        assert!(e.contains("roms"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_named() {
+        let e = parse("[http]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse("[media]\nadvertise_ips = [\"1.2.3\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("advertise_ips"), "{e}");
+        let e = parse("[rooms]\nmax_participants = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rooms.max_participants"), "{e}");
+        let e = parse("[log]\nlevel = \"loud\"\n").unwrap_err().to_string();
+        assert!(e.contains("loud"), "{e}");
+        let e = parse("[rooms]\nidle_timeout_ms = -5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idle_timeout_ms"), "{e}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Huddle: the media service of a meeting-room device.
+//!
+//! - `rooms`: the Sans-I/O room core (sessions, rooms, members, streams, chat).
+//! - `signalling`: the Flashphoner Room API wire format.
+//! - `server`: the I/O edge (HTTP, WebSocket sessions, the task driving the core).
+//! - `config`, `logging`: the system edge.
+
+pub mod config;
+pub mod logging;
+pub mod rooms;
+pub mod server;
+pub mod signalling;
+
+/// The version reported by `/health` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

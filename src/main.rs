@@ -1,0 +1,88 @@
+//! The `huddle` binary: command line, configuration, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, info};
+
+use huddle::config::{Config, DEFAULT_TOML};
+use huddle::server::Server;
+
+/// Huddle: the media service of a meeting-room device.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Run the service with this configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the complete default configuration, commented, and exit.
+    #[arg(long, conflicts_with_all = ["config", "check_config"])]
+    print_default_config: bool,
+    /// Validate a configuration file and exit (non-zero with the reason on errors).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{DEFAULT_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = cli.check_config {
+        return match Config::load(&path) {
+            Ok(_) => {
+                println!("{}: OK", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("huddle: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("huddle: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    huddle::logging::init(config.log.level.into());
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("huddle")
+        .build()?;
+    runtime.block_on(async {
+        info!("huddle {} starting", huddle::VERSION);
+        let server = Server::start(config).await?;
+        wait_for_signal().await?;
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

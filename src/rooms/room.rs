@@ -1,0 +1,57 @@
+//! A room: its members in join order and its lifecycle. Streams live in the
+//! stream registry (`stream.rs`) and point at their room by name.
+
+use std::time::Instant;
+
+use super::messages::SessionId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub login: String,
+    pub session: SessionId,
+}
+
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub name: String,
+    /// In join order, so STATE lists participants the way they arrived.
+    pub members: Vec<Member>,
+    /// The creator joined with `record: true`: the whole room is recorded.
+    pub record: bool,
+    /// Set when the last member vanished without leaving: the room is finalized
+    /// at this instant unless somebody joins first.
+    pub idle_deadline: Option<Instant>,
+}
+
+impl Room {
+    pub fn new(name: String, record: bool) -> Self {
+        Room {
+            name,
+            members: Vec::new(),
+            record,
+            idle_deadline: None,
+        }
+    }
+
+    pub fn has_session(&self, session: SessionId) -> bool {
+        self.members.iter().any(|m| m.session == session)
+    }
+
+    pub fn member_by_login(&self, login: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.login == login)
+    }
+
+    pub fn remove_session(&mut self, session: SessionId) -> Option<Member> {
+        let pos = self.members.iter().position(|m| m.session == session)?;
+        Some(self.members.remove(pos))
+    }
+
+    /// Sessions of every member except `except`.
+    pub fn others(&self, except: SessionId) -> Vec<SessionId> {
+        self.members
+            .iter()
+            .filter(|m| m.session != except)
+            .map(|m| m.session)
+            .collect()
+    }
+}

@@ -1,0 +1,1046 @@
+//! Room core tests with simulated time: every protocol race is a sequence of calls.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+struct Harness {
+    core: Core,
+    now: Instant,
+    /// Every output so far, for whole-run invariants.
+    log: Vec<Output>,
+    logins: HashMap<SessionId, String>,
+}
+
+impl Harness {
+    fn new(cfg: CoreConfig) -> Self {
+        Harness {
+            core: Core::new(cfg),
+            now: Instant::now(),
+            log: Vec::new(),
+            logins: HashMap::new(),
+        }
+    }
+
+    fn default() -> Self {
+        Self::new(CoreConfig::default())
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while let Some(o) = self.core.poll_output() {
+            out.push(o);
+        }
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    /// Opens a session and sends `connection` with this login.
+    fn connect(&mut self, id: SessionId, login: &str) {
+        self.core.connect(self.now, id);
+        self.core.command(
+            self.now,
+            id,
+            Command::Connect(ConnectInfo {
+                login: Some(login.into()),
+                ..Default::default()
+            }),
+        );
+        self.logins.insert(id, login.into());
+        let out = self.drain();
+        assert!(
+            matches!(&out[..], [Output::Send { session, message: ServerMessage::UserData(_) }] if *session == id),
+            "{out:?}"
+        );
+    }
+
+    fn cmd(&mut self, id: SessionId, c: Command) -> Vec<Output> {
+        self.core.command(self.now, id, c);
+        self.drain()
+    }
+
+    fn join(&mut self, id: SessionId, room: &str) -> Vec<Output> {
+        self.cmd(id, join(room))
+    }
+
+    fn leave(&mut self, id: SessionId, room: &str) -> Vec<Output> {
+        self.cmd(
+            id,
+            Command::Leave {
+                operation_id: format!("leave-{room}"),
+                room: room.into(),
+            },
+        )
+    }
+
+    fn media(&mut self, e: MediaEvent) -> Vec<Output> {
+        self.core.media_event(self.now, e);
+        self.drain()
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Output> {
+        self.now += d;
+        self.core.handle_timeout(self.now);
+        self.drain()
+    }
+
+    fn disconnect(&mut self, id: SessionId) -> Vec<Output> {
+        self.core.disconnect(self.now, id);
+        self.drain()
+    }
+
+    /// Publishes `name` in `room` for `id` and brings its media up.
+    fn publish_live(&mut self, id: SessionId, room: &str, msid: &str, name: &str) -> Vec<Output> {
+        let out = self.cmd(id, Command::Publish(req(msid, name, room)));
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Media(MediaRequest::Publish { stream, .. }) if stream == name)),
+            "{out:?}"
+        );
+        self.media(MediaEvent::Up {
+            session: id,
+            media_session_id: msid.into(),
+        })
+    }
+
+    /// ROOM_PROTOCOL §7.2 and §9.5 over everything that was sent: STATE is the first
+    /// event of a room for its receiver, and no event is about the receiver.
+    fn check_invariants(&self) {
+        let mut seen_state: HashMap<(SessionId, String), bool> = HashMap::new();
+        for o in &self.log {
+            let Output::Send {
+                session,
+                message: ServerMessage::Room { room, event },
+            } = o
+            else {
+                continue;
+            };
+            let key = (*session, room.clone());
+            if matches!(event, RoomEvent::State(_)) {
+                seen_state.insert(key, true);
+            } else {
+                assert!(
+                    seen_state.contains_key(&key),
+                    "session {session} got {event:?} in '{room}' before STATE"
+                );
+            }
+            let me = self.logins.get(session).cloned().unwrap_or_default();
+            let about = match event {
+                RoomEvent::Joined(l) | RoomEvent::Left(l) => Some(l),
+                RoomEvent::Published { login, .. }
+                | RoomEvent::Unpublished { login, .. }
+                | RoomEvent::Failed { login, .. } => Some(login),
+                RoomEvent::Message { from, .. } => Some(from),
+                RoomEvent::State(entries) => {
+                    for e in entries {
+                        let l = match e {
+                            StateEntry::Participant(l) => l,
+                            StateEntry::Stream { login, .. } => login,
+                        };
+                        assert_ne!(l, &me, "STATE lists the receiver itself");
+                    }
+                    None
+                }
+            };
+            assert_ne!(about, Some(&me), "event about the receiver: {event:?}");
+        }
+    }
+}
+
+fn join(room: &str) -> Command {
+    Command::Join {
+        operation_id: format!("join-{room}"),
+        room: room.into(),
+        record: false,
+    }
+}
+
+fn req(msid: &str, name: &str, room: &str) -> StreamRequest {
+    StreamRequest {
+        media_session_id: msid.into(),
+        name: name.into(),
+        room: Some(room.into()),
+        sdp: "v=0\r\n".into(),
+        has_audio: true,
+        has_video: true,
+        record: false,
+    }
+}
+
+/// The messages sent to one session, in order.
+fn to(out: &[Output], id: SessionId) -> Vec<ServerMessage> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { session, message } if *session == id => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(out: &[Output], id: SessionId) -> Vec<RoomEvent> {
+    to(out, id)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Room { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+fn accepted(op: &str) -> ServerMessage {
+    ServerMessage::DataStatus {
+        operation_id: op.into(),
+        result: Ok(()),
+    }
+}
+
+fn failed(op: &str, info: &str) -> ServerMessage {
+    ServerMessage::DataStatus {
+        operation_id: op.into(),
+        result: Err(info.into()),
+    }
+}
+
+fn statuses(out: &[Output], id: SessionId) -> Vec<(StreamState, String)> {
+    to(out, id)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::StreamStatus(s) => Some((s.status, s.info)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finalized(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::RoomFinalized { room, .. } => Some(room.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connection_gets_exactly_one_user_data() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    let out = h.cmd(1, Command::Connect(ConnectInfo::default()));
+    assert!(
+        matches!(&to(&out, 1)[..], [ServerMessage::Fail { .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn commands_before_connection_are_refused() {
+    let mut h = Harness::default();
+    h.core.connect(h.now, 1);
+    let out = h.join(1, "r");
+    assert_eq!(to(&out, 1), vec![failed("join-r", NOT_CONNECTED)]);
+    let out = h.cmd(1, Command::Publish(req("m", "r-a-1", "r")));
+    assert_eq!(statuses(&out, 1)[0].0, StreamState::Failed);
+}
+
+#[test]
+fn three_participant_flow() {
+    let mut h = Harness::default();
+    for (id, login) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        h.connect(id, login);
+    }
+    let out = h.join(1, "r");
+    assert_eq!(
+        to(&out, 1),
+        vec![
+            accepted("join-r"),
+            ServerMessage::Room {
+                room: "r".into(),
+                event: RoomEvent::State(vec![])
+            }
+        ]
+    );
+    let out = h.join(2, "r");
+    assert_eq!(to(&out, 2)[0], accepted("join-r"));
+    assert_eq!(
+        events(&out, 2),
+        vec![RoomEvent::State(vec![StateEntry::Participant(
+            "alice".into()
+        )])]
+    );
+    assert_eq!(events(&out, 1), vec![RoomEvent::Joined("bob".into())]);
+
+    h.publish_live(1, "r", "m-a", "r-alice-1a2b");
+    let out = h.join(3, "r");
+    assert_eq!(
+        events(&out, 3),
+        vec![RoomEvent::State(vec![
+            StateEntry::Stream {
+                login: "alice".into(),
+                name: "r-alice-1a2b".into()
+            },
+            StateEntry::Participant("bob".into()),
+        ])]
+    );
+    assert_eq!(events(&out, 1), vec![RoomEvent::Joined("carol".into())]);
+    assert_eq!(events(&out, 2), vec![RoomEvent::Joined("carol".into())]);
+
+    let out = h.cmd(
+        2,
+        Command::SendMessage {
+            operation_id: "m1".into(),
+            room: "r".into(),
+            to: Some("carol".into()),
+            text: "Привет, 世界 👋\n<b>&amp;</b> \\u0041".into(),
+        },
+    );
+    assert_eq!(
+        events(&out, 3),
+        vec![RoomEvent::Message {
+            from: "bob".into(),
+            text: "Привет, 世界 👋\n<b>&amp;</b> \\u0041".into()
+        }]
+    );
+    assert!(events(&out, 1).is_empty(), "message only to its addressee");
+    assert_eq!(to(&out, 2), vec![accepted("m1")]);
+
+    let out = h.leave(2, "r");
+    assert_eq!(to(&out, 2), vec![accepted("leave-r")]);
+    assert_eq!(events(&out, 1), vec![RoomEvent::Left("bob".into())]);
+    assert_eq!(events(&out, 3), vec![RoomEvent::Left("bob".into())]);
+    h.check_invariants();
+}
+
+#[test]
+fn chat_without_recipient_goes_to_every_other_member() {
+    let mut h = Harness::default();
+    h.connect(1, "a");
+    h.connect(2, "b");
+    h.connect(3, "c");
+    for id in 1..=3 {
+        h.join(id, "r");
+    }
+    let out = h.cmd(
+        1,
+        Command::SendMessage {
+            operation_id: "x".into(),
+            room: "r".into(),
+            to: None,
+            text: "hi".into(),
+        },
+    );
+    assert_eq!(events(&out, 2).len(), 1);
+    assert_eq!(events(&out, 3).len(), 1);
+    assert!(events(&out, 1).is_empty());
+    let out = h.cmd(
+        1,
+        Command::SendMessage {
+            operation_id: "y".into(),
+            room: "r".into(),
+            to: Some("nobody".into()),
+            text: "hi".into(),
+        },
+    );
+    assert_eq!(
+        to(&out, 1),
+        vec![failed("y", "Participant not found: 'nobody'")]
+    );
+    let out = h.cmd(
+        1,
+        Command::SendMessage {
+            operation_id: "z".into(),
+            room: "elsewhere".into(),
+            to: Some("b".into()),
+            text: "hi".into(),
+        },
+    );
+    assert_eq!(
+        to(&out, 1),
+        vec![failed("z", "Not a member of room 'elsewhere'")]
+    );
+    h.check_invariants();
+}
+
+#[test]
+fn leave_then_join_always_succeeds() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    for i in 0..200 {
+        // 40 messages per second: inside the default rate limit.
+        h.now += Duration::from_millis(50);
+        let out = h.leave(2, "r");
+        assert_eq!(to(&out, 2), vec![accepted("leave-r")], "cycle {i}");
+        let out = h.join(2, "r");
+        assert_eq!(to(&out, 2)[0], accepted("join-r"), "cycle {i}");
+        assert_eq!(events(&out, 1), vec![RoomEvent::Joined("bob".into())]);
+    }
+    h.check_invariants();
+}
+
+#[test]
+fn duplicate_login_is_refused_while_the_other_session_lives() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "alice");
+    h.join(1, "r");
+    let out = h.join(2, "r");
+    assert_eq!(
+        to(&out, 2),
+        vec![failed("join-r", "Room already has user with such login")]
+    );
+    h.disconnect(1);
+    let out = h.join(2, "r");
+    assert_eq!(to(&out, 2)[0], accepted("join-r"));
+}
+
+#[test]
+fn rejoining_a_room_from_the_same_session_sends_one_fresh_state() {
+    let mut h = Harness::default();
+    h.connect(1, "a");
+    h.connect(2, "b");
+    h.join(1, "r");
+    h.join(2, "r");
+    let out = h.join(2, "r");
+    assert_eq!(
+        events(&out, 2),
+        vec![RoomEvent::State(vec![StateEntry::Participant("a".into())])]
+    );
+    assert!(events(&out, 1).is_empty(), "no second JOINED");
+    assert_eq!(h.core.stats().participants, 2);
+}
+
+#[test]
+fn participant_and_room_limits() {
+    let mut h = Harness::new(CoreConfig {
+        max_participants: 2,
+        max_rooms: 1,
+        ..CoreConfig::default()
+    });
+    for (id, l) in [(1, "a"), (2, "b"), (3, "c")] {
+        h.connect(id, l);
+    }
+    h.join(1, "r");
+    h.join(2, "r");
+    let out = h.join(3, "r");
+    assert_eq!(
+        to(&out, 3),
+        vec![failed("join-r", "Room is full: at most 2 participants")]
+    );
+    let out = h.join(3, "other");
+    assert_eq!(
+        to(&out, 3),
+        vec![failed(
+            "join-other",
+            "Too many rooms on this device: at most 1"
+        )]
+    );
+}
+
+#[test]
+fn names_are_checked() {
+    let mut h = Harness::new(CoreConfig {
+        max_name_bytes: 16,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "a");
+    let out = h.join(1, "");
+    assert_eq!(to(&out, 1), vec![failed("join-", "Room name is required")]);
+    let long = "я".repeat(9); // 18 bytes
+    let out = h.join(1, &long);
+    assert_eq!(
+        to(&out, 1),
+        vec![failed(
+            &format!("join-{long}"),
+            "Room name is too long: at most 16 bytes"
+        )]
+    );
+    h.connect(2, "");
+    let out = h.join(2, "r");
+    assert_eq!(
+        to(&out, 2),
+        vec![failed(
+            "join-r",
+            "Login is required: connect with custom.login"
+        )]
+    );
+}
+
+#[test]
+fn last_member_leaving_finalizes_the_room_at_once() {
+    let mut h = Harness::default();
+    h.connect(1, "a");
+    h.join(1, "r");
+    let out = h.leave(1, "r");
+    assert_eq!(finalized(&out), vec!["r".to_string()]);
+    assert_eq!(h.core.stats().rooms, 0);
+}
+
+#[test]
+fn vanished_last_member_keeps_the_room_for_the_idle_timeout() {
+    let mut h = Harness::new(CoreConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..CoreConfig::default()
+    });
+    h.connect(1, "a");
+    h.join(1, "r");
+    let out = h.disconnect(1);
+    assert!(finalized(&out).is_empty());
+    assert_eq!(h.core.stats().rooms, 1);
+    // Pings and timers of other sessions do not finalize it early.
+    let out = h.advance(Duration::from_millis(59_999));
+    assert!(finalized(&out).is_empty());
+    let out = h.advance(Duration::from_millis(1));
+    assert_eq!(finalized(&out), vec!["r".to_string()]);
+    assert_eq!(h.core.stats().rooms, 0);
+}
+
+#[test]
+fn rejoin_within_the_idle_timeout_finds_the_room() {
+    let mut h = Harness::new(CoreConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..CoreConfig::default()
+    });
+    h.connect(1, "a");
+    h.cmd(
+        1,
+        Command::Join {
+            operation_id: "j".into(),
+            room: "r".into(),
+            record: true,
+        },
+    );
+    h.disconnect(1);
+    h.advance(Duration::from_secs(30));
+    h.connect(2, "a");
+    let out = h.join(2, "r");
+    assert_eq!(events(&out, 2), vec![RoomEvent::State(vec![])]);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::RoomCreated { .. })),
+        "the same room, not a new one"
+    );
+    // The idle deadline is cancelled by the rejoin.
+    for _ in 0..24 {
+        let out = h.advance(Duration::from_secs(5));
+        assert!(finalized(&out).is_empty());
+        h.cmd(2, Command::Pong);
+    }
+    let out = h.leave(2, "r");
+    assert_eq!(
+        out.iter()
+            .filter_map(|o| match o {
+                Output::RoomFinalized { room, record } => Some((room.clone(), *record)),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        vec![("r".to_string(), true)],
+        "the room keeps the creator's record flag"
+    );
+}
+
+#[test]
+fn pings_and_ping_timeout() {
+    let mut h = Harness::new(CoreConfig {
+        ping_interval: Duration::from_secs(5),
+        ping_misses: 3,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "quiet");
+    h.connect(2, "chatty");
+    h.join(1, "r");
+    h.join(2, "r");
+    for _ in 0..2 {
+        let out = h.advance(Duration::from_secs(5));
+        assert!(to(&out, 1).contains(&ServerMessage::Ping));
+        assert!(to(&out, 2).contains(&ServerMessage::Ping));
+        h.cmd(2, Command::Pong);
+    }
+    let out = h.advance(Duration::from_secs(5));
+    assert!(
+        out.contains(&Output::Close {
+            session: 1,
+            reason: CloseReason::PingTimeout
+        }),
+        "{out:?}"
+    );
+    assert_eq!(events(&out, 2), vec![RoomEvent::Left("quiet".into())]);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Close { session: 2, .. })));
+    // The dead session's login is free again.
+    h.connect(3, "quiet");
+    let out = h.join(3, "r");
+    assert_eq!(to(&out, 3)[0], accepted("join-r"));
+    h.check_invariants();
+}
+
+#[test]
+fn poll_timeout_points_at_the_next_ping() {
+    let mut h = Harness::default();
+    assert_eq!(h.core.poll_timeout(), None);
+    h.connect(1, "a");
+    assert_eq!(h.core.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+}
+
+#[test]
+fn message_flood_is_refused_then_closed() {
+    let mut h = Harness::new(CoreConfig {
+        rate_per_sec: 10,
+        rate_burst: 20,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "flood");
+    h.connect(2, "calm");
+    h.join(2, "r");
+    let mut accepted_n = 0;
+    let mut rejected_n = 0;
+    let mut closed = false;
+    for i in 0..100 {
+        let out = h.cmd(1, join(&format!("x{i}")));
+        if out.contains(&Output::Close {
+            session: 1,
+            reason: CloseReason::Flood,
+        }) {
+            closed = true;
+            break;
+        }
+        match to(&out, 1).first() {
+            Some(ServerMessage::DataStatus { result: Ok(()), .. }) => accepted_n += 1,
+            Some(ServerMessage::DataStatus { result: Err(e), .. }) => {
+                assert!(e.starts_with("Too many requests"), "{e}");
+                rejected_n += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // One token was spent on the connection message.
+    assert_eq!(accepted_n, 19);
+    assert_eq!(rejected_n, 20);
+    assert!(closed);
+    // Everyone else carries on.
+    h.connect(3, "other");
+    let out = h.join(3, "r");
+    assert_eq!(to(&out, 3)[0], accepted("join-r"));
+    // Pongs never count against the limit.
+    for _ in 0..1000 {
+        assert!(h.cmd(3, Command::Pong).is_empty());
+    }
+}
+
+#[test]
+fn session_limit_closes_new_sockets() {
+    let mut h = Harness::new(CoreConfig {
+        max_sessions: 2,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "a");
+    h.connect(2, "b");
+    h.core.connect(h.now, 3);
+    assert_eq!(
+        h.drain(),
+        vec![Output::Close {
+            session: 3,
+            reason: CloseReason::TooManySessions
+        }]
+    );
+}
+
+#[test]
+fn publish_is_validated_against_room_and_name_rules() {
+    let mut h = Harness::new(CoreConfig {
+        max_streams_per_participant: 1,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "room-1");
+    h.join(2, "room-1");
+    let cases = [
+        (
+            req("m1", "room-1-alice-1", "other"),
+            "Restricted access: not a member of room 'other'",
+        ),
+        (
+            req("m1", "room-1-bob-1", "room-1"),
+            "Stream name must start with 'room-1-alice-'",
+        ),
+        (
+            req("m1", "room-1-alicex", "room-1"),
+            "Stream name must start with 'room-1-alice-'",
+        ),
+        (
+            req("", "room-1-alice-1", "room-1"),
+            "mediaSessionId is required",
+        ),
+    ];
+    for (r, info) in cases {
+        let out = h.cmd(1, Command::Publish(r));
+        assert_eq!(
+            statuses(&out, 1),
+            vec![(StreamState::Failed, info.to_string())]
+        );
+    }
+    let mut no_room = req("m1", "room-1-alice-1", "room-1");
+    no_room.room = None;
+    let out = h.cmd(1, Command::Publish(no_room));
+    assert!(statuses(&out, 1)[0].1.starts_with("Restricted access"));
+
+    // Room names with '-' and the old "<room>-<login>" form both work.
+    h.publish_live(1, "room-1", "m1", "room-1-alice");
+    let out = h.cmd(1, Command::Publish(req("m1", "room-1-alice-2", "room-1")));
+    assert_eq!(statuses(&out, 1)[0].1, "MediaSessionId is already in use");
+    let out = h.cmd(1, Command::Publish(req("m2", "room-1-alice-2", "room-1")));
+    assert_eq!(
+        statuses(&out, 1)[0].1,
+        "Too many streams: at most 1 per participant"
+    );
+    // Names are unique server-wide.
+    h.connect(3, "alice");
+    h.join(3, "room");
+    let out = h.cmd(3, Command::Publish(req("m9", "room-1-alice", "room")));
+    assert_eq!(
+        statuses(&out, 3)[0].1,
+        "Stream name must start with 'room-alice-'"
+    );
+}
+
+#[test]
+fn publish_play_unpublish_cascade() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.connect(3, "carol");
+    for id in 1..=3 {
+        h.join(id, "r");
+    }
+    let out = h.cmd(1, Command::Publish(req("pa", "r-alice-1", "r")));
+    assert!(
+        statuses(&out, 1).is_empty(),
+        "no status before the media path is up"
+    );
+    assert!(
+        events(&out, 2).is_empty(),
+        "no PUBLISHED before the media path is up"
+    );
+    let out = h.media(MediaEvent::Answer {
+        session: 1,
+        media_session_id: "pa".into(),
+        sdp: "answer".into(),
+    });
+    assert_eq!(
+        to(&out, 1),
+        vec![ServerMessage::RemoteSdp {
+            media_session_id: "pa".into(),
+            sdp: "answer".into()
+        }]
+    );
+    // Playing a stream that is not up yet fails.
+    let out = h.cmd(2, Command::Play(req("early", "r-alice-1", "r")));
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(StreamState::Failed, "Stream not found".into())]
+    );
+
+    let out = h.media(MediaEvent::Up {
+        session: 1,
+        media_session_id: "pa".into(),
+    });
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(StreamState::Publishing, String::new())]
+    );
+    let published = RoomEvent::Published {
+        login: "alice".into(),
+        name: "r-alice-1".into(),
+    };
+    assert_eq!(events(&out, 2), vec![published.clone()]);
+    assert_eq!(events(&out, 3), vec![published]);
+
+    // bob plays twice in one session, alice plays her own stream.
+    for (id, msid) in [(2, "pb1"), (2, "pb2"), (1, "self")] {
+        let out = h.cmd(id, Command::Play(req(msid, "r-alice-1", "r")));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Media(MediaRequest::Play { media_session_id, .. }) if media_session_id == msid)));
+        let out = h.media(MediaEvent::Up {
+            session: id,
+            media_session_id: msid.into(),
+        });
+        assert_eq!(
+            statuses(&out, id),
+            vec![(StreamState::Playing, String::new())]
+        );
+    }
+    assert_eq!(h.core.stats().players, 3);
+
+    let out = h.cmd(2, Command::Play(req("pb3", "r-nobody-1", "r")));
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(StreamState::Failed, "Stream not found".into())]
+    );
+
+    let out = h.cmd(
+        1,
+        Command::Unpublish(StreamRef {
+            media_session_id: "pa".into(),
+            name: None,
+        }),
+    );
+    assert_eq!(
+        statuses(&out, 1),
+        vec![
+            (StreamState::Stopped, "Stopped by publisher stop".into()),
+            (StreamState::Unpublished, String::new())
+        ]
+    );
+    assert_eq!(
+        statuses(&out, 2),
+        vec![
+            (StreamState::Stopped, "Stopped by publisher stop".into()),
+            (StreamState::Stopped, "Stopped by publisher stop".into())
+        ]
+    );
+    assert_eq!(
+        events(&out, 3),
+        vec![RoomEvent::Unpublished {
+            login: "alice".into(),
+            name: "r-alice-1".into()
+        }]
+    );
+    let closes = out
+        .iter()
+        .filter(|o| matches!(o, Output::Media(MediaRequest::Close { .. })))
+        .count();
+    assert_eq!(closes, 4, "the publisher and three players are released");
+    assert_eq!(h.core.stats().streams, 0);
+    assert_eq!(h.core.stats().players, 0);
+
+    // Stops are idempotent: a terminal status echoing the id.
+    let out = h.cmd(
+        1,
+        Command::Unpublish(StreamRef {
+            media_session_id: "pa".into(),
+            name: Some("r-alice-1".into()),
+        }),
+    );
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(StreamState::Unpublished, String::new())]
+    );
+    let out = h.cmd(
+        2,
+        Command::Stop(StreamRef {
+            media_session_id: "pb1".into(),
+            name: None,
+        }),
+    );
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(StreamState::Stopped, String::new())]
+    );
+    h.check_invariants();
+}
+
+#[test]
+fn leave_ends_streams_before_left_and_before_the_ack() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    h.publish_live(2, "r", "pb", "r-bob-1");
+    h.cmd(1, Command::Play(req("pa", "r-bob-1", "r")));
+    h.media(MediaEvent::Up {
+        session: 1,
+        media_session_id: "pa".into(),
+    });
+    let out = h.leave(2, "r");
+    let bob = to(&out, 2);
+    assert!(
+        matches!(&bob[0], ServerMessage::StreamStatus(s) if s.status == StreamState::Unpublished)
+    );
+    assert_eq!(bob.last(), Some(&accepted("leave-r")));
+    let alice = to(&out, 1);
+    assert!(
+        matches!(&alice[0], ServerMessage::StreamStatus(s) if s.status == StreamState::Stopped)
+    );
+    assert_eq!(
+        events(&out, 1),
+        vec![
+            RoomEvent::Unpublished {
+                login: "bob".into(),
+                name: "r-bob-1".into()
+            },
+            RoomEvent::Left("bob".into())
+        ]
+    );
+    // The ACK comes after everything else the leave caused.
+    let last_send = out
+        .iter()
+        .rev()
+        .find(|o| matches!(o, Output::Send { .. }))
+        .cloned();
+    assert_eq!(
+        last_send,
+        Some(Output::Send {
+            session: 2,
+            message: accepted("leave-r")
+        })
+    );
+    h.check_invariants();
+}
+
+#[test]
+fn disconnect_cleans_up_streams_and_membership() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    h.publish_live(2, "r", "pb", "r-bob-1");
+    h.cmd(1, Command::Play(req("pa", "r-bob-1", "r")));
+    h.media(MediaEvent::Up {
+        session: 1,
+        media_session_id: "pa".into(),
+    });
+    h.cmd(2, Command::Play(req("pself", "r-bob-1", "r")));
+    let out = h.disconnect(2);
+    assert!(to(&out, 2).is_empty(), "nothing is sent to a gone session");
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(StreamState::Stopped, "Stopped by publisher stop".into())]
+    );
+    assert_eq!(
+        events(&out, 1),
+        vec![
+            RoomEvent::Failed {
+                login: "bob".into(),
+                name: "r-bob-1".into()
+            },
+            RoomEvent::Left("bob".into())
+        ]
+    );
+    assert_eq!(
+        h.core.stats(),
+        Stats {
+            sessions: 1,
+            rooms: 1,
+            participants: 1,
+            streams: 0,
+            players: 0
+        }
+    );
+    h.check_invariants();
+}
+
+#[test]
+fn media_that_never_comes_up_fails_in_bounded_time() {
+    let mut h = Harness::new(CoreConfig {
+        media_timeout: Duration::from_secs(15),
+        ping_interval: Duration::from_secs(60),
+        ..CoreConfig::default()
+    });
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    h.publish_live(1, "r", "pa", "r-alice-1");
+    h.cmd(1, Command::Publish(req("pa2", "r-alice-2", "r")));
+    h.cmd(2, Command::Play(req("pb", "r-alice-1", "r")));
+    let out = h.advance(Duration::from_millis(14_999));
+    assert!(statuses(&out, 1).is_empty() && statuses(&out, 2).is_empty());
+    let out = h.advance(Duration::from_millis(1));
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(StreamState::Failed, "Failed by ICE timeout".into())]
+    );
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(StreamState::Failed, "Failed by ICE timeout".into())]
+    );
+    assert!(
+        events(&out, 2).is_empty(),
+        "a stream that never went live is not announced"
+    );
+    assert_eq!(h.core.stats().streams, 1);
+}
+
+#[test]
+fn media_failure_of_a_live_stream_is_announced() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    h.publish_live(1, "r", "pa", "r-alice-1");
+    let out = h.media(MediaEvent::Failed {
+        session: 1,
+        media_session_id: "pa".into(),
+        info: "Failed by DTLS error".into(),
+    });
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(StreamState::Failed, "Failed by DTLS error".into())]
+    );
+    assert_eq!(
+        events(&out, 2),
+        vec![RoomEvent::Failed {
+            login: "alice".into(),
+            name: "r-alice-1".into()
+        }]
+    );
+    // The name is free for a new publish.
+    let out = h.publish_live(1, "r", "pa2", "r-alice-1");
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(StreamState::Publishing, String::new())]
+    );
+}
+
+#[test]
+fn play_requires_membership() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "eve");
+    h.join(1, "r");
+    h.publish_live(1, "r", "pa", "r-alice-1");
+    let mut r = req("pe", "r-alice-1", "r");
+    r.room = None;
+    let out = h.cmd(2, Command::Play(r));
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(
+            StreamState::Failed,
+            "Restricted access: not a member of room 'r'".into()
+        )]
+    );
+}
+
+#[test]
+fn shutdown_closes_sessions_and_finalizes_rooms() {
+    let mut h = Harness::default();
+    h.connect(1, "a");
+    h.connect(2, "b");
+    h.join(1, "r1");
+    h.join(2, "r2");
+    h.publish_live(1, "r1", "pa", "r1-a-1");
+    h.core.shutdown(h.now);
+    let out = h.drain();
+    let mut closed: Vec<SessionId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Close {
+                session,
+                reason: CloseReason::Shutdown,
+            } => Some(*session),
+            _ => None,
+        })
+        .collect();
+    closed.sort_unstable();
+    assert_eq!(closed, vec![1, 2]);
+    assert_eq!(finalized(&out), vec!["r1".to_string(), "r2".to_string()]);
+    assert!(out.contains(&Output::Media(MediaRequest::Close {
+        session: 1,
+        media_session_id: "pa".into()
+    })));
+    assert_eq!(h.core.stats(), Stats::default());
+}

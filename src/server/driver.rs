@@ -1,0 +1,163 @@
+//! The task that owns the room core: it feeds the core session commands and timer
+//! ticks in arrival order and carries the core's outputs to session sockets.
+//!
+//! Sends toward sessions never wait: each session has a bounded queue, and a
+//! session whose queue is full is closed as too slow instead of stalling everyone.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::rooms::{
+    CloseReason, Command, Core, MediaEvent, MediaRequest, Output, ServerMessage, SessionId, Stats,
+};
+
+/// What session tasks tell the room core.
+#[derive(Debug)]
+pub enum ToCore {
+    Connect {
+        session: SessionId,
+        outbound: mpsc::Sender<ServerMessage>,
+        close: oneshot::Sender<CloseReason>,
+    },
+    Command {
+        session: SessionId,
+        command: Command,
+    },
+    Disconnect {
+        session: SessionId,
+    },
+    Shutdown,
+}
+
+struct SessionHandle {
+    outbound: mpsc::Sender<ServerMessage>,
+    close: oneshot::Sender<CloseReason>,
+}
+
+/// Until the SFU lands, every publish and play ends here, honestly.
+const NO_MEDIA: &str = "WebRTC media is not available in this version of Huddle";
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+pub(crate) async fn run(
+    mut core: Core,
+    mut inbox: mpsc::Receiver<ToCore>,
+    stats: watch::Sender<Stats>,
+) {
+    let mut sessions: HashMap<SessionId, SessionHandle> = HashMap::new();
+    loop {
+        let deadline = core.poll_timeout();
+        let message = tokio::select! {
+            m = inbox.recv() => m,
+            _ = sleep_until(deadline) => {
+                core.handle_timeout(now());
+                drain(&mut core, &mut sessions);
+                publish_stats(&core, &stats);
+                continue;
+            }
+        };
+        let Some(message) = message else { break };
+        let stop = matches!(message, ToCore::Shutdown);
+        match message {
+            ToCore::Connect {
+                session,
+                outbound,
+                close,
+            } => {
+                sessions.insert(session, SessionHandle { outbound, close });
+                core.connect(now(), session);
+            }
+            ToCore::Command { session, command } => core.command(now(), session, command),
+            ToCore::Disconnect { session } => {
+                sessions.remove(&session);
+                core.disconnect(now(), session);
+            }
+            ToCore::Shutdown => core.shutdown(now()),
+        }
+        drain(&mut core, &mut sessions);
+        publish_stats(&core, &stats);
+        if stop {
+            break;
+        }
+    }
+    // Whatever is left (sessions that raced with shutdown) is closed too.
+    for (_, handle) in sessions.drain() {
+        let _ = handle.close.send(CloseReason::Shutdown);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn publish_stats(core: &Core, stats: &watch::Sender<Stats>) {
+    let now = core.stats();
+    stats.send_if_modified(|s| {
+        let changed = *s != now;
+        *s = now;
+        changed
+    });
+}
+
+/// Carries out every output of the core, including the ones produced by reacting
+/// to earlier outputs (a full queue disconnects its session; media has no engine).
+fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>) {
+    while let Some(output) = core.poll_output() {
+        match output {
+            Output::Send { session, message } => {
+                let Some(handle) = sessions.get(&session) else {
+                    continue;
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = handle.outbound.try_send(message) {
+                    warn!("session {session}: outbound queue full, closing");
+                    if let Some(h) = sessions.remove(&session) {
+                        let _ = h.close.send(CloseReason::TooSlow);
+                    }
+                    core.disconnect(now(), session);
+                }
+            }
+            Output::Close { session, reason } => {
+                if let Some(h) = sessions.remove(&session) {
+                    let _ = h.close.send(reason);
+                }
+            }
+            Output::Media(request) => {
+                if let Some(event) = no_media(request) {
+                    core.media_event(now(), event);
+                }
+            }
+            Output::RoomCreated { room } => debug!("room '{room}': created"),
+            Output::RoomFinalized { room, record } => {
+                info!("room '{room}': finalized (room recording requested: {record})");
+            }
+        }
+    }
+}
+
+fn no_media(request: MediaRequest) -> Option<MediaEvent> {
+    match request {
+        MediaRequest::Publish {
+            session,
+            media_session_id,
+            ..
+        }
+        | MediaRequest::Play {
+            session,
+            media_session_id,
+            ..
+        } => Some(MediaEvent::Failed {
+            session,
+            media_session_id,
+            info: NO_MEDIA.into(),
+        }),
+        MediaRequest::Close { .. } => None,
+    }
+}

@@ -1,0 +1,128 @@
+//! The I/O edge of the service: the HTTP listener (web page, `/health`, WebSocket
+//! upgrade), one task per WebSocket session, and the task that owns the room core.
+//!
+//! Shutdown follows mini-redis: a watch channel tells every task to stop, the room
+//! core closes every session and finalizes every room, and each session task holds
+//! a clone of `alive` so `shutdown` can wait until every socket got its close frame.
+
+mod driver;
+mod http;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{info, warn};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::rooms::{Core, Stats};
+
+pub use driver::ToCore;
+
+/// How long `shutdown` waits for session sockets to flush their close frames.
+const SESSION_DRAIN: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the HTTP handlers and session tasks.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub to_core: mpsc::Sender<ToCore>,
+    pub stats: watch::Receiver<Stats>,
+    pub next_session: Arc<AtomicU64>,
+    /// Held by every session task; closed when all of them are gone.
+    pub alive: mpsc::Sender<()>,
+}
+
+/// A running service.
+pub struct Server {
+    addr: SocketAddr,
+    stats: watch::Receiver<Stats>,
+    shutdown: watch::Sender<bool>,
+    alive: mpsc::Receiver<()>,
+    to_core: mpsc::Sender<ToCore>,
+    http: JoinHandle<()>,
+    driver: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `[http] listen` and starts serving.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let addr = config.http.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (stats_tx, stats_rx) = watch::channel(Stats::default());
+        let (alive_tx, alive_rx) = mpsc::channel(1);
+        let (to_core, from_sessions) = mpsc::channel(1024);
+        let core = Core::new(config.core());
+        let driver = tokio::spawn(driver::run(core, from_sessions, stats_tx));
+
+        let shared = Shared {
+            config: Arc::new(config),
+            to_core: to_core.clone(),
+            stats: stats_rx.clone(),
+            next_session: Arc::new(AtomicU64::new(1)),
+            alive: alive_tx,
+        };
+        let http = tokio::spawn(http::serve(listener, shared, shutdown_rx));
+        info!("listening on http://{addr} (WebSocket signalling on ws://{addr}/)");
+        Ok(Server {
+            addr,
+            stats: stats_rx,
+            shutdown: shutdown_tx,
+            alive: alive_rx,
+            to_core,
+            http,
+            driver,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Live counts of sessions, rooms, participants and streams.
+    pub fn stats(&self) -> Stats {
+        *self.stats.borrow()
+    }
+
+    /// Graceful stop: sessions are closed (code 1001), rooms finalized, sockets
+    /// flushed (bounded by a few seconds).
+    pub async fn shutdown(mut self) {
+        info!("shutting down");
+        let _ = self.shutdown.send(true);
+        let _ = self.to_core.send(ToCore::Shutdown).await;
+        if let Err(e) = self.driver.await {
+            warn!("room core task ended abnormally: {e}");
+        }
+        if let Err(e) = self.http.await {
+            warn!("HTTP task ended abnormally: {e}");
+        }
+        if tokio::time::timeout(SESSION_DRAIN, self.alive.recv())
+            .await
+            .is_err()
+        {
+            warn!("some sessions did not close within {SESSION_DRAIN:?}");
+        }
+        info!("stopped");
+    }
+}
