@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use log::warn;
 use tokio::net::TcpListener;
@@ -27,6 +28,12 @@ pub(crate) async fn serve(
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
+    // Signalling frames are small and latency-sensitive: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

@@ -1,0 +1,39 @@
+# Huddle: the two commands are `make run` and `make test` (see README.md).
+
+CARGO ?= cargo
+CONFIG ?=
+
+.PHONY: run test build lint test-rust test-browser deps-build deps-test clean
+
+## Build and start the service with its embedded defaults (or CONFIG=file.toml).
+run: deps-build
+	$(CARGO) build --release --locked
+	./target/release/huddle $(if $(CONFIG),--config $(CONFIG),)
+
+## Install what the tests need and run every test.
+test: deps-test lint test-rust test-browser
+
+build: deps-build
+	$(CARGO) build --locked
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test-rust:
+	$(CARGO) test --locked
+
+# Real browser (Debian Chromium) with the unmodified Flashphoner Web SDK.
+test-browser:
+	$(CARGO) build --locked --bin huddle
+	HUDDLE_BIN=$(CURDIR)/target/debug/huddle node --test tests/browser/*.test.mjs
+
+deps-build:
+	scripts/install-deps.sh build
+
+deps-test:
+	scripts/install-deps.sh test
+
+clean:
+	$(CARGO) clean
+	rm -rf tests/browser/node_modules

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs what Huddle needs on Debian 12, idempotently: only missing packages are
+# installed, and `apt-get update` runs only when something is missing.
+#
+#   scripts/install-deps.sh build   # compile the service
+#   scripts/install-deps.sh test    # + headless Chromium, Node.js and the browser tests' npm packages
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+BUILD_PACKAGES=(build-essential pkg-config ca-certificates)
+TEST_PACKAGES=(chromium fonts-liberation)
+
+want=()
+for group in "$@"; do
+  case "$group" in
+    build) want+=("${BUILD_PACKAGES[@]}") ;;
+    test) want+=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+    *) echo "install-deps: unknown group '$group' (build, test)" >&2; exit 2 ;;
+  esac
+done
+
+# Node.js 18 or newer runs the browser tests; Debian 12's nodejs is 18.
+node_ok() {
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 &&
+    [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 18 ]
+}
+if [[ " $* " == *" test "* ]] && ! node_ok; then
+  want+=(nodejs npm)
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
+    echo "install-deps: not root and no sudo; install these yourself: ${want[*]}" >&2
+  fi
+fi
+
+missing=()
+for pkg in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update -qq
+  # A first dpkg run has been seen failing with "cannot access archives": retry once.
+  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [[ " $* " == *" test "* ]]; then
+  # npm packages of the browser tests (the Flashphoner Web SDK, playwright-core),
+  # from the committed lockfile; redone only when the lockfile changes.
+  stamp=tests/browser/node_modules/.huddle-lock-stamp
+  if [ ! -f "$stamp" ] || ! cmp -s tests/browser/package-lock.json "$stamp"; then
+    echo "install-deps: npm ci in tests/browser"
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/browser/package-lock.json "$stamp"
+  fi
+fi
