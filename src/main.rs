@@ -68,21 +68,17 @@ fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("huddle")
         .build()?;
     runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
         info!("huddle {} starting", huddle::VERSION);
+        // Handlers first: a supervisor may stop us the moment we announce readiness.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let server = Server::start(config).await?;
-        wait_for_signal().await?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
         server.shutdown().await;
         Ok(())
     })
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
-    Ok(())
 }

@@ -33,7 +33,15 @@ const IGNORED: &[&str] = &[
 
 /// Parses one text frame.
 pub fn parse_client_frame(text: &str) -> Command {
-    let value: Value = match serde_json::from_str(text) {
+    let parsed = serde_json::from_str::<Value>(text).or_else(|e| {
+        // JavaScript strings may hold a lone UTF-16 surrogate (a cut emoji) and
+        // JSON.stringify escapes it; it has no UTF-8 form, so it becomes U+FFFD
+        // rather than costing the whole message.
+        replace_lone_surrogates(text)
+            .and_then(|fixed| serde_json::from_str(&fixed).ok())
+            .ok_or(e)
+    });
+    let value = match parsed {
         Ok(v) => v,
         Err(e) => return fail("unknown", None, format!("Malformed JSON: {e}")),
     };
@@ -80,6 +88,46 @@ pub fn parse_client_frame(text: &str) -> Command {
         m if IGNORED.contains(&m) => Command::Ignored,
         m => fail(m, None, format!("Unknown message '{m}'")),
     }
+}
+
+/// Rewrites `\uD800`-`\uDFFF` escapes that are not part of a surrogate pair to
+/// `\uFFFD`. `None` when there is nothing to replace.
+fn replace_lone_surrogates(text: &str) -> Option<String> {
+    fn escape_at(bytes: &[u8], i: usize) -> Option<u16> {
+        let hex = bytes.get(i + 2..i + 6)?;
+        if bytes.get(i) != Some(&b'\\') || bytes.get(i + 1) != Some(&b'u') {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut copied, mut changed) = (0, 0, false);
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match escape_at(bytes, i) {
+            Some(0xD800..=0xDBFF) if matches!(escape_at(bytes, i + 6), Some(0xDC00..=0xDFFF)) => {
+                i += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                out.push_str(&text[copied..i]);
+                out.push_str("\\uFFFD");
+                i += 6;
+                copied = i;
+                changed = true;
+            }
+            // Any other escape: skip the backslash and the escaped character.
+            _ => i += 2,
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
 }
 
 fn fail(api_method: &str, id: Option<&str>, info: String) -> Command {
@@ -493,6 +541,23 @@ mod tests {
             r#"{"message":"connection","data":[{"custom":{"login":5}}]}"#
         ))
         .contains("custom: Field 'login' must be a string"));
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let c = parse_client_frame(
+            r#"{"message":"sendData","data":[{"operationId":"o","payload":{"command":"sendMessage","options":{"roomConfig":{"name":"r"},"to":"b","text":"a\ud83d b \\ud800 \ud83d\udc4b \udc4b"}}}]}"#,
+        );
+        match c {
+            Command::SendMessage { text, .. } => {
+                assert_eq!(text, "a\u{FFFD} b \\ud800 👋 \u{FFFD}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            replace_lone_surrogates(r#"{"a":"\u0041 \ud83d\udc4b"}"#),
+            None
+        );
     }
 
     #[test]
