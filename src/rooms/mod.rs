@@ -259,7 +259,7 @@ impl Core {
                 record,
             } => {
                 // On success join() queues ACCEPTED itself: it must precede STATE.
-                if let Err(info) = self.join(session, &operation_id, &room, record) {
+                if let Err(info) = self.join(now, session, &operation_id, &room, record) {
                     debug!("session {session}: join '{room}' failed: {info}");
                     self.send(
                         session,
@@ -496,6 +496,7 @@ impl Core {
     /// order; on failure nothing is queued and the caller replies FAILED.
     fn join(
         &mut self,
+        now: Instant,
         session: SessionId,
         operation_id: &str,
         room_name: &str,
@@ -503,6 +504,7 @@ impl Core {
     ) -> Result<(), String> {
         let login = self.require_login(session)?;
         self.check_name("Room name", room_name)?;
+        self.evict_silent_namesake(now, session, room_name, &login);
         let already_member = self
             .rooms
             .get(room_name)
@@ -570,6 +572,33 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// A page reloaded on a lost network leaves a half-open socket behind that would
+    /// block its own login until the ping timeout. A namesake that has already missed
+    /// a pong is taken for dead and closed, so the rejoin works at once.
+    fn evict_silent_namesake(&mut self, now: Instant, session: SessionId, room: &str, login: &str) {
+        let Some(other) = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.member_by_login(login))
+            .map(|m| m.session)
+            .filter(|&s| s != session)
+        else {
+            return;
+        };
+        let silent_for = self
+            .sessions
+            .get(&other)
+            .map(|s| now.saturating_duration_since(s.last_seen))
+            .unwrap_or_default();
+        if silent_for > self.cfg.ping_interval * 3 / 2 {
+            info!(
+                "room '{room}': '{login}' rejoined; the old session {other} has been silent for {} ms, closing it",
+                silent_for.as_millis()
+            );
+            self.close(now, other, CloseReason::PingTimeout);
+        }
     }
 
     fn leave(

@@ -26,6 +26,18 @@ impl Harness {
         Self::new(CoreConfig::default())
     }
 
+    /// Default limits, these sessions connected and joined to `room` in order.
+    fn in_room(room: &str, members: &[(SessionId, &str)]) -> Self {
+        let mut h = Self::default();
+        for (id, login) in members {
+            h.connect(*id, login);
+        }
+        for (id, _) in members {
+            h.join(*id, room);
+        }
+        h
+    }
+
     fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
         while let Some(o) = self.core.poll_output() {
@@ -151,6 +163,15 @@ fn join(room: &str) -> Command {
         operation_id: format!("join-{room}"),
         room: room.into(),
         record: false,
+    }
+}
+
+fn chat(op: &str, room: &str, to: Option<&str>, text: &str) -> Command {
+    Command::SendMessage {
+        operation_id: op.into(),
+        room: room.into(),
+        to: to.map(str::to_owned),
+        text: text.into(),
     }
 }
 
@@ -284,12 +305,12 @@ fn three_participant_flow() {
 
     let out = h.cmd(
         2,
-        Command::SendMessage {
-            operation_id: "m1".into(),
-            room: "r".into(),
-            to: Some("carol".into()),
-            text: "Привет, 世界 👋\n<b>&amp;</b> \\u0041".into(),
-        },
+        chat(
+            "m1",
+            "r",
+            Some("carol"),
+            "Привет, 世界 👋\n<b>&amp;</b> \\u0041",
+        ),
     );
     assert_eq!(
         events(&out, 3),
@@ -317,40 +338,16 @@ fn chat_without_recipient_goes_to_every_other_member() {
     for id in 1..=3 {
         h.join(id, "r");
     }
-    let out = h.cmd(
-        1,
-        Command::SendMessage {
-            operation_id: "x".into(),
-            room: "r".into(),
-            to: None,
-            text: "hi".into(),
-        },
-    );
+    let out = h.cmd(1, chat("x", "r", None, "hi"));
     assert_eq!(events(&out, 2).len(), 1);
     assert_eq!(events(&out, 3).len(), 1);
     assert!(events(&out, 1).is_empty());
-    let out = h.cmd(
-        1,
-        Command::SendMessage {
-            operation_id: "y".into(),
-            room: "r".into(),
-            to: Some("nobody".into()),
-            text: "hi".into(),
-        },
-    );
+    let out = h.cmd(1, chat("y", "r", Some("nobody"), "hi"));
     assert_eq!(
         to(&out, 1),
         vec![failed("y", "Participant not found: 'nobody'")]
     );
-    let out = h.cmd(
-        1,
-        Command::SendMessage {
-            operation_id: "z".into(),
-            room: "elsewhere".into(),
-            to: Some("b".into()),
-            text: "hi".into(),
-        },
-    );
+    let out = h.cmd(1, chat("z", "elsewhere", Some("b"), "hi"));
     assert_eq!(
         to(&out, 1),
         vec![failed("z", "Not a member of room 'elsewhere'")]
@@ -360,11 +357,7 @@ fn chat_without_recipient_goes_to_every_other_member() {
 
 #[test]
 fn leave_then_join_always_succeeds() {
-    let mut h = Harness::default();
-    h.connect(1, "alice");
-    h.connect(2, "bob");
-    h.join(1, "r");
-    h.join(2, "r");
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
     for i in 0..200 {
         // 40 messages per second: inside the default rate limit.
         h.now += Duration::from_millis(50);
@@ -391,6 +384,44 @@ fn duplicate_login_is_refused_while_the_other_session_lives() {
     h.disconnect(1);
     let out = h.join(2, "r");
     assert_eq!(to(&out, 2)[0], accepted("join-r"));
+}
+
+#[test]
+fn a_silent_namesake_does_not_block_a_rejoin() {
+    let mut h = Harness::new(CoreConfig {
+        ping_interval: Duration::from_secs(5),
+        ..CoreConfig::default()
+    });
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    // alice's network dies; her page reloads on another connection.
+    h.advance(Duration::from_secs(5));
+    h.cmd(2, Command::Pong);
+    h.now += Duration::from_millis(2_600);
+    h.connect(3, "alice");
+    let out = h.join(3, "r");
+    assert!(out.contains(&Output::Close {
+        session: 1,
+        reason: CloseReason::PingTimeout
+    }));
+    assert_eq!(to(&out, 3)[0], accepted("join-r"));
+    assert_eq!(
+        events(&out, 2),
+        vec![
+            RoomEvent::Left("alice".into()),
+            RoomEvent::Joined("alice".into())
+        ]
+    );
+    // A namesake that answers its pings is not evicted.
+    h.connect(4, "bob");
+    let out = h.join(4, "r");
+    assert_eq!(
+        to(&out, 4),
+        vec![failed("join-r", "Room already has user with such login")]
+    );
+    h.check_invariants();
 }
 
 #[test]
@@ -842,11 +873,7 @@ fn publish_play_unpublish_cascade() {
 
 #[test]
 fn leave_ends_streams_before_left_and_before_the_ack() {
-    let mut h = Harness::default();
-    h.connect(1, "alice");
-    h.connect(2, "bob");
-    h.join(1, "r");
-    h.join(2, "r");
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
     h.publish_live(2, "r", "pb", "r-bob-1");
     h.cmd(1, Command::Play(req("pa", "r-bob-1", "r")));
     h.media(MediaEvent::Up {
@@ -891,11 +918,7 @@ fn leave_ends_streams_before_left_and_before_the_ack() {
 
 #[test]
 fn disconnect_cleans_up_streams_and_membership() {
-    let mut h = Harness::default();
-    h.connect(1, "alice");
-    h.connect(2, "bob");
-    h.join(1, "r");
-    h.join(2, "r");
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
     h.publish_live(2, "r", "pb", "r-bob-1");
     h.cmd(1, Command::Play(req("pa", "r-bob-1", "r")));
     h.media(MediaEvent::Up {
@@ -966,11 +989,7 @@ fn media_that_never_comes_up_fails_in_bounded_time() {
 
 #[test]
 fn media_failure_of_a_live_stream_is_announced() {
-    let mut h = Harness::default();
-    h.connect(1, "alice");
-    h.connect(2, "bob");
-    h.join(1, "r");
-    h.join(2, "r");
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
     h.publish_live(1, "r", "pa", "r-alice-1");
     let out = h.media(MediaEvent::Failed {
         session: 1,
