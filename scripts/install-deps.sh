@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_PACKAGES=(build-essential pkg-config ca-certificates)
-TEST_PACKAGES=(chromium fonts-liberation)
+TEST_PACKAGES=(chromium fonts-liberation systemd)
 
 want=()
 for group in "$@"; do

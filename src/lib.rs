@@ -3,12 +3,13 @@
 //! - `rooms`: the Sans-I/O room core (sessions, rooms, members, streams, chat).
 //! - `signalling`: the Flashphoner Room API wire format.
 //! - `server`: the I/O edge (HTTP, WebSocket sessions, the task driving the core).
-//! - `config`, `logging`: the system edge.
+//! - `config`, `logging`, `service` (sd_notify): the system edge.
 
 pub mod config;
 pub mod logging;
 pub mod rooms;
 pub mod server;
+pub mod service;
 pub mod signalling;
 
 /// The version reported by `/health` and `--version`.

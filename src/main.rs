@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 
 use huddle::config::{Config, DEFAULT_TOML};
 use huddle::server::Server;
+use huddle::service;
 
 /// Huddle: the media service of a meeting-room device.
 #[derive(Parser, Debug)]
@@ -74,10 +75,21 @@ fn run(config: Config) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let server = Server::start(config).await?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = int.recv() => info!("SIGINT received"),
+        service::ready(&server.stats());
+        let watchdog = service::watchdog();
+        let period = service::heartbeat_period(watchdog);
+        let mut heartbeat = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM received"); break; }
+                _ = int.recv() => { info!("SIGINT received"); break; }
+                _ = heartbeat.tick() => match server.heartbeat(period).await {
+                    Some(stats) => service::alive(&stats, watchdog.is_some()),
+                    None => warn!("room core did not answer within {period:?}; watchdog not fed"),
+                },
+            }
         }
+        service::stopping();
         server.shutdown().await;
         Ok(())
     })

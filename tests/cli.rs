@@ -1,55 +1,17 @@
 //! The `huddle` binary: configuration printing and checking, running, signals.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+#[path = "support/process.rs"]
+mod process;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_huddle");
-
-fn huddle(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("JOURNAL_STREAM")
-        .output()
-        .expect("run huddle")
-}
-
-/// A temporary file removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str, contents: &str) -> TempFile {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "huddle-cli-test-{}-{tag}-{n}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&path, contents).expect("write temp config");
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temp path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use process::*;
 
 #[test]
 fn printed_default_config_passes_check_and_has_the_product_keys() {
@@ -123,143 +85,6 @@ fn check_config_of_a_missing_file_fails() {
     let out = huddle(&["--check-config", path.to_str().unwrap()]);
     assert!(!out.status.success(), "{out:?}");
     assert!(text(&out.stderr).contains("cannot read"), "{out:?}");
-}
-
-/// A running `huddle`, killed on drop if the test did not stop it.
-struct Running {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    log: Vec<String>,
-    _config: TempFile,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Running {
-    fn start(tag: &str) -> Running {
-        let config = TempFile::new(
-            tag,
-            "[http]\nlisten = \"127.0.0.1:0\"\n\
-             [media]\nadvertise_ips = [\"127.0.0.1\"]\n\
-             [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
-        );
-        let mut child = Command::new(BIN)
-            .args(["--config", config.path()])
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn huddle");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            stderr: rx,
-            log: Vec::new(),
-            _config: config,
-        }
-    }
-
-    /// Waits (bounded) for the `listening on http://127.0.0.1:PORT` line.
-    fn address(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.stderr.recv_timeout(left).unwrap_or_else(|e| {
-                panic!(
-                    "no 'listening on' line ({e}); stderr so far: {:#?}",
-                    self.log
-                )
-            });
-            self.log.push(line.clone());
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                let addr: SocketAddr = addr
-                    .parse()
-                    .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-                assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
-                assert_ne!(addr.port(), 0, "{line}");
-                return addr;
-            }
-        }
-    }
-
-    /// Waits (bounded) until the process catches `signal` (Linux: `SigCgt` in
-    /// /proc/PID/status), i.e. until its handler is installed.
-    fn wait_for_handler(&self, signal: Signal) {
-        let bit = 1u64 << (signal as i32 - 1);
-        let status = format!("/proc/{}/status", self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = std::fs::read_to_string(&status).expect("read /proc/PID/status");
-            let caught = text
-                .lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-                .unwrap_or(0);
-            if caught & bit != 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "huddle never installed a {signal:?} handler; stderr: {:#?}",
-                self.log
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("send signal");
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
-                    self.log.push(line);
-                }
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "huddle did not exit within {limit:?}; stderr: {:#?}",
-                self.log
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read response");
-    response
 }
 
 fn runs_and_stops_on(signal: Signal) {

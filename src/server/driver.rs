@@ -29,6 +29,8 @@ pub enum ToCore {
     Disconnect {
         session: SessionId,
     },
+    /// Liveness probe for the service watchdog: answered with the live counts.
+    Heartbeat(oneshot::Sender<Stats>),
     Shutdown,
 }
 
@@ -76,6 +78,9 @@ pub(crate) async fn run(
             ToCore::Disconnect { session } => {
                 sessions.remove(&session);
                 core.disconnect(now(), session);
+            }
+            ToCore::Heartbeat(reply) => {
+                let _ = reply.send(core.stats());
             }
             ToCore::Shutdown => core.shutdown(now()),
         }

@@ -105,6 +105,17 @@ impl Server {
         *self.stats.borrow()
     }
 
+    /// Asks the room core for its counts; `None` if it does not answer within
+    /// `timeout` (a hung core: the service watchdog must not be fed).
+    pub async fn heartbeat(&self, timeout: Duration) -> Option<Stats> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let probe = async {
+            self.to_core.send(ToCore::Heartbeat(reply)).await.ok()?;
+            answer.await.ok()
+        };
+        tokio::time::timeout(timeout, probe).await.ok().flatten()
+    }
+
     /// Graceful stop: sessions are closed (code 1001), rooms finalized, sockets
     /// flushed (bounded by a few seconds).
     pub async fn shutdown(mut self) {
