@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, info, warn};
 
-use huddle::config::{Config, DEFAULT_TOML};
+use huddle::config::{board, Config, DEFAULT_TOML};
 use huddle::server::Server;
 use huddle::service;
 
@@ -23,6 +23,15 @@ struct Cli {
     /// Validate a configuration file and exit (non-zero with the reason on errors).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// Merge this board profile under the configuration (wins over `[device] board`).
+    #[arg(long, value_name = "NAME")]
+    board: Option<String>,
+    /// List the board profiles and exit.
+    #[arg(long)]
+    list_boards: bool,
+    /// Print a board profile and exit.
+    #[arg(long, value_name = "NAME")]
+    print_board: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -31,8 +40,26 @@ fn main() -> ExitCode {
         print!("{DEFAULT_TOML}");
         return ExitCode::SUCCESS;
     }
+    if cli.list_boards {
+        for b in board::BOARDS {
+            println!("{:8} {}", b.name, b.title);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(name) = &cli.print_board {
+        return match board::find(name) {
+            Some(b) => {
+                print!("{}", b.profile);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("huddle: unknown board '{name}' (known: {})", board::names());
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(path) = cli.check_config {
-        return match Config::load(&path) {
+        return match Config::load_with(Some(&path), cli.board.as_deref()) {
             Ok(_) => {
                 println!("{}: OK", path.display());
                 ExitCode::SUCCESS
@@ -43,15 +70,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match &cli.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("huddle: invalid configuration: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let config = match Config::load_with(cli.config.as_deref(), cli.board.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("huddle: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
     };
     huddle::logging::init(config.log.level.into());
     match run(config) {
@@ -70,7 +94,15 @@ fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        info!("huddle {} starting", huddle::VERSION);
+        info!(
+            "huddle {} starting{}",
+            huddle::VERSION,
+            if config.device.board.is_empty() {
+                String::new()
+            } else {
+                format!(" (board profile {})", config.device.board)
+            }
+        );
         // Handlers first: a supervisor may stop us the moment we announce readiness.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

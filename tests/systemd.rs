@@ -113,6 +113,63 @@ fn notifies_ready_after_the_port_accepts_then_watchdog_then_stopping() {
 }
 
 #[test]
+fn a_hung_room_core_starves_the_watchdog() {
+    let notify = NotifySocket::new("hang");
+    let path = notify.path();
+    let mut huddle = Running::start_with_env(
+        "sd-hang",
+        &[
+            ("NOTIFY_SOCKET", path.as_str()),
+            ("WATCHDOG_USEC", "300000"),
+            ("HUDDLE_FAULT_HANG_CORE_IN_ROOM", "hang"),
+        ],
+    );
+    notify.until("READY=1", Duration::from_secs(10));
+    notify.until("WATCHDOG=1", Duration::from_secs(2));
+    let addr = huddle.address();
+
+    // A join to the fault-injection room hangs the core loop.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let connection = r#"{"message":"connection","data":[{"custom":{"login":"x"}}]}"#;
+        let join = r#"{"message":"sendData","data":[{"operationId":"o","payload":{"command":"join","options":{"name":"hang"}}}]}"#;
+        ws.send(Message::text(connection)).await.unwrap();
+        ws.send(Message::text(join)).await.unwrap();
+        // Keep the socket open while we watch the watchdog.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Drain what was in flight, then no WATCHDOG=1 may come for 5 periods.
+        let settle = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < settle {
+            let _ = notify.recv(Duration::from_millis(50));
+        }
+        let quiet_until = Instant::now() + Duration::from_millis(1500);
+        while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+            if let Some(m) = notify.recv(left) {
+                assert!(
+                    !m.lines().any(|l| l == "WATCHDOG=1"),
+                    "watchdog fed while the core hangs: {m:?}"
+                );
+            }
+        }
+        drop(ws);
+    });
+    assert!(
+        huddle.log.iter().all(|l| !l.contains("panicked")),
+        "{:#?}",
+        huddle.log
+    );
+    // Drop kills the hung process.
+}
+
+#[test]
 fn no_notify_socket_no_trouble() {
     let mut huddle = Running::start("sd-none");
     let addr = huddle.address();

@@ -37,6 +37,10 @@ pub struct CoreConfig {
     pub max_participants: usize,
     pub max_rooms: usize,
     pub max_streams_per_participant: usize,
+    /// Streams published on the device at once (the board's budget).
+    pub max_streams: usize,
+    /// Playbacks on the device at once (the board's budget).
+    pub max_players: usize,
     pub max_sessions: usize,
     /// Longest room name and login, in bytes of UTF-8.
     pub max_name_bytes: usize,
@@ -56,6 +60,8 @@ impl Default for CoreConfig {
             max_participants: 16,
             max_rooms: 64,
             max_streams_per_participant: 2,
+            max_streams: 32,
+            max_players: 256,
             max_sessions: 256,
             max_name_bytes: 256,
             ping_interval: Duration::from_secs(5),
@@ -260,7 +266,7 @@ impl Core {
             } => {
                 // On success join() queues ACCEPTED itself: it must precede STATE.
                 if let Err(info) = self.join(now, session, &operation_id, &room, record) {
-                    debug!("session {session}: join '{room}' failed: {info}");
+                    debug!(room = room.as_str(); "session {session}: join '{room}' failed: {info}");
                     self.send(
                         session,
                         ServerMessage::DataStatus {
@@ -297,7 +303,7 @@ impl Core {
             }
             Command::Publish(req) => {
                 if let Err(info) = self.publish(now, session, &req) {
-                    debug!("session {session}: publish '{}' failed: {info}", req.name);
+                    debug!(stream = req.name.as_str(); "session {session}: publish '{}' failed: {info}", req.name);
                     self.send(
                         session,
                         stream_reply(&req, true, StreamState::Failed, &info),
@@ -429,7 +435,7 @@ impl Core {
             .collect();
         idle.sort();
         for room in idle {
-            info!("room '{room}': idle timeout, finalizing");
+            info!(room = room.as_str(); "room '{room}': idle timeout, finalizing");
             self.finalize_room(&room);
         }
     }
@@ -529,7 +535,7 @@ impl Core {
                             self.cfg.max_rooms
                         ));
                     }
-                    info!("room '{room_name}': created by '{login}' (record: {record})");
+                    info!(room = room_name, login = login.as_str(); "room '{room_name}': created by '{login}' (record: {record})");
                     self.rooms.insert(
                         room_name.to_owned(),
                         Room::new(room_name.to_owned(), record),
@@ -557,7 +563,7 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.rooms.insert(room_name.to_owned());
         }
-        info!("room '{room_name}': '{login}' joined");
+        info!(room = room_name, login = login.as_str(); "room '{room_name}': '{login}' joined");
         self.send(
             session,
             ServerMessage::DataStatus {
@@ -627,7 +633,7 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.rooms.remove(room_name);
         }
-        info!("room '{room_name}': '{}' left", member.login);
+        info!(room = room_name, login = member.login.as_str(); "room '{room_name}': '{}' left", member.login);
         for other in others {
             self.room_event(other, room_name, RoomEvent::Left(member.login.clone()));
         }
@@ -718,6 +724,12 @@ impl Core {
                 self.cfg.max_streams_per_participant
             ));
         }
+        if self.streams.len() >= self.cfg.max_streams {
+            return Err(format!(
+                "Too many streams on this device: at most {}",
+                self.cfg.max_streams
+            ));
+        }
         if req.sdp.trim().is_empty() {
             return Err("Missing SDP offer".into());
         }
@@ -777,6 +789,12 @@ impl Core {
                 publication.room
             ));
         }
+        if self.stats().players >= self.cfg.max_players {
+            return Err(format!(
+                "Too many players on this device: at most {}",
+                self.cfg.max_players
+            ));
+        }
         if req.sdp.trim().is_empty() {
             return Err("Missing SDP offer".into());
         }
@@ -810,7 +828,7 @@ impl Core {
     fn stop_endpoint(&mut self, session: SessionId, r: &StreamRef, unpublish: bool) {
         match self.endpoint(session, &r.media_session_id).cloned() {
             Some(Endpoint::Publish(name)) => {
-                info!("stream '{name}': unpublished");
+                info!(stream = name.as_str(); "stream '{name}': unpublished");
                 self.end_publication(
                     &name,
                     Ending {
@@ -865,7 +883,7 @@ impl Core {
                 }
                 let status = publication_status(p, StreamState::Publishing, "");
                 let (room, login) = (p.room.clone(), p.login.clone());
-                info!("stream '{name}': publishing in room '{room}'");
+                info!(stream = name.as_str(), room = room.as_str(), login = login.as_str(); "stream '{name}': publishing in room '{room}'");
                 self.send(session, ServerMessage::StreamStatus(status));
                 let others = self
                     .rooms
@@ -907,7 +925,7 @@ impl Core {
     fn media_failed(&mut self, session: SessionId, media_session_id: &str, info: &str) {
         match self.endpoint(session, media_session_id).cloned() {
             Some(Endpoint::Publish(name)) => {
-                warn!("stream '{name}': failed: {info}");
+                warn!(stream = name.as_str(); "stream '{name}': failed: {info}");
                 let player_info = format!("Stopped by publisher failure: {info}");
                 self.end_publication(
                     &name,
@@ -1086,7 +1104,7 @@ impl Core {
 
     fn finalize_room(&mut self, room_name: &str) {
         if let Some(room) = self.rooms.remove(room_name) {
-            info!("room '{room_name}': finalized");
+            info!(room = room_name; "room '{room_name}': finalized");
             self.outputs.push_back(Output::RoomFinalized {
                 room: room.name,
                 record: room.record,

@@ -1063,3 +1063,34 @@ fn shutdown_closes_sessions_and_finalizes_rooms() {
     })));
     assert_eq!(h.core.stats(), Stats::default());
 }
+
+#[test]
+fn device_wide_stream_and_player_budgets() {
+    let mut h = Harness::new(CoreConfig {
+        max_streams: 1,
+        max_players: 1,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    h.publish_live(1, "r", "pa", "r-alice-1");
+    let out = h.cmd(2, Command::Publish(req("pb", "r-bob-1", "r")));
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(
+            StreamState::Failed,
+            "Too many streams on this device: at most 1".into()
+        )]
+    );
+    h.cmd(2, Command::Play(req("p1", "r-alice-1", "r")));
+    let out = h.cmd(2, Command::Play(req("p2", "r-alice-1", "r")));
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(
+            StreamState::Failed,
+            "Too many players on this device: at most 1".into()
+        )]
+    );
+}

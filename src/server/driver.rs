@@ -52,6 +52,7 @@ pub(crate) async fn run(
     stats: watch::Sender<Stats>,
 ) {
     let mut sessions: HashMap<SessionId, SessionHandle> = HashMap::new();
+    let hang_room = fault_hang_room();
     loop {
         let deadline = core.poll_timeout();
         let message = tokio::select! {
@@ -74,7 +75,14 @@ pub(crate) async fn run(
                 sessions.insert(session, SessionHandle { outbound, close });
                 core.connect(now(), session);
             }
-            ToCore::Command { session, command } => core.command(now(), session, command),
+            ToCore::Command { session, command } => {
+                if let (Some(hang), Command::Join { room, .. }) = (&hang_room, &command) {
+                    if hang == room {
+                        hang_forever();
+                    }
+                }
+                core.command(now(), session, command)
+            }
             ToCore::Disconnect { session } => {
                 sessions.remove(&session);
                 core.disconnect(now(), session);
@@ -164,5 +172,22 @@ fn no_media(request: MediaRequest) -> Option<MediaEvent> {
             info: NO_MEDIA.into(),
         }),
         MediaRequest::Close { .. } => None,
+    }
+}
+
+/// Fault injection for the watchdog test, in debug builds only: a join to the room
+/// named by `HUDDLE_FAULT_HANG_CORE_IN_ROOM` hangs this loop the way a bug would.
+fn fault_hang_room() -> Option<String> {
+    if cfg!(debug_assertions) {
+        std::env::var("HUDDLE_FAULT_HANG_CORE_IN_ROOM").ok()
+    } else {
+        None
+    }
+}
+
+fn hang_forever() {
+    warn!("fault injection: the room core hangs now");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }

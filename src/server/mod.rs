@@ -29,11 +29,19 @@ const SESSION_DRAIN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", privileged_port_hint(*addr, source))]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+fn privileged_port_hint(addr: SocketAddr, e: &std::io::Error) -> &'static str {
+    if addr.port() < 1024 && e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (ports below 1024 need CAP_NET_BIND_SERVICE: install systemd/port-below-1024.conf as a drop-in of huddle.service)"
+    } else {
+        ""
+    }
 }
 
 /// State shared by the HTTP handlers and session tasks.

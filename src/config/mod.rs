@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::rooms::CoreConfig;
 
+pub mod board;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -88,6 +90,8 @@ pub struct Rooms {
     pub max_participants: usize,
     pub max_rooms: usize,
     pub max_streams_per_participant: usize,
+    pub max_streams: usize,
+    pub max_players: usize,
     pub max_name_bytes: usize,
 }
 
@@ -98,6 +102,8 @@ impl Default for Rooms {
             max_participants: 16,
             max_rooms: 64,
             max_streams_per_participant: 2,
+            max_streams: 32,
+            max_players: 256,
             max_name_bytes: 256,
         }
     }
@@ -138,7 +144,15 @@ impl Default for Records {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Device {
+    /// Board profile merged under this file (see `board/`); empty for none.
+    pub board: String,
     pub camera: String,
+    pub capture: Capture,
+    pub encoder: String,
+    pub width: u32,
+    pub height: u32,
+    pub framerate: u32,
+    pub bitrate_kbps: u32,
     pub microphone: String,
     pub login: String,
 }
@@ -146,11 +160,30 @@ pub struct Device {
 impl Default for Device {
     fn default() -> Self {
         Device {
+            board: String::new(),
             camera: "auto".into(),
+            capture: Capture::Auto,
+            encoder: "auto".into(),
+            width: 1280,
+            height: 720,
+            framerate: 30,
+            bitrate_kbps: 1500,
             microphone: "auto".into(),
             login: "Room system".into(),
         }
     }
+}
+
+/// How the device camera's H.264 is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capture {
+    /// UVC H.264 if the camera offers it, else GStreamer with `encoder`.
+    Auto,
+    /// The camera encodes H.264 itself (UVC), read with V4L2 mmap streaming.
+    UvcH264,
+    /// A GStreamer pipeline: raw camera frames into the `encoder` element.
+    Gstreamer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -227,6 +260,10 @@ max_participants = 16
 max_rooms = 64
 # Streams one participant may publish in a room (camera + screen share).
 max_streams_per_participant = 2
+# The device's budget: streams published and playbacks served at once, all rooms
+# together. Board profiles set these to what the board carries.
+max_streams = 32
+max_players = 256
 # Longest room name and login, in bytes of UTF-8.
 max_name_bytes = 256
 
@@ -246,9 +283,25 @@ ice_timeout_ms = 15000
 dir = "records"
 
 [device]
+# A board profile (rpi4, rpi5, rk3588, imx8mp, x86_64) merged under this file: its
+# keys are the defaults, this file overrides them. `huddle --board NAME` wins over it.
+board = ""
 # The device's camera: a V4L2 device path such as "/dev/video0", "test-pattern",
 # "none", or "auto" (the first /dev/video* device, else the test pattern).
 camera = "auto"
+# How the camera's H.264 is produced: "uvc-h264" (the camera encodes; V4L2 capture),
+# "gstreamer" (raw frames into the `encoder` element, e.g. a SoC hardware encoder) or
+# "auto" (uvc-h264 when the camera offers H.264, else gstreamer).
+capture = "auto"
+# GStreamer H.264 encoder element for capture = "gstreamer": "v4l2h264enc" (Pi 4),
+# "mpph264enc" (Rockchip), "vpuenc_h264" (i.MX 8M Plus), "x264enc" or "openh264enc"
+# (software), or "auto" (the first of these that exists).
+encoder = "auto"
+# Capture size, rate and target bitrate of the device's video.
+width = 1280
+height = 720
+framerate = 30
+bitrate_kbps = 1500
 # The device's microphone: an ALSA PCM name such as "default" or "hw:1,0", "tone",
 # "none", or "auto" (the "default" PCM if a capture card exists, else the tone).
 microphone = "auto"
@@ -264,19 +317,73 @@ level = "info"
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&text, path)
+        Config::load_with(Some(path), None)
+    }
+
+    /// The configuration from an optional file with an optional board profile under
+    /// it. `board` (the `--board` option) wins over the file's `[device] board`.
+    pub fn load_with(path: Option<&Path>, board: Option<&str>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::parse_with(&text, path, board)
+            }
+            None => Config::parse_with("", Path::new("(defaults)"), board),
+        }
     }
 
     /// Parses and validates configuration text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::parse_with(text, path, None)
+    }
+
+    /// `parse` with a board profile merged under the text (see `board`).
+    pub fn parse_with(text: &str, path: &Path, board: Option<&str>) -> Result<Config, ConfigError> {
+        let parse_error = |path: &Path, e: &dyn std::fmt::Display| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
-        })?;
+        };
+        let file: toml::Table = toml::from_str(text).map_err(|e| parse_error(path, &e))?;
+        let from_file = match file.get("device").and_then(|d| d.get("board")) {
+            None => None,
+            Some(toml::Value::String(name)) => Some(name.clone()),
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "device.board",
+                    why: "must be a string".into(),
+                })
+            }
+        };
+        let name = board.map(str::to_owned).or(from_file).unwrap_or_default();
+        let config: Config = if name.is_empty() {
+            // Straight from the text, so errors point at its lines.
+            toml::from_str(text).map_err(|e| parse_error(path, &e))?
+        } else {
+            let Some(profile) = board::find(&name) else {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "device.board",
+                    why: format!("unknown board '{name}' (known: {})", board::names()),
+                });
+            };
+            let profile_path = PathBuf::from(format!("board/{name}/profile.toml"));
+            let mut merged: toml::Table =
+                toml::from_str(profile.profile).map_err(|e| parse_error(&profile_path, &e))?;
+            board::merge(&mut merged, file);
+            let device = merged
+                .entry("device")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(device) = device {
+                device.insert("board".into(), toml::Value::String(name.clone()));
+            }
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e| parse_error(path, &format!("with board '{name}': {e}")))?
+        };
         config.validate(path)?;
         Ok(config)
     }
@@ -324,6 +431,8 @@ impl Config {
             r.max_streams_per_participant as u64,
             1,
         )?;
+        at_least("rooms.max_streams", r.max_streams as u64, 1)?;
+        at_least("rooms.max_players", r.max_players as u64, 1)?;
         at_least("rooms.max_name_bytes", r.max_name_bytes as u64, 16)?;
         at_least("media.ice_timeout_ms", self.media.ice_timeout_ms, 100)?;
         if self.records.dir.as_os_str().is_empty() {
@@ -336,6 +445,32 @@ impl Config {
                 "must be a V4L2 device path, \"test-pattern\", \"auto\" or \"none\"".into(),
             ));
         }
+        if d.encoder.is_empty() {
+            return Err(invalid(
+                "device.encoder",
+                "must be a GStreamer element name or \"auto\"".into(),
+            ));
+        }
+        let in_range = |key: &'static str, v: u32, lo: u32, hi: u32| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("must be {lo} to {hi}, got {v}")))
+            }
+        };
+        in_range("device.width", d.width, 160, 3840)?;
+        in_range("device.height", d.height, 120, 2160)?;
+        if d.width % 2 != 0 || d.height % 2 != 0 {
+            return Err(invalid(
+                "device.width",
+                format!(
+                    "{}x{} must have even sides (4:2:0 video)",
+                    d.width, d.height
+                ),
+            ));
+        }
+        in_range("device.framerate", d.framerate, 1, 60)?;
+        in_range("device.bitrate_kbps", d.bitrate_kbps, 100, 20_000)?;
         if d.microphone.is_empty() {
             return Err(invalid(
                 "device.microphone",
@@ -358,6 +493,8 @@ impl Config {
             max_participants: self.rooms.max_participants,
             max_rooms: self.rooms.max_rooms,
             max_streams_per_participant: self.rooms.max_streams_per_participant,
+            max_streams: self.rooms.max_streams,
+            max_players: self.rooms.max_players,
             max_sessions: self.signalling.max_sessions,
             max_name_bytes: self.rooms.max_name_bytes,
             ping_interval: Duration::from_millis(self.signalling.ping_interval_ms),
@@ -418,6 +555,69 @@ mod tests {
         assert_eq!(c.media.advertise_ips.len(), 2);
         assert_eq!(c.rooms.max_participants, 3);
         assert_eq!(c.device.camera, "test-pattern");
+    }
+
+    #[test]
+    fn every_board_profile_is_valid_on_its_own() {
+        for b in board::BOARDS {
+            let c = parse_with_board("", b.name).unwrap_or_else(|e| panic!("{}: {e}", b.name));
+            assert_eq!(c.device.board, b.name);
+            // A profile is a partial config: it must parse as one by itself too.
+            Config::parse(b.profile, Path::new(b.name))
+                .unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        }
+    }
+
+    fn parse_with_board(text: &str, board: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, Path::new("test.toml"), Some(board))
+    }
+
+    #[test]
+    fn board_profile_is_merged_under_the_file() {
+        let profile = Config::parse(board::find("rpi4").unwrap().profile, Path::new("p")).unwrap();
+        let c = parse_with_board("[rooms]\nmax_rooms = 1\n", "rpi4").unwrap();
+        assert_eq!(c.rooms.max_rooms, 1, "the file wins");
+        assert_eq!(c.rooms.max_participants, profile.rooms.max_participants);
+        assert_eq!(
+            c.device.encoder, "v4l2h264enc",
+            "the profile beats the default"
+        );
+        assert_eq!(
+            c.http,
+            Http::default(),
+            "what neither sets keeps its default"
+        );
+        // The board named in the file, and --board winning over it.
+        let c = Config::parse("[device]\nboard = \"rk3588\"\n", Path::new("t")).unwrap();
+        assert_eq!(c.device.encoder, "mpph264enc");
+        let c = parse_with_board("[device]\nboard = \"rk3588\"\n", "imx8mp").unwrap();
+        assert_eq!(c.device.board, "imx8mp");
+        assert_eq!(c.device.encoder, "vpuenc_h264");
+    }
+
+    #[test]
+    fn unknown_board_is_named() {
+        let e = parse_with_board("", "pi9").unwrap_err().to_string();
+        assert!(
+            e.contains("device.board") && e.contains("pi9") && e.contains("rpi4"),
+            "{e}"
+        );
+        let e = parse_with_board("[rooms]\nmax_room = 1\n", "rpi4")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_room"), "{e}");
+    }
+
+    #[test]
+    fn device_video_settings_are_checked() {
+        let e = parse("[device]\nwidth = 1281\n").unwrap_err().to_string();
+        assert!(e.contains("device.width"), "{e}");
+        let e = parse("[device]\nframerate = 0\n").unwrap_err().to_string();
+        assert!(e.contains("device.framerate"), "{e}");
+        let e = parse("[device]\ncapture = \"magic\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("magic"), "{e}");
     }
 
     #[test]
