@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CONFIG ?=
 
-.PHONY: run test build lint test-rust test-browser deps-build deps-test clean
+.PHONY: run test build lint test-rust test-browser deps-build deps-test clean yocto-crates
 
 ## Build and start the service with its embedded defaults (or CONFIG=file.toml).
 run: deps-build
@@ -27,6 +27,10 @@ test-rust:
 test-browser:
 	$(CARGO) build --locked --bin huddle
 	HUDDLE_BIN=$(CURDIR)/target/debug/huddle node --test tests/browser/*.test.mjs
+
+## Regenerate yocto/meta-huddle/.../huddle-crates.inc after a Cargo.lock change.
+yocto-crates:
+	python3 scripts/yocto-crates.py
 
 deps-build:
 	scripts/install-deps.sh build

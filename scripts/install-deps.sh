@@ -3,13 +3,14 @@
 # installed, and `apt-get update` runs only when something is missing.
 #
 #   scripts/install-deps.sh build   # compile the service
-#   scripts/install-deps.sh test    # + headless Chromium, Node.js and the browser tests' npm packages
+#   scripts/install-deps.sh test    # + headless Chromium, Node.js and the browser tests' npm
+#                                   #   packages, systemd-analyze, oelint-adv (in a venv)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 BUILD_PACKAGES=(build-essential pkg-config ca-certificates)
-TEST_PACKAGES=(chromium fonts-liberation systemd)
+TEST_PACKAGES=(chromium fonts-liberation systemd python3 python3-venv)
 
 want=()
 for group in "$@"; do
@@ -60,5 +61,21 @@ if [[ " $* " == *" test "* ]]; then
     echo "install-deps: npm ci in tests/browser"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
     cp tests/browser/package-lock.json "$stamp"
+  fi
+fi
+
+if [[ " $* " == *" test "* ]]; then
+  # oelint-adv (PyPI) lints yocto/meta-huddle in tests/yocto.rs. Pinned, with the rule data it
+  # reads, in a venv under target/ (Debian's Python is externally managed, PEP 668); redone
+  # only when the pins change.
+  venv=target/oelint-venv
+  oelint_pins="oelint-adv==9.11.2 oelint-parser==8.13.2 oelint-data==1.5.26"
+  if [ ! -x "$venv/bin/oelint-adv" ] || [ "$(cat "$venv/.huddle-pins" 2>/dev/null)" != "$oelint_pins" ]; then
+    echo "install-deps: $oelint_pins into $venv"
+    mkdir -p target
+    /usr/bin/python3 -m venv "$venv"
+    # shellcheck disable=SC2086 # the pins are separate words
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $oelint_pins
+    echo "$oelint_pins" > "$venv/.huddle-pins"
   fi
 fi
