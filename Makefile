@@ -3,7 +3,8 @@
 CARGO ?= cargo
 CONFIG ?=
 
-.PHONY: run test build lint test-rust test-browser deps-build deps-test clean yocto-crates
+.PHONY: run test build lint test-rust test-browser deps-build deps-test clean yocto-crates \
+	test-aarch64 deps-aarch64 size-aarch64
 
 ## Build and start the service with its embedded defaults (or CONFIG=file.toml).
 run: deps-build
@@ -27,6 +28,17 @@ test-rust:
 test-browser:
 	$(CARGO) build --locked --bin huddle
 	HUDDLE_BIN=$(CURDIR)/target/debug/huddle node --test tests/browser/*.test.mjs
+
+## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
+test-aarch64: deps-test deps-aarch64
+	scripts/aarch64.sh test
+
+deps-aarch64:
+	scripts/aarch64.sh deps
+
+## Stripped aarch64 release binary size.
+size-aarch64: deps-aarch64
+	scripts/aarch64.sh size
 
 ## Regenerate yocto/meta-huddle/.../huddle-crates.inc after a Cargo.lock change.
 yocto-crates:

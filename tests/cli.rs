@@ -5,7 +5,7 @@ mod process;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -158,7 +158,7 @@ fn signal_right_at_readiness_exits_cleanly() {
         } else {
             Signal::SIGINT
         };
-        let mut child = Command::new(BIN)
+        let mut child = huddle_command()
             .args(["--config", config.path()])
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())

@@ -15,8 +15,24 @@ use nix::unistd::Pid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_huddle");
 
+/// A `Command` for the `huddle` binary. With `HUDDLE_TEST_EXEC_WRAPPER` set (e.g. to
+/// `qemu-aarch64-static` when the tests of a cross build run under qemu-user without
+/// binfmt_misc), it runs `<wrapper words...> BIN` instead; the child's PID is then the
+/// wrapper's (qemu-user forwards signals to the emulated process).
+pub fn huddle_command() -> Command {
+    match std::env::var("HUDDLE_TEST_EXEC_WRAPPER") {
+        Ok(wrapper) if !wrapper.trim().is_empty() => {
+            let mut words = wrapper.split_whitespace();
+            let mut command = Command::new(words.next().unwrap());
+            command.args(words).arg(BIN);
+            command
+        }
+        _ => Command::new(BIN),
+    }
+}
+
 pub fn huddle(args: &[&str]) -> Output {
-    Command::new(BIN)
+    huddle_command()
         .args(args)
         .env_remove("JOURNAL_STREAM")
         .output()
@@ -83,7 +99,7 @@ impl Running {
              [media]\nadvertise_ips = [\"127.0.0.1\"]\n\
              [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
         );
-        let mut child = Command::new(BIN)
+        let mut child = huddle_command()
             .args(["--config", config.path()])
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
