@@ -51,37 +51,18 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
-installed() {
-  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
-}
-
 deps() {
-  local changed=0
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     echo "aarch64: dpkg --add-architecture arm64"
     "${SUDO[@]}" dpkg --add-architecture arm64
-    changed=1
   fi
-  local missing=()
-  for pkg in "${HOST_PACKAGES[@]}" "${ARM64_PACKAGES[@]}"; do
-    installed "$pkg" || missing+=("$pkg")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    echo "aarch64: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    "${SUDO[@]}" apt-get update -qq
-    # Note: the arm64 libraries are Multi-Arch: same, so their amd64 twins must be the same
-    # version: apt may upgrade some amd64 packages (the recipe saw ~30, e.g. libc6, libgcc-s1,
-    # libstdc++6, liblzma5, libxml2, zlib1g) and pulls ~370 MB. Nothing is removed; `rustc-web`
-    # "Conflicts: rustup" only concerns Debian's rustup *package*, not a rustup.rs install in
-    # ~/.cargo (which stays first on PATH, checked below).
-    # A first dpkg run has been seen failing with "cannot access archives": retry once.
-    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
-      "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    changed=1
-  elif [ "$changed" -eq 1 ]; then
-    "${SUDO[@]}" apt-get update -qq
-  fi
+  # The arm64 libraries are Multi-Arch: same, so their amd64 twins must be the same version:
+  # apt may upgrade some amd64 packages (the recipe saw ~30, e.g. libc6, libgcc-s1,
+  # libstdc++6, liblzma5, libxml2, zlib1g) and pulls ~370 MB. Nothing is removed; `rustc-web`
+  # "Conflicts: rustup" only concerns Debian's rustup *package*, not a rustup.rs install in
+  # ~/.cargo (which stays first on PATH, checked below). A newly added architecture always
+  # leaves its :arm64 packages missing, so install-deps runs `apt-get update` then.
+  scripts/install-deps.sh packages "${HOST_PACKAGES[@]}" "${ARM64_PACKAGES[@]}"
   check_tools
 }
 

@@ -3,6 +3,7 @@
 # installed, and `apt-get update` runs only when something is missing.
 #
 #   scripts/install-deps.sh build   # compile the service
+#   scripts/install-deps.sh packages NAME...   # only these Debian packages
 #   scripts/install-deps.sh test    # + headless Chromium, Node.js and the browser tests' npm
 #                                   #   packages, systemd-analyze, oelint-adv (in a venv)
 set -euo pipefail
@@ -13,6 +14,12 @@ BUILD_PACKAGES=(build-essential pkg-config ca-certificates)
 TEST_PACKAGES=(chromium fonts-liberation systemd python3 python3-venv)
 
 want=()
+if [ "${1:-}" = packages ]; then
+  # scripts/install-deps.sh packages NAME...: just these Debian packages (scripts/aarch64.sh).
+  shift
+  want=("$@")
+  set --
+fi
 for group in "$@"; do
   case "$group" in
     build) want+=("${BUILD_PACKAGES[@]}") ;;

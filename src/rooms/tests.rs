@@ -28,7 +28,12 @@ impl Harness {
 
     /// Default limits, these sessions connected and joined to `room` in order.
     fn in_room(room: &str, members: &[(SessionId, &str)]) -> Self {
-        let mut h = Self::default();
+        Self::in_room_with(CoreConfig::default(), room, members)
+    }
+
+    /// `in_room` with these limits.
+    fn in_room_with(cfg: CoreConfig, room: &str, members: &[(SessionId, &str)]) -> Self {
+        let mut h = Self::new(cfg);
         for (id, login) in members {
             h.connect(*id, login);
         }
@@ -388,14 +393,14 @@ fn duplicate_login_is_refused_while_the_other_session_lives() {
 
 #[test]
 fn a_silent_namesake_does_not_block_a_rejoin() {
-    let mut h = Harness::new(CoreConfig {
-        ping_interval: Duration::from_secs(5),
-        ..CoreConfig::default()
-    });
-    h.connect(1, "alice");
-    h.connect(2, "bob");
-    h.join(1, "r");
-    h.join(2, "r");
+    let mut h = Harness::in_room_with(
+        CoreConfig {
+            ping_interval: Duration::from_secs(5),
+            ..CoreConfig::default()
+        },
+        "r",
+        &[(1, "alice"), (2, "bob")],
+    );
     // alice's network dies; her page reloads on another connection.
     h.advance(Duration::from_secs(5));
     h.cmd(2, Command::Pong);
@@ -957,15 +962,15 @@ fn disconnect_cleans_up_streams_and_membership() {
 
 #[test]
 fn media_that_never_comes_up_fails_in_bounded_time() {
-    let mut h = Harness::new(CoreConfig {
-        media_timeout: Duration::from_secs(15),
-        ping_interval: Duration::from_secs(60),
-        ..CoreConfig::default()
-    });
-    h.connect(1, "alice");
-    h.connect(2, "bob");
-    h.join(1, "r");
-    h.join(2, "r");
+    let mut h = Harness::in_room_with(
+        CoreConfig {
+            media_timeout: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(60),
+            ..CoreConfig::default()
+        },
+        "r",
+        &[(1, "alice"), (2, "bob")],
+    );
     h.publish_live(1, "r", "pa", "r-alice-1");
     h.cmd(1, Command::Publish(req("pa2", "r-alice-2", "r")));
     h.cmd(2, Command::Play(req("pb", "r-alice-1", "r")));
@@ -1066,15 +1071,15 @@ fn shutdown_closes_sessions_and_finalizes_rooms() {
 
 #[test]
 fn device_wide_stream_and_player_budgets() {
-    let mut h = Harness::new(CoreConfig {
-        max_streams: 1,
-        max_players: 1,
-        ..CoreConfig::default()
-    });
-    h.connect(1, "alice");
-    h.connect(2, "bob");
-    h.join(1, "r");
-    h.join(2, "r");
+    let mut h = Harness::in_room_with(
+        CoreConfig {
+            max_streams: 1,
+            max_players: 1,
+            ..CoreConfig::default()
+        },
+        "r",
+        &[(1, "alice"), (2, "bob")],
+    );
     h.publish_live(1, "r", "pa", "r-alice-1");
     let out = h.cmd(2, Command::Publish(req("pb", "r-bob-1", "r")));
     assert_eq!(
