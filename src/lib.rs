@@ -2,6 +2,7 @@
 //!
 //! - `rooms`: the Sans-I/O room core (sessions, rooms, members, streams, chat).
 //! - `signalling`: the Flashphoner Room API wire format.
+//! - `sfu`: the WebRTC SFU (one UDP port, forwarding without transcoding).
 //! - `server`: the I/O edge (HTTP, WebSocket sessions, the task driving the core).
 //! - `config`, `logging`, `service` (sd_notify): the system edge.
 
@@ -10,6 +11,7 @@ pub mod logging;
 pub mod rooms;
 pub mod server;
 pub mod service;
+pub mod sfu;
 pub mod signalling;
 
 /// The version reported by `/health` and `--version`.

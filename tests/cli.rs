@@ -149,7 +149,7 @@ fn signal_right_at_readiness_exits_cleanly() {
     let config = TempFile::new(
         "ready",
         "[http]\nlisten = \"127.0.0.1:0\"\n\
-         [media]\nadvertise_ips = [\"127.0.0.1\"]\n\
+         [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
          [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
     );
     for run in 0..RUNS {

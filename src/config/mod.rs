@@ -115,6 +115,7 @@ pub struct Media {
     pub udp_port: u16,
     pub advertise_ips: Vec<IpAddr>,
     pub ice_timeout_ms: u64,
+    pub preferred_video_codec: VideoCodec,
 }
 
 impl Default for Media {
@@ -123,8 +124,17 @@ impl Default for Media {
             udp_port: 20_000,
             advertise_ips: Vec::new(),
             ice_timeout_ms: 15_000,
+            preferred_video_codec: VideoCodec::H264,
         }
     }
+}
+
+/// The video codec a publish answer picks when the browser offers both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodec {
+    H264,
+    Vp8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -268,14 +278,18 @@ max_players = 256
 max_name_bytes = 256
 
 [media]
-# The one UDP port every WebRTC peer uses.
+# The one UDP port every WebRTC peer uses (0: any free port, for tests).
 udp_port = 20000
 # Addresses put into ICE candidates (1:1 NAT: list the public address). Empty: the
-# machine's non-loopback addresses plus 127.0.0.1.
+# machine's non-loopback IPv4 addresses plus 127.0.0.1.
 advertise_ips = []
 # A publish or play whose media path is not up after this long fails with
 # "Failed by ICE timeout".
 ice_timeout_ms = 15000
+# The video codec a publisher is answered with when its browser offers both: "h264"
+# (the device camera, RTMP and MP4 recording use it) or "vp8". Players must decode
+# the publisher's codec: there is no transcoding.
+preferred_video_codec = "h264"
 
 [records]
 # Where stream and room recordings are written (relative to the working directory
@@ -460,7 +474,7 @@ impl Config {
         };
         in_range("device.width", d.width, 160, 3840)?;
         in_range("device.height", d.height, 120, 2160)?;
-        if d.width % 2 != 0 || d.height % 2 != 0 {
+        if !d.width.is_multiple_of(2) || !d.height.is_multiple_of(2) {
             return Err(invalid(
                 "device.width",
                 format!(

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::rooms::{
     CloseReason, Command, Core, MediaEvent, MediaRequest, Output, ServerMessage, SessionId, Stats,
 };
+use crate::sfu::Sfu;
 
 /// What session tasks tell the room core.
 #[derive(Debug)]
@@ -39,8 +40,8 @@ struct SessionHandle {
     close: oneshot::Sender<CloseReason>,
 }
 
-/// Until the SFU lands, every publish and play ends here, honestly.
-const NO_MEDIA: &str = "WebRTC media is not available in this version of Huddle";
+/// A publish or play the media engine could not even queue.
+const MEDIA_BUSY: &str = "Media engine overloaded, try again";
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -50,6 +51,8 @@ pub(crate) async fn run(
     mut core: Core,
     mut inbox: mpsc::Receiver<ToCore>,
     stats: watch::Sender<Stats>,
+    sfu: Sfu,
+    mut media_events: mpsc::Receiver<MediaEvent>,
 ) {
     let mut sessions: HashMap<SessionId, SessionHandle> = HashMap::new();
     let hang_room = fault_hang_room();
@@ -57,9 +60,15 @@ pub(crate) async fn run(
         let deadline = core.poll_timeout();
         let message = tokio::select! {
             m = inbox.recv() => m,
+            Some(event) = media_events.recv() => {
+                core.media_event(now(), event);
+                drain(&mut core, &mut sessions, &sfu);
+                publish_stats(&core, &stats);
+                continue;
+            }
             _ = sleep_until(deadline) => {
                 core.handle_timeout(now());
-                drain(&mut core, &mut sessions);
+                drain(&mut core, &mut sessions, &sfu);
                 publish_stats(&core, &stats);
                 continue;
             }
@@ -92,12 +101,13 @@ pub(crate) async fn run(
             }
             ToCore::Shutdown => core.shutdown(now()),
         }
-        drain(&mut core, &mut sessions);
+        drain(&mut core, &mut sessions, &sfu);
         publish_stats(&core, &stats);
         if stop {
             break;
         }
     }
+    sfu.shutdown().await;
     // Whatever is left (sessions that raced with shutdown) is closed too.
     for (_, handle) in sessions.drain() {
         let _ = handle.close.send(CloseReason::Shutdown);
@@ -122,7 +132,7 @@ fn publish_stats(core: &Core, stats: &watch::Sender<Stats>) {
 
 /// Carries out every output of the core, including the ones produced by reacting
 /// to earlier outputs (a full queue disconnects its session; media has no engine).
-fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>) {
+fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>, sfu: &Sfu) {
     while let Some(output) = core.poll_output() {
         match output {
             Output::Send { session, message } => {
@@ -143,8 +153,11 @@ fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>) {
                 }
             }
             Output::Media(request) => {
-                if let Some(event) = no_media(request) {
-                    core.media_event(now(), event);
+                if let Err(request) = sfu.request(request) {
+                    warn!("media engine queue full");
+                    if let Some(event) = refused(request) {
+                        core.media_event(now(), event);
+                    }
                 }
             }
             Output::RoomCreated { room } => debug!("room '{room}': created"),
@@ -155,7 +168,7 @@ fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>) {
     }
 }
 
-fn no_media(request: MediaRequest) -> Option<MediaEvent> {
+fn refused(request: MediaRequest) -> Option<MediaEvent> {
     match request {
         MediaRequest::Publish {
             session,
@@ -169,7 +182,7 @@ fn no_media(request: MediaRequest) -> Option<MediaEvent> {
         } => Some(MediaEvent::Failed {
             session,
             media_session_id,
-            info: NO_MEDIA.into(),
+            info: MEDIA_BUSY.into(),
         }),
         MediaRequest::Close { .. } => None,
     }

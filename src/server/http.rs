@@ -75,6 +75,8 @@ struct Health {
     version: &'static str,
     #[serde(flatten)]
     stats: crate::rooms::Stats,
+    /// Live WebRTC peer connections.
+    peers: usize,
 }
 
 async fn health(State(shared): State<Shared>) -> impl IntoResponse {
@@ -85,6 +87,9 @@ async fn health(State(shared): State<Shared>) -> impl IntoResponse {
             status: "ok",
             version: crate::VERSION,
             stats,
+            peers: shared
+                .media_peers
+                .load(std::sync::atomic::Ordering::Relaxed),
         }),
     )
 }

@@ -10,7 +10,7 @@ mod http;
 mod session;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::rooms::{Core, Stats};
+use crate::sfu::Sfu;
 
 pub use driver::ToCore;
 
@@ -29,6 +30,8 @@ const SESSION_DRAIN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Media(#[from] crate::sfu::SfuError),
     #[error("cannot listen on {addr}: {source}{}", privileged_port_hint(*addr, source))]
     Bind {
         addr: SocketAddr,
@@ -51,6 +54,8 @@ pub(crate) struct Shared {
     pub to_core: mpsc::Sender<ToCore>,
     pub stats: watch::Receiver<Stats>,
     pub next_session: Arc<AtomicU64>,
+    /// Live WebRTC peer connections of the SFU.
+    pub media_peers: Arc<AtomicUsize>,
     /// Held by every session task; closed when all of them are gone.
     pub alive: mpsc::Sender<()>,
 }
@@ -58,6 +63,8 @@ pub(crate) struct Shared {
 /// A running service.
 pub struct Server {
     addr: SocketAddr,
+    media_port: u16,
+    media_peers: Arc<AtomicUsize>,
     stats: watch::Receiver<Stats>,
     shutdown: watch::Sender<bool>,
     alive: mpsc::Receiver<()>,
@@ -81,20 +88,34 @@ impl Server {
         let (stats_tx, stats_rx) = watch::channel(Stats::default());
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let (to_core, from_sessions) = mpsc::channel(1024);
+        let (media_events_tx, media_events) = mpsc::channel(4096);
+        let sfu = Sfu::start(&config.media, media_events_tx).await?;
+        let media_port = sfu.port();
+        let media_peers = sfu.peers();
         let core = Core::new(config.core());
-        let driver = tokio::spawn(driver::run(core, from_sessions, stats_tx));
+        let driver = tokio::spawn(driver::run(
+            core,
+            from_sessions,
+            stats_tx,
+            sfu,
+            media_events,
+        ));
 
         let shared = Shared {
             config: Arc::new(config),
             to_core: to_core.clone(),
             stats: stats_rx.clone(),
             next_session: Arc::new(AtomicU64::new(1)),
+            media_peers,
             alive: alive_tx,
         };
+        let shared_peers = shared.media_peers.clone();
         let http = tokio::spawn(http::serve(listener, shared, shutdown_rx));
         info!("listening on http://{addr} (WebSocket signalling on ws://{addr}/)");
         Ok(Server {
             addr,
+            media_port,
+            media_peers: shared_peers,
             stats: stats_rx,
             shutdown: shutdown_tx,
             alive: alive_rx,
@@ -106,6 +127,16 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The UDP port of the media (WebRTC) socket.
+    pub fn media_port(&self) -> u16 {
+        self.media_port
+    }
+
+    /// Live WebRTC peer connections.
+    pub fn media_peers(&self) -> usize {
+        self.media_peers.load(Ordering::Relaxed)
     }
 
     /// Live counts of sessions, rooms, participants and streams.

@@ -96,7 +96,7 @@ impl Running {
         let config = TempFile::new(
             tag,
             "[http]\nlisten = \"127.0.0.1:0\"\n\
-             [media]\nadvertise_ips = [\"127.0.0.1\"]\n\
+             [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
              [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
         );
         let mut child = huddle_command()

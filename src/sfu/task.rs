@@ -1,0 +1,257 @@
+//! The I/O around the SFU engine: one tokio task owns the media UDP socket and the
+//! engine; requests come in on a bounded channel, events go out on another. Sends
+//! never wait: a datagram the socket cannot take now is dropped (and a player that
+//! lost video asks its publisher for a key frame).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::engine::{Engine, EngineConfig};
+use crate::config::Media;
+use crate::rooms::{MediaEvent, MediaRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("cannot bind the media UDP port {port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("cannot create the DTLS certificate: {0}")]
+    Certificate(String),
+    #[error("no address to advertise: set [media] advertise_ips")]
+    NoAddress,
+}
+
+enum Command {
+    Request(MediaRequest),
+    Shutdown,
+}
+
+/// Handle of the running SFU task.
+pub struct Sfu {
+    commands: mpsc::Sender<Command>,
+    port: u16,
+    advertise: Vec<IpAddr>,
+    peers: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+/// Largest datagram read; browsers keep DTLS and RTP under the path MTU.
+const DATAGRAM: usize = 4096;
+/// Datagrams read per wake-up before looking at requests and timers again.
+const BATCH: usize = 64;
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Sfu {
+    /// Binds `[media] udp_port` (0: any free port) and starts the task. Events for the
+    /// room core arrive on `events`.
+    pub async fn start(media: &Media, events: mpsc::Sender<MediaEvent>) -> Result<Sfu, SfuError> {
+        let advertise = if media.advertise_ips.is_empty() {
+            local_addresses()
+        } else {
+            media.advertise_ips.clone()
+        };
+        if advertise.is_empty() {
+            return Err(SfuError::NoAddress);
+        }
+        let any: IpAddr = if advertise.iter().all(IpAddr::is_ipv4) {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            Ipv6Addr::UNSPECIFIED.into()
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(any, media.udp_port))
+            .await
+            .map_err(|source| SfuError::Bind {
+                port: media.udp_port,
+                source,
+            })?;
+        let port = socket
+            .local_addr()
+            .map_err(|source| SfuError::Bind {
+                port: media.udp_port,
+                source,
+            })?
+            .port();
+        let cert = certificate()?;
+        let engine = Engine::new(
+            EngineConfig {
+                advertise: advertise.clone(),
+                port,
+                prefer_vp8: media.preferred_video_codec == crate::config::VideoCodec::Vp8,
+                key_frame_interval: Duration::from_millis(500),
+            },
+            cert,
+        );
+        let (commands, inbox) = mpsc::channel(1024);
+        let peers = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(engine, socket, inbox, events, peers.clone()));
+        let list: Vec<String> = advertise.iter().map(ToString::to_string).collect();
+        info!(
+            "media on UDP port {port}, advertised as {}",
+            list.join(", ")
+        );
+        Ok(Sfu {
+            commands,
+            port,
+            advertise,
+            peers,
+            task,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn advertised(&self) -> &[IpAddr] {
+        &self.advertise
+    }
+
+    /// Live peer connections.
+    pub fn peers(&self) -> Arc<AtomicUsize> {
+        self.peers.clone()
+    }
+
+    /// Hands a request to the task without waiting; gives it back when the queue is full.
+    pub fn request(&self, request: MediaRequest) -> Result<(), MediaRequest> {
+        self.commands
+            .try_send(Command::Request(request))
+            .map_err(|e| match e.into_inner() {
+                Command::Request(r) => r,
+                Command::Shutdown => unreachable!("only requests are sent here"),
+            })
+    }
+
+    /// Closes every peer (DTLS close alerts go out) and stops the task.
+    pub async fn shutdown(self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        if let Err(e) = self.task.await {
+            warn!("media task ended abnormally: {e}");
+        }
+    }
+}
+
+/// One self-signed certificate for every peer of this process: every answer carries
+/// the same fingerprint.
+fn certificate() -> Result<RTCCertificate, SfuError> {
+    let provider =
+        rtc::crypto::default_provider().map_err(|e| SfuError::Certificate(e.to_string()))?;
+    let params = CertificateParams::new(vec!["huddle".to_owned()])
+        .map_err(|e| SfuError::Certificate(e.to_string()))?;
+    RTCCertificate::generate(
+        provider.crypto(),
+        rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+        params,
+    )
+    .map_err(|e| SfuError::Certificate(e.to_string()))
+}
+
+/// The machine's non-loopback IPv4 addresses (up, not link-local) plus 127.0.0.1.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut found: Vec<IpAddr> = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+            let Some(ip) = ifa
+                .address
+                .as_ref()
+                .and_then(|a| a.as_sockaddr_in())
+                .map(|a| IpAddr::V4(a.ip()))
+            else {
+                continue;
+            };
+            let usable = match ip {
+                IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+                IpAddr::V6(_) => false,
+            };
+            if up && usable && !found.contains(&ip) {
+                found.push(ip);
+            }
+        }
+    }
+    found.push(Ipv4Addr::LOCALHOST.into());
+    found
+}
+
+/// A v4 address as the dual-stack socket wants it.
+fn target(socket_v6: bool, to: SocketAddr) -> SocketAddr {
+    match (socket_v6, to) {
+        (true, SocketAddr::V4(v4)) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        _ => to,
+    }
+}
+
+async fn run(
+    mut engine: Engine,
+    socket: UdpSocket,
+    mut inbox: mpsc::Receiver<Command>,
+    events: mpsc::Sender<MediaEvent>,
+    peers: Arc<AtomicUsize>,
+) {
+    let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+    let mut buf = vec![0u8; DATAGRAM];
+    loop {
+        while let Some(t) = engine.poll_transmit() {
+            match socket.try_send_to(&t.data, target(v6, t.to)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    engine.transmit_dropped(now(), t.peer);
+                }
+                Err(e) => debug!("send to {}: {e}", t.to),
+            }
+        }
+        while let Some(event) = engine.poll_event() {
+            if let Err(e) = events.try_send(event) {
+                // The core's own media timeout still ends the stream.
+                warn!("room core does not take media events: {e}");
+            }
+        }
+        peers.store(engine.peers(), Ordering::Relaxed);
+        let deadline = engine.poll_timeout();
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let mut next = received;
+                for _ in 0..BATCH {
+                    match next {
+                        Ok((n, from)) => {
+                            let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                            engine.datagram(now(), from, &buf[..n]);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP port unreachable from a gone browser, and the like.
+                        Err(e) => debug!("media socket: {e}"),
+                    }
+                    next = socket.try_recv_from(&mut buf);
+                }
+            }
+            command = inbox.recv() => match command {
+                Some(Command::Request(request)) => engine.request(now(), request),
+                Some(Command::Shutdown) | None => {
+                    engine.close_all();
+                    while let Some(t) = engine.poll_transmit() {
+                        let _ = socket.try_send_to(&t.data, target(v6, t.to));
+                    }
+                    peers.store(0, Ordering::Relaxed);
+                    break;
+                }
+            },
+            _ = sleep_until(deadline) => engine.handle_timeout(now()),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
