@@ -26,7 +26,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::codecs::{self, Chosen, Kind};
+use super::codecs::{self, Chosen, Codec, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
 use crate::rooms::{MediaEvent, MediaRequest, SessionId};
@@ -53,30 +53,84 @@ pub struct EngineConfig {
     pub key_frame_interval: Duration,
 }
 
-/// Where a player's copy of one track goes.
+/// A consumer of a stream other than a WebRTC player: a recorder, an RTMP push.
+/// It sees every packet as the source sent it (source payload type and SSRC).
+pub trait MediaSink: Send {
+    /// One packet of the stream; `false` removes the sink (it is done or broken).
+    fn packet(&mut self, kind: Kind, codec: &Codec, packet: &rtc::rtp::Packet) -> bool;
+}
+
+/// What feeds a stream.
+enum Source {
+    /// A browser's publish peer; `video` is its video receiver and SSRC (for PLI).
+    WebRtc {
+        peer: PeerId,
+        video: Option<(RTCRtpReceiverId, u32)>,
+    },
+    /// Fed through `source_packet` (device camera, RTMP publisher); it polls
+    /// `take_key_frame_request`.
+    External { key_frame_wanted: bool },
+}
+
+/// A stream in the SFU: its codecs, its source and its consumers.
+struct Publication {
+    codecs: Chosen,
+    source: Source,
+    players: Vec<PeerId>,
+    sinks: Vec<Box<dyn MediaSink>>,
+    last_key_frame_request: Option<Instant>,
+    /// A key frame is wanted but the source could not be asked yet (rate limit, or
+    /// its video SSRC is not known): it is asked when the interval is over.
+    key_frame_pending: bool,
+}
+
+/// Where a player's copy of one track goes, and how its numbering continues.
 #[derive(Debug)]
 struct OutTrack {
     sender: RTCRtpSenderId,
     payload_type: u8,
     ssrc: u32,
-    /// Sequence and timestamp offsets, fixed by the first forwarded packet.
-    offsets: Option<(u16, u32)>,
-    first_seq: u16,
-    first_ts: u32,
+    /// Offsets from the current source SSRC's numbering to ours.
+    map: Option<(u32, u16, u32)>,
+    next_seq: u16,
+    next_ts: u32,
+    /// Timestamp step assumed across a source change (one frame / one 20 ms packet).
+    ts_step: u32,
+}
+
+impl OutTrack {
+    /// The player's sequence number and timestamp for a source packet. A new source
+    /// SSRC (a restarted camera, a re-publish into the same stream) continues where
+    /// the player's numbering left off, so its decoder sees one continuous stream.
+    fn rewrite(&mut self, ssrc: u32, seq: u16, ts: u32) -> (u16, u32) {
+        let (seq_offset, ts_offset) = match self.map {
+            Some((source, so, to)) if source == ssrc => (so, to),
+            _ => {
+                let so = self.next_seq.wrapping_sub(seq);
+                let to = self.next_ts.wrapping_sub(ts);
+                self.map = Some((ssrc, so, to));
+                (so, to)
+            }
+        };
+        let out_seq = seq.wrapping_add(seq_offset);
+        let out_ts = ts.wrapping_add(ts_offset);
+        // Only forward progress moves the continuation point (retransmissions and
+        // reordered packets do not).
+        if out_seq.wrapping_sub(self.next_seq) < 0x8000 {
+            self.next_seq = out_seq.wrapping_add(1);
+            self.next_ts = out_ts.wrapping_add(self.ts_step);
+        }
+        (out_seq, out_ts)
+    }
 }
 
 #[derive(Debug)]
 enum Role {
     Publish {
         stream: String,
-        players: Vec<PeerId>,
-        /// The browser's video receiver and SSRC, for key-frame requests.
-        video: Option<(RTCRtpReceiverId, u32)>,
-        last_key_frame_request: Option<Instant>,
-        key_frame_wanted: bool,
     },
     Play {
-        publisher: PeerId,
+        stream: String,
         audio: Option<OutTrack>,
         video: Option<OutTrack>,
     },
@@ -100,8 +154,7 @@ pub struct Engine {
     peers: HashMap<PeerId, Peer>,
     by_media: HashMap<(SessionId, String), PeerId>,
     routes: Routes<PeerId>,
-    /// Stream name → its publishing peer.
-    publications: HashMap<String, PeerId>,
+    publications: HashMap<String, Publication>,
     events: VecDeque<MediaEvent>,
     transmits: VecDeque<Transmit>,
 }
@@ -154,13 +207,31 @@ impl Engine {
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.peers
-            .values_mut()
-            .filter_map(|p| p.pc.poll_timeout())
-            .min()
+        let interval = self.cfg.key_frame_interval;
+        let key_frames = self
+            .publications
+            .values()
+            .filter(|p| p.key_frame_pending)
+            .filter_map(|p| p.last_key_frame_request.map(|t| t + interval));
+        let peers = self.peers.values_mut().filter_map(|p| p.pc.poll_timeout());
+        key_frames.chain(peers).min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        let interval = self.cfg.key_frame_interval;
+        let key_frames: Vec<String> = self
+            .publications
+            .iter()
+            .filter(|(_, p)| {
+                p.key_frame_pending
+                    && p.last_key_frame_request
+                        .is_some_and(|t| now >= t + interval)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for stream in key_frames {
+            self.request_key_frame(now, &stream);
+        }
         let due: Vec<PeerId> = self
             .peers
             .iter_mut()
@@ -204,9 +275,9 @@ impl Engine {
     /// A datagram toward this peer was dropped (socket full): a player then misses
     /// video and needs a key frame.
     pub fn transmit_dropped(&mut self, now: Instant, id: PeerId) {
-        if let Some(Role::Play { publisher, .. }) = self.peers.get(&id).map(|p| &p.role) {
-            let publisher = *publisher;
-            self.request_key_frame(now, publisher);
+        if let Some(Role::Play { stream, .. }) = self.peers.get(&id).map(|p| &p.role) {
+            let stream = stream.clone();
+            self.request_key_frame(now, &stream);
         }
     }
 
@@ -242,14 +313,91 @@ impl Engine {
         }
     }
 
-    /// Every peer is closed (service shutdown).
+    /// Every peer is closed and every stream dropped (service shutdown).
     pub fn close_all(&mut self) {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
             self.close(id);
         }
         self.by_media.clear();
+        self.publications.clear();
     }
+
+    // ----- sources and sinks other than WebRTC peers ----------------------------
+
+    /// A stream fed by `source_packet` (the device camera, an RTMP publisher) with
+    /// these codecs (their payload types are the source's).
+    pub fn open_source(&mut self, stream: &str, codecs: Chosen) -> Result<(), String> {
+        if self.publications.contains_key(stream) {
+            return Err("Stream name is already in use".into());
+        }
+        self.publications.insert(
+            stream.to_owned(),
+            Publication {
+                codecs,
+                source: Source::External {
+                    key_frame_wanted: false,
+                },
+                players: Vec::new(),
+                sinks: Vec::new(),
+                last_key_frame_request: None,
+                key_frame_pending: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// One RTP packet of an external source, forwarded like a publisher's.
+    pub fn source_packet(
+        &mut self,
+        now: Instant,
+        stream: &str,
+        kind: Kind,
+        packet: rtc::rtp::Packet,
+    ) {
+        self.forward(now, stream, vec![(kind, packet)]);
+    }
+
+    /// Whether the players of an external source need a key frame (and clears it).
+    pub fn take_key_frame_request(&mut self, stream: &str) -> bool {
+        match self.publications.get_mut(stream).map(|p| &mut p.source) {
+            Some(Source::External { key_frame_wanted }) => std::mem::take(key_frame_wanted),
+            _ => false,
+        }
+    }
+
+    /// Ends a stream of an external source; its players are ended by the room core.
+    pub fn close_source(&mut self, stream: &str) {
+        if matches!(
+            self.publications.get(stream).map(|p| &p.source),
+            Some(Source::External { .. })
+        ) {
+            self.publications.remove(stream);
+        }
+    }
+
+    /// Adds a consumer (recorder, RTMP push) to a stream; it gets a key frame soon.
+    pub fn add_sink(
+        &mut self,
+        now: Instant,
+        stream: &str,
+        sink: Box<dyn MediaSink>,
+    ) -> Result<(), String> {
+        let p = self
+            .publications
+            .get_mut(stream)
+            .ok_or_else(|| "Stream not found".to_owned())?;
+        p.sinks.push(sink);
+        self.request_key_frame(now, stream);
+        Ok(())
+    }
+
+    /// The codecs of a stream (what a sink will receive).
+    pub fn codecs(&self, stream: &str) -> Option<&Chosen> {
+        self.publications.get(stream).map(|p| &p.codecs)
+    }
+
+    // ----- WebRTC peers -----------------------------------------------------------
 
     fn answer_or_fail(
         &mut self,
@@ -279,26 +427,38 @@ impl Engine {
         stream: &str,
         sdp: &str,
     ) -> Result<String, String> {
+        if self.publications.contains_key(stream) {
+            return Err("Stream name is already in use".into());
+        }
         let offer = codecs::parse_offer(sdp)?;
         let chosen = codecs::choose_publish(&offer, self.cfg.prefer_vp8)?;
         info!(stream = stream; "stream '{stream}': publishing {}", chosen.describe());
         let role = Role::Publish {
             stream: stream.to_owned(),
-            players: Vec::new(),
-            video: None,
-            last_key_frame_request: None,
-            key_frame_wanted: false,
         };
         let (id, answer) = self.add_peer(
             now,
             session,
             media_session_id,
             sdp,
-            chosen,
+            chosen.clone(),
             role,
             Direction::Publish,
         )?;
-        self.publications.insert(stream.to_owned(), id);
+        self.publications.insert(
+            stream.to_owned(),
+            Publication {
+                codecs: chosen,
+                source: Source::WebRtc {
+                    peer: id,
+                    video: None,
+                },
+                players: Vec::new(),
+                sinks: Vec::new(),
+                last_key_frame_request: None,
+                key_frame_pending: false,
+            },
+        );
         Ok(answer)
     }
 
@@ -310,19 +470,15 @@ impl Engine {
         stream: &str,
         sdp: &str,
     ) -> Result<String, String> {
-        let publisher = *self
+        let published = self
             .publications
             .get(stream)
-            .ok_or_else(|| "Stream not found".to_owned())?;
-        let published = self
-            .peers
-            .get(&publisher)
-            .map(|p| p.chosen.clone())
+            .map(|p| p.codecs.clone())
             .ok_or_else(|| "Stream not found".to_owned())?;
         let offer = codecs::parse_offer(sdp)?;
         let chosen = codecs::choose_play(&offer, &published)?;
         let role = Role::Play {
-            publisher,
+            stream: stream.to_owned(),
             audio: None,
             video: None,
         };
@@ -335,12 +491,8 @@ impl Engine {
             role,
             Direction::Play,
         )?;
-        if let Some(Peer {
-            role: Role::Publish { players, .. },
-            ..
-        }) = self.peers.get_mut(&publisher)
-        {
-            players.push(id);
+        if let Some(p) = self.publications.get_mut(stream) {
+            p.players.push(id);
         }
         Ok(answer)
     }
@@ -367,9 +519,9 @@ impl Engine {
                     continue;
                 };
                 let ssrc = (random() as u32).max(1);
-                let (rtp_kind, track_id) = match kind {
-                    Kind::Audio => (RtpCodecKind::Audio, "audio"),
-                    Kind::Video => (RtpCodecKind::Video, "video"),
+                let (rtp_kind, track_id, ts_step) = match kind {
+                    Kind::Audio => (RtpCodecKind::Audio, "audio", codec.clock_rate / 50),
+                    Kind::Video => (RtpCodecKind::Video, "video", codec.clock_rate / 30),
                 };
                 let track = MediaStreamTrack::new(
                     stream_id.clone(),
@@ -393,9 +545,10 @@ impl Engine {
                     sender,
                     payload_type: codec.payload_type,
                     ssrc,
-                    offsets: None,
-                    first_seq: start as u16,
-                    first_ts: (start >> 16) as u32,
+                    map: None,
+                    next_seq: start as u16,
+                    next_ts: (start >> 16) as u32,
+                    ts_step,
                 });
             }
         }
@@ -456,18 +609,18 @@ impl Engine {
         }
         self.routes.remove_peer(id);
         match p.role {
-            Role::Publish { stream, .. } => {
-                if self.publications.get(&stream) == Some(&id) {
+            Role::Publish { stream } => {
+                let own = matches!(
+                    self.publications.get(&stream).map(|p| &p.source),
+                    Some(Source::WebRtc { peer, .. }) if *peer == id
+                );
+                if own {
                     self.publications.remove(&stream);
                 }
             }
-            Role::Play { publisher, .. } => {
-                if let Some(Peer {
-                    role: Role::Publish { players, .. },
-                    ..
-                }) = self.peers.get_mut(&publisher)
-                {
-                    players.retain(|pl| *pl != id);
+            Role::Play { stream, .. } => {
+                if let Some(p) = self.publications.get_mut(&stream) {
+                    p.players.retain(|pl| *pl != id);
                 }
             }
         }
@@ -495,22 +648,27 @@ impl Engine {
         SocketAddr::new(ip, self.cfg.port)
     }
 
+    fn push_writes(transmits: &mut VecDeque<Transmit>, id: PeerId, pc: &mut RTCPeerConnection) {
+        while let Some(m) = pc.poll_write() {
+            transmits.push_back(Transmit {
+                peer: id,
+                to: m.transport.peer_addr,
+                data: m.message,
+            });
+        }
+    }
+
     /// Drains one peer: datagrams out, state changes, media in.
     fn drive(&mut self, now: Instant, id: PeerId) {
         let mut rtp: Vec<(Kind, rtc::rtp::Packet)> = Vec::new();
         let mut key_frame_requested = false;
         let mut became_up = false;
-        {
+        let mut video_track: Option<(RTCRtpReceiverId, u32)> = None;
+        let stream = {
             let Some(p) = self.peers.get_mut(&id) else {
                 return;
             };
-            while let Some(m) = p.pc.poll_write() {
-                self.transmits.push_back(Transmit {
-                    peer: id,
-                    to: m.transport.peer_addr,
-                    data: m.message,
-                });
-            }
+            Self::push_writes(&mut self.transmits, id, &mut p.pc);
             while let Some(event) = p.pc.poll_event() {
                 match event {
                     RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
@@ -542,13 +700,11 @@ impl Engine {
                         _ => {}
                     },
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                        if let Role::Publish { video, .. } = &mut p.role {
-                            let is_video =
-                                p.pc.rtp_receiver(init.receiver_id)
-                                    .is_some_and(|r| r.track().kind() == RtpCodecKind::Video);
-                            if is_video {
-                                *video = Some((init.receiver_id, init.ssrc));
-                            }
+                        let is_video =
+                            p.pc.rtp_receiver(init.receiver_id)
+                                .is_some_and(|r| r.track().kind() == RtpCodecKind::Video);
+                        if is_video {
+                            video_track = Some((init.receiver_id, init.ssrc));
                         }
                     }
                     _ => {}
@@ -566,101 +722,112 @@ impl Engine {
                             rtp.push((kind, packet));
                         }
                     }
+                    // Only PLI and FIR are delivered (peer::KeyFrameRequests).
                     RTCMessage::RtcpPacket(_, _) => key_frame_requested = true,
                     _ => {}
                 }
             }
-        }
-        let publisher = match self.peers.get(&id).map(|p| &p.role) {
-            Some(Role::Play { publisher, .. }) => Some(*publisher),
-            _ => None,
-        };
-        if let Some(publisher) = publisher {
-            if key_frame_requested || became_up {
-                self.request_key_frame(now, publisher);
+            match &p.role {
+                Role::Publish { stream } | Role::Play { stream, .. } => stream.clone(),
             }
-        }
-        if !rtp.is_empty() {
-            self.forward(now, id, rtp);
-        }
-        if let Some(Peer {
-            role:
-                Role::Publish {
-                    key_frame_wanted: true,
-                    video: Some(_),
-                    ..
-                },
-            ..
-        }) = self.peers.get(&id)
-        {
-            self.request_key_frame(now, id);
+        };
+        let is_publisher = matches!(
+            self.publications.get(&stream).map(|p| &p.source),
+            Some(Source::WebRtc { peer, .. }) if *peer == id
+        );
+        if is_publisher {
+            if let Some(track) = video_track {
+                let pending = self.publications.get_mut(&stream).is_some_and(|p| {
+                    if let Source::WebRtc { video, .. } = &mut p.source {
+                        *video = Some(track);
+                    }
+                    p.key_frame_pending
+                });
+                if pending {
+                    self.request_key_frame(now, &stream);
+                }
+            }
+            if !rtp.is_empty() {
+                self.forward(now, &stream, rtp);
+            }
+        } else if key_frame_requested || became_up {
+            self.request_key_frame(now, &stream);
         }
     }
 
-    /// PLI to the publisher, at most once per `key_frame_interval`.
-    fn request_key_frame(&mut self, now: Instant, publisher: PeerId) {
+    /// Asks the stream's source for a key frame, at most once per `key_frame_interval`:
+    /// a PLI to a browser, a flag for an external source.
+    fn request_key_frame(&mut self, now: Instant, stream: &str) {
         let interval = self.cfg.key_frame_interval;
-        let Some(p) = self.peers.get_mut(&publisher) else {
+        let Some(publication) = self.publications.get_mut(stream) else {
             return;
         };
-        let Role::Publish {
-            video,
-            last_key_frame_request,
-            key_frame_wanted,
-            ..
-        } = &mut p.role
-        else {
-            return;
-        };
-        if video.is_none() {
-            *video = signalled_video(&mut p.pc);
-        }
-        let Some((receiver, ssrc)) = *video else {
-            // The video SSRC is not known yet (not in the offer): ask at the first packet.
-            *key_frame_wanted = true;
-            return;
-        };
-        if last_key_frame_request.is_some_and(|t| now.saturating_duration_since(t) < interval) {
+        if publication
+            .last_key_frame_request
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            // Coalesced: one request when the interval is over serves everyone.
+            publication.key_frame_pending = true;
             return;
         }
-        *last_key_frame_request = Some(now);
-        *key_frame_wanted = false;
-        let pli = PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc: ssrc,
-        };
-        if let Some(mut r) = p.pc.rtp_receiver(receiver) {
-            if let Err(e) = r.write_rtcp(now, vec![Box::new(pli)]) {
-                debug!("peer {publisher}: PLI: {e}");
+        match &mut publication.source {
+            Source::External { key_frame_wanted } => *key_frame_wanted = true,
+            Source::WebRtc { peer, video } => {
+                let Some(p) = self.peers.get_mut(peer) else {
+                    return;
+                };
+                if video.is_none() {
+                    *video = signalled_video(&mut p.pc);
+                }
+                let Some((receiver, ssrc)) = *video else {
+                    // The video SSRC is not known yet (not in the offer): ask at the
+                    // first packet, or retry after the interval.
+                    publication.key_frame_pending = true;
+                    publication.last_key_frame_request = Some(now);
+                    return;
+                };
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: ssrc,
+                };
+                if let Some(mut r) = p.pc.rtp_receiver(receiver) {
+                    if let Err(e) = r.write_rtcp(now, vec![Box::new(pli)]) {
+                        debug!("peer {peer}: PLI: {e}");
+                    }
+                }
+                Self::push_writes(&mut self.transmits, *peer, &mut p.pc);
             }
         }
-        while let Some(m) = p.pc.poll_write() {
-            self.transmits.push_back(Transmit {
-                peer: publisher,
-                to: m.transport.peer_addr,
-                data: m.message,
-            });
-        }
+        publication.last_key_frame_request = Some(now);
+        publication.key_frame_pending = false;
     }
 
-    /// Copies the publisher's packets to every player that is up, rewritten to the
-    /// player's payload type, SSRC and sequence/timestamp space.
-    fn forward(&mut self, now: Instant, publisher: PeerId, packets: Vec<(Kind, rtc::rtp::Packet)>) {
-        let players = match self.peers.get(&publisher).map(|p| &p.role) {
-            Some(Role::Publish { players, .. }) => players.clone(),
-            _ => return,
+    /// Gives the source's packets to every sink and to every player that is up,
+    /// rewritten to the player's payload type, SSRC and numbering. Nothing here knows
+    /// what kind of source fed them.
+    fn forward(&mut self, now: Instant, stream: &str, packets: Vec<(Kind, rtc::rtp::Packet)>) {
+        let Some(publication) = self.publications.get_mut(stream) else {
+            return;
         };
-        for player in players {
+        let codecs = &publication.codecs;
+        publication.sinks.retain_mut(|sink| {
+            packets.iter().all(|(kind, packet)| {
+                codecs
+                    .get(*kind)
+                    .is_none_or(|codec| sink.packet(*kind, codec, packet))
+            })
+        });
+        for &player in &publication.players {
             let Some(p) = self.peers.get_mut(&player) else {
+                continue;
+            };
+            let Role::Play { audio, video, .. } = &mut p.role else {
                 continue;
             };
             if !p.up {
                 continue;
             }
             for (kind, packet) in &packets {
-                let Role::Play { audio, video, .. } = &mut p.role else {
-                    break;
-                };
                 let Some(track) = (match kind {
                     Kind::Audio => audio.as_mut(),
                     Kind::Video => video.as_mut(),
@@ -668,32 +835,62 @@ impl Engine {
                     continue;
                 };
                 let mut out = packet.clone();
-                let (seq_offset, ts_offset) = *track.offsets.get_or_insert((
-                    track.first_seq.wrapping_sub(packet.header.sequence_number),
-                    track.first_ts.wrapping_sub(packet.header.timestamp),
-                ));
+                let (seq, ts) = track.rewrite(
+                    packet.header.ssrc,
+                    packet.header.sequence_number,
+                    packet.header.timestamp,
+                );
                 out.header.payload_type = track.payload_type;
                 out.header.ssrc = track.ssrc;
-                out.header.sequence_number = packet.header.sequence_number.wrapping_add(seq_offset);
-                out.header.timestamp = packet.header.timestamp.wrapping_add(ts_offset);
+                out.header.sequence_number = seq;
+                out.header.timestamp = ts;
                 // Extension ids are the publisher leg's; the player leg adds its own.
                 out.header.extension = false;
                 out.header.extensions.clear();
                 out.header.extension_profile = 0;
-                let sender = track.sender;
-                if let Some(mut s) = p.pc.rtp_sender(sender) {
-                    if let Err(e) = s.write_rtp(now, out) {
+                if let Some(mut sender) = p.pc.rtp_sender(track.sender) {
+                    if let Err(e) = sender.write_rtp(now, out) {
                         debug!("peer {player}: write_rtp: {e}");
                     }
                 }
             }
-            while let Some(m) = p.pc.poll_write() {
-                self.transmits.push_back(Transmit {
-                    peer: player,
-                    to: m.transport.peer_addr,
-                    data: m.message,
-                });
-            }
+            Self::push_writes(&mut self.transmits, player, &mut p.pc);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(next_seq: u16, next_ts: u32) -> OutTrack {
+        OutTrack {
+            sender: RTCRtpSenderId::default(),
+            payload_type: 100,
+            ssrc: 1,
+            map: None,
+            next_seq,
+            next_ts,
+            ts_step: 3000,
+        }
+    }
+
+    #[test]
+    fn numbering_is_continuous_across_a_source_change() {
+        let mut t = track(1000, 50_000);
+        assert_eq!(t.rewrite(7, 40_000, 9_000), (1000, 50_000));
+        assert_eq!(t.rewrite(7, 40_001, 12_000), (1001, 53_000));
+        // Retransmission of an old packet: mapped, but the continuation stays.
+        assert_eq!(t.rewrite(7, 40_000, 9_000), (1000, 50_000));
+        // The source restarts with a new SSRC and numbering.
+        assert_eq!(t.rewrite(8, 5, 123), (1002, 56_000));
+        assert_eq!(t.rewrite(8, 6, 3123), (1003, 59_000));
+    }
+
+    #[test]
+    fn numbering_wraps() {
+        let mut t = track(65_535, u32::MAX);
+        assert_eq!(t.rewrite(7, 10, 0), (65_535, u32::MAX));
+        assert_eq!(t.rewrite(7, 11, 1), (0, 0));
     }
 }
