@@ -23,6 +23,9 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/", get(root))
         .route("/health", get(health))
+        .route("/app.js", get(asset))
+        .route("/room-api.js", get(asset))
+        .route("/style.css", get(asset))
         .fallback(get(other_path))
         .with_state(shared);
     let stop = async move {
@@ -62,6 +65,20 @@ async fn other_path(
     }
 }
 
+async fn asset(uri: axum::http::Uri) -> Response {
+    match ASSETS.iter().find(|(path, _, _)| *path == uri.path()) {
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "Not found\n").into_response(),
+    }
+}
+
 fn upgrade(shared: Shared, ws: WebSocketUpgrade) -> Response {
     let limit = shared.config.signalling.max_message_bytes;
     ws.max_message_size(limit)
@@ -94,29 +111,23 @@ async fn health(State(shared): State<Shared>) -> impl IntoResponse {
     )
 }
 
-const INDEX_HTML: &str = r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Huddle</title>
-<style>
- body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; padding: 0 1rem; line-height: 1.5; color: #222; }
- code { background: #f3f3f3; padding: 0 .25rem; }
-</style>
-</head>
-<body>
-<h1>Huddle</h1>
-<p>This is the media service of a meeting-room device. It hosts video rooms that browsers
-join through the Flashphoner Web Call Server Room API.</p>
-<ul>
- <li>Room signalling: a WebSocket on this address (<code>ws://<span id="host">this-host</span>/</code>),
-     compatible with the unmodified Flashphoner Web SDK (<code>flashphoner-room-api.js</code>).</li>
- <li>Service state: <a href="/health"><code>/health</code></a>.</li>
-</ul>
-<p>The device's own web app (join a room, see and hear the others, chat) will be served on this
-page.</p>
-<script>document.getElementById('host').textContent = location.host;</script>
-</body>
-</html>
-"#;
+/// The device web app (`web/`), compiled in: an appliance serves it without a
+/// file system layout to get right.
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/app.js"),
+    ),
+    (
+        "/room-api.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/room-api.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web/style.css"),
+    ),
+];
