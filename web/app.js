@@ -1,0 +1,267 @@
+// Huddle's own web app: join a room, publish the camera, play everybody else, chat, share a
+// screen. Talks to the server through room-api.js. All text from the network is put into the
+// page with textContent, never as HTML.
+import { connect, randomHex } from './room-api.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+// Served by Huddle, the WebSocket is on the page's own host and port; ?ws= points elsewhere.
+const WS_URL = params.get('ws') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
+const CAMERA = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24, max: 30 } };
+const STATUS_TEXT = { NEW: 'starting…', PENDING: 'connecting…', PUBLISHING: 'live', PLAYING: 'live' };
+
+let session = null;
+let room = null;
+let media = null; // Promise<{stream?, error?}> of the camera, started at the Join click
+let camera = null; // own MediaStream
+let cameraPub = null; // own camera Stream
+let screenPub = null; // own screen share Stream
+const participants = new Set(); // other members' logins: chat goes to each of them
+const tiles = new Map(); // stream name -> {el, stream, login}
+
+// Handle for tests and debugging: the live Streams (each with .pc, .name, .status).
+window.__huddle = { streams: () => (session ? [...session.streams.values()] : []) };
+
+try { $('login').value = localStorage.getItem('huddle.login') || ''; } catch { /* storage disabled */ }
+$('room').value = params.get('roomName') || `room-${randomHex(3)}`;
+
+function setStatus(state, text) {
+  Object.assign($('status'), { textContent: text });
+  $('status').dataset.state = state;
+}
+function show(id, text) { Object.assign($(id), { textContent: text, hidden: !text }); }
+
+function inviteLink(name) {
+  let link = `${location.origin}${location.pathname}?roomName=${encodeURIComponent(name)}`;
+  if (params.has('ws')) link += `&ws=${encodeURIComponent(WS_URL)}`; // keep a non-default server
+  return link;
+}
+
+// Camera and microphone, else whichever of them exists. Never rejects: without devices (or
+// without permission, or on a plain-http page) the user still joins to watch and chat.
+async function getMedia() {
+  if (!navigator.mediaDevices?.getUserMedia) return { error: 'the browser allows them only on HTTPS pages' };
+  let error;
+  for (const c of [{ audio: true, video: CAMERA }, { audio: true }, { video: CAMERA }]) {
+    try { return { stream: await navigator.mediaDevices.getUserMedia(c) }; } catch (e) {
+      error = e;
+      if (e.name === 'NotAllowedError' || e.name === 'SecurityError') break; // asking again will not help
+    }
+  }
+  const reasons = { NotAllowedError: 'permission denied', NotFoundError: 'no device found', NotReadableError: 'device busy' };
+  return { error: reasons[error.name] || error.message };
+}
+
+$('join-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const login = $('login').value.trim();
+  const roomName = $('room').value.trim();
+  if (!login || !roomName) return;
+  try { localStorage.setItem('huddle.login', login); } catch { /* storage disabled */ }
+  show('error', '');
+  show('notice', '');
+  $('messages').replaceChildren();
+  $('join').disabled = true;
+  setStatus('connecting', 'Connecting…');
+  media = getMedia(); // asked now, within the click, in parallel with the signalling
+  try {
+    session = await connect(WS_URL, login);
+    session.addEventListener('closed', onClosed);
+    const r = session.room(roomName);
+    room = r;
+    for (const [name, handler] of Object.entries(roomEvents)) {
+      r.addEventListener(name, (ev) => { if (room === r) handler(ev.detail); }); // ignore a left room
+    }
+    await room.join(); // STATE follows and does the rest
+  } catch (err) {
+    // e.g. "Room is full: at most 3 participants", "Room already has user with such login"
+    show('error', `Cannot join: ${err.message}`);
+    teardown('Not connected');
+  }
+});
+
+const roomEvents = {
+  async STATE(info) {
+    const r = room;
+    setStatus('joined', `In room “${r.name}” as ${session.login}`);
+    $('join-form').hidden = true;
+    $('call').hidden = false;
+    $('invite').value = inviteLink(r.name);
+    // A member who publishes nothing is a bare login; one who does is a {login, name} per stream.
+    for (const entry of info) {
+      if (typeof entry === 'string') participants.add(entry);
+      else { participants.add(entry.login); play(entry); }
+    }
+    const { stream, error } = await media;
+    if (room !== r) { stream?.getTracks().forEach((t) => t.stop()); return; } // left meanwhile
+    if (!stream) {
+      show('notice', `No camera or microphone (${error}): you joined without sending video or sound; you can still watch and chat.`);
+    } else {
+      camera = stream;
+      cameraPub = r.publish(camera);
+      addTile(cameraPub, 'You', { login: session.login, local: true });
+    }
+    $('mute-audio').disabled = !camera?.getAudioTracks().length;
+    $('mute-video').disabled = !camera?.getVideoTracks().length;
+  },
+  JOINED(login) { participants.add(login); addMessage('', `${login} joined`); },
+  LEFT(login) {
+    participants.delete(login);
+    for (const [name, t] of tiles) if (t.login === login) removeTile(name);
+    addMessage('', `${login} left`);
+  },
+  PUBLISHED(info) { play(info); },
+  UNPUBLISHED(info) { removeTile(info.name); },
+  FAILED(info) { removeTile(info.name); },
+  MESSAGE({ from, text }) { addMessage(from, text); },
+};
+
+// Camera and screen share of one member are separate streams, shown as separate tiles.
+function play({ login, name }) {
+  if (tiles.has(name) || !room) return;
+  const isScreen = name.endsWith('-screenShare');
+  addTile(room.play(name), isScreen ? `${login} (screen)` : login, { login, screen: isScreen });
+}
+
+function addTile(stream, label, { login, local = false, screen = false }) {
+  const el = $('tile-template').content.firstElementChild.cloneNode(true);
+  Object.assign(el.dataset, { login, stream: stream.name, kind: screen ? 'screen' : 'camera' });
+  el.classList.toggle('local', local);
+  el.querySelector('.name').textContent = label;
+  const video = el.querySelector('video');
+  video.setAttribute('aria-label', `Video of ${label}`);
+  // Own preview: muted (no echo; and Safari autoplays only muted media), mirrored via CSS.
+  video.muted = local;
+  video.srcObject = stream.media;
+  video.play().catch(() => {
+    // Autoplay with sound refused (no user gesture yet): play muted and offer a button.
+    const button = el.querySelector('.unmute');
+    video.muted = true;
+    video.play().catch(() => {});
+    button.hidden = false;
+    button.onclick = () => { video.muted = false; video.play().catch(() => {}); button.hidden = true; };
+  });
+  const update = () => {
+    el.dataset.status = stream.status;
+    el.querySelector('.state').textContent = STATUS_TEXT[stream.status] ?? stream.status.toLowerCase();
+  };
+  update();
+  stream.addEventListener('status', ({ detail: { status, info } }) => {
+    update();
+    if (status === 'FAILED' && local) show('error', `Sending ${label === 'You' ? 'your video' : 'your screen'} failed: ${info}`);
+    if (['STOPPED', 'FAILED', 'UNPUBLISHED'].includes(status)) removeTile(stream.name);
+  });
+  tiles.set(stream.name, { el, stream, login });
+  $('tiles').append(el);
+  $('tiles').dataset.count = tiles.size; // the CSS picks a layout per count
+}
+
+function removeTile(name) {
+  const t = tiles.get(name);
+  if (!t) return;
+  tiles.delete(name);
+  t.el.remove();
+  $('tiles').dataset.count = tiles.size;
+  t.stream.stop(); // no-op when the server ended it already
+  if (t.stream === screenPub) endShare();
+}
+
+function addMessage(from, text) {
+  const li = document.createElement('li');
+  if (!from) li.className = 'system';
+  if (from) li.append(Object.assign(document.createElement('span'), { className: 'from', textContent: from }));
+  li.append(Object.assign(document.createElement('span'), { className: 'text', textContent: text }));
+  $('messages').append(li);
+  li.scrollIntoView({ block: 'nearest' });
+}
+
+// The server delivers a message to one addressee, so it is sent once per participant.
+$('chat-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const text = $('chat-text').value;
+  if (!text.trim() || !room) return;
+  $('chat-text').value = '';
+  addMessage(session.login, text);
+  const r = room;
+  const to = [...participants];
+  const results = await Promise.allSettled(to.map((login) => r.sendMessage(login, text)));
+  const lost = to.filter((_, i) => results[i].status === 'rejected');
+  if (lost.length) addMessage('', `Not delivered to ${lost.join(', ')}`);
+});
+$('chat-text').addEventListener('keydown', (e) => {
+  // Enter sends, Shift+Enter is a new line; not while an IME composes (CJK input).
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); $('chat-form').requestSubmit(); }
+});
+
+function toggleMute(kind, button) {
+  const track = camera?.getTracks().find((t) => t.kind === kind);
+  if (!track) return;
+  track.enabled = !track.enabled; // sends silence / black frames; the stream stays up
+  const muted = !track.enabled;
+  button.setAttribute('aria-pressed', String(muted));
+  button.textContent = `${muted ? 'Unmute' : 'Mute'} ${kind}`;
+  cameraPub?.event(`${kind}${muted ? 'Muted' : 'Unmuted'}`);
+}
+$('mute-audio').onclick = (e) => toggleMute('audio', e.currentTarget);
+$('mute-video').onclick = (e) => toggleMute('video', e.currentTarget);
+
+$('share').onclick = async () => {
+  if (screenPub) { removeTile(screenPub.name); return; }
+  if (!navigator.mediaDevices?.getDisplayMedia) { show('error', 'This browser cannot share the screen.'); return; }
+  let screen;
+  try {
+    screen = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15, max: 15 } }, audio: false });
+  } catch (e) {
+    if (e.name !== 'NotAllowedError') show('error', `Cannot share the screen: ${e.message}`); // else: user cancelled
+    return;
+  }
+  if (!room || screenPub) { screen.getTracks().forEach((t) => t.stop()); return; }
+  screenPub = room.publish(screen, 'screenShare');
+  addTile(screenPub, 'You (screen)', { login: session.login, local: true, screen: true });
+  // The browser's own "Stop sharing" control ends the track: end the stream with it.
+  screen.getVideoTracks()[0].addEventListener('ended', () => screenPub && removeTile(screenPub.name));
+  Object.assign($('share'), { textContent: 'Stop sharing' });
+  $('share').setAttribute('aria-pressed', 'true');
+};
+function endShare() {
+  screenPub.media.getTracks().forEach((t) => t.stop());
+  screenPub = null;
+  Object.assign($('share'), { textContent: 'Share screen' });
+  $('share').setAttribute('aria-pressed', 'false');
+}
+
+$('leave').onclick = async () => {
+  $('leave').disabled = true;
+  try { await room?.leave(); } catch { /* the client-side cleanup runs anyway */ }
+  teardown('Left the room');
+};
+
+$('copy-invite').onclick = async () => {
+  $('invite').select();
+  try { await navigator.clipboard.writeText($('invite').value); show('notice', 'Invite link copied.'); } catch {
+    show('notice', 'Copy the selected link.'); // clipboard API needs HTTPS
+  }
+};
+
+function onClosed(e) {
+  if (e.target !== session) return; // an old session we closed ourselves
+  show('error', 'Connection to the server lost.');
+  teardown('Disconnected');
+}
+
+function teardown(statusText) {
+  for (const name of [...tiles.keys()]) removeTile(name);
+  media?.then(({ stream }) => stream?.getTracks().forEach((t) => t.stop()));
+  const s = session;
+  session = room = media = camera = cameraPub = null;
+  s?.close();
+  participants.clear();
+  $('call').hidden = true;
+  $('join-form').hidden = false;
+  $('join').disabled = $('leave').disabled = false;
+  for (const [id, text] of [['mute-audio', 'Mute audio'], ['mute-video', 'Mute video']]) {
+    Object.assign($(id), { textContent: text });
+    $(id).setAttribute('aria-pressed', 'false');
+  }
+  setStatus('offline', statusText);
+}
