@@ -27,7 +27,7 @@ test-rust:
 # Real browser (Debian Chromium) with the unmodified Flashphoner Web SDK.
 test-browser:
 	$(CARGO) build --locked --bin huddle
-	HUDDLE_BIN=$(CURDIR)/target/debug/huddle node --test tests/browser/*.test.mjs
+	HUDDLE_BIN=$(CURDIR)/target/debug/huddle HUDDLE_E2E_REQUIRE_FIREFOX=1 node --test tests/browser/*.test.mjs
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_PACKAGES=(build-essential pkg-config ca-certificates)
-TEST_PACKAGES=(chromium fonts-liberation systemd python3 python3-venv)
+TEST_PACKAGES=(chromium firefox-esr fonts-liberation systemd python3 python3-venv)
 
 want=()
 if [ "${1:-}" = packages ]; then

@@ -1,0 +1,633 @@
+//! A browser stand-in for the SFU tests: a `webrtc` 0.21.1 (async) peer connection
+//! that offers like the Flashphoner SDK does (the browser always offers, candidates
+//! are never sent), bound to 127.0.0.1 only.
+//!
+//! Everything the peer reports (connection states, remote tracks and their RTP,
+//! RTCP feedback about the tracks it sends) ends up in one channel of `Media`
+//! items, read with bounded waits.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler};
+
+pub const H264_42E01F: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    [
+        ("nack", ""),
+        ("nack", "pli"),
+        ("ccm", "fir"),
+        ("goog-remb", ""),
+    ]
+    .iter()
+    .map(|(t, p)| RTCPFeedback {
+        typ: (*t).into(),
+        parameter: (*p).into(),
+    })
+    .collect()
+}
+
+/// H.264 constrained baseline (42e01f), packetization-mode=1, at `pt`.
+pub fn h264(pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: H264_42E01F.into(),
+            rtcp_feedback: video_feedback(),
+        },
+        payload_type: pt,
+    }
+}
+
+pub fn vp8(pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_VP8.into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: video_feedback(),
+        },
+        payload_type: pt,
+    }
+}
+
+pub fn opus(pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.into(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    }
+}
+
+/// The offer as the Flashphoner SDK sends it: no `a=candidate` / `a=end-of-candidates`.
+pub fn strip_candidates(sdp: &str) -> String {
+    sdp.split("\r\n")
+        .filter(|l| !l.starts_with("a=candidate") && !l.starts_with("a=end-of-candidates"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// Marks every inbound RTCP packet for the application, so that feedback about the
+/// tracks we send (PLI/FIR) reaches `TrackLocal::poll` (idea of rtc's rtcp-processing example).
+#[derive(Default)]
+struct DeliverRtcp {
+    r: VecDeque<TaggedPacket>,
+    w: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
+        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.r.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.r.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Error> {
+        self.w.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.w.pop_front()
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Error> {
+        Ok(())
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
+impl Interceptor for DeliverRtcp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// What the client observed, in arrival order.
+#[derive(Debug)]
+pub enum Media {
+    /// A remote track opened (first RTP packet of `ssrc`).
+    Open { kind: RtpCodecKind, ssrc: u32 },
+    Rtp {
+        kind: RtpCodecKind,
+        packet: rtc::rtp::Packet,
+    },
+    /// A remote track ended.
+    Ended { kind: RtpCodecKind },
+    /// A key frame request about one of our sent tracks: "PLI" or "FIR", for `media_ssrc`.
+    KeyFrameRequest {
+        kind: RtpCodecKind,
+        what: &'static str,
+        media_ssrc: u32,
+        at: Instant,
+    },
+}
+
+struct Shared {
+    name: String,
+    state: watch::Sender<RTCPeerConnectionState>,
+    states: Mutex<Vec<RTCPeerConnectionState>>,
+    media: mpsc::UnboundedSender<Media>,
+    remote: Mutex<Vec<(RtpCodecKind, Arc<dyn TrackRemote>)>>,
+}
+
+struct Handler(Arc<Shared>);
+
+type BoxFut<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+// `PeerConnectionEventHandler` is an `#[async_trait]` trait; `async-trait` is not a
+// dependency of Huddle, so these are its expansions written out by hand.
+impl PeerConnectionEventHandler for Handler {
+    fn on_connection_state_change<'life0, 'async_trait>(
+        &'life0 self,
+        state: RTCPeerConnectionState,
+    ) -> BoxFut<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.0.states.lock().unwrap().push(state);
+            self.0.state.send_replace(state);
+        })
+    }
+
+    fn on_track<'life0, 'async_trait>(
+        &'life0 self,
+        track: Arc<dyn TrackRemote>,
+    ) -> BoxFut<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            let kind = track.kind().await;
+            self.0
+                .remote
+                .lock()
+                .unwrap()
+                .push((kind, Arc::clone(&track)));
+            let tx = self.0.media.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = track.poll().await {
+                    let item = match ev {
+                        TrackRemoteEvent::OnOpen(init) => Media::Open {
+                            kind,
+                            ssrc: init.ssrc,
+                        },
+                        TrackRemoteEvent::OnRtpPacket(packet) => Media::Rtp { kind, packet },
+                        TrackRemoteEvent::OnEnded => Media::Ended { kind },
+                        _ => continue,
+                    };
+                    if tx.send(item).is_err() {
+                        break;
+                    }
+                }
+            });
+        })
+    }
+}
+
+/// One track we send.
+pub struct SendTrack {
+    pub kind: RtpCodecKind,
+    pub ssrc: u32,
+    pub codec: RTCRtpCodecParameters,
+    pub track: Arc<TrackLocalStaticRTP>,
+}
+
+pub struct RtcClient {
+    pub name: String,
+    pub pc: Box<dyn PeerConnection>,
+    shared: Arc<Shared>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    media: mpsc::UnboundedReceiver<Media>,
+    /// Items taken out of `media` by a wait for something else, kept in order.
+    backlog: VecDeque<Media>,
+    pub sending: Vec<SendTrack>,
+    /// The SDP offer sent to the server (candidates stripped).
+    pub offer: String,
+    /// The answer applied, if any.
+    pub answer: Option<String>,
+}
+
+impl RtcClient {
+    /// A peer connection on 127.0.0.1 with exactly `codecs` in its media engine.
+    pub async fn new(name: &str, codecs: &[(RtpCodecKind, RTCRtpCodecParameters)]) -> RtcClient {
+        let mut me = MediaEngine::default();
+        for (kind, c) in codecs {
+            me.register_codec(c.clone(), *kind)
+                .unwrap_or_else(|e| panic!("{name}: register codec {c:?}: {e}"));
+        }
+        let reg = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+        let reg = register_default_interceptors(reg, &mut me)
+            .unwrap_or_else(|e| panic!("{name}: interceptors: {e}"));
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (media_tx, media) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            state: state_tx,
+            states: Mutex::new(Vec::new()),
+            media: media_tx,
+            remote: Mutex::new(Vec::new()),
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_media_engine(me)
+            .with_interceptor_registry(reg)
+            .with_handler(Arc::new(Handler(Arc::clone(&shared))))
+            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: build peer connection: {e}"));
+        RtcClient {
+            name: name.to_owned(),
+            pc: Box::new(pc),
+            shared,
+            state,
+            media,
+            backlog: VecDeque::new(),
+            sending: Vec::new(),
+            offer: String::new(),
+            answer: None,
+        }
+    }
+
+    /// A publisher: one sendonly transceiver per `(kind, codec, ssrc)`.
+    pub async fn publisher(
+        name: &str,
+        tracks: &[(RtpCodecKind, RTCRtpCodecParameters, u32)],
+    ) -> RtcClient {
+        let codecs: Vec<_> = tracks.iter().map(|(k, c, _)| (*k, c.clone())).collect();
+        let mut c = RtcClient::new(name, &codecs).await;
+        for (kind, codec, ssrc) in tracks {
+            c.add_send_track(*kind, codec.clone(), *ssrc).await;
+        }
+        c
+    }
+
+    /// A player: one recvonly transceiver per kind, `codecs` in the media engine.
+    pub async fn player(name: &str, codecs: &[(RtpCodecKind, RTCRtpCodecParameters)]) -> RtcClient {
+        let c = RtcClient::new(name, codecs).await;
+        let mut kinds: Vec<RtpCodecKind> = Vec::new();
+        for (k, _) in codecs {
+            if !kinds.contains(k) {
+                kinds.push(*k);
+            }
+        }
+        for kind in kinds {
+            c.pc.add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: recvonly {kind} transceiver: {e}"));
+        }
+        c
+    }
+
+    pub async fn add_send_track(
+        &mut self,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodecParameters,
+        ssrc: u32,
+    ) {
+        let label = format!("{}-{kind}", self.name);
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("{}-stream", self.name),
+            label.clone(),
+            label,
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        )));
+        self.pc
+            .add_transceiver_from_track(
+                Arc::clone(&track) as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: sendonly {kind} transceiver: {e}", self.name));
+        // Feedback about this track (PLI/FIR) -> `Media::KeyFrameRequest`.
+        let tx = self.shared.media.clone();
+        let t = Arc::clone(&track);
+        tokio::spawn(async move {
+            while let Some(ev) = t.poll().await {
+                let TrackLocalEvent::OnRtcpPacket(pkts) = ev else {
+                    continue;
+                };
+                for p in pkts {
+                    let any = p.as_any();
+                    let pli = any
+                        .downcast_ref::<PictureLossIndication>()
+                        .map(|p| ("PLI", p.media_ssrc));
+                    let found = pli.or_else(|| {
+                        any.downcast_ref::<FullIntraRequest>()
+                            .map(|f| ("FIR", f.fir.first().map_or(f.media_ssrc, |e| e.ssrc)))
+                    });
+                    if let Some((what, media_ssrc)) = found {
+                        let item = Media::KeyFrameRequest {
+                            kind,
+                            what,
+                            media_ssrc,
+                            at: Instant::now(),
+                        };
+                        if tx.send(item).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        self.sending.push(SendTrack {
+            kind,
+            ssrc,
+            codec,
+            track,
+        });
+    }
+
+    /// createOffer + setLocalDescription; returns the offer without candidates (kept in `offer`).
+    pub async fn create_offer(&mut self) -> String {
+        let offer = self
+            .pc
+            .create_offer(None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: create_offer: {e}", self.name));
+        self.pc
+            .set_local_description(offer.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: set_local_description: {e}", self.name));
+        self.offer = strip_candidates(&offer.sdp);
+        self.offer.clone()
+    }
+
+    pub async fn apply_answer(&mut self, sdp: &str) {
+        let desc = RTCSessionDescription::answer(sdp.to_owned())
+            .unwrap_or_else(|e| panic!("{}: bad answer ({e}):\n{sdp}", self.name));
+        self.pc
+            .set_remote_description(desc)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: set_remote_description(answer) failed: {e}\nanswer:\n{sdp}",
+                    self.name
+                )
+            });
+        self.answer = Some(sdp.to_owned());
+    }
+
+    pub fn state(&self) -> RTCPeerConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Every connection state reported so far, in order.
+    pub fn states(&self) -> Vec<RTCPeerConnectionState> {
+        self.shared.states.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for `Connected`; panics on `Failed`/`Closed` or timeout.
+    pub async fn wait_connected(&mut self, limit: Duration) {
+        let name = self.name.clone();
+        let r = tokio::time::timeout(
+            limit,
+            self.state.wait_for(|s| {
+                matches!(
+                    s,
+                    RTCPeerConnectionState::Connected
+                        | RTCPeerConnectionState::Failed
+                        | RTCPeerConnectionState::Closed
+                )
+            }),
+        )
+        .await
+        .map(|r| r.map(|s| *s));
+        let states = self.states();
+        match r {
+            Ok(Ok(RTCPeerConnectionState::Connected)) => {}
+            Ok(Ok(s)) => {
+                panic!("{name}: peer connection {s} instead of connected; states {states:?}")
+            }
+            Ok(Err(_)) => panic!("{name}: state channel closed; states {states:?}"),
+            Err(_) => panic!(
+                "{name}: not connected within {limit:?}; states {states:?}\nanswer:\n{}",
+                self.answer.as_deref().unwrap_or("(none)")
+            ),
+        }
+    }
+
+    /// The sent track of `kind`.
+    pub fn send_track(&self, kind: RtpCodecKind) -> &SendTrack {
+        self.sending
+            .iter()
+            .find(|t| t.kind == kind)
+            .unwrap_or_else(|| panic!("{}: no {kind} track", self.name))
+    }
+
+    /// The payload type the answer gave our `kind` codec (falls back to ours).
+    pub async fn negotiated_pt(&self, kind: RtpCodecKind) -> u8 {
+        let t = self.send_track(kind);
+        for s in self.pc.get_senders().await {
+            if s.track().kind().await != kind {
+                continue;
+            }
+            if let Ok(p) = s.get_parameters().await {
+                if let Some(c) = p.rtp_parameters.codecs.iter().find(|c| {
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(&t.codec.rtp_codec.mime_type)
+                }) {
+                    return c.payload_type;
+                }
+            }
+        }
+        t.codec.payload_type
+    }
+
+    /// Writes one RTP packet on the sent track of `kind`.
+    pub async fn write_rtp(&self, kind: RtpCodecKind, packet: rtc::rtp::Packet) {
+        self.send_track(kind)
+            .track
+            .write_rtp(packet)
+            .await
+            .unwrap_or_else(|e| panic!("{}: write_rtp {kind}: {e}", self.name));
+    }
+
+    /// The remote track of `kind`, once `on_track` has fired.
+    pub fn remote_track(&self, kind: RtpCodecKind) -> Option<Arc<dyn TrackRemote>> {
+        self.shared
+            .remote
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, t)| Arc::clone(t))
+    }
+
+    /// Sends a PLI for `media_ssrc` on the received track of `kind`.
+    pub async fn send_pli(&self, kind: RtpCodecKind, media_ssrc: u32) {
+        let t = self
+            .remote_track(kind)
+            .unwrap_or_else(|| panic!("{}: no remote {kind} track to send a PLI on", self.name));
+        t.write_rtcp(vec![Box::new(PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        })])
+        .await
+        .unwrap_or_else(|e| panic!("{}: PLI write_rtcp: {e}", self.name));
+    }
+
+    /// The next observed item, `None` after `limit`.
+    pub async fn next_media(&mut self, limit: Duration) -> Option<Media> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Some(m);
+        }
+        tokio::time::timeout(limit, self.media.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Drops every item observed so far (`Rtp` included); returns them.
+    pub fn drain_media(&mut self) -> Vec<Media> {
+        let mut out: Vec<Media> = self.backlog.drain(..).collect();
+        while let Ok(m) = self.media.try_recv() {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Waits (bounded) for a key frame request; other items stay queued in order.
+    pub async fn wait_key_frame_request(
+        &mut self,
+        limit: Duration,
+    ) -> Option<(&'static str, u32, Instant)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut kept = VecDeque::new();
+        let mut found = None;
+        while let Some(m) = self.backlog.pop_front() {
+            match m {
+                Media::KeyFrameRequest {
+                    what,
+                    media_ssrc,
+                    at,
+                    ..
+                } if found.is_none() => found = Some((what, media_ssrc, at)),
+                other => kept.push_back(other),
+            }
+        }
+        while found.is_none() {
+            match tokio::time::timeout_at(deadline, self.media.recv()).await {
+                Ok(Some(Media::KeyFrameRequest {
+                    what,
+                    media_ssrc,
+                    at,
+                    ..
+                })) => found = Some((what, media_ssrc, at)),
+                Ok(Some(other)) => kept.push_back(other),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        kept.extend(self.backlog.drain(..));
+        self.backlog = kept;
+        found
+    }
+
+    /// Receives until `n` RTP packets of each kind in `kinds` arrived, or `limit`.
+    /// Returns the packets per kind (in arrival order) and everything else seen.
+    pub async fn collect_rtp(
+        &mut self,
+        kinds: &[RtpCodecKind],
+        n: usize,
+        limit: Duration,
+    ) -> (Vec<(RtpCodecKind, Vec<rtc::rtp::Packet>)>, Vec<Media>) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut got: Vec<(RtpCodecKind, Vec<rtc::rtp::Packet>)> =
+            kinds.iter().map(|k| (*k, Vec::new())).collect();
+        let mut other = Vec::new();
+        let done = |got: &Vec<(RtpCodecKind, Vec<rtc::rtp::Packet>)>| {
+            got.iter().all(|(_, v)| v.len() >= n)
+        };
+        while !done(&got) {
+            let next = match self.backlog.pop_front() {
+                Some(m) => Some(m),
+                None => tokio::time::timeout_at(deadline, self.media.recv())
+                    .await
+                    .unwrap_or_default(),
+            };
+            let Some(m) = next else { break };
+            match m {
+                Media::Rtp { kind, packet } => match got.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, v)) => v.push(packet),
+                    None => other.push(Media::Rtp { kind, packet }),
+                },
+                m => other.push(m),
+            }
+        }
+        (got, other)
+    }
+
+    /// Closes the peer connection (bounded).
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.pc.close()).await;
+    }
+}

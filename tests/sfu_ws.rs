@@ -1,0 +1,1156 @@
+//! The SFU end to end over the Room API: `webrtc` 0.21.1 clients stand in for browsers
+//! (offers without candidates, as the Flashphoner SDK sends them), the server runs in
+//! process with one UDP port picked by the OS (`[media] udp_port = 0`) and advertises
+//! 127.0.0.1. Every wait is bounded.
+
+mod common;
+#[path = "common/webrtc_client.rs"]
+mod webrtc_client;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtc::rtp::header::Header;
+use rtc::rtp::Packet;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use webrtc::media_stream::track_local::TrackLocal;
+
+use common::*;
+use webrtc_client::*;
+
+use huddle::config::Config;
+use huddle::server::Server;
+
+const ROOM: &str = "r";
+const STREAM: &str = "r-alice-1a2b";
+const AUDIO: RtpCodecKind = RtpCodecKind::Audio;
+const VIDEO: RtpCodecKind = RtpCodecKind::Video;
+const PUB_AUDIO_SSRC: u32 = 0x1111_1111;
+const PUB_VIDEO_SSRC: u32 = 0x2222_2222;
+/// How long a media-level wait (connect, RTP, RTCP) may take.
+const MEDIA_WAIT: Duration = Duration::from_secs(5);
+
+async fn start_sfu_server(tweak: impl FnOnce(&mut Config)) -> Server {
+    start_server(|c| {
+        c.media.udp_port = 0;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
+        tweak(c);
+    })
+    .await
+}
+
+/// Graceful stop, bounded.
+async fn stop(server: Server) {
+    tokio::time::timeout(Duration::from_secs(8), server.shutdown())
+        .await
+        .expect("server shutdown within 8 s");
+}
+
+// ---------------------------------------------------------------------------------
+// Room API frames
+
+fn publish_frame(msid: &str, name: &str, sdp: &str, has_audio: bool, has_video: bool) -> Value {
+    json!({"message": "publishStream", "data": [{
+        "mediaSessionId": msid,
+        "name": name,
+        "published": true,
+        "hasVideo": has_video,
+        "hasAudio": has_audio,
+        "status": "PENDING",
+        "record": false,
+        "mediaProvider": "WebRTC",
+        "sdp": sdp,
+        "custom": {"name": ROOM},
+        "bitrate": 0, "minBitrate": 0, "maxBitrate": 0,
+        "constraints": {"audio": has_audio, "video": has_video},
+    }]})
+}
+
+fn play_frame(msid: &str, name: &str, sdp: &str) -> Value {
+    json!({"message": "playStream", "data": [{
+        "mediaSessionId": msid,
+        "name": name,
+        "published": false,
+        "hasVideo": true,
+        "hasAudio": true,
+        "status": "PENDING",
+        "record": false,
+        "width": 0, "height": 0,
+        "mediaProvider": "WebRTC",
+        "sdp": sdp,
+        "custom": {"name": ROOM},
+        "bitrate": 0, "minBitrate": 0, "maxBitrate": 0, "quality": 0,
+        "constraints": {"audio": {"deviceId": "default"}},
+    }]})
+}
+
+fn unpublish_frame(msid: &str, name: &str) -> Value {
+    json!({"message": "unPublishStream", "data": [{
+        "mediaSessionId": msid, "name": name, "published": true,
+        "hasVideo": true, "hasAudio": true, "status": "PUBLISHING", "record": false,
+    }]})
+}
+
+/// The next frame about media session `msid` (its `setRemoteSDP` or a non-PENDING
+/// status); a PENDING echo is skipped, anything else fails the test.
+async fn next_stream_frame(c: &mut Client, msid: &str) -> Value {
+    loop {
+        let v = c.recv().await;
+        let d = &v["data"][0];
+        match v["message"].as_str() {
+            Some("notifyStreamStatusEvent") if d["mediaSessionId"] == msid => {
+                if d["status"] == "PENDING" {
+                    continue;
+                }
+                return v;
+            }
+            Some("setRemoteSDP") if *d == msid => return v,
+            _ => panic!(
+                "{}: unexpected frame while waiting for news of {msid}: {v}",
+                c.name
+            ),
+        }
+    }
+}
+
+/// `setRemoteSDP` [msid, answer, true] must be the first news of `msid`; returns the answer.
+async fn expect_answer(c: &mut Client, msid: &str) -> String {
+    let v = next_stream_frame(c, msid).await;
+    assert_eq!(
+        v["message"], "setRemoteSDP",
+        "{}: the answer must come first for {msid} (nothing like PUBLISHING/PLAYING before it): {v}",
+        c.name
+    );
+    assert_eq!(
+        v["data"][2], true,
+        "{}: setRemoteSDP[2] must be true: {v}",
+        c.name
+    );
+    v["data"][1]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: setRemoteSDP without SDP text: {v}", c.name))
+        .to_owned()
+}
+
+/// The next status of `msid` (PENDING skipped) must be `status`; returns `data[0]`.
+async fn expect_status(c: &mut Client, msid: &str, status: &str) -> Value {
+    let v = next_stream_frame(c, msid).await;
+    let d = v["data"][0].clone();
+    assert!(
+        v["message"] == "notifyStreamStatusEvent" && d["status"] == status,
+        "{}: expected {status} for {msid}, got {v}",
+        c.name
+    );
+    d
+}
+
+/// Ping barrier that tolerates PENDING echoes: nothing else may be queued.
+async fn sync_skip_pending(c: &mut Client) {
+    c.send_json(json!({"message": "ping", "data": [null]}))
+        .await;
+    loop {
+        let v = c.recv().await;
+        if v["message"] == "pong" {
+            return;
+        }
+        let pending =
+            v["message"] == "notifyStreamStatusEvent" && v["data"][0]["status"] == "PENDING";
+        assert!(
+            pending,
+            "{}: expected nothing but the pong, got {v}",
+            c.name
+        );
+    }
+}
+
+fn assert_stream_object(who: &str, d: &Value, name: &str, published: bool) {
+    assert_eq!(d["name"], name, "{who}: full stream object: {d}");
+    assert_eq!(d["published"], published, "{who}: {d}");
+    assert_eq!(d["custom"]["name"], ROOM, "{who}: {d}");
+}
+
+/// A member's stream event (PUBLISHED/UNPUBLISHED) about alice's `name`.
+async fn expect_alice_event(c: &mut Client, event: &str, name: &str) {
+    let p = c.expect_event_in(ROOM, event).await;
+    assert_eq!(p["info"]["login"], "alice", "{}: {event} {p}", c.name);
+    assert_eq!(p["info"]["name"], name, "{}: {event} {p}", c.name);
+}
+
+/// After the publisher stopped: a player gets STOPPED ("Stopped by publisher stop") for
+/// its `msid` and the room event UNPUBLISHED, in either order, and nothing else.
+async fn expect_stopped_by_publisher(c: &mut Client, msid: &str, name: &str) {
+    let (mut stopped, mut unpublished) = (false, false);
+    while !(stopped && unpublished) {
+        let v = c.recv().await;
+        let d = &v["data"][0];
+        match v["message"].as_str() {
+            Some("notifyStreamStatusEvent") if !stopped && d["mediaSessionId"] == msid => {
+                assert_eq!(d["status"], "STOPPED", "{}: {v}", c.name);
+                assert_eq!(d["info"], "Stopped by publisher stop", "{}: {v}", c.name);
+                stopped = true;
+            }
+            Some("OnDataEvent") if !unpublished => {
+                let p = &d["payload"];
+                assert_eq!(p["name"], "UNPUBLISHED", "{}: {v}", c.name);
+                assert_eq!(p["roomName"], ROOM, "{}: {v}", c.name);
+                assert_eq!(p["info"]["login"], "alice", "{}: {v}", c.name);
+                assert_eq!(p["info"]["name"], name, "{}: {v}", c.name);
+                unpublished = true;
+            }
+            _ => panic!(
+                "{}: expected STOPPED of {msid} and UNPUBLISHED, got {v}",
+                c.name
+            ),
+        }
+    }
+}
+
+/// Connects `login` and joins ROOM.
+async fn member(addr: SocketAddr, login: &str) -> Client {
+    let mut c = Client::connect(addr, login).await;
+    c.join(ROOM).await;
+    c
+}
+
+// ---------------------------------------------------------------------------------
+// SDP checks (what ROOM_PROTOCOL §10.2 asks of an answer that a test can see)
+
+/// `m=<kind>` line fields: (port, payload types).
+fn m_line(sdp: &str, kind: &str) -> Option<(u16, Vec<u8>)> {
+    let line = sdp
+        .split("\r\n")
+        .find(|l| l.starts_with(&format!("m={kind} ")))?;
+    let f: Vec<&str> = line.split(' ').collect();
+    let port = f.get(1)?.parse().ok()?;
+    let pts = f.iter().skip(3).filter_map(|p| p.parse().ok()).collect();
+    Some((port, pts))
+}
+
+/// Checks the answer; returns the port of its 127.0.0.1 UDP host candidates.
+/// `HUDDLE_TEST_DUMP_SDP=1` prints every answer.
+fn check_answer(what: &str, sdp: &str, direction: &str) -> u16 {
+    if std::env::var_os("HUDDLE_TEST_DUMP_SDP").is_some() {
+        eprintln!("--- {what} answer:\n{sdp}");
+    }
+    let ctx = format!("{what} answer:\n{sdp}");
+    assert!(
+        sdp.ends_with("\r\n") && !sdp.replace("\r\n", "").contains('\n'),
+        "lines must end in CRLF; {ctx}"
+    );
+    let lines: Vec<&str> = sdp.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(lines.contains(&"a=ice-lite"), "a=ice-lite missing; {ctx}");
+    let ports: Vec<u16> = lines
+        .iter()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let host_v4 = f.len() >= 8
+                && f[2].eq_ignore_ascii_case("udp")
+                && f[4] == "127.0.0.1"
+                && f[6] == "typ"
+                && f[7] == "host";
+            host_v4.then(|| f[5].parse().ok()).flatten()
+        })
+        .collect();
+    assert!(
+        !ports.is_empty(),
+        "no UDP host candidate on 127.0.0.1; {ctx}"
+    );
+    assert!(
+        ports.iter().all(|p| *p == ports[0] && *p != 0 && *p != 9),
+        "candidates must name the one media port: {ports:?}; {ctx}"
+    );
+    // Per media section: direction and DTLS role.
+    let mut sections: Vec<Vec<&str>> = Vec::new();
+    for l in &lines {
+        if l.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(s) = sections.last_mut() {
+            s.push(l);
+        }
+    }
+    let session_setup = lines
+        .iter()
+        .take_while(|l| !l.starts_with("m="))
+        .find(|l| l.starts_with("a=setup:"));
+    let mut msids = Vec::new();
+    for s in sections
+        .iter()
+        .filter(|s| s[0].split(' ').nth(1) != Some("0"))
+    {
+        assert!(
+            s.contains(&format!("a={direction}").as_str()),
+            "{}: expected a={direction}; {ctx}",
+            s[0]
+        );
+        let setup = s
+            .iter()
+            .find(|l| l.starts_with("a=setup:"))
+            .or(session_setup);
+        assert!(
+            matches!(setup.copied(), Some("a=setup:passive" | "a=setup:active")),
+            "{}: a=setup must be passive (or active), got {setup:?}; {ctx}",
+            s[0]
+        );
+        if let Some(m) = s.iter().find(|l| l.starts_with("a=msid:")) {
+            msids.push(
+                m.trim_start_matches("a=msid:")
+                    .split(' ')
+                    .next()
+                    .unwrap_or(""),
+            );
+        }
+    }
+    if direction == "sendonly" {
+        assert_eq!(
+            msids.len(),
+            sections.len(),
+            "every play m-line needs a=msid; {ctx}"
+        );
+        assert!(
+            msids.iter().all(|m| *m == msids[0]),
+            "audio and video must share the MediaStream id: {msids:?}; {ctx}"
+        );
+    }
+    // a=fmtp:<pt> right after a=rtpmap:<pt>.
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(rest) = l.strip_prefix("a=fmtp:") {
+            let pt = rest.split(' ').next().unwrap_or("");
+            assert!(
+                i > 0 && lines[i - 1].starts_with(&format!("a=rtpmap:{pt} ")),
+                "'{l}' must follow its a=rtpmap; {ctx}"
+            );
+        }
+    }
+    ports[0]
+}
+
+/// The first payload type of the answer's `kind` m-line must be `pt` (and the line live).
+fn assert_answer_pt(what: &str, sdp: &str, kind: &str, pt: u8) {
+    let (port, pts) =
+        m_line(sdp, kind).unwrap_or_else(|| panic!("{what}: no m={kind} in the answer:\n{sdp}"));
+    assert!(
+        port != 0 && pts.first() == Some(&pt),
+        "{what}: m={kind} must be live with payload type {pt} first (port {port}, pts {pts:?}):\n{sdp}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Media
+
+fn packet(pt: u8, ssrc: u32, seq: u16, ts: u32, marker: bool, payload: Vec<u8>) -> Packet {
+    Packet {
+        header: Header {
+            version: 2,
+            marker,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc,
+            ..Default::default()
+        },
+        payload: Bytes::from(payload),
+    }
+}
+
+/// `len` bytes that differ per packet: the packet index first, then a pattern.
+fn body(index: usize, len: usize) -> Vec<u8> {
+    let mut b = vec![(index >> 8) as u8, index as u8];
+    b.extend((0..len.saturating_sub(2)).map(|i| ((index * 131 + i * 7) % 251) as u8));
+    b
+}
+
+/// 50 H.264 packets from `(seq, ts)` on: STAP-A (SPS+PPS), an IDR in 4 FU-A fragments,
+/// 15 P frames in 3 FU-A fragments each.
+fn h264_packets(pt: u8, (mut seq, ts0): (u16, u32)) -> Vec<Packet> {
+    let mut out = Vec::new();
+    let mut push = |out: &mut Vec<Packet>, ts: u32, marker: bool, payload: Vec<u8>| {
+        out.push(packet(pt, PUB_VIDEO_SSRC, seq, ts, marker, payload));
+        seq = seq.wrapping_add(1);
+    };
+    let sps = [
+        0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0x84, 0x00,
+    ];
+    let pps = [0x68, 0xce, 0x3c, 0x80];
+    let mut stap = vec![0x78, 0x00, sps.len() as u8];
+    stap.extend(sps);
+    stap.extend([0x00, pps.len() as u8]);
+    stap.extend(pps);
+    push(&mut out, ts0, false, stap);
+    for (i, len) in [1100, 1100, 1100, 600].into_iter().enumerate() {
+        let fu_header = match i {
+            0 => 0x85,
+            3 => 0x45,
+            _ => 0x05,
+        };
+        let mut p = vec![0x7c, fu_header];
+        p.extend(body(out.len(), len));
+        push(&mut out, ts0, i == 3, p);
+    }
+    for frame in 1..=15u32 {
+        let ts = ts0.wrapping_add(frame * 3000);
+        for i in 0..3 {
+            let fu_header = [0x81, 0x01, 0x41][i];
+            let len = if i == 2 {
+                300 + (frame as usize * 17) % 200
+            } else {
+                1000
+            };
+            let mut p = vec![0x5c, fu_header];
+            p.extend(body(out.len(), len));
+            push(&mut out, ts, i == 2, p);
+        }
+    }
+    assert_eq!(out.len(), 50);
+    out
+}
+
+/// `n` Opus packets of 20 ms with varying sizes, from `(seq, ts)` on.
+fn opus_packets(pt: u8, n: usize, (seq, ts): (u16, u32)) -> Vec<Packet> {
+    (0..n)
+        .map(|i| {
+            let mut p = vec![0xfc];
+            p.extend(body(i, 60 + (i * 13) % 100));
+            packet(
+                pt,
+                PUB_AUDIO_SSRC,
+                seq.wrapping_add(i as u16),
+                ts.wrapping_add(960 * i as u32),
+                false,
+                p,
+            )
+        })
+        .collect()
+}
+
+/// Where a publisher's RTP streams are: next (sequence number, timestamp) per kind.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    video: (u16, u32),
+    audio: (u16, u32),
+}
+
+/// A browser sends media from the moment it is connected: this does too, one video
+/// packet (a P frame) and one Opus packet every 20 ms, until stopped.
+struct Camera {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Position>,
+}
+
+impl Camera {
+    async fn start(pc: &RtcClient, from: Position) -> Camera {
+        let video = Arc::clone(&pc.send_track(VIDEO).track);
+        let audio = Arc::clone(&pc.send_track(AUDIO).track);
+        let (vpt, apt) = (pc.negotiated_pt(VIDEO).await, pc.negotiated_pt(AUDIO).await);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut at = from;
+            let limit = Instant::now() + Duration::from_secs(20);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut n = 0usize;
+            while !*stopped.borrow() && Instant::now() < limit {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let mut v = vec![0x41];
+                v.extend(body(n, 900));
+                let (seq, ts) = at.video;
+                let _ = video
+                    .write_rtp(packet(vpt, PUB_VIDEO_SSRC, seq, ts, true, v))
+                    .await;
+                at.video = (seq.wrapping_add(1), ts.wrapping_add(1800));
+                let mut a = vec![0xfc];
+                a.extend(body(n, 80));
+                let (seq, ts) = at.audio;
+                let _ = audio
+                    .write_rtp(packet(apt, PUB_AUDIO_SSRC, seq, ts, false, a))
+                    .await;
+                at.audio = (seq.wrapping_add(1), ts.wrapping_add(960));
+                n += 1;
+            }
+            at
+        });
+        Camera { stop, task }
+    }
+
+    /// Stops it; returns where the streams continue.
+    async fn stop(self) -> Position {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(2), self.task)
+            .await
+            .expect("camera task stops")
+            .expect("camera task")
+    }
+}
+
+/// `n` VP8 packets: a key frame start, then continuation / inter frames.
+/// (The sequence number wraps after the 6th.)
+fn vp8_packets(pt: u8, n: usize) -> Vec<Packet> {
+    (0..n)
+        .map(|i| {
+            let mut p = if i == 0 {
+                vec![0x10, 0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a]
+            } else {
+                vec![0x10, 0x31]
+            };
+            p.extend(body(i, 800));
+            packet(
+                pt,
+                PUB_VIDEO_SSRC,
+                65_530u16.wrapping_add(i as u16),
+                90_000 + 3000 * i as u32,
+                true,
+                p,
+            )
+        })
+        .collect()
+}
+
+/// Writes the packets of both lists interleaved, 1 ms apart.
+async fn send_interleaved(pc: &RtcClient, lists: &[(RtpCodecKind, &[Packet])]) {
+    let longest = lists.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
+    for i in 0..longest {
+        for (kind, list) in lists {
+            if let Some(p) = list.get(i) {
+                pc.write_rtp(*kind, p.clone()).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Which sent packet (by payload) each received one is, for failure messages.
+fn identify(sent: &[Packet], got: &[Packet]) -> Vec<Option<usize>> {
+    got.iter()
+        .map(|g| sent.iter().position(|s| s.payload == g.payload))
+        .collect()
+}
+
+/// Every sent packet arrived once, in order, byte-identical, with continuous sequence
+/// numbers, the same timestamp spacing and marker bits, under payload type `pt`.
+/// Returns the player-side SSRC.
+fn check_forwarded(who: &str, kind: RtpCodecKind, sent: &[Packet], got: &[Packet], pt: u8) -> u32 {
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "{who} {kind}: received {} of {} packets; received (sent index per packet): {:?}",
+        got.len(),
+        sent.len(),
+        identify(sent, got)
+    );
+    let g0 = &got[0].header;
+    for (i, (s, g)) in sent.iter().zip(got).enumerate() {
+        assert!(
+            g.payload == s.payload,
+            "{who} {kind} packet {i}: payload differs (sent {} bytes {:02x?}.., got {} bytes {:02x?}..); order received: {:?}",
+            s.payload.len(),
+            &s.payload[..s.payload.len().min(8)],
+            g.payload.len(),
+            &g.payload[..g.payload.len().min(8)],
+            identify(sent, got)
+        );
+        let h = &g.header;
+        assert_eq!(
+            h.payload_type, pt,
+            "{who} {kind} packet {i}: payload type (the player's own)"
+        );
+        assert_eq!(h.ssrc, g0.ssrc, "{who} {kind} packet {i}: SSRC changed");
+        assert_eq!(
+            h.sequence_number,
+            g0.sequence_number.wrapping_add(i as u16),
+            "{who} {kind} packet {i}: sequence numbers must be continuous: {:?}",
+            got.iter()
+                .map(|p| p.header.sequence_number)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            h.timestamp.wrapping_sub(g0.timestamp),
+            s.header.timestamp.wrapping_sub(sent[0].header.timestamp),
+            "{who} {kind} packet {i}: timestamp spacing must be kept"
+        );
+        assert_eq!(
+            h.marker, s.header.marker,
+            "{who} {kind} packet {i}: marker bit"
+        );
+    }
+    g0.ssrc
+}
+
+/// Publishes over `ws` with `pc`: answer first (checked), then PUBLISHING once the
+/// client is connected. Returns the media port named by the answer.
+async fn publish(
+    ws: &mut Client,
+    pc: &mut RtcClient,
+    msid: &str,
+    name: &str,
+    video_pt: Option<u8>,
+) -> u16 {
+    let offer = pc.create_offer().await;
+    assert!(
+        !offer.contains("a=candidate"),
+        "offer must go without candidates"
+    );
+    let has_video = video_pt.is_some();
+    ws.send_json(publish_frame(msid, name, &offer, true, has_video))
+        .await;
+    let answer = expect_answer(ws, msid).await;
+    let port = check_answer(&format!("{} publish", ws.name), &answer, "recvonly");
+    if let Some(pt) = video_pt {
+        assert_answer_pt("publish", &answer, "video", pt);
+    }
+    // Nothing else is queued: PUBLISHING cannot precede the client's ICE/DTLS.
+    sync_skip_pending(ws).await;
+    pc.apply_answer(&answer).await;
+    let d = expect_status(ws, msid, "PUBLISHING").await;
+    assert_stream_object(&ws.name, &d, name, true);
+    // PUBLISHING means ICE + DTLS are done: the client must be connected too (a few
+    // ms of slack, since the DTLS server finishes one flight before the client).
+    pc.wait_connected(Duration::from_secs(1)).await;
+    port
+}
+
+/// Plays STREAM over `ws` with `pc`; checks the answer's video payload type and port.
+async fn play(ws: &mut Client, pc: &mut RtcClient, msid: &str, video_pt: u8, port: u16) -> String {
+    let offer = pc.create_offer().await;
+    ws.send_json(play_frame(msid, STREAM, &offer)).await;
+    let answer = expect_answer(ws, msid).await;
+    let what = format!("{} play", ws.name);
+    assert_eq!(
+        check_answer(&what, &answer, "sendonly"),
+        port,
+        "{what}: one UDP port for every peer"
+    );
+    assert_answer_pt(&what, &answer, "video", video_pt);
+    pc.apply_answer(&answer).await;
+    let d = expect_status(ws, msid, "PLAYING").await;
+    assert_stream_object(&ws.name, &d, STREAM, false);
+    pc.wait_connected(Duration::from_secs(2)).await;
+    answer
+}
+
+/// The publisher must get a key frame request for its video SSRC, received at or
+/// after `since`, within `limit`; earlier ones are skipped. Returns when it came.
+async fn expect_key_frame_request(
+    pc: &mut RtcClient,
+    since: Instant,
+    why: &str,
+    limit: Duration,
+) -> Instant {
+    let deadline = Instant::now() + limit;
+    let mut earlier = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some((what, ssrc, at)) = pc.wait_key_frame_request(left).await else {
+            panic!(
+                "publisher got no PLI/FIR within {limit:?} {why} (earlier requests, ms before: {earlier:?})"
+            );
+        };
+        let at = Instant::from_std(at);
+        if at < since {
+            earlier.push(since.duration_since(at).as_millis());
+            continue;
+        }
+        assert_eq!(
+            ssrc, PUB_VIDEO_SSRC,
+            "{what} {why} must name the publisher's video SSRC"
+        );
+        return at;
+    }
+}
+
+/// `peers` (live WebRTC peer connections) from `/health`.
+async fn health_peers(addr: SocketAddr) -> u64 {
+    let (status, _, body) = http_get(addr, "/health").await;
+    assert_eq!(status, 200, "/health: {body}");
+    let v: Value = serde_json::from_str(&body).expect("/health JSON");
+    v["peers"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/health needs a 'peers' count: {v}"))
+}
+
+/// Waits (bounded) until no stream, player and SFU peer is left.
+async fn expect_nothing_left(server: &Server, why: &str) {
+    let limit = Duration::from_secs(3);
+    wait_until(&format!("0 streams/players/peers {why}"), limit, || {
+        let s = server.stats();
+        s.streams == 0 && s.players == 0 && server.media_peers() == 0
+    })
+    .await;
+    assert_eq!(
+        health_peers(server.local_addr()).await,
+        0,
+        "/health peers {why}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Tests
+
+/// Publish, two players with their own payload types, forwarding of every packet,
+/// key frame requests (on play start and from a player), unpublish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_two_players_forward_feedback_and_unpublish() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut carol = member(addr, "carol").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    bob.expect_event_in(ROOM, "JOINED").await;
+
+    // 1. Publish: Opus 111 + H.264 42e01f at 125.
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, h264(125), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await;
+    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
+    assert_eq!(
+        port,
+        server.media_port(),
+        "the answer names the media socket's port"
+    );
+    assert_eq!(server.media_peers(), 1);
+    assert_eq!(health_peers(addr).await, 1);
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    expect_alice_event(&mut carol, "PUBLISHED", STREAM).await;
+    alice.sync().await;
+    let camera = Camera::start(
+        &alice_pc,
+        Position {
+            video: (65_500, u32::MAX - 20_000),
+            audio: (40_000, 1234),
+        },
+    )
+    .await;
+
+    // 2. Two players, each with payload types of its own; each start asks the
+    // publisher for a key frame.
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let since = Instant::now();
+    play(&mut bob, &mut bob_pc, "m-bob", 106, port).await;
+    let t = Duration::from_secs(2);
+    expect_key_frame_request(&mut alice_pc, since, "after bob's play started", t).await;
+    // Past a ~500 ms key frame request rate limit (see back_to_back_players_*).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut carol_pc = RtcClient::player(
+        "carol-pc",
+        &[(AUDIO, opus(109)), (VIDEO, vp8(96)), (VIDEO, h264(102))],
+    )
+    .await;
+    let since = Instant::now();
+    play(&mut carol, &mut carol_pc, "m-carol", 102, port).await;
+    expect_key_frame_request(&mut alice_pc, since, "after carol's play started", t).await;
+    assert_eq!(server.media_peers(), 3, "one publisher and two players");
+
+    // The camera stops; a burst of 50 + 50 packets must reach both players exactly.
+    let at = camera.stop().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    bob_pc.drain_media();
+    carol_pc.drain_media();
+    alice_pc.drain_media();
+    let video = h264_packets(alice_pc.negotiated_pt(VIDEO).await, at.video);
+    let audio = opus_packets(alice_pc.negotiated_pt(AUDIO).await, 50, at.audio);
+    send_interleaved(&alice_pc, &[(VIDEO, &video), (AUDIO, &audio)]).await;
+    let mut video_ssrcs = Vec::new();
+    for (pc, audio_pt, video_pt) in [(&mut bob_pc, 111, 106), (&mut carol_pc, 109, 102)] {
+        let (got, other) = pc.collect_rtp(&[VIDEO, AUDIO], 50, MEDIA_WAIT).await;
+        let who = pc.name.clone();
+        let v = check_forwarded(&who, VIDEO, &video, &got[0].1, video_pt);
+        let a = check_forwarded(&who, AUDIO, &audio, &got[1].1, audio_pt);
+        assert_ne!(a, v, "{who}: audio and video need their own SSRCs");
+        for m in &other {
+            if let Media::Open { kind, ssrc } = m {
+                let want = if *kind == VIDEO { v } else { a };
+                assert_eq!(*ssrc, want, "{who}: {kind} track opened with another SSRC");
+            }
+        }
+        video_ssrcs.push(v);
+    }
+
+    // 3. A player's PLI reaches the publisher (after a quiet spell > any rate limit,
+    // in which nothing asks for a key frame).
+    alice_pc.drain_media();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let unasked: Vec<Media> = alice_pc
+        .drain_media()
+        .into_iter()
+        .filter(|m| matches!(m, Media::KeyFrameRequest { .. }))
+        .collect();
+    assert!(
+        unasked.is_empty(),
+        "key frame requests nobody asked for: {unasked:?}"
+    );
+    let since = Instant::now();
+    bob_pc.send_pli(VIDEO, video_ssrcs[0]).await;
+    expect_key_frame_request(&mut alice_pc, since, "after bob's PLI", t).await;
+
+    // 4. Unpublish: the SDK closes its peer connection right after sending.
+    alice.send_json(unpublish_frame("m-alice", STREAM)).await;
+    alice_pc.close().await;
+    let d = expect_status(&mut alice, "m-alice", "UNPUBLISHED").await;
+    assert_stream_object("alice", &d, STREAM, true);
+    expect_stopped_by_publisher(&mut bob, "m-bob", STREAM).await;
+    expect_stopped_by_publisher(&mut carol, "m-carol", STREAM).await;
+    alice.sync().await;
+    bob.sync().await;
+    carol.sync().await;
+    expect_nothing_left(&server, "after the unpublish").await;
+    bob_pc.close().await;
+    carol_pc.close().await;
+    stop(server).await;
+}
+
+/// The Conference page plays a stream as soon as PUBLISHED arrives, so two members'
+/// players come up within moments of each other. Each one needs a key frame: a
+/// request that falls inside the per-publisher rate limit must be deferred, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_players_each_get_a_key_frame() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut carol = member(addr, "carol").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    bob.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, h264(125), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await;
+    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    expect_alice_event(&mut carol, "PUBLISHED", STREAM).await;
+    let camera = Camera::start(
+        &alice_pc,
+        Position {
+            video: (1, 0),
+            audio: (1, 0),
+        },
+    )
+    .await;
+
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let mut carol_pc =
+        RtcClient::player("carol-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let since = Instant::now();
+    play(&mut bob, &mut bob_pc, "m-bob", 106, port).await;
+    let t = Duration::from_secs(2);
+    let first = expect_key_frame_request(&mut alice_pc, since, "after bob's play started", t).await;
+    // carol right away; the server cannot have her up before she applied the answer,
+    // so the key frame request she needs comes after `since`.
+    let offer = carol_pc.create_offer().await;
+    carol.send_json(play_frame("m-carol", STREAM, &offer)).await;
+    let answer = expect_answer(&mut carol, "m-carol").await;
+    let since = Instant::now();
+    carol_pc.apply_answer(&answer).await;
+    expect_status(&mut carol, "m-carol", "PLAYING").await;
+    let up = Instant::now();
+    let why = format!(
+        "for carol, whose play came up {} ms after bob's key frame request",
+        up.duration_since(first).as_millis()
+    );
+    expect_key_frame_request(&mut alice_pc, since, &why, t).await;
+
+    camera.stop().await;
+    alice.send_json(unpublish_frame("m-alice", STREAM)).await;
+    alice_pc.close().await;
+    expect_status(&mut alice, "m-alice", "UNPUBLISHED").await;
+    expect_stopped_by_publisher(&mut bob, "m-bob", STREAM).await;
+    expect_stopped_by_publisher(&mut carol, "m-carol", STREAM).await;
+    expect_nothing_left(&server, "after the unpublish").await;
+    bob_pc.close().await;
+    carol_pc.close().await;
+    stop(server).await;
+}
+
+/// A publish whose client never applies the answer ends FAILED by the ICE timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_without_ice_fails_by_ice_timeout() {
+    let server = start_sfu_server(|c| c.media.ice_timeout_ms = 1500).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+
+    let mut pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, h264(125), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await;
+    let offer = pc.create_offer().await;
+    let t0 = Instant::now();
+    alice
+        .send_json(publish_frame("m-silent", STREAM, &offer, true, true))
+        .await;
+    let answer = expect_answer(&mut alice, "m-silent").await;
+    check_answer("publish", &answer, "recvonly");
+    // The answer is never applied: no ICE check ever reaches the server.
+    let d = expect_status(&mut alice, "m-silent", "FAILED").await;
+    let elapsed = t0.elapsed();
+    assert_eq!(d["info"], "Failed by ICE timeout", "{d}");
+    assert_stream_object("alice", &d, STREAM, true);
+    assert!(
+        elapsed >= Duration::from_millis(1300) && elapsed <= Duration::from_secs(3),
+        "FAILED after {elapsed:?}, expected ~1.5 s (ice_timeout_ms = 1500)"
+    );
+    alice.sync().await;
+    // A stream that never went live is never announced.
+    bob.sync().await;
+    expect_nothing_left(&server, "after the ICE timeout").await;
+    pc.close().await;
+    stop(server).await;
+}
+
+/// A VP8-only publisher goes live; an H.264-only player fails with "No common
+/// codecs"; a player offering VP8 gets the VP8 packets under its own payload type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_publisher_and_player_without_common_codec() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut carol = member(addr, "carol").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    bob.expect_event_in(ROOM, "JOINED").await;
+
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, vp8(96), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await;
+    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(96)).await;
+    assert!(
+        m_line(&alice_pc.offer, "video").is_some_and(|(_, pts)| pts == [96]),
+        "the publisher offers VP8 only: {}",
+        alice_pc.offer
+    );
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    expect_alice_event(&mut carol, "PUBLISHED", STREAM).await;
+
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let offer = bob_pc.create_offer().await;
+    bob.send_json(play_frame("m-bob", STREAM, &offer)).await;
+    let v = next_stream_frame(&mut bob, "m-bob").await;
+    assert!(
+        v["message"] == "notifyStreamStatusEvent" && v["data"][0]["status"] == "FAILED",
+        "an H.264-only player of a VP8 stream must get FAILED (without an answer): {v}\noffer:\n{offer}"
+    );
+    assert_eq!(v["data"][0]["info"], "No common codecs", "{v}");
+    bob.sync().await;
+    alice.sync().await;
+    assert_eq!(server.stats().players, 0, "the failed player is gone");
+    wait_until(
+        "the failed player's peer is gone",
+        Duration::from_secs(2),
+        || server.media_peers() == 1,
+    )
+    .await;
+
+    let mut carol_pc = RtcClient::player(
+        "carol-pc",
+        &[(AUDIO, opus(111)), (VIDEO, h264(102)), (VIDEO, vp8(98))],
+    )
+    .await;
+    play(&mut carol, &mut carol_pc, "m-carol", 98, port).await;
+    alice_pc.drain_media();
+    let video = vp8_packets(alice_pc.negotiated_pt(VIDEO).await, 10);
+    send_interleaved(&alice_pc, &[(VIDEO, &video)]).await;
+    let (got, _) = carol_pc.collect_rtp(&[VIDEO], 10, MEDIA_WAIT).await;
+    check_forwarded("carol-pc", VIDEO, &video, &got[0].1, 98);
+
+    alice.send_json(unpublish_frame("m-alice", STREAM)).await;
+    alice_pc.close().await;
+    expect_status(&mut alice, "m-alice", "UNPUBLISHED").await;
+    expect_stopped_by_publisher(&mut carol, "m-carol", STREAM).await;
+    expect_alice_event(&mut bob, "UNPUBLISHED", STREAM).await;
+    bob.sync().await;
+    expect_nothing_left(&server, "after the unpublish").await;
+    bob_pc.close().await;
+    carol_pc.close().await;
+    stop(server).await;
+}
+
+/// 100 publish -> unpublish cycles (every fifth with a player) leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_publish_cycles_leave_no_peers() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut port = None;
+    for i in 0..100u32 {
+        let name = format!("r-alice-{i:04x}");
+        let msid = format!("m-cycle-{i}");
+        let mut pc = RtcClient::publisher(
+            &format!("alice-pc-{i}"),
+            &[
+                (AUDIO, opus(111), PUB_AUDIO_SSRC),
+                (VIDEO, h264(125), PUB_VIDEO_SSRC),
+            ],
+        )
+        .await;
+        let p = publish(&mut alice, &mut pc, &msid, &name, Some(125)).await;
+        assert_eq!(
+            *port.get_or_insert(p),
+            p,
+            "cycle {i}: the media port changed"
+        );
+        expect_alice_event(&mut bob, "PUBLISHED", &name).await;
+        let player = if i % 5 == 4 {
+            let mut bob_pc = RtcClient::player(
+                &format!("bob-pc-{i}"),
+                &[(AUDIO, opus(111)), (VIDEO, h264(106))],
+            )
+            .await;
+            let offer = bob_pc.create_offer().await;
+            bob.send_json(play_frame(&format!("m-play-{i}"), &name, &offer))
+                .await;
+            let answer = expect_answer(&mut bob, &format!("m-play-{i}")).await;
+            bob_pc.apply_answer(&answer).await;
+            expect_status(&mut bob, &format!("m-play-{i}"), "PLAYING").await;
+            Some(bob_pc)
+        } else {
+            None
+        };
+        alice.send_json(unpublish_frame(&msid, &name)).await;
+        pc.close().await;
+        expect_status(&mut alice, &msid, "UNPUBLISHED").await;
+        if let Some(bob_pc) = player {
+            expect_stopped_by_publisher(&mut bob, &format!("m-play-{i}"), &name).await;
+            bob_pc.close().await;
+        } else {
+            expect_alice_event(&mut bob, "UNPUBLISHED", &name).await;
+        }
+    }
+    alice.sync().await;
+    bob.sync().await;
+    expect_nothing_left(&server, "after 100 publish/unpublish cycles").await;
+    stop(server).await;
+}
+
+/// Waits (bounded) until `pc` received `n` more video packets.
+async fn expect_video_flowing(pc: &mut RtcClient, n: usize) {
+    pc.drain_media();
+    let (got, _) = pc.collect_rtp(&[VIDEO], n, MEDIA_WAIT).await;
+    assert!(
+        got[0].1.len() >= n,
+        "{}: only {} video packets within {MEDIA_WAIT:?}",
+        pc.name,
+        got[0].1.len()
+    );
+}
+
+/// Several players in one session and a publisher playing its own stream; a player's
+/// stopStream ends only that player; the publisher's socket going away ends the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_in_one_session_stop_and_publisher_disconnect() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, h264(125), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await;
+    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let camera = Camera::start(
+        &alice_pc,
+        Position {
+            video: (100, 0),
+            audio: (100, 0),
+        },
+    )
+    .await;
+
+    let codecs = [(AUDIO, opus(111)), (VIDEO, h264(106))];
+    let mut bob1 = RtcClient::player("bob-pc-1", &codecs).await;
+    play(&mut bob, &mut bob1, "m-bob-1", 106, port).await;
+    let mut bob2 = RtcClient::player("bob-pc-2", &codecs).await;
+    play(&mut bob, &mut bob2, "m-bob-2", 106, port).await;
+    let mut own = RtcClient::player("alice-own-pc", &codecs).await;
+    play(&mut alice, &mut own, "m-alice-own", 106, port).await;
+    assert_eq!(server.media_peers(), 4);
+    for pc in [&mut bob1, &mut bob2, &mut own] {
+        expect_video_flowing(pc, 5).await;
+    }
+
+    bob.send_json(json!({"message": "stopStream", "data": [{
+        "mediaSessionId": "m-bob-1", "name": STREAM, "published": false,
+        "hasVideo": true, "hasAudio": true, "status": "PLAYING", "record": false}]}))
+        .await;
+    bob1.close().await;
+    expect_status(&mut bob, "m-bob-1", "STOPPED").await;
+    wait_until(
+        "bob's stopped player's peer is gone",
+        Duration::from_secs(2),
+        || server.media_peers() == 3,
+    )
+    .await;
+    expect_video_flowing(&mut bob2, 5).await;
+    expect_video_flowing(&mut own, 5).await;
+    alice.sync().await;
+    bob.sync().await;
+
+    // alice's socket goes away: her publish and her own player end with it.
+    alice.close().await;
+    let (mut stopped, mut left) = (false, false);
+    for _ in 0..4 {
+        if stopped && left {
+            break;
+        }
+        let v = bob.recv().await;
+        let d = &v["data"][0];
+        match v["message"].as_str() {
+            Some("notifyStreamStatusEvent") if d["mediaSessionId"] == "m-bob-2" => {
+                assert_eq!(d["status"], "STOPPED", "bob: {v}");
+                stopped = true;
+            }
+            Some("OnDataEvent") if d["payload"]["name"] == "LEFT" => left = true,
+            Some("OnDataEvent")
+                if matches!(
+                    d["payload"]["name"].as_str(),
+                    Some("FAILED" | "UNPUBLISHED")
+                ) =>
+            {
+                assert_eq!(d["payload"]["info"]["name"], STREAM, "bob: {v}");
+            }
+            _ => panic!("bob: unexpected frame after alice disconnected: {v}"),
+        }
+    }
+    assert!(stopped && left, "bob: STOPPED of m-bob-2 and LEFT expected");
+    camera.stop().await;
+    expect_nothing_left(&server, "after the publisher's session ended").await;
+    alice_pc.close().await;
+    bob2.close().await;
+    own.close().await;
+    stop(server).await;
+}
