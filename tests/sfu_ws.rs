@@ -1154,3 +1154,56 @@ async fn players_in_one_session_stop_and_publisher_disconnect() {
     own.close().await;
     stop(server).await;
 }
+
+/// A stream without audio (a screen share without a microphone) plays on an offer with
+/// audio and video: the audio m-line stays in the bundle with no track (rejecting the
+/// first m-line took the candidates away from the video), and the video flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_only_stream_plays_on_an_audio_and_video_offer() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc =
+        RtcClient::publisher("alice-pc", &[(VIDEO, h264(125), PUB_VIDEO_SSRC)]).await;
+    publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let offer = bob_pc.create_offer().await;
+    bob.send_json(play_frame("m-bob", STREAM, &offer)).await;
+    let answer = expect_answer(&mut bob, "m-bob").await;
+    let audio = answer
+        .split("m=")
+        .find(|s| s.starts_with("audio"))
+        .unwrap_or_else(|| panic!("no audio m-line in\n{answer}"));
+    assert!(
+        !audio.starts_with("audio 0 "),
+        "the audio m-line must stay in the bundle, not be rejected:\n{answer}"
+    );
+    assert!(
+        !audio.contains("a=ssrc:"),
+        "nothing is sent on the audio m-line:\n{answer}"
+    );
+    let video = answer
+        .split("m=")
+        .find(|s| s.starts_with("video"))
+        .unwrap_or_else(|| panic!("no video m-line in\n{answer}"));
+    assert!(
+        video.contains("a=sendonly"),
+        "video must be sendonly:\n{answer}"
+    );
+    bob_pc.apply_answer(&answer).await;
+    expect_status(&mut bob, "m-bob", "PLAYING").await;
+    bob_pc.wait_connected(Duration::from_secs(2)).await;
+
+    alice_pc.drain_media();
+    let packets = h264_packets(alice_pc.negotiated_pt(VIDEO).await, (1000, 90_000));
+    send_interleaved(&alice_pc, &[(VIDEO, &packets)]).await;
+    let (got, _) = bob_pc
+        .collect_rtp(&[VIDEO], packets.len(), MEDIA_WAIT)
+        .await;
+    check_forwarded("bob-pc", VIDEO, &packets, &got[0].1, 106);
+    stop(server).await;
+}

@@ -26,8 +26,8 @@ try { $('login').value = localStorage.getItem('huddle.login') || ''; } catch { /
 $('room').value = params.get('roomName') || `room-${randomHex(3)}`;
 
 function setStatus(state, text) {
-  Object.assign($('status'), { textContent: text });
-  $('status').dataset.state = state;
+  $('status').textContent = text;
+  $('status').dataset.state = state; // colours the dot
 }
 function show(id, text) { Object.assign($(id), { textContent: text, hidden: !text }); }
 
@@ -124,7 +124,9 @@ function play({ login, name }) {
 }
 
 function addTile(stream, label, { login, local = false, screen = false }) {
-  const el = $('tile-template').content.firstElementChild.cloneNode(true);
+  // importNode, not cloneNode: a clone would belong to the template's inert document, where
+  // Firefox refuses to play media.
+  const el = document.importNode($('tile-template').content.firstElementChild, true);
   Object.assign(el.dataset, { login, stream: stream.name, kind: screen ? 'screen' : 'camera' });
   el.classList.toggle('local', local);
   el.querySelector('.name').textContent = label;
@@ -133,7 +135,8 @@ function addTile(stream, label, { login, local = false, screen = false }) {
   // Own preview: muted (no echo; and Safari autoplays only muted media), mirrored via CSS.
   video.muted = local;
   video.srcObject = stream.media;
-  video.play().catch(() => {
+  video.play().catch((e) => {
+    if (local || e.name !== 'NotAllowedError') return;
     // Autoplay with sound refused (no user gesture yet): play muted and offer a button.
     const button = el.querySelector('.unmute');
     video.muted = true;
@@ -148,11 +151,12 @@ function addTile(stream, label, { login, local = false, screen = false }) {
   update();
   stream.addEventListener('status', ({ detail: { status, info } }) => {
     update();
-    if (status === 'FAILED' && local) show('error', `Sending ${label === 'You' ? 'your video' : 'your screen'} failed: ${info}`);
+    if (status === 'FAILED' && local) show('error', `Sending ${screen ? 'your screen' : 'your video'} failed: ${info}`);
+    if (status === 'FAILED' && !local) addMessage('', `Cannot show ${label}: ${info}`); // e.g. "No common codecs"
     if (['STOPPED', 'FAILED', 'UNPUBLISHED'].includes(status)) removeTile(stream.name);
   });
   tiles.set(stream.name, { el, stream, login });
-  $('tiles').append(el);
+  $('tiles')[local ? 'prepend' : 'append'](el); // own tiles first
   $('tiles').dataset.count = tiles.size; // the CSS picks a layout per count
 }
 
@@ -164,6 +168,11 @@ function removeTile(name) {
   $('tiles').dataset.count = tiles.size;
   t.stream.stop(); // no-op when the server ended it already
   if (t.stream === screenPub) endShare();
+  if (t.stream === cameraPub) { // failed or ended: release the camera, nothing left to mute
+    camera.getTracks().forEach((track) => track.stop());
+    camera = cameraPub = null;
+    $('mute-audio').disabled = $('mute-video').disabled = true;
+  }
 }
 
 function addMessage(from, text) {
@@ -172,7 +181,7 @@ function addMessage(from, text) {
   if (from) li.append(Object.assign(document.createElement('span'), { className: 'from', textContent: from }));
   li.append(Object.assign(document.createElement('span'), { className: 'text', textContent: text }));
   $('messages').append(li);
-  li.scrollIntoView({ block: 'nearest' });
+  $('messages').scrollTop = $('messages').scrollHeight; // (scrollIntoView would scroll the page too)
 }
 
 // The server delivers a message to one addressee, so it is sent once per participant.
@@ -220,13 +229,13 @@ $('share').onclick = async () => {
   addTile(screenPub, 'You (screen)', { login: session.login, local: true, screen: true });
   // The browser's own "Stop sharing" control ends the track: end the stream with it.
   screen.getVideoTracks()[0].addEventListener('ended', () => screenPub && removeTile(screenPub.name));
-  Object.assign($('share'), { textContent: 'Stop sharing' });
+  $('share').textContent = 'Stop sharing';
   $('share').setAttribute('aria-pressed', 'true');
 };
 function endShare() {
   screenPub.media.getTracks().forEach((t) => t.stop());
   screenPub = null;
-  Object.assign($('share'), { textContent: 'Share screen' });
+  $('share').textContent = 'Share screen';
   $('share').setAttribute('aria-pressed', 'false');
 }
 
@@ -260,7 +269,7 @@ function teardown(statusText) {
   $('join-form').hidden = false;
   $('join').disabled = $('leave').disabled = false;
   for (const [id, text] of [['mute-audio', 'Mute audio'], ['mute-video', 'Mute video']]) {
-    Object.assign($(id), { textContent: text });
+    $(id).textContent = text;
     $(id).setAttribute('aria-pressed', 'false');
   }
   setStatus('offline', statusText);

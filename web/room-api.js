@@ -137,14 +137,15 @@ class Stream extends EventTarget {
       // Explicit recvonly transceivers work in every browser (Safari ignores offerToReceive*).
       // Their receivers' tracks exist right away and start flowing once the answer is applied,
       // so the page can attach this MediaStream to a <video> immediately.
-      this.pc.addTransceiver('audio', { direction: 'recvonly' });
-      this.pc.addTransceiver('video', { direction: 'recvonly' });
+      // Both kinds are always offered: a stream without audio (a screen share) keeps an
+      // audio m-line in the bundle that simply never carries anything.
+      for (const kind of ['audio', 'video']) this.pc.addTransceiver(kind, { direction: 'recvonly' });
       this.media = new MediaStream(this.pc.getReceivers().map((r) => r.track));
     }
     this.pc.onconnectionstatechange = () => {
-      if (this.pc.connectionState === 'failed') this.setStatus('FAILED', 'Media connection failed');
+      if (this.pc.connectionState === 'failed') this.stop('FAILED', 'Media connection failed');
     };
-    this.start().catch((e) => this.setStatus('FAILED', e.message));
+    this.start().catch((e) => this.stop('FAILED', e.message));
   }
 
   describe() {
@@ -167,10 +168,7 @@ class Stream extends EventTarget {
   }
 
   answer(sdp) {
-    this.pc.setRemoteDescription({ type: 'answer', sdp }).catch((e) => {
-      console.warn(`answer for ${this.name} rejected:`, e.message);
-      if (!TERMINAL.has(this.status)) { this.stop(); this.setStatus('FAILED', `Bad answer: ${e.message}`); }
-    });
+    this.pc.setRemoteDescription({ type: 'answer', sdp }).catch((e) => this.stop('FAILED', `Bad answer: ${e.message}`));
   }
 
   setStatus(status, info = '') {
@@ -183,10 +181,11 @@ class Stream extends EventTarget {
   // Mute notices (audioMuted, audioUnmuted, videoMuted, videoUnmuted) for the other side.
   event(type) { this.session.send('sendStreamEvent', { mediaSessionId: this.id, type }); }
 
-  stop() {
+  // Ends the stream on the server (if it knows it) and at once locally: the server's own
+  // terminal status would close the pc too, but the media is freed without waiting for it.
+  stop(status = this.published ? 'UNPUBLISHED' : 'STOPPED', info = 'Stopped by user') {
     if (TERMINAL.has(this.status)) return;
     if (this.status !== 'NEW') this.session.send(this.published ? 'unPublishStream' : 'stopStream', this.describe());
-    // The server's terminal status would close the pc too; do not wait for it to free the media.
-    this.setStatus(this.published ? 'UNPUBLISHED' : 'STOPPED', 'Stopped by user');
+    this.setStatus(status, info);
   }
 }

@@ -84,6 +84,9 @@ pub enum MediaRequest {
         sdp: String,
         has_audio: bool,
         has_video: bool,
+        /// The other members of the room now: the codec choice considers what
+        /// their browsers can decode.
+        audience: Vec<SessionId>,
     },
     Play {
         session: SessionId,
@@ -96,6 +99,8 @@ pub enum MediaRequest {
         session: SessionId,
         media_session_id: String,
     },
+    /// The session is gone: forget what was learned about it.
+    SessionClosed { session: SessionId },
 }
 
 /// What the media engine reports back about a media session.
@@ -762,6 +767,11 @@ impl Core {
             sdp: req.sdp.clone(),
             has_audio: req.has_audio,
             has_video: req.has_video,
+            audience: self
+                .rooms
+                .get(room)
+                .map(|r| r.others(session))
+                .unwrap_or_default(),
         }));
         Ok(())
     }
@@ -1099,6 +1109,8 @@ impl Core {
                 Endpoint::Play(name) => self.end_playback(session, id, name, None),
             }
         }
+        self.outputs
+            .push_back(Output::Media(MediaRequest::SessionClosed { session }));
         debug!("session {session}: gone");
     }
 

@@ -155,7 +155,7 @@ fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>, sfu:
             Output::Media(request) => {
                 if let Err(request) = sfu.request(request) {
                     warn!("media engine queue full");
-                    if let Some(event) = refused(request) {
+                    if let Some(event) = refused(*request) {
                         core.media_event(now(), event);
                     }
                 }
@@ -184,7 +184,7 @@ fn refused(request: MediaRequest) -> Option<MediaEvent> {
             media_session_id,
             info: MEDIA_BUSY.into(),
         }),
-        MediaRequest::Close { .. } => None,
+        MediaRequest::Close { .. } | MediaRequest::SessionClosed { .. } => None,
     }
 }
 

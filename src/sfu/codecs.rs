@@ -318,6 +318,23 @@ pub fn choose_play(offer: &[OfferedMedia], published: &Chosen) -> Result<Chosen,
     })
 }
 
+/// `chosen` plus, for each kind it lacks, the first codec the offer has of that kind:
+/// negotiated (so the m-line stays in the bundle) but never sent.
+pub fn fill_missing(offer: &[OfferedMedia], chosen: &Chosen) -> Chosen {
+    let first = |kind: Kind| {
+        offer
+            .iter()
+            .filter(|m| m.kind == kind)
+            .flat_map(|m| m.codecs.first())
+            .next()
+            .cloned()
+    };
+    Chosen {
+        audio: chosen.audio.clone().or_else(|| first(Kind::Audio)),
+        video: chosen.video.clone().or_else(|| first(Kind::Video)),
+    }
+}
+
 fn feedback(kind: Kind) -> Vec<RTCPFeedback> {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.into(),

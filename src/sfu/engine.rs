@@ -26,7 +26,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::codecs::{self, Chosen, Codec, Kind};
+use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
 use crate::rooms::{MediaEvent, MediaRequest, SessionId};
@@ -155,6 +155,8 @@ pub struct Engine {
     by_media: HashMap<(SessionId, String), PeerId>,
     routes: Routes<PeerId>,
     publications: HashMap<String, Publication>,
+    /// Video codecs each session's browser offered: what it can decode.
+    decoders: HashMap<SessionId, Vec<Family>>,
     events: VecDeque<MediaEvent>,
     transmits: VecDeque<Transmit>,
 }
@@ -189,6 +191,7 @@ impl Engine {
             by_media: HashMap::new(),
             routes: Routes::new(),
             publications: HashMap::new(),
+            decoders: HashMap::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
         }
@@ -288,9 +291,11 @@ impl Engine {
                 media_session_id,
                 stream,
                 sdp,
+                audience,
                 ..
             } => {
-                let result = self.publish(now, session, &media_session_id, &stream, &sdp);
+                let result =
+                    self.publish(now, session, &media_session_id, &stream, &sdp, &audience);
                 self.answer_or_fail(session, media_session_id, result);
             }
             MediaRequest::Play {
@@ -309,6 +314,9 @@ impl Engine {
                 if let Some(id) = self.by_media.remove(&(session, media_session_id)) {
                     self.close(id);
                 }
+            }
+            MediaRequest::SessionClosed { session } => {
+                self.decoders.remove(&session);
             }
         }
     }
@@ -399,6 +407,18 @@ impl Engine {
 
     // ----- WebRTC peers -----------------------------------------------------------
 
+    /// Remembers the video codecs a session's browser offers (its decoders).
+    fn learn_decoders(&mut self, session: SessionId, offer: &[codecs::OfferedMedia]) {
+        let video: Vec<Family> = offer
+            .iter()
+            .filter(|m| m.kind == Kind::Video)
+            .flat_map(|m| m.codecs.iter().map(|c| c.family))
+            .collect();
+        if !video.is_empty() {
+            self.decoders.insert(session, video);
+        }
+    }
+
     fn answer_or_fail(
         &mut self,
         session: SessionId,
@@ -426,12 +446,21 @@ impl Engine {
         media_session_id: &str,
         stream: &str,
         sdp: &str,
+        audience: &[SessionId],
     ) -> Result<String, String> {
         if self.publications.contains_key(stream) {
             return Err("Stream name is already in use".into());
         }
         let offer = codecs::parse_offer(sdp)?;
-        let chosen = codecs::choose_publish(&offer, self.cfg.prefer_vp8)?;
+        self.learn_decoders(session, &offer);
+        // A member whose browser cannot decode H.264 (Firefox without OpenH264) would
+        // get "No common codecs": answer VP8 if the publisher offers it.
+        let h264_blind = audience.iter().any(|s| {
+            self.decoders
+                .get(s)
+                .is_some_and(|fs| !fs.iter().any(|f| matches!(f, Family::H264 { .. })))
+        });
+        let chosen = codecs::choose_publish(&offer, self.cfg.prefer_vp8 || h264_blind)?;
         info!(stream = stream; "stream '{stream}': publishing {}", chosen.describe());
         let role = Role::Publish {
             stream: stream.to_owned(),
@@ -441,7 +470,7 @@ impl Engine {
             session,
             media_session_id,
             sdp,
-            chosen.clone(),
+            (chosen.clone(), chosen.clone()),
             role,
             Direction::Publish,
         )?;
@@ -476,18 +505,23 @@ impl Engine {
             .map(|p| p.codecs.clone())
             .ok_or_else(|| "Stream not found".to_owned())?;
         let offer = codecs::parse_offer(sdp)?;
+        self.learn_decoders(session, &offer);
         let chosen = codecs::choose_play(&offer, &published)?;
         let role = Role::Play {
             stream: stream.to_owned(),
             audio: None,
             video: None,
         };
+        // A kind the stream lacks (no microphone on a screen share) is still negotiated,
+        // an m-line in the bundle with no track: a rejected first m-line would carry the
+        // candidates away from the one that is used.
+        let negotiated = codecs::fill_missing(&offer, &chosen);
         let (id, answer) = self.add_peer(
             now,
             session,
             media_session_id,
             sdp,
-            chosen,
+            (chosen, negotiated),
             role,
             Direction::Play,
         )?;
@@ -504,14 +538,14 @@ impl Engine {
         session: SessionId,
         media_session_id: &str,
         offer: &str,
-        chosen: Chosen,
+        (chosen, negotiated): (Chosen, Chosen),
         mut role: Role,
         direction: Direction,
     ) -> Result<(PeerId, String), String> {
         let bits = random();
         let ufrag = format!("{:08x}", bits as u32);
         let pwd = format!("{:024x}", bits >> 32);
-        let mut pc = peer::build(now, &self.cert, &ufrag, &pwd, &chosen, direction)?;
+        let mut pc = peer::build(now, &self.cert, &ufrag, &pwd, &negotiated, direction)?;
         if let Role::Play { audio, video, .. } = &mut role {
             let stream_id = format!("huddle-{:08x}", (bits >> 40) as u32);
             for (kind, slot) in [(Kind::Audio, audio), (Kind::Video, video)] {

@@ -122,13 +122,14 @@ impl Sfu {
     }
 
     /// Hands a request to the task without waiting; gives it back when the queue is full.
-    pub fn request(&self, request: MediaRequest) -> Result<(), MediaRequest> {
-        self.commands
-            .try_send(Command::Request(request))
-            .map_err(|e| match e.into_inner() {
-                Command::Request(r) => r,
-                Command::Shutdown => unreachable!("only requests are sent here"),
-            })
+    pub fn request(&self, request: MediaRequest) -> Result<(), Box<MediaRequest>> {
+        match self.commands.try_send(Command::Request(request)) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.into_inner() {
+                Command::Request(r) => Err(Box::new(r)),
+                Command::Shutdown => Ok(()),
+            },
+        }
     }
 
     /// Closes every peer (DTLS close alerts go out) and stops the task.
