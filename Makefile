@@ -4,7 +4,7 @@ CARGO ?= cargo
 CONFIG ?=
 
 .PHONY: run test build lint test-rust test-browser deps-build deps-test clean yocto-crates \
-	test-aarch64 deps-aarch64 size-aarch64
+	test-aarch64 deps-aarch64 size-aarch64 bench
 
 ## Build and start the service with its embedded defaults (or CONFIG=file.toml).
 run: deps-build
@@ -28,6 +28,10 @@ test-rust:
 test-browser:
 	$(CARGO) build --locked --bin huddle
 	HUDDLE_BIN=$(CURDIR)/target/debug/huddle HUDDLE_E2E_REQUIRE_FIREFOX=1 node --test tests/browser/*.test.mjs
+
+## SFU benchmark: one publisher -> 1, 10, 30 players; figures into docs/benchmarks.md.
+bench: deps-build
+	$(CARGO) bench --locked --bench sfu
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64
