@@ -385,11 +385,12 @@ pub(crate) mod tests {
 
     /// The media part of a Chrome publish offer (shortened: the codecs that matter).
     pub const CHROME_PUBLISH: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
-a=group:BUNDLE 0 1\r\n\
-m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+a=group:BUNDLE 0 1\r\na=ice-ufrag:brws\r\na=ice-pwd:browserpassword0123456789\r\n\
+a=fingerprint:sha-256 AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB\r\na=setup:actpass\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n\
 a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:63 red/48000/2\r\n\
 a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:13 CN/8000\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 106 107 127 125\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 106 107 127 125\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=rtcp-mux\r\n\
 a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
 a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
 a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n\

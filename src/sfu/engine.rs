@@ -896,6 +896,158 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A sink that records what it is given; `false` once `budget` packets are in.
+    struct Recorder {
+        got: Arc<Mutex<Vec<(Kind, u16)>>>,
+        budget: usize,
+    }
+
+    impl MediaSink for Recorder {
+        fn packet(&mut self, kind: Kind, _codec: &Codec, packet: &rtc::rtp::Packet) -> bool {
+            let mut got = self.got.lock().unwrap();
+            got.push((kind, packet.header.sequence_number));
+            got.len() < self.budget
+        }
+    }
+
+    fn engine() -> Engine {
+        let cert = super::super::task::certificate().unwrap();
+        Engine::new(
+            EngineConfig {
+                advertise: vec![IpAddr::from([127, 0, 0, 1])],
+                port: 20_000,
+                prefer_vp8: false,
+                key_frame_interval: Duration::from_millis(500),
+            },
+            cert,
+        )
+    }
+
+    fn h264_codecs() -> Chosen {
+        let offer = codecs::parse_offer(codecs::tests::CHROME_PUBLISH).unwrap();
+        codecs::choose_publish(&offer, false).unwrap()
+    }
+
+    #[test]
+    fn an_external_source_feeds_sinks_without_knowing_them() {
+        let mut e = engine();
+        let now = Instant::now();
+        e.open_source("room-Room system-cam", h264_codecs())
+            .unwrap();
+        assert_eq!(
+            e.open_source("room-Room system-cam", h264_codecs())
+                .unwrap_err(),
+            "Stream name is already in use"
+        );
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Recorder {
+            got: got.clone(),
+            budget: 3,
+        };
+        e.add_sink(now, "room-Room system-cam", Box::new(sink))
+            .unwrap();
+        assert!(
+            e.take_key_frame_request("room-Room system-cam"),
+            "a new sink asks for a key frame"
+        );
+        assert!(!e.take_key_frame_request("room-Room system-cam"), "once");
+        for seq in 0..5u16 {
+            let mut p = rtc::rtp::Packet::default();
+            p.header.sequence_number = seq;
+            e.source_packet(now, "room-Room system-cam", Kind::Video, p);
+        }
+        // The sink said it was done after three packets and was dropped.
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![(Kind::Video, 0), (Kind::Video, 1), (Kind::Video, 2)]
+        );
+        assert!(e
+            .add_sink(now, "nope", Box::new(Recorder { got, budget: 1 }))
+            .is_err());
+        e.close_source("room-Room system-cam");
+        assert!(e.codecs("room-Room system-cam").is_none());
+    }
+
+    #[test]
+    fn key_frame_requests_are_coalesced_not_dropped() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        e.open_source("s", h264_codecs()).unwrap();
+        e.request_key_frame(t0, "s");
+        assert!(e.take_key_frame_request("s"));
+        // A second request inside the interval waits for its end.
+        e.request_key_frame(t0 + Duration::from_millis(100), "s");
+        assert!(!e.take_key_frame_request("s"));
+        assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        e.handle_timeout(t0 + Duration::from_millis(500));
+        assert!(e.take_key_frame_request("s"));
+        assert_eq!(e.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_play_of_an_unknown_stream_fails_with_stream_not_found() {
+        let mut e = engine();
+        e.request(
+            Instant::now(),
+            MediaRequest::Play {
+                session: 1,
+                media_session_id: "m".into(),
+                stream: "nope".into(),
+                sdp: codecs::tests::CHROME_PUBLISH.into(),
+            },
+        );
+        assert_eq!(
+            e.poll_event(),
+            Some(MediaEvent::Failed {
+                session: 1,
+                media_session_id: "m".into(),
+                info: "Stream not found".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_publish_is_answered_ice_lite_with_our_candidate() {
+        let mut e = engine();
+        e.request(
+            Instant::now(),
+            MediaRequest::Publish {
+                session: 1,
+                media_session_id: "m".into(),
+                stream: "r-a-1".into(),
+                room: "r".into(),
+                sdp: codecs::tests::CHROME_PUBLISH.into(),
+                has_audio: true,
+                has_video: true,
+                audience: vec![],
+            },
+        );
+        match e.poll_event() {
+            Some(MediaEvent::Answer { sdp, .. }) => {
+                assert!(sdp.contains("a=ice-lite\r\n"), "{sdp}");
+                assert!(sdp.contains(" 127.0.0.1 20000 typ host"), "{sdp}");
+                assert!(sdp.contains("a=setup:passive"), "{sdp}");
+                assert!(
+                    sdp.contains("a=rtpmap:106 H264/90000\r\na=fmtp:106 "),
+                    "{sdp}"
+                );
+                assert!(!sdp.contains("VP8"), "only the chosen codec: {sdp}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.peers(), 1);
+        e.request(
+            Instant::now(),
+            MediaRequest::Close {
+                session: 1,
+                media_session_id: "m".into(),
+            },
+        );
+        assert_eq!(e.peers(), 0);
+        assert!(e.codecs("r-a-1").is_none());
+    }
 
     fn track(next_seq: u16, next_ts: u32) -> OutTrack {
         OutTrack {

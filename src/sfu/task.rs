@@ -143,7 +143,7 @@ impl Sfu {
 
 /// One self-signed certificate for every peer of this process: every answer carries
 /// the same fingerprint.
-fn certificate() -> Result<RTCCertificate, SfuError> {
+pub(crate) fn certificate() -> Result<RTCCertificate, SfuError> {
     let provider =
         rtc::crypto::default_provider().map_err(|e| SfuError::Certificate(e.to_string()))?;
     let params = CertificateParams::new(vec!["huddle".to_owned()])
