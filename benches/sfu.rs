@@ -101,6 +101,7 @@ impl Server {
         let toml = format!(
             r#"[http]
 listen = "127.0.0.1:0"
+tls = false
 
 [signalling]
 max_sessions = 256

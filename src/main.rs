@@ -106,6 +106,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         // Handlers first: a supervisor may stop us the moment we announce readiness.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let server = Server::start(config).await?;
         service::ready(&server.stats());
         let watchdog = service::watchdog();
@@ -115,6 +116,10 @@ fn run(config: Config) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM received"); break; }
                 _ = int.recv() => { info!("SIGINT received"); break; }
+                _ = hup.recv() => {
+                    info!("SIGHUP received: reloading the HTTPS certificate");
+                    server.reload_certificate();
+                }
                 _ = heartbeat.tick() => match server.heartbeat(period).await {
                     Some(stats) => service::alive(&stats, watchdog.is_some()),
                     None => warn!("room core did not answer within {period:?}; watchdog not fed"),

@@ -148,7 +148,7 @@ fn signal_right_at_readiness_exits_cleanly() {
     const HANG: Duration = Duration::from_secs(3);
     let config = TempFile::new(
         "ready",
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\ntls = false\n\
          [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
          [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
     );

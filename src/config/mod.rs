@@ -47,12 +47,28 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     pub listen: SocketAddr,
+    /// Serve plain HTTP/WS on `listen`.
+    pub plain: bool,
+    /// Serve HTTPS/WSS on `tls_listen`.
+    pub tls: bool,
+    pub tls_listen: SocketAddr,
+    /// PEM certificate chain and key; both empty: a generated self-signed certificate.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Where the generated certificate is kept.
+    pub tls_dir: PathBuf,
 }
 
 impl Default for Http {
     fn default() -> Self {
         Http {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            plain: true,
+            tls: true,
+            tls_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_dir: PathBuf::from("tls"),
         }
     }
 }
@@ -239,8 +255,23 @@ pub const DEFAULT_TOML: &str = r#"# Huddle configuration. Every key is optional;
 
 [http]
 # Address and port of the web app, the WebSocket signalling (Room API, upgrade on
-# any path) and the REST API (GET /health).
+# any path) and the REST API (GET /health), over plain HTTP.
 listen = "0.0.0.0:8080"
+# Plain HTTP on `listen` (browsers allow the camera only on https pages, except on
+# localhost): switch it off on a device that is only reached over the network.
+plain = true
+# HTTPS and WSS (the same routes) on `tls_listen`.
+tls = true
+tls_listen = "0.0.0.0:8443"
+# The certificate chain and private key, PEM. Both empty: Huddle generates a
+# self-signed certificate on the first start (names: the hostname, <hostname>.local,
+# localhost and every advertised IP), keeps it in `tls_dir` and logs its SHA-256
+# fingerprint. SIGHUP reloads the files without dropping sessions.
+tls_cert = ""
+tls_key = ""
+# Where the generated certificate is kept (relative to the working directory, the
+# state directory under systemd).
+tls_dir = "tls"
 
 [signalling]
 # Concurrent WebSocket sessions; more are closed at once with code 1013.
@@ -415,6 +446,20 @@ impl Config {
                 Ok(())
             }
         };
+        let h = &self.http;
+        if !h.plain && !h.tls {
+            return Err(invalid(
+                "http.tls",
+                "plain HTTP and HTTPS are both switched off: nothing would be served".into(),
+            ));
+        }
+        if h.tls_cert.as_os_str().is_empty() != h.tls_key.as_os_str().is_empty() {
+            return Err(invalid(
+                "http.tls_key",
+                "tls_cert and tls_key go together: set both, or neither for a generated certificate"
+                    .into(),
+            ));
+        }
         let s = &self.signalling;
         at_least("signalling.max_sessions", s.max_sessions as u64, 1)?;
         at_least(

@@ -15,19 +15,19 @@ use tokio::sync::watch;
 
 use super::{session, Shared};
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    shared: Shared,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let app = Router::new()
+/// Every route, for plain HTTP and HTTPS alike.
+pub(crate) fn router(shared: Shared) -> Router {
+    Router::new()
         .route("/", get(root))
         .route("/health", get(health))
         .route("/app.js", get(asset))
         .route("/room-api.js", get(asset))
         .route("/style.css", get(asset))
         .fallback(get(other_path))
-        .with_state(shared);
+        .with_state(shared)
+}
+
+pub(crate) async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) {
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };

@@ -8,6 +8,7 @@
 mod driver;
 mod http;
 mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,8 @@ const SESSION_DRAIN: Duration = Duration::from_secs(3);
 pub enum StartError {
     #[error(transparent)]
     Media(#[from] crate::sfu::SfuError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}{}", privileged_port_hint(*addr, source))]
     Bind {
         addr: SocketAddr,
@@ -62,27 +65,42 @@ pub(crate) struct Shared {
 
 /// A running service.
 pub struct Server {
-    addr: SocketAddr,
+    /// Plain HTTP, if on.
+    addr: Option<SocketAddr>,
+    /// HTTPS, if on.
+    tls_addr: Option<SocketAddr>,
+    certificate: Option<Arc<tls::DeviceCert>>,
     media_port: u16,
     media_peers: Arc<AtomicUsize>,
     stats: watch::Receiver<Stats>,
     shutdown: watch::Sender<bool>,
     alive: mpsc::Receiver<()>,
     to_core: mpsc::Sender<ToCore>,
-    http: JoinHandle<()>,
+    listeners: Vec<JoinHandle<()>>,
     driver: JoinHandle<()>,
 }
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
 impl Server {
-    /// Binds `[http] listen` and starts serving.
+    /// Binds `[http] listen` and `tls_listen`, the media port, and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let addr = config.http.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let plain = match config.http.plain {
+            true => Some(bind(config.http.listen).await?),
+            false => None,
+        };
+        let secure = match config.http.tls {
+            true => Some(bind(config.http.tls_listen).await?),
+            false => None,
+        };
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (stats_tx, stats_rx) = watch::channel(Stats::default());
@@ -92,6 +110,19 @@ impl Server {
         let sfu = Sfu::start(&config.media, media_events_tx).await?;
         let media_port = sfu.port();
         let media_peers = sfu.peers();
+        let certificate = match config.http.tls {
+            true => {
+                let h = &config.http;
+                let source = tls::CertSource::prepare(
+                    &h.tls_cert,
+                    &h.tls_key,
+                    &h.tls_dir,
+                    sfu.advertised(),
+                )?;
+                Some(tls::DeviceCert::new(source)?)
+            }
+            false => None,
+        };
         let core = Core::new(config.core());
         let driver = tokio::spawn(driver::run(
             core,
@@ -110,23 +141,59 @@ impl Server {
             alive: alive_tx,
         };
         let shared_peers = shared.media_peers.clone();
-        let http = tokio::spawn(http::serve(listener, shared, shutdown_rx));
-        info!("listening on http://{addr} (WebSocket signalling on ws://{addr}/)");
+        let app = http::router(shared);
+        let mut listeners = Vec::new();
+        let mut addr = None;
+        if let Some((listener, bound)) = plain {
+            listeners.push(tokio::spawn(http::serve(
+                listener,
+                app.clone(),
+                shutdown_rx.clone(),
+            )));
+            info!("listening on http://{bound} (WebSocket signalling on ws://{bound}/)");
+            addr = Some(bound);
+        }
+        let mut tls_addr = None;
+        if let (Some((listener, bound)), Some(cert)) = (secure, &certificate) {
+            let config = cert.server_config()?;
+            listeners.push(tokio::spawn(tls::serve(listener, config, app, shutdown_rx)));
+            info!("listening on https://{bound} (WebSocket signalling on wss://{bound}/)");
+            tls_addr = Some(bound);
+        }
         Ok(Server {
             addr,
+            tls_addr,
+            certificate,
             media_port,
             media_peers: shared_peers,
             stats: stats_rx,
             shutdown: shutdown_tx,
             alive: alive_rx,
             to_core,
-            http,
+            listeners,
             driver,
         })
     }
 
+    /// The plain HTTP address, or the HTTPS one when plain HTTP is off.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        match (self.addr, self.tls_addr) {
+            (Some(a), _) | (None, Some(a)) => a,
+            // `Config::validate` refuses a configuration with neither.
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// The HTTPS/WSS address, if HTTPS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Re-reads the certificate files (SIGHUP); sessions are not touched.
+    pub fn reload_certificate(&self) {
+        if let Some(cert) = &self.certificate {
+            cert.reload();
+        }
     }
 
     /// The UDP port of the media (WebRTC) socket.
@@ -164,8 +231,10 @@ impl Server {
         if let Err(e) = self.driver.await {
             warn!("room core task ended abnormally: {e}");
         }
-        if let Err(e) = self.http.await {
-            warn!("HTTP task ended abnormally: {e}");
+        for listener in self.listeners {
+            if let Err(e) = listener.await {
+                warn!("HTTP task ended abnormally: {e}");
+            }
         }
         if tokio::time::timeout(SESSION_DRAIN, self.alive.recv())
             .await

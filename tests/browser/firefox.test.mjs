@@ -93,6 +93,7 @@ const FIREFOX_PREFS = {
 
 const SERVER_CONFIG = `[http]
 listen = "127.0.0.1:0"
+tls = false
 [media]
 udp_port = 0
 advertise_ips = ["127.0.0.1"]

@@ -51,6 +51,7 @@ const CHROMIUM_ARGS = [
 
 const SERVER_CONFIG = `[http]
 listen = "127.0.0.1:0"
+tls = false
 [media]
 udp_port = 0
 advertise_ips = ["127.0.0.1"]

@@ -63,6 +63,7 @@ const CHROMIUM_ARGS = [
 
 const SERVER_CONFIG = `[http]
 listen = "127.0.0.1:0"
+tls = false
 [rooms]
 max_participants = ${MAX_PARTICIPANTS}
 [media]

@@ -29,6 +29,7 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.http.tls = false;
     c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
     c.media.udp_port = 0;
     c.device.camera = "none".into();

@@ -95,7 +95,7 @@ impl Running {
     pub fn start_with_env(tag: &str, env: &[(&str, &str)]) -> Running {
         let config = TempFile::new(
             tag,
-            "[http]\nlisten = \"127.0.0.1:0\"\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\ntls = false\n\
              [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
              [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
         );
