@@ -6,6 +6,7 @@
 //! - `server`: the I/O edge (HTTP, WebSocket sessions, the task driving the core).
 //! - `config`, `logging`, `service` (sd_notify): the system edge.
 
+pub mod auth;
 pub mod config;
 pub mod logging;
 pub mod rooms;

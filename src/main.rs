@@ -32,10 +32,106 @@ struct Cli {
     /// Print a board profile and exit.
     #[arg(long, value_name = "NAME")]
     print_board: Option<String>,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Subcommand {
+    /// Mint an access token for `[auth] mode = "token"` and print it.
+    ///
+    /// Signed with `[auth] secret` of --config (HS256), or with --key (a PEM Ed25519
+    /// or RSA private key: EdDSA / RS256).
+    Token {
+        /// The participant's login (the token's `sub`).
+        #[arg(long)]
+        login: String,
+        /// A room the token opens (repeat for several); `*` for every room.
+        #[arg(long = "room", required = true)]
+        rooms: Vec<String>,
+        /// How long the token is valid: 90s, 30m, 12h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// The holder may join and watch, not publish.
+        #[arg(long)]
+        no_publish: bool,
+        /// A PEM private key to sign with instead of the configured secret.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+}
+
+/// `90s`, `30m`, `12h`, `7d` (or plain seconds) in seconds.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}': expected a number with s, m, h or d"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{s}': the unit must be s, m, h or d")),
+    };
+    n.checked_mul(factor)
+        .filter(|&t| t > 0)
+        .ok_or_else(|| format!("'{s}': out of range"))
+}
+
+fn mint_token(cli: &Cli) -> ExitCode {
+    let Some(Subcommand::Token {
+        login,
+        rooms,
+        ttl,
+        no_publish,
+        key,
+    }) = &cli.command
+    else {
+        return ExitCode::FAILURE;
+    };
+    let secret = match (&cli.config, key) {
+        (_, Some(_)) => String::new(),
+        (Some(path), None) => match Config::load(path) {
+            Ok(c) => c.auth.secret,
+            Err(e) => {
+                eprintln!("huddle: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("huddle token: give --config (for [auth] secret) or --key");
+            return ExitCode::from(2);
+        }
+    };
+    let rooms = if rooms.iter().any(|r| r == "*") {
+        huddle::auth::Rooms::Any("*".into())
+    } else {
+        huddle::auth::Rooms::List(rooms.clone())
+    };
+    let claims = huddle::auth::Claims {
+        sub: login.clone(),
+        rooms,
+        publish: !no_publish,
+        exp: huddle::auth::now_unix() + ttl,
+    };
+    match huddle::auth::mint(&claims, &secret, key.as_deref()) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("huddle token: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_some() {
+        return mint_token(&cli);
+    }
     if cli.print_default_config {
         print!("{DEFAULT_TOML}");
         return ExitCode::SUCCESS;

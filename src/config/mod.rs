@@ -40,6 +40,7 @@ pub struct Config {
     pub media: Media,
     pub records: Records,
     pub device: Device,
+    pub auth: Auth,
     pub log: Log,
 }
 
@@ -212,6 +213,27 @@ pub enum Capture {
     Gstreamer,
 }
 
+/// Who may enter rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who reaches the device.
+    #[default]
+    Open,
+    /// A JWT in `custom.token` (see `auth.rs`).
+    Token,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub mode: AuthMode,
+    /// HS256 shared secret.
+    pub secret: String,
+    /// PEM public key (Ed25519 or RSA) for EdDSA / RS256 tokens.
+    pub public_key: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
@@ -353,6 +375,16 @@ microphone = "auto"
 # The device's participant name in the rooms.
 login = "Room system"
 
+[auth]
+# "open": anyone who reaches the device may join any room. "token": the Room API
+# `connection` must carry a JWT in custom.token (claims: sub = the login, rooms = a
+# list or "*", publish = true/false, exp); mint one with `huddle token`.
+mode = "open"
+# HS256 shared secret for tokens (keep this file private).
+secret = ""
+# Or a PEM public key file (Ed25519 for EdDSA, or RSA for RS256 tokens).
+public_key = ""
+
 [log]
 # error, warn, info, debug or trace. Under systemd logs go to the journal,
 # otherwise to stderr.
@@ -458,6 +490,15 @@ impl Config {
                 "http.tls_key",
                 "tls_cert and tls_key go together: set both, or neither for a generated certificate"
                     .into(),
+            ));
+        }
+        if self.auth.mode == AuthMode::Token
+            && self.auth.secret.is_empty()
+            && self.auth.public_key.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "auth.mode",
+                "\"token\" needs auth.secret or auth.public_key".into(),
             ));
         }
         let s = &self.signalling;

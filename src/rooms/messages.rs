@@ -19,6 +19,8 @@ pub struct ConnectInfo {
     pub client_version: Option<String>,
     pub client_os_version: Option<String>,
     pub client_browser_version: Option<String>,
+    /// What the token allows; decided by the edge (it has the keys and the clock).
+    pub access: crate::auth::Access,
 }
 
 /// A `publishStream` or `playStream` request.

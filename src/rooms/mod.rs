@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
+use crate::auth::Access;
 pub use messages::*;
 use room::{Member, Room};
 use session::{Admit, Endpoint, Session, TokenBucket};
@@ -515,6 +516,15 @@ impl Core {
     ) -> Result<(), String> {
         let login = self.require_login(session)?;
         self.check_name("Room name", room_name)?;
+        match self.access(session) {
+            Some(Access::Refused(why)) => return Err(why.clone()),
+            Some(Access::Granted { rooms, .. }) if !rooms.allows(room_name) => {
+                return Err(format!(
+                    "Restricted access: the token does not allow room '{room_name}'"
+                ))
+            }
+            _ => {}
+        }
         self.evict_silent_namesake(now, session, room_name, &login);
         let already_member = self
             .rooms
@@ -700,6 +710,12 @@ impl Core {
     ) -> Result<(), String> {
         let login = self.require_login(session)?;
         self.check_media_session_id(session, &req.media_session_id)?;
+        if matches!(
+            self.access(session),
+            Some(Access::Granted { publish: false, .. } | Access::Refused(_))
+        ) {
+            return Err("Restricted access: the token does not allow publishing".into());
+        }
         let room = req
             .room
             .as_deref()
@@ -1132,6 +1148,14 @@ impl Core {
 
     fn endpoint(&self, session: SessionId, media_session_id: &str) -> Option<&Endpoint> {
         self.sessions.get(&session)?.endpoints.get(media_session_id)
+    }
+
+    fn access(&self, session: SessionId) -> Option<&Access> {
+        self.sessions
+            .get(&session)?
+            .info
+            .as_ref()
+            .map(|i| &i.access)
     }
 
     fn require_login(&self, session: SessionId) -> Result<String, String> {

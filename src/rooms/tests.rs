@@ -1099,3 +1099,79 @@ fn device_wide_stream_and_player_budgets() {
         )]
     );
 }
+
+fn connect_with(h: &mut Harness, id: SessionId, login: &str, access: crate::auth::Access) {
+    h.core.connect(h.now, id);
+    h.core.command(
+        h.now,
+        id,
+        Command::Connect(ConnectInfo {
+            login: Some(login.into()),
+            access,
+            ..Default::default()
+        }),
+    );
+    h.logins.insert(id, login.into());
+    h.drain();
+}
+
+#[test]
+fn token_access_limits_rooms_and_publishing() {
+    use crate::auth::{Access, Rooms};
+    let mut h = Harness::default();
+    connect_with(
+        &mut h,
+        1,
+        "alice",
+        Access::Refused("Restricted access: the token has expired".into()),
+    );
+    let out = h.join(1, "r");
+    assert_eq!(
+        to(&out, 1),
+        vec![failed("join-r", "Restricted access: the token has expired")]
+    );
+    connect_with(
+        &mut h,
+        2,
+        "bob",
+        Access::Granted {
+            rooms: Rooms::List(vec!["r".into()]),
+            publish: false,
+        },
+    );
+    let out = h.join(2, "other");
+    assert_eq!(
+        to(&out, 2),
+        vec![failed(
+            "join-other",
+            "Restricted access: the token does not allow room 'other'"
+        )]
+    );
+    let out = h.join(2, "r");
+    assert_eq!(to(&out, 2)[0], accepted("join-r"));
+    let out = h.cmd(2, Command::Publish(req("m", "r-bob-1", "r")));
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(
+            StreamState::Failed,
+            "Restricted access: the token does not allow publishing".into()
+        )]
+    );
+    connect_with(
+        &mut h,
+        3,
+        "carol",
+        Access::Granted {
+            rooms: Rooms::Any("*".into()),
+            publish: true,
+        },
+    );
+    h.join(3, "anywhere");
+    let out = h.cmd(
+        3,
+        Command::Publish(req("m", "anywhere-carol-1", "anywhere")),
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaRequest::Publish { .. }))));
+}

@@ -35,6 +35,8 @@ pub enum StartError {
     Media(#[from] crate::sfu::SfuError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("cannot listen on {addr}: {source}{}", privileged_port_hint(*addr, source))]
     Bind {
         addr: SocketAddr,
@@ -59,6 +61,8 @@ pub(crate) struct Shared {
     pub next_session: Arc<AtomicU64>,
     /// Live WebRTC peer connections of the SFU.
     pub media_peers: Arc<AtomicUsize>,
+    /// Checks `custom.token` of each `connection`.
+    pub authority: Arc<crate::auth::Authority>,
     /// Held by every session task; closed when all of them are gone.
     pub alive: mpsc::Sender<()>,
 }
@@ -123,6 +127,7 @@ impl Server {
             }
             false => None,
         };
+        let authority = Arc::new(crate::auth::Authority::new(&config.auth)?);
         let core = Core::new(config.core());
         let driver = tokio::spawn(driver::run(
             core,
@@ -138,6 +143,7 @@ impl Server {
             stats: stats_rx.clone(),
             next_session: Arc::new(AtomicU64::new(1)),
             media_peers,
+            authority,
             alive: alive_tx,
         };
         let shared_peers = shared.media_peers.clone();

@@ -56,7 +56,19 @@ pub(crate) async fn run(socket: WebSocket, shared: Shared) {
             }
             frame = stream.next() => {
                 let command = match frame {
-                    Some(Ok(Message::Text(text))) => parse_client_frame(text.as_str()),
+                    Some(Ok(Message::Text(text))) => match parse_client_frame(text.as_str()) {
+                        Command::Connect(mut info) => {
+                            info.access = shared
+                                .authority
+                                .check(info.login.as_deref(), info.token.as_deref());
+                            if let crate::auth::Access::Refused(why) = &info.access {
+                                // The reason, never the token.
+                                info!(login = info.login.as_deref().unwrap_or(""); "session {session}: {why}");
+                            }
+                            Command::Connect(info)
+                        }
+                        other => other,
+                    },
                     Some(Ok(Message::Binary(_))) => Command::Rejected(ServerMessage::Fail {
                         api_method: "unknown".into(),
                         id: None,

@@ -176,6 +176,8 @@ fn parse_connection(arg: &Value) -> Command {
             client_version: opt_str(arg, "clientVersion")?,
             client_os_version: opt_str(arg, "clientOSVersion")?,
             client_browser_version: opt_str(arg, "clientBrowserVersion")?,
+            // Decided by the session edge, which holds the keys.
+            access: Default::default(),
         })
     })();
     match parsed {

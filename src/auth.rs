@@ -1,0 +1,321 @@
+//! Token access (`[auth] mode = "token"`): the `connection` message must carry a JWT
+//! in `custom.token` whose claims name the login, the rooms and the right to publish.
+//!
+//! Claims: `sub` (the login; must equal `custom.login`), `rooms` (a list of room names
+//! or `"*"`), `publish` (default true) and `exp` (required). HS256 with `[auth] secret`,
+//! or EdDSA / RS256 with the PEM public key at `[auth] public_key`. Verification is the
+//! `jsonwebtoken` crate's (constant-time MAC comparison); the token itself is never logged.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Auth, AuthMode};
+
+/// What a session may do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Access {
+    /// `[auth] mode = "open"`: anything.
+    #[default]
+    Open,
+    /// A valid token.
+    Granted { rooms: Rooms, publish: bool },
+    /// No usable token: every join fails with this reason.
+    Refused(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Rooms {
+    /// `"*"`: every room.
+    Any(String),
+    List(Vec<String>),
+}
+
+impl Rooms {
+    pub fn allows(&self, room: &str) -> bool {
+        match self {
+            Rooms::Any(s) => s == "*",
+            Rooms::List(list) => list.iter().any(|r| r == room),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub rooms: Rooms,
+    #[serde(default = "yes")]
+    pub publish: bool,
+    pub exp: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{path}: {why}")]
+    Key { path: String, why: String },
+    #[error("[auth] mode = \"token\" needs `secret` or `public_key`")]
+    NoKey,
+    #[error("cannot sign the token: {0}")]
+    Sign(String),
+}
+
+/// Checks tokens against the configured key.
+pub struct Authority {
+    mode: AuthMode,
+    keys: Vec<(DecodingKey, Vec<Algorithm>)>,
+}
+
+impl Authority {
+    pub fn new(auth: &Auth) -> Result<Authority, AuthError> {
+        let mut keys = Vec::new();
+        if !auth.secret.is_empty() {
+            keys.push((
+                DecodingKey::from_secret(auth.secret.as_bytes()),
+                vec![Algorithm::HS256],
+            ));
+        }
+        if !auth.public_key.as_os_str().is_empty() {
+            keys.push(public_key(&auth.public_key)?);
+        }
+        if auth.mode == AuthMode::Token && keys.is_empty() {
+            return Err(AuthError::NoKey);
+        }
+        Ok(Authority {
+            mode: auth.mode,
+            keys,
+        })
+    }
+
+    /// The access of a session that connected with this login and token.
+    pub fn check(&self, login: Option<&str>, token: Option<&str>) -> Access {
+        if self.mode == AuthMode::Open {
+            return Access::Open;
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Access::Refused("Restricted access: a token is required (custom.token)".into());
+        };
+        let claims = match self.verify(token) {
+            Ok(c) => c,
+            Err(why) => return Access::Refused(format!("Restricted access: {why}")),
+        };
+        if Some(claims.sub.as_str()) != login {
+            return Access::Refused(
+                "Restricted access: the token was issued for another login".into(),
+            );
+        }
+        Access::Granted {
+            rooms: claims.rooms,
+            publish: claims.publish,
+        }
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, String> {
+        use jsonwebtoken::errors::ErrorKind;
+        let mut last = "the token is malformed".to_owned();
+        for (key, algorithms) in &self.keys {
+            let mut validation = Validation::new(algorithms[0]);
+            validation.algorithms = algorithms.clone();
+            validation.leeway = 30;
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => "the token has expired".into(),
+                        ErrorKind::InvalidSignature => "the token's signature is not valid".into(),
+                        ErrorKind::InvalidAlgorithm => {
+                            "the token is signed with an algorithm this device does not accept"
+                                .into()
+                        }
+                        ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
+                            "the token lacks the claims sub, rooms and exp".into()
+                        }
+                        _ => "the token is malformed".into(),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn public_key(path: &Path) -> Result<(DecodingKey, Vec<Algorithm>), AuthError> {
+    let err = |why: String| AuthError::Key {
+        path: path.display().to_string(),
+        why,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+        return Ok((key, vec![Algorithm::EdDSA]));
+    }
+    DecodingKey::from_rsa_pem(&pem)
+        .map(|key| (key, vec![Algorithm::RS256]))
+        .map_err(|_| err("not a PEM Ed25519 or RSA public key".into()))
+}
+
+/// Mints a token (HS256 with `secret`, or EdDSA/RS256 with a PEM private key file).
+pub fn mint(
+    claims: &Claims,
+    secret: &str,
+    private_key: Option<&Path>,
+) -> Result<String, AuthError> {
+    let (header, key) = match private_key {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| AuthError::Key {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+            match EncodingKey::from_ed_pem(&pem) {
+                Ok(k) => (Header::new(Algorithm::EdDSA), k),
+                Err(_) => (
+                    Header::new(Algorithm::RS256),
+                    EncodingKey::from_rsa_pem(&pem).map_err(|e| AuthError::Key {
+                        path: path.display().to_string(),
+                        why: format!("not a PEM Ed25519 or RSA private key: {e}"),
+                    })?,
+                ),
+            }
+        }
+        None if !secret.is_empty() => (
+            Header::new(Algorithm::HS256),
+            EncodingKey::from_secret(secret.as_bytes()),
+        ),
+        None => return Err(AuthError::NoKey),
+    };
+    jsonwebtoken::encode(&header, claims, &key).map_err(|e| AuthError::Sign(e.to_string()))
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority() -> Authority {
+        Authority::new(&Auth {
+            mode: AuthMode::Token,
+            secret: "s3cret".into(),
+            public_key: Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn token(sub: &str, rooms: Rooms, publish: bool, exp: u64, secret: &str) -> String {
+        mint(
+            &Claims {
+                sub: sub.into(),
+                rooms,
+                publish,
+                exp,
+            },
+            secret,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_token_grants_its_rooms() {
+        let t = token(
+            "alice",
+            Rooms::List(vec!["daily".into()]),
+            false,
+            now_unix() + 60,
+            "s3cret",
+        );
+        match authority().check(Some("alice"), Some(&t)) {
+            Access::Granted { rooms, publish } => {
+                assert!(rooms.allows("daily") && !rooms.allows("other"));
+                assert!(!publish);
+            }
+            other => panic!("{other:?}"),
+        }
+        let any = token(
+            "bob",
+            Rooms::Any("*".into()),
+            true,
+            now_unix() + 60,
+            "s3cret",
+        );
+        assert!(matches!(
+            authority().check(Some("bob"), Some(&any)),
+            Access::Granted {
+                rooms: Rooms::Any(_),
+                publish: true
+            }
+        ));
+    }
+
+    #[test]
+    fn every_bad_token_is_refused_with_its_reason() {
+        let a = authority();
+        let refused = |login: &str, t: &str| match a.check(Some(login), Some(t)) {
+            Access::Refused(why) => why,
+            other => panic!("{other:?}"),
+        };
+        let expired = token(
+            "alice",
+            Rooms::Any("*".into()),
+            true,
+            now_unix() - 3600,
+            "s3cret",
+        );
+        assert!(refused("alice", &expired).contains("expired"));
+        let forged = token(
+            "alice",
+            Rooms::Any("*".into()),
+            true,
+            now_unix() + 60,
+            "other",
+        );
+        assert!(refused("alice", &forged).contains("signature"));
+        let good = token(
+            "alice",
+            Rooms::Any("*".into()),
+            true,
+            now_unix() + 60,
+            "s3cret",
+        );
+        assert!(refused("mallory", &good).contains("another login"));
+        for garbage in [
+            "",
+            "x",
+            "a.b.c",
+            "....",
+            "eyJ.eyJ.sig",
+            &"A".repeat(100_000),
+            "é.ü.ß",
+        ] {
+            let why = match a.check(Some("alice"), Some(garbage)) {
+                Access::Refused(why) => why,
+                other => panic!("{garbage}: {other:?}"),
+            };
+            assert!(why.starts_with("Restricted access"), "{why}");
+        }
+        assert!(matches!(a.check(Some("alice"), None), Access::Refused(_)));
+    }
+
+    #[test]
+    fn open_mode_needs_no_token() {
+        let open = Authority::new(&Auth::default()).unwrap();
+        assert_eq!(open.check(Some("x"), None), Access::Open);
+    }
+
+    #[test]
+    fn token_mode_needs_a_key() {
+        let e = Authority::new(&Auth {
+            mode: AuthMode::Token,
+            ..Auth::default()
+        });
+        assert!(e.is_err());
+    }
+}
