@@ -106,8 +106,12 @@ fn generate(dir: &Path, to: &CertSource, advertised: &[IpAddr]) -> Result<(), Tl
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "huddle".into());
-    let mut names = vec![host.clone(), format!("{host}.local"), "localhost".into()];
-    names.dedup();
+    let mut names: Vec<String> = Vec::new();
+    for name in [host.clone(), format!("{host}.local"), "localhost".into()] {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
     let mut params = rcgen::CertificateParams::new(names.clone())
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     for ip in advertised.iter().chain([&IpAddr::from([127, 0, 0, 1])]) {
