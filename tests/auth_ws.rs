@@ -3,6 +3,8 @@
 //! publish (stream FAILED "Restricted access ..."), and the socket keeps working.
 
 mod common;
+#[path = "support/process.rs"]
+mod process;
 
 use common::*;
 use huddle::auth::{mint, now_unix, Claims, Rooms};
@@ -173,7 +175,8 @@ fn the_cli_mints_tokens_the_server_accepts() {
         format!("[auth]\nmode = \"token\"\nsecret = \"{SECRET}\"\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huddle"))
+    // Through the exec wrapper, so the aarch64 run under qemu-user can spawn it.
+    let out = process::huddle_command()
         .args(["--config", config.to_str().unwrap()])
         .args([
             "token",
