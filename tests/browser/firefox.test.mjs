@@ -16,25 +16,15 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
-import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  HERE, SCREENSHOT_DIR, E2eFile, SdkPage, MEDIA_PAGE_READY, assertChromiumInstalled, assertPageClean,
+  assertSdkBundleInstalled, huddleConfig, isForeign, sdkPageRoutes, sleep, waitForMedia, withTimeout,
+} from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, '..', '..');
-const HUDDLE_BIN = path.resolve(REPO_ROOT, process.env.HUDDLE_BIN || 'target/debug/huddle');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const FIREFOX = process.env.FIREFOX || '/usr/bin/firefox-esr';
-const SDK_BUNDLE = path.join(HERE, 'node_modules', '@flashphoner', 'websdk', 'flashphoner-room-api.js');
 const PAGE_HTML = path.join(HERE, 'media-page.html');
-const PRINT_FRAMES = process.env.HUDDLE_E2E_FRAMES === '1';
-const PRINT_SERVER_LOG = process.env.HUDDLE_E2E_SERVER_LOG === '1';
-const SCREENSHOT_DIR = process.env.HUDDLE_E2E_SCREENSHOT_DIR || os.tmpdir();
 const REQUIRE_FIREFOX = process.env.HUDDLE_E2E_REQUIRE_FIREFOX === '1';
 
 const STEP_TIMEOUT_MS = 15_000;
@@ -42,18 +32,6 @@ const SERVER_START_TIMEOUT_MS = 20_000;
 const SERVER_STOP_TIMEOUT_MS = 10_000;
 const TEST_TIMEOUT_MS = 55_000;
 const FILE_WATCHDOG_MS = 150_000;
-
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--autoplay-policy=no-user-gesture-required',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
 
 // Firefox prefs: fake devices without a prompt, audible autoplay, and no traffic beyond 127.0.0.1
 // (every non-local HTTP(S)/WS request goes to a dead proxy on 127.0.0.1:9; puppeteer's own
@@ -91,289 +69,36 @@ const FIREFOX_PREFS = {
   'datareporting.policy.dataSubmissionEnabled': false,
 };
 
-const SERVER_CONFIG = `[http]
-listen = "127.0.0.1:0"
-tls = false
-[media]
-udp_port = 0
-advertise_ips = ["127.0.0.1"]
-[device]
-camera = "none"
-microphone = "none"
-[log]
-level = "debug"
-`;
-
 // ---------------------------------------------------------------------------------------------
 // Shared state
 
-let tmpDir;
+// Temp dir, server, static server, both browsers and pages (diag) of this file, under one watchdog.
+const e2e = new E2eFile({ watchdogMs: FILE_WATCHDOG_MS });
+const { diag } = e2e;
 let server;
 let staticServer;
 let chromiumBrowser;
 let firefoxBrowser;
 let skipReason = null;
-const harnesses = [];
-
-const watchdog = setTimeout(() => {
-  process.stderr.write(`\n[e2e] watchdog: file exceeded ${FILE_WATCHDOG_MS} ms, killing everything\n`);
-  try { server?.proc.kill('SIGKILL'); } catch { /* ignore */ }
-  try { chromiumBrowser?.close(); } catch { /* ignore */ }
-  try { firefoxBrowser?.process()?.kill('SIGKILL'); } catch { /* ignore */ }
-  process.exit(1);
-}, FILE_WATCHDOG_MS);
-watchdog.unref();
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const LOCAL_PROTOCOLS = ['data:', 'blob:', 'about:', 'chrome:', 'moz-extension:', 'resource:'];
 
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
+// One page = one RoomApi session, in either browser.
+const pageOptions = () => ({
+  origin: staticServer.origin, ready: MEDIA_PAGE_READY, diag, stepTimeout: STEP_TIMEOUT_MS,
+  viewport: { width: 700, height: 500 }, frameLimit: 600,
+  badRequest: (url) => isForeign(url, LOCAL_PROTOCOLS), badSocket: (url) => isForeign(url, LOCAL_PROTOCOLS),
+});
+const openChromium = (label) => SdkPage.openChromium(chromiumBrowser, label, pageOptions());
+const openFirefox = (label) => SdkPage.openFirefox(firefoxBrowser, label, pageOptions());
 
-function tail(lines, n) {
-  return lines.slice(-n).join('\n');
-}
-
-async function startServer() {
-  if (!fs.existsSync(HUDDLE_BIN)) {
-    throw new Error(`server binary not found at ${HUDDLE_BIN} (build it with \`cargo build --bin huddle\` or set HUDDLE_BIN)`);
-  }
-  const configPath = path.join(tmpDir, 'huddle.toml');
-  await fsp.writeFile(configPath, SERVER_CONFIG);
-  const proc = spawn(HUDDLE_BIN, ['--config', configPath], {
-    cwd: tmpDir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1' },
-  });
-  const stderr = [];
-  const exit = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  const s = { proc, stderr, exit, addr: null, exited: null };
-  exit.then((r) => { s.exited = r; });
-  s.addr = await new Promise((resolve, reject) => {
-    let buf = '';
-    let done = false;
-    const timer = setTimeout(() => {
-      reject(new Error(`server did not log "listening on http://127.0.0.1:PORT" within ${SERVER_START_TIMEOUT_MS} ms; stderr:\n${buf}`));
-    }, SERVER_START_TIMEOUT_MS);
-    proc.stderr.setEncoding('utf8');
-    proc.stdout.resume();
-    proc.stderr.on('data', (d) => {
-      if (PRINT_SERVER_LOG) process.stderr.write(d);
-      stderr.push(...d.split('\n').filter((l) => l.length > 0));
-      if (stderr.length > 20_000) stderr.splice(0, stderr.length - 10_000);
-      if (done) return;
-      buf += d;
-      const m = /listening on http:\/\/(127\.0\.0\.1:\d+)/.exec(buf);
-      if (m) {
-        done = true;
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    proc.once('error', (e) => { clearTimeout(timer); reject(e); });
-    exit.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited early (code ${code}, signal ${signal}); stderr:\n${buf}`));
-    });
-  });
-  return s;
-}
-
-async function startStaticServer() {
-  const [html, bundle] = await Promise.all([fsp.readFile(PAGE_HTML), fsp.readFile(SDK_BUNDLE)]);
-  const requests = [];
-  const srv = http.createServer((req, res) => {
-    requests.push(`${req.method} ${req.url}`);
-    const url = new URL(req.url, 'http://127.0.0.1');
-    if (req.method === 'GET' && (url.pathname === '/' || url.pathname === '/index.html')) {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(html);
-    } else if (req.method === 'GET' && url.pathname === '/flashphoner-room-api.js') {
-      res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(bundle);
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found');
-    }
-  });
-  await new Promise((resolve, reject) => {
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', resolve);
-  });
-  return { server: srv, origin: `http://127.0.0.1:${srv.address().port}`, requests };
-}
-
-function isForeign(url) {
-  try {
-    const u = new URL(url);
-    if (['data:', 'blob:', 'about:', 'chrome:', 'moz-extension:', 'resource:'].includes(u.protocol)) return false;
-    return u.hostname !== '127.0.0.1';
-  } catch {
-    return false;
-  }
-}
-
-// One page = one RoomApi session, in either browser. `evalFn` hides the playwright/puppeteer
-// difference in page.evaluate's argument passing.
-class Harness {
-  constructor(label, browserName, page, closeFn, evalFn) {
-    Object.assign(this, { label, browserName, page, closeFn, evalFn });
-    this.frames = [];
-    this.console = [];
-    this.pageErrors = [];
-    this.foreignRequests = [];
-    this.closed = false;
-  }
-
-  static async openChromium(label) {
-    const context = await chromiumBrowser.newContext({ viewport: { width: 700, height: 500 } });
-    const page = await context.newPage();
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    const h = new Harness(label, 'chromium', page, () => context.close(),
-      (name, args) => page.evaluate(([n, a]) => window[n](...a), [name, args]));
-    page.on('console', (m) => h.pushConsole(`[${m.type()}] ${m.text()}`));
-    page.on('pageerror', (e) => h.pageErrors.push(String(e && e.stack ? e.stack : e)));
-    page.on('request', (r) => { if (isForeign(r.url())) h.foreignRequests.push(r.url()); });
-    page.on('websocket', (ws) => {
-      if (isForeign(ws.url())) h.foreignRequests.push(ws.url());
-      ws.on('framesent', (f) => h.pushFrame('→', f.payload));
-      ws.on('framereceived', (f) => h.pushFrame('←', f.payload));
-    });
-    return h.load();
-  }
-
-  static async openFirefox(label) {
-    const page = await firefoxBrowser.newPage();
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    await page.setViewport({ width: 700, height: 500 });
-    const h = new Harness(label, 'firefox', page, () => page.close(),
-      (name, args) => page.evaluate((n, a) => window[n](...a), name, args));
-    page.on('console', (m) => h.pushConsole(`[${m.type()}] ${m.text()}`));
-    page.on('pageerror', (e) => h.pageErrors.push(String(e && e.stack ? e.stack : e)));
-    page.on('request', (r) => { if (isForeign(r.url())) h.foreignRequests.push(r.url()); });
-    return h.load();
-  }
-
-  async load() {
-    harnesses.push(this);
-    await this.page.goto(`${staticServer.origin}/`, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
-    const ready = await this.evalFn('eval', ['typeof RoomApi === "object" && typeof join === "function" && Array.isArray(__pcs)']);
-    assert.ok(ready, `${this.label}: page did not load RoomApi / harness; page errors: ${this.pageErrors.join('\n')}`);
-    return this;
-  }
-
-  pushConsole(line) {
-    this.console.push(line);
-    if (this.console.length > 2000) this.console.splice(0, 1000);
-  }
-
-  pushFrame(dir, payload) {
-    let text = typeof payload === 'string' ? payload : `<binary ${payload.length} bytes>`;
-    if (PRINT_FRAMES) process.stderr.write(`[${this.label}] ${dir} ${text}\n`);
-    if (text.length > 600) text = `${text.slice(0, 600)}…(${text.length} chars)`;
-    this.frames.push(`${new Date().toISOString().slice(11, 23)} ${dir} ${text}`);
-  }
-
-  call(fn, ...args) {
-    return withTimeout(this.evalFn(fn, args), STEP_TIMEOUT_MS, `${this.label}: ${fn}()`);
-  }
-
-  events() {
-    return this.call('eval', 'window.__events.slice()');
-  }
-
-  diagnostics() {
-    return [
-      `--- ${this.label} (${this.browserName}): last WebSocket frames ---`,
-      tail(this.frames, 25) || '(not captured for this browser)',
-      `--- ${this.label}: last console lines ---`,
-      tail(this.console.filter((l) => !/^\[debug\]/.test(l)), 15) || '(none)',
-      this.pageErrors.length ? `--- ${this.label}: page errors ---\n${this.pageErrors.join('\n')}` : '',
-    ].filter(Boolean).join('\n');
-  }
-
-  async waitFor(description, pred, { from = 0, timeout = STEP_TIMEOUT_MS } = {}) {
-    const deadline = Date.now() + timeout;
-    let evs = [];
-    while (Date.now() < deadline) {
-      evs = await this.events();
-      const hit = evs.slice(from).find(pred);
-      if (hit) return hit;
-      await sleep(100);
-    }
-    assert.fail(`${this.label}: timed out after ${timeout} ms waiting for ${description}\n` +
-      `--- ${this.label}: page events ---\n${evs.map((e) => JSON.stringify(e)).join('\n')}\n${diagnosticsAll()}`);
-  }
-
-  async pollUntil(description, fn, args, pred, timeout = STEP_TIMEOUT_MS) {
-    const deadline = Date.now() + timeout;
-    let last;
-    while (Date.now() < deadline) {
-      last = await this.call(fn, ...args);
-      if (pred(last)) return last;
-      await sleep(250);
-    }
-    assert.fail(`${this.label}: timed out after ${timeout} ms waiting for ${description}; last ${fn}(): ` +
-      `${JSON.stringify(last, null, 1)}\n${diagnosticsAll()}`);
-  }
-
-  async close() {
-    if (this.closed) return;
-    this.closed = true;
-    try { await withTimeout(this.closeFn(), 5_000, `${this.label}: close`); } catch { /* ignore */ }
-  }
-}
-
-function diagnosticsAll() {
-  const parts = harnesses.filter((h) => !h.closed).map((h) => h.diagnostics());
-  if (server) parts.push(`--- server stderr (last 40 lines) ---\n${tail(server.stderr, 40)}`);
-  return parts.join('\n');
-}
-
-async function withDiagnostics(fn) {
-  try {
-    await fn();
-  } catch (e) {
-    if (e && typeof e.message === 'string' && !e.message.includes('server stderr (last')) {
-      try { e.message += `\n${diagnosticsAll()}`; } catch { /* ignore */ }
-    }
-    throw e;
-  }
-}
-
-async function withHarnesses(openers, body) {
-  const hs = [];
-  try {
-    for (const open of openers) hs.push(await open());
-    await withDiagnostics(() => body(...hs));
-  } finally {
-    for (const h of hs) await h.close();
-  }
-}
+const withHarnesses = (openers, body) => diag.withPages(openers, body);
 
 function assertClean(h) {
-  assert.deepEqual(h.pageErrors, [], `${h.label}: uncaught errors in the page`);
-  assert.deepEqual(h.foreignRequests, [], `${h.label}: requests to hosts other than 127.0.0.1`);
-}
-
-async function waitForMedia(viewer, publisher) {
-  const first = await viewer.pollUntil(`${viewer.label} decoding ${publisher}'s video and audio`, 'playerStats', [publisher],
-    (s) => s && s.video && s.video.framesDecoded > 0 && s.audio && s.audio.totalAudioEnergy > 0);
-  const last = await viewer.pollUntil(`${viewer.label}: framesDecoded of ${publisher}'s video to keep growing`,
-    'playerStats', [publisher],
-    (s) => s && s.video && s.video.framesDecoded >= first.video.framesDecoded + 10 &&
-      s.audio && s.audio.totalAudioEnergy > first.audio.totalAudioEnergy,
-    8_000);
-  return { first, last };
+  assertPageClean(h);
 }
 
 async function connectAndJoin(h, login, room, publishOptions) {
@@ -398,13 +123,13 @@ before(async () => {
     if (REQUIRE_FIREFOX) throw new Error(skipReason);
     return;
   }
-  tmpDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'huddle-firefox-e2e-'));
-  assert.ok(fs.existsSync(SDK_BUNDLE), `SDK bundle missing: ${SDK_BUNDLE} (run \`npm ci\` in tests/browser)`);
-  assert.ok(fs.existsSync(CHROMIUM), `Chromium missing: ${CHROMIUM} (apt-get install -y chromium fonts-liberation)`);
-  server = await startServer();
-  staticServer = await startStaticServer();
+  const tmpDir = await e2e.makeTmpDir('huddle-firefox-e2e-');
+  assertSdkBundleInstalled();
+  assertChromiumInstalled();
+  server = await e2e.startHuddle({ config: huddleConfig(), startTimeout: SERVER_START_TIMEOUT_MS });
+  staticServer = await e2e.startStaticServer(sdkPageRoutes(PAGE_HTML));
   [chromiumBrowser, firefoxBrowser] = await Promise.all([
-    chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 20_000 }),
+    e2e.launchChromium({ timeout: 20_000 }, { what: 'chromium close' }),
     puppeteer.launch({
       browser: 'firefox',
       executablePath: FIREFOX,
@@ -412,46 +137,13 @@ before(async () => {
       timeout: 30_000,
       extraPrefsFirefox: FIREFOX_PREFS,
       userDataDir: path.join(tmpDir, 'firefox-profile'),
-    }),
+    }).then((b) => e2e.addBrowser(b, { timeout: 8_000, what: 'firefox close' })),
   ]);
 }, { timeout: 45_000 });
 
-after(async () => {
-  for (const h of harnesses) await h.close();
-  if (chromiumBrowser) {
-    try { await withTimeout(chromiumBrowser.close(), 5_000, 'chromium close'); } catch { /* ignore */ }
-  }
-  if (firefoxBrowser) {
-    try {
-      await withTimeout(firefoxBrowser.close(), 8_000, 'firefox close');
-    } catch {
-      try { firefoxBrowser.process()?.kill('SIGKILL'); } catch { /* ignore */ }
-    }
-  }
-  if (staticServer) {
-    staticServer.server.closeAllConnections?.();
-    await new Promise((r) => staticServer.server.close(() => r()));
-  }
-  try {
-    if (server) {
-      if (!server.exited) server.proc.kill('SIGTERM');
-      let result;
-      try {
-        result = await withTimeout(server.exit, SERVER_STOP_TIMEOUT_MS, 'server exit after SIGTERM');
-      } catch {
-        server.proc.kill('SIGKILL');
-        await server.exit;
-        assert.fail(`server did not exit within ${SERVER_STOP_TIMEOUT_MS} ms of SIGTERM\n${tail(server.stderr, 40)}`);
-      }
-      const panics = server.stderr.filter((l) => /panicked at/.test(l));
-      assert.deepEqual(panics, [], `server panicked\n${tail(server.stderr, 40)}`);
-      assert.deepEqual(result, { code: 0, signal: null }, `server must exit 0 on SIGTERM\n${tail(server.stderr, 40)}`);
-    }
-  } finally {
-    if (tmpDir) await fsp.rm(tmpDir, { recursive: true, force: true });
-    clearTimeout(watchdog);
-  }
-}, { timeout: 25_000 });
+// Pages, browsers (Firefox killed if it does not close), static server; SIGTERM must stop the
+// server with exit code 0, without a panic.
+after(() => e2e.teardown({ stop: { timeout: SERVER_STOP_TIMEOUT_MS } }), { timeout: 25_000 });
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -459,7 +151,7 @@ after(async () => {
 test('Firefox ESR and Chromium in one Flashphoner room decode each other (VP8, Opus)', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   if (skipReason) return t.skip(skipReason);
   const room = 'firefox-chromium';
-  await withHarnesses([() => Harness.openFirefox('fox'), () => Harness.openChromium('chrome')], async (fox, chrome) => {
+  await withHarnesses([() => openFirefox('fox'), () => openChromium('chrome')], async (fox, chrome) => {
     const ua = await fox.call('eval', 'navigator.userAgent');
     assert.match(ua, /Firefox\//, 'the fox page really runs in Firefox');
 
@@ -546,7 +238,7 @@ test('Firefox ESR and Chromium in one Flashphoner room decode each other (VP8, O
 test('Chromium publishes H.264, Firefox without OpenH264 plays it: bounded, clean outcome', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   if (skipReason) return t.skip(skipReason);
   const room = 'firefox-chromium-h264';
-  await withHarnesses([() => Harness.openFirefox('fox'), () => Harness.openChromium('chrome')], async (fox, chrome) => {
+  await withHarnesses([() => openFirefox('fox'), () => openChromium('chrome')], async (fox, chrome) => {
     await connectAndJoin(fox, 'fox', room, {});
     const foxPub = await fox.waitFor('own stream PUBLISHING', (e) => e.type === 'PUBLISH_STATUS');
     assert.equal(foxPub.status, 'PUBLISHING', JSON.stringify(foxPub));

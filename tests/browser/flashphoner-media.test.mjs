@@ -12,24 +12,13 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import fsp from 'node:fs/promises';
-import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  HERE, SCREENSHOT_DIR, E2eFile, SdkPage, MEDIA_PAGE_READY, assertChromiumInstalled, assertPageClean,
+  assertSdkBundleInstalled, huddleConfig, sdkPageRoutes, sleep, waitForMedia,
+} from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, '..', '..');
-const HUDDLE_BIN = path.resolve(REPO_ROOT, process.env.HUDDLE_BIN || 'target/debug/huddle');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const SDK_BUNDLE = path.join(HERE, 'node_modules', '@flashphoner', 'websdk', 'flashphoner-room-api.js');
 const PAGE_HTML = path.join(HERE, 'media-page.html');
-const PRINT_FRAMES = process.env.HUDDLE_E2E_FRAMES === '1';
-const PRINT_SERVER_LOG = process.env.HUDDLE_E2E_SERVER_LOG === '1';
-const SCREENSHOT_DIR = process.env.HUDDLE_E2E_SCREENSHOT_DIR || os.tmpdir();
 
 const STEP_TIMEOUT_MS = 15_000;
 const SERVER_START_TIMEOUT_MS = 20_000;
@@ -37,187 +26,25 @@ const SERVER_STOP_TIMEOUT_MS = 10_000;
 const TEST_TIMEOUT_MS = 55_000;
 const FILE_WATCHDOG_MS = 150_000; // two tests + setup/teardown
 
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--autoplay-policy=no-user-gesture-required',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
-
-const SERVER_CONFIG = `[http]
-listen = "127.0.0.1:0"
-tls = false
-[media]
-udp_port = 0
-advertise_ips = ["127.0.0.1"]
-[device]
-camera = "none"
-microphone = "none"
-[log]
-level = "debug"
-`;
-
 // ---------------------------------------------------------------------------------------------
 // Shared state
 
-let tmpDir;
-let server; // { proc, addr, stderr: string[], exit: Promise<{code, signal}> }
-let staticServer; // { server, origin, requests: string[] }
+// Temp dir, server, static server, browser and pages (diag) of this file, under one watchdog.
+const e2e = new E2eFile({ watchdogMs: FILE_WATCHDOG_MS });
+const { diag } = e2e;
+let server; // startHuddle(): { proc, addr, stderrLines, stop() }
+let staticServer; // { server, origin, requests, close() }
 let browser;
-const pages = []; // every Harness created, for diagnostics / cleanup
-
-const watchdog = setTimeout(() => {
-  process.stderr.write(`\n[e2e] watchdog: file exceeded ${FILE_WATCHDOG_MS} ms, killing everything\n`);
-  try { server?.proc.kill('SIGKILL'); } catch { /* ignore */ }
-  try { browser?.close(); } catch { /* ignore */ }
-  process.exit(1);
-}, FILE_WATCHDOG_MS);
-watchdog.unref();
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function tail(lines, n) {
-  return lines.slice(-n).join('\n');
-}
-
-async function startServer() {
-  if (!fs.existsSync(HUDDLE_BIN)) {
-    throw new Error(`server binary not found at ${HUDDLE_BIN} (build it with \`cargo build --bin huddle\` or set HUDDLE_BIN)`);
-  }
-  const configPath = path.join(tmpDir, 'huddle.toml');
-  await fsp.writeFile(configPath, SERVER_CONFIG);
-  const proc = spawn(HUDDLE_BIN, ['--config', configPath], {
-    cwd: tmpDir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1' },
-  });
-  const stderr = [];
-  const stdout = [];
-  const exit = new Promise((resolve) => {
-    proc.once('exit', (code, signal) => resolve({ code, signal }));
-  });
-  const s = { proc, stderr, stdout, exit, addr: null, exited: null };
-  exit.then((r) => { s.exited = r; });
-
-  const addr = await new Promise((resolve, reject) => {
-    let buf = '';
-    let done = false;
-    const timer = setTimeout(() => {
-      reject(new Error(`server did not log "listening on http://127.0.0.1:PORT" within ${SERVER_START_TIMEOUT_MS} ms; stderr:\n${buf}`));
-    }, SERVER_START_TIMEOUT_MS);
-    proc.stderr.setEncoding('utf8');
-    proc.stdout.setEncoding('utf8');
-    proc.stdout.on('data', (d) => stdout.push(d));
-    proc.stderr.on('data', (d) => {
-      if (PRINT_SERVER_LOG) process.stderr.write(d);
-      stderr.push(...d.split('\n').filter((l) => l.length > 0));
-      if (stderr.length > 20_000) stderr.splice(0, stderr.length - 10_000);
-      if (done) return;
-      buf += d;
-      const m = /listening on http:\/\/(127\.0\.0\.1:\d+)/.exec(buf);
-      if (m) {
-        done = true;
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    proc.once('error', (e) => { clearTimeout(timer); reject(e); });
-    exit.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited early (code ${code}, signal ${signal}); stderr:\n${buf}`));
-    });
-  });
-  s.addr = addr;
-  return s;
-}
-
-async function startStaticServer() {
-  const [html, bundle] = await Promise.all([fsp.readFile(PAGE_HTML), fsp.readFile(SDK_BUNDLE)]);
-  const requests = [];
-  const srv = http.createServer((req, res) => {
-    requests.push(`${req.method} ${req.url}`);
-    const url = new URL(req.url, 'http://127.0.0.1');
-    if (req.method === 'GET' && (url.pathname === '/' || url.pathname === '/index.html')) {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(html);
-    } else if (req.method === 'GET' && url.pathname === '/flashphoner-room-api.js') {
-      res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(bundle);
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found');
-    }
-  });
-  await new Promise((resolve, reject) => {
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = srv.address();
-  return { server: srv, origin: `http://127.0.0.1:${port}`, requests };
-}
-
-// One browser context + page = one RoomApi session.
-class Harness {
-  constructor(label, context, page) {
-    this.label = label;
-    this.context = context;
-    this.page = page;
-    this.frames = []; // WebSocket frames, both directions
-    this.console = [];
-    this.pageErrors = [];
-    this.foreignRequests = [];
-    this.sentRequests = []; // parsed publishStream / playStream requests (full SDP offers)
-  }
-
-  static async open(label) {
-    const context = await browser.newContext({ viewport: { width: 700, height: 500 } });
-    const page = await context.newPage();
-    const h = new Harness(label, context, page);
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    page.on('console', (m) => {
-      h.console.push(`[${m.type()}] ${m.text()}`);
-      if (h.console.length > 2000) h.console.splice(0, 1000);
-    });
-    page.on('pageerror', (e) => h.pageErrors.push(String(e && e.stack ? e.stack : e)));
-    page.on('request', (r) => {
-      const u = new URL(r.url());
-      if (!['127.0.0.1'].includes(u.hostname) && !['data:', 'blob:', 'about:'].includes(u.protocol)) {
-        h.foreignRequests.push(r.url());
-      }
-    });
-    page.on('websocket', (ws) => {
-      const u = new URL(ws.url());
-      if (u.hostname !== '127.0.0.1') h.foreignRequests.push(ws.url());
-      h.frames.push(`-- ws open ${ws.url()}`);
-      ws.on('framesent', (f) => h.pushFrame('→', f.payload));
-      ws.on('framereceived', (f) => h.pushFrame('←', f.payload));
-      ws.on('socketerror', (e) => h.frames.push(`-- ws error ${e}`));
-      ws.on('close', () => h.frames.push('-- ws close'));
-    });
-    pages.push(h);
-    await page.goto(`${staticServer.origin}/`, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
-    const ready = await page.evaluate(() => typeof window.RoomApi === 'object' && typeof window.join === 'function' &&
-      Array.isArray(window.__pcs));
-    assert.ok(ready, `${label}: page did not load RoomApi (SDK bundle) / harness; page errors: ${h.pageErrors.join('\n')}`);
-    return h;
+// One browser context + page = one RoomApi session; also keeps the publishStream / playStream
+// requests it sent (full SDP offers).
+class MediaPage extends SdkPage {
+  constructor(label, opts) {
+    super(label, opts);
+    this.sentRequests = [];
   }
 
   pushFrame(dir, payload) {
@@ -227,163 +54,37 @@ class Harness {
         this.sentRequests.push({ message: m.message, ...m.data[0] });
       } catch { /* not JSON */ }
     }
-    let text = typeof payload === 'string' ? payload : `<binary ${payload.length} bytes>`;
-    if (!PRINT_FRAMES && text.length > 600) text = `${text.slice(0, 600)}…(${text.length} chars)`;
-    const line = `${new Date().toISOString().slice(11, 23)} ${dir} ${text}`;
-    this.frames.push(line);
-    if (PRINT_FRAMES) process.stderr.write(`[${this.label}] ${line}\n`);
-  }
-
-  events() {
-    return this.page.evaluate(() => window.__events.slice());
-  }
-
-  call(fn, ...args) {
-    return withTimeout(
-      this.page.evaluate(([name, a]) => window[name](...a), [fn, args]),
-      STEP_TIMEOUT_MS,
-      `${this.label}: ${fn}()`,
-    );
-  }
-
-  diagnostics(n = 30) {
-    return [
-      `--- ${this.label}: last WebSocket frames ---`,
-      tail(this.frames, n) || '(none)',
-      `--- ${this.label}: last console lines ---`,
-      tail(this.console.filter((l) => !/^\[debug\]/.test(l)), 15) || '(none)',
-      this.pageErrors.length ? `--- ${this.label}: page errors ---\n${this.pageErrors.join('\n')}` : '',
-    ].filter(Boolean).join('\n');
-  }
-
-  async waitFor(description, pred, { from = 0, timeout = STEP_TIMEOUT_MS } = {}) {
-    const deadline = Date.now() + timeout;
-    let evs = [];
-    while (Date.now() < deadline) {
-      evs = await this.events();
-      const hit = evs.slice(from).find(pred);
-      if (hit) return hit;
-      await sleep(100);
-    }
-    assert.fail(
-      `${this.label}: timed out after ${timeout} ms waiting for ${description}\n` +
-      `--- ${this.label}: page events ---\n${evs.map((e) => JSON.stringify(e)).join('\n')}\n` +
-      diagnosticsAll(),
-    );
-  }
-
-  // Poll window[fn](...args) until `pred(result)`; returns the last result.
-  async pollUntil(description, fn, args, pred, timeout = STEP_TIMEOUT_MS) {
-    const deadline = Date.now() + timeout;
-    let last;
-    while (Date.now() < deadline) {
-      last = await this.call(fn, ...args);
-      if (pred(last)) return last;
-      await sleep(250);
-    }
-    assert.fail(`${this.label}: timed out after ${timeout} ms waiting for ${description}; last ${fn}(): ` +
-      `${JSON.stringify(last, null, 1)}\n${diagnosticsAll()}`);
-  }
-
-  async close() {
-    try { await withTimeout(this.context.close(), 5_000, `${this.label}: close context`); } catch { /* ignore */ }
+    super.pushFrame(dir, payload);
   }
 }
 
-function diagnosticsAll() {
-  const parts = pages.filter((h) => !h.closed).map((h) => h.diagnostics());
-  if (server) parts.push(`--- server stderr (last 40 lines) ---\n${tail(server.stderr, 40)}`);
-  return parts.join('\n');
-}
+const openPage = (label) => MediaPage.openChromium(browser, label, {
+  origin: staticServer.origin, ready: MEDIA_PAGE_READY, diag, stepTimeout: STEP_TIMEOUT_MS,
+  viewport: { width: 700, height: 500 }, frameLimit: 600,
+});
 
-async function withDiagnostics(fn) {
-  try {
-    await fn();
-  } catch (e) {
-    if (e && typeof e.message === 'string' && !e.message.includes('last WebSocket frames')) {
-      try { e.message += `\n${diagnosticsAll()}`; } catch { /* read-only message */ }
-    }
-    throw e;
-  }
-}
-
-async function withPages(labels, body) {
-  const hs = [];
-  try {
-    for (const label of labels) hs.push(await Harness.open(label));
-    await withDiagnostics(() => body(...hs));
-  } finally {
-    for (const h of hs) { await h.close(); h.closed = true; }
-  }
-}
+const withPages = (labels, body) => diag.withPages(labels.map((label) => () => openPage(label)), body);
 
 function assertClean(h) {
-  assert.deepEqual(h.pageErrors, [], `${h.label}: uncaught errors in the page\n${diagnosticsAll()}`);
-  assert.deepEqual(h.foreignRequests, [], `${h.label}: requests to hosts other than 127.0.0.1`);
+  assertPageClean(h, { errorsHint: `\n${diag.text()}` });
 }
 
 const isStatus = (kind, status, extra = () => true) => (e) => e.type === kind && e.status === status && extra(e);
-
-// Wait until `viewer`'s playback of `publisher` decodes video (framesDecoded > 0 and growing) and
-// audio carries energy. Returns { first, last } playerStats snapshots.
-async function waitForMedia(viewer, publisher) {
-  const first = await viewer.pollUntil(
-    `${viewer.label} decoding ${publisher}'s video and audio`,
-    'playerStats', [publisher],
-    (s) => s && s.video && s.video.framesDecoded > 0 && s.audio && s.audio.totalAudioEnergy > 0,
-  );
-  const last = await viewer.pollUntil(
-    `${viewer.label}: framesDecoded of ${publisher}'s video to keep growing`,
-    'playerStats', [publisher],
-    (s) => s && s.video && s.video.framesDecoded >= first.video.framesDecoded + 10 &&
-      s.audio && s.audio.totalAudioEnergy > first.audio.totalAudioEnergy,
-    8_000,
-  );
-  return { first, last };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Lifecycle
 
 before(async () => {
-  tmpDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'huddle-media-e2e-'));
-  assert.ok(fs.existsSync(SDK_BUNDLE), `SDK bundle missing: ${SDK_BUNDLE} (run \`npm ci\` in tests/browser)`);
-  assert.ok(fs.existsSync(CHROMIUM), `Chromium missing: ${CHROMIUM} (apt-get install -y chromium fonts-liberation)`);
-  server = await startServer();
-  staticServer = await startStaticServer();
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 15_000 });
+  await e2e.makeTmpDir('huddle-media-e2e-');
+  assertSdkBundleInstalled();
+  assertChromiumInstalled();
+  server = await e2e.startHuddle({ config: huddleConfig(), startTimeout: SERVER_START_TIMEOUT_MS });
+  staticServer = await e2e.startStaticServer(sdkPageRoutes(PAGE_HTML));
+  browser = await e2e.launchChromium({ timeout: 15_000 });
 }, { timeout: 40_000 });
 
-after(async () => {
-  for (const h of pages) await h.close();
-  if (browser) {
-    try { await withTimeout(browser.close(), 5_000, 'browser.close()'); } catch { /* ignore */ }
-  }
-  if (staticServer) {
-    staticServer.server.closeAllConnections?.();
-    await new Promise((r) => staticServer.server.close(() => r()));
-  }
-  try {
-    if (server) {
-      if (!server.exited) server.proc.kill('SIGTERM');
-      let result;
-      try {
-        result = await withTimeout(server.exit, SERVER_STOP_TIMEOUT_MS, 'server exit after SIGTERM');
-      } catch (e) {
-        server.proc.kill('SIGKILL');
-        await server.exit;
-        assert.fail(`server did not exit within ${SERVER_STOP_TIMEOUT_MS} ms of SIGTERM\n--- server stderr ---\n${tail(server.stderr, 40)}`);
-      }
-      const panics = server.stderr.filter((l) => /panicked at/.test(l));
-      assert.deepEqual(panics, [], `server panicked\n--- server stderr ---\n${tail(server.stderr, 40)}`);
-      assert.deepEqual(result, { code: 0, signal: null },
-        `server must shut down gracefully (exit code 0) on SIGTERM\n--- server stderr ---\n${tail(server.stderr, 40)}`);
-    }
-  } finally {
-    if (tmpDir) await fsp.rm(tmpDir, { recursive: true, force: true });
-    clearTimeout(watchdog);
-  }
-}, { timeout: 20_000 });
+// Pages, browser, static server; SIGTERM must stop the server with exit code 0, without a panic.
+after(() => e2e.teardown({ stop: { timeout: SERVER_STOP_TIMEOUT_MS } }), { timeout: 20_000 });
 
 // ---------------------------------------------------------------------------------------------
 // The scenario, run once per codec variant.

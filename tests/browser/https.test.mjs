@@ -15,21 +15,10 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, '..', '..');
-const HUDDLE_BIN = path.resolve(REPO_ROOT, process.env.HUDDLE_BIN || 'target/debug/huddle');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const PRINT_FRAMES = process.env.HUDDLE_E2E_FRAMES === '1';
-const PRINT_SERVER_LOG = process.env.HUDDLE_E2E_SERVER_LOG === '1';
+import { BrowserPage, E2eFile, assertChromiumInstalled, huddleConfig, waitFor } from './harness.mjs';
 
 const HOST = 'huddle.test';
 const ROOM = 'secure room 🔒 & co';
@@ -41,41 +30,17 @@ const SERVER_START_TIMEOUT_MS = 10_000;
 const SERVER_STOP_TIMEOUT_MS = 8_000;
 const FILE_WATCHDOG_MS = 58_000;
 
-let tmpDir;
-let server; // { proc, addr, stderr: string[], exit, exited, fingerprint, certPath }
+// Temp dir, server, browser and open pages (diag) of this file, under one watchdog.
+const e2e = new E2eFile({ watchdogMs: FILE_WATCHDOG_MS, tag: 'https-e2e', watchdogDiagnostics: true });
+const { diag } = e2e;
+const diagnosticsAll = () => diag.text();
+let server; // startHuddle(): { proc, addr, stderrLines, startupLog, stop() }
+let certPath; // the device certificate Huddle generates into tls_dir
 let origin; // https://huddle.test:PORT
 let browser;
-const pages = [];
 
-const watchdog = setTimeout(() => {
-  process.stderr.write(`\n[https-e2e] watchdog: file exceeded ${FILE_WATCHDOG_MS} ms, killing everything\n${diagnosticsAll()}\n`);
-  try { server?.proc.kill('SIGKILL'); } catch { /* ignore */ }
-  try { browser?.close(); } catch { /* ignore */ }
-  process.exit(1);
-}, FILE_WATCHDOG_MS);
-watchdog.unref();
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const tail = (lines, n) => lines.slice(-n).join('\n');
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-async function until(description, fn, timeout = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last) return last;
-    await sleep(150);
-  }
-  assert.fail(`timed out after ${timeout} ms waiting for ${description}; last value: ${JSON.stringify(last)}\n${diagnosticsAll()}`);
-}
+const until = (description, fn, timeout = STEP_TIMEOUT_MS) =>
+  waitFor(fn, { what: description, timeout, interval: 150, diagnostics: diagnosticsAll });
 
 // Runs in every page before the app: small video, two Chromium participants on few cores.
 function initScript() {
@@ -85,93 +50,36 @@ function initScript() {
   md.getUserMedia = (c) => gum({ ...c, video: c.video && { width: 320, height: 240, frameRate: 15 } });
 }
 
+// HTTPS only, with the device certificate generated into a temp tls_dir; the server's default log level.
 async function startServer() {
-  if (!fs.existsSync(HUDDLE_BIN)) {
-    throw new Error(`server binary not found at ${HUDDLE_BIN} (cargo build --bin huddle, or set HUDDLE_BIN)`);
-  }
-  const tlsDir = path.join(tmpDir, 'tls');
-  const configPath = path.join(tmpDir, 'huddle.toml');
-  await fsp.writeFile(configPath, `[http]
-listen = "127.0.0.1:0"
-plain = false
-tls = true
-tls_listen = "127.0.0.1:0"
-tls_dir = ${JSON.stringify(tlsDir)}
-[media]
-udp_port = 0
-advertise_ips = ["127.0.0.1"]
-[device]
-camera = "none"
-microphone = "none"
-`);
-  const proc = spawn(HUDDLE_BIN, ['--config', configPath], {
-    cwd: tmpDir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1', JOURNAL_STREAM: '', NOTIFY_SOCKET: '' },
+  const tlsDir = path.join(e2e.tmpDir, 'tls');
+  certPath = path.join(tlsDir, 'device-cert.pem');
+  return e2e.startHuddle({
+    tls: true,
+    startTimeout: SERVER_START_TIMEOUT_MS,
+    env: { JOURNAL_STREAM: '', NOTIFY_SOCKET: '' },
+    config: huddleConfig({
+      http: `plain = false\ntls = true\ntls_listen = "127.0.0.1:0"\ntls_dir = ${JSON.stringify(tlsDir)}\n`,
+      logLevel: null,
+    }),
   });
-  const stderr = [];
-  const exit = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  const s = { proc, stderr, exit, addr: null, exited: null, fingerprint: null, certPath: path.join(tlsDir, 'device-cert.pem') };
-  exit.then((r) => { s.exited = r; });
-  await new Promise((resolve, reject) => {
-    let buf = '';
-    const timer = setTimeout(() => reject(new Error(`server did not log "listening on https://..." within ${SERVER_START_TIMEOUT_MS} ms:\n${buf}`)), SERVER_START_TIMEOUT_MS);
-    proc.stdout.resume();
-    proc.stderr.setEncoding('utf8');
-    proc.stderr.on('data', (d) => {
-      if (PRINT_SERVER_LOG) process.stderr.write(d);
-      buf += d;
-      stderr.push(...d.split('\n').filter((l) => l.length > 0));
-      if (stderr.length > 5000) stderr.splice(0, stderr.length - 5000);
-      const fp = /HTTPS certificate (\S+) \(SHA-256 ([0-9A-F:]+)\)/.exec(buf);
-      if (fp) { s.fingerprint = fp[2]; s.loggedPath = fp[1]; }
-      const m = /listening on https:\/\/(127\.0\.0\.1:\d+) \(WebSocket signalling on wss:\/\/127\.0\.0\.1:\d+\/\)/.exec(buf);
-      if (m) { clearTimeout(timer); s.addr = m[1]; resolve(); }
-    });
-    proc.once('error', (e) => { clearTimeout(timer); reject(e); });
-    exit.then(({ code, signal }) => { clearTimeout(timer); reject(new Error(`server exited early (${code}, ${signal}):\n${buf}`)); });
-  });
-  return s;
 }
 
-class Participant {
-  constructor(label, context, page) {
-    Object.assign(this, { label, context, page, frames: [], sockets: [], console: [], pageErrors: [], badRequests: [] });
-  }
-
+class Participant extends BrowserPage {
   static async open(label, url) {
-    const context = await browser.newContext({ viewport: { width: 1024, height: 720 } });
-    await context.addInitScript(initScript);
-    const page = await context.newPage();
-    const p = new Participant(label, context, page);
-    pages.push(p);
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    page.on('console', (m) => p.console.push(`[${m.type()}] ${m.text()}`));
-    page.on('pageerror', (e) => p.pageErrors.push(String(e?.stack || e)));
-    page.on('request', (r) => {
-      const u = new URL(r.url());
-      if (['data:', 'blob:'].includes(u.protocol)) return;
-      if (u.origin !== origin || !WEB_PATHS.has(u.pathname)) p.badRequests.push(r.url());
+    const p = await this.openChromium(browser, label, {
+      viewport: { width: 1024, height: 720 }, initScript, diag, stepTimeout: STEP_TIMEOUT_MS,
+      frameLimit: 300, skipFrames: /"message":"(ping|pong)"/,
+      badRequest: (u) => {
+        const parsed = new URL(u);
+        if (['data:', 'blob:'].includes(parsed.protocol)) return false;
+        return parsed.origin !== origin || !WEB_PATHS.has(parsed.pathname);
+      },
+      badSocket: () => false, // the test checks `sockets` itself
     });
-    page.on('requestfailed', (r) => p.console.push(`[requestfailed] ${r.url()} ${r.failure()?.errorText}`));
-    page.on('websocket', (ws) => {
-      p.sockets.push(ws.url());
-      p.frames.push(`-- ws open ${ws.url()}`);
-      ws.on('framesent', (f) => p.frame('→', f.payload));
-      ws.on('framereceived', (f) => p.frame('←', f.payload));
-      ws.on('close', () => p.frames.push('-- ws close'));
-    });
-    const response = await page.goto(url, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
+    const response = await p.page.goto(url, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
     assert.equal(response?.status(), 200, `${label}: GET ${url}`);
     return p;
-  }
-
-  frame(dir, payload) {
-    const text = typeof payload === 'string' ? payload : `<binary ${payload.length} bytes>`;
-    if (/"message":"(ping|pong)"/.test(text)) return;
-    const line = `${new Date().toISOString().slice(11, 23)} ${dir} ${text.length > 300 ? `${text.slice(0, 300)}…` : text}`;
-    this.frames.push(line);
-    if (PRINT_FRAMES) process.stderr.write(`[${this.label}] ${dir} ${text}\n`);
   }
 
   async join(login, room) {
@@ -198,85 +106,37 @@ class Participant {
       return out;
     }, stream);
   }
-
-  diagnostics(n = 25) {
-    return [
-      `--- ${this.label}: WebSockets ${JSON.stringify(this.sockets)}, last frames ---`, tail(this.frames, n) || '(none)',
-      `--- ${this.label}: console ---`, tail(this.console, 15) || '(none)',
-      this.pageErrors.length ? `--- ${this.label}: page errors ---\n${this.pageErrors.join('\n')}` : '',
-      this.badRequests.length ? `--- ${this.label}: unexpected requests ---\n${this.badRequests.join('\n')}` : '',
-    ].filter(Boolean).join('\n');
-  }
-
-  async close() {
-    try { await withTimeout(this.context.close(), 5_000, `${this.label}: close`); } catch { /* ignore */ }
-  }
-}
-
-function diagnosticsAll() {
-  const parts = pages.map((p) => p.diagnostics());
-  if (server) parts.push(`--- server stderr (last 40 lines) ---\n${tail(server.stderr, 40)}`);
-  return parts.join('\n');
 }
 
 // ---------------------------------------------------------------------------------------------
 
 before(async () => {
-  tmpDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'huddle-https-e2e-'));
-  assert.ok(fs.existsSync(CHROMIUM), `Chromium missing: ${CHROMIUM} (apt-get install -y chromium fonts-liberation)`);
+  await e2e.makeTmpDir('huddle-https-e2e-');
+  assertChromiumInstalled();
   server = await startServer();
   origin = `https://${HOST}:${server.addr.split(':')[1]}`;
 
   // The generated certificate: logged with its fingerprint, accepted by its SPKI hash.
-  const cert = new crypto.X509Certificate(await fsp.readFile(server.certPath));
-  assert.equal(server.loggedPath, server.certPath, 'the log names the certificate file');
-  assert.equal(server.fingerprint, cert.fingerprint256, 'the logged SHA-256 is the file\'s');
+  const cert = new crypto.X509Certificate(await fsp.readFile(certPath));
+  const [, loggedPath, fingerprint] = /HTTPS certificate (\S+) \(SHA-256 ([0-9A-F:]+)\)/.exec(server.startupLog) ?? [];
+  assert.equal(loggedPath, certPath, 'the log names the certificate file');
+  assert.equal(fingerprint, cert.fingerprint256, 'the logged SHA-256 is the file\'s');
   const spki = crypto.createHash('sha256')
     .update(cert.publicKey.export({ type: 'spki', format: 'der' }))
     .digest('base64');
   assert.ok(!cert.checkHost(HOST), `${HOST} is not a name of the device certificate: only the SPKI pin lets Chromium in`);
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
+  browser = await e2e.launchChromium({
     timeout: 15_000,
-    args: [
-      '--no-sandbox',
-      '--use-fake-device-for-media-stream',
-      '--use-fake-ui-for-media-stream',
-      '--autoplay-policy=no-user-gesture-required',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--disable-quic',
+    extraArgs: [
       `--host-resolver-rules=MAP ${HOST} 127.0.0.1, MAP * ~NOTFOUND`,
       `--ignore-certificate-errors-spki-list=${spki}`,
     ],
   });
 }, { timeout: 30_000 });
 
-after(async () => {
-  for (const p of pages) await p.close();
-  if (browser) { try { await withTimeout(browser.close(), 5_000, 'browser.close()'); } catch { /* ignore */ } }
-  try {
-    if (server) {
-      if (!server.exited) server.proc.kill('SIGTERM');
-      let result;
-      try {
-        result = await withTimeout(server.exit, SERVER_STOP_TIMEOUT_MS, 'server exit after SIGTERM');
-      } catch {
-        server.proc.kill('SIGKILL');
-        await server.exit;
-        assert.fail(`server did not exit within ${SERVER_STOP_TIMEOUT_MS} ms of SIGTERM\n${tail(server.stderr, 40)}`);
-      }
-      assert.deepEqual(server.stderr.filter((l) => /panicked at/.test(l)), [], `server panicked\n${tail(server.stderr, 40)}`);
-      assert.deepEqual(result, { code: 0, signal: null }, `server must exit 0 on SIGTERM\n${tail(server.stderr, 40)}`);
-    }
-  } finally {
-    if (tmpDir) await fsp.rm(tmpDir, { recursive: true, force: true });
-    clearTimeout(watchdog);
-  }
-}, { timeout: 15_000 });
+// Pages, browser; SIGTERM must stop the server with exit code 0, without a panic.
+after(() => e2e.teardown({ stop: { timeout: SERVER_STOP_TIMEOUT_MS } }), { timeout: 15_000 });
 
 test('web app on https://huddle.test: secure context, wss://, invite link, video both ways', { timeout: 40_000 }, async () => {
   try {
@@ -323,12 +183,8 @@ test('web app on https://huddle.test: secure context, wss://, invite link, video
       assert.ok(p.frames.some((f) => f.includes(' → ') && f.includes('"connection"')), `${p.label}: signalling went over the wss:// socket`);
     }
   } catch (e) {
-    if (e && typeof e.message === 'string' && !e.message.includes('WebSockets [')) {
-      try { e.message += `\n${diagnosticsAll()}`; } catch { /* ignore */ }
-    }
-    throw e;
+    throw diag.annotate(e);
   } finally {
-    for (const p of pages) await p.close();
-    pages.length = 0;
+    await diag.closeAll();
   }
 });

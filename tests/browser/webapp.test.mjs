@@ -12,30 +12,23 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  REPO_ROOT, BrowserPage, E2eFile, CSS, HTML, JS, assertChromiumInstalled, assertPageClean, huddleConfig, sleep,
+  waitFor,
+} from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO_ROOT = path.resolve(HERE, '..', '..');
 const WEB_DIR = path.join(REPO_ROOT, 'web');
-const HUDDLE_BIN = path.resolve(REPO_ROOT, process.env.HUDDLE_BIN || 'target/debug/huddle');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const PRINT_FRAMES = process.env.HUDDLE_E2E_FRAMES === '1';
-const PRINT_SERVER_LOG = process.env.HUDDLE_E2E_SERVER_LOG === '1';
 const SHOTS_DIR = process.env.HUDDLE_E2E_SHOTS || os.tmpdir();
 
 // What Huddle serves (and nothing else may be requested by the page).
 const WEB_FILES = {
-  '/': ['index.html', 'text/html; charset=utf-8'],
-  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-  '/room-api.js': ['room-api.js', 'text/javascript; charset=utf-8'],
-  '/style.css': ['style.css', 'text/css; charset=utf-8'],
+  '/': ['index.html', HTML],
+  '/app.js': ['app.js', JS],
+  '/room-api.js': ['room-api.js', JS],
+  '/style.css': ['style.css', CSS],
 };
 
 const MAX_PARTICIPANTS = 3;
@@ -49,32 +42,9 @@ const SERVER_START_TIMEOUT_MS = 20_000;
 const SERVER_STOP_TIMEOUT_MS = 10_000;
 const FILE_WATCHDOG_MS = 120_000;
 
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream', // also makes getDisplayMedia return a fake screen, no picker
-  '--autoplay-policy=no-user-gesture-required',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
-
-const SERVER_CONFIG = `[http]
-listen = "127.0.0.1:0"
-tls = false
-[rooms]
+const SERVER_CONFIG = huddleConfig({ extra: `[rooms]
 max_participants = ${MAX_PARTICIPANTS}
-[media]
-udp_port = 0
-advertise_ips = ["127.0.0.1"]
-[device]
-camera = "none"
-microphone = "none"
-[log]
-level = "debug"
-`;
+` });
 
 // Runs in every page before the app. Three Chromium participants on two cores need small
 // video: the app's own constraints are overridden here, not in the app. With camera = false
@@ -91,95 +61,17 @@ function initScript({ camera }) {
 
 // ---------------------------------------------------------------------------------------------
 
-let tmpDir;
-let server; // { proc, addr, stderr: string[], exit, exited }
-let staticServer; // { server, origin, requests }
+// Temp dir, server, static server, browser and open pages (diag) of this file, under one watchdog.
+const e2e = new E2eFile({ watchdogMs: FILE_WATCHDOG_MS, tag: 'webapp-e2e', watchdogDiagnostics: true });
+const { diag } = e2e;
+const diagnosticsAll = () => diag.text();
+let server; // startHuddle(): { proc, addr, stderrLines, stop() }
 let pageBase; // { origin, query } the app is loaded from
 let browser;
-const pages = [];
-
-const watchdog = setTimeout(() => {
-  process.stderr.write(`\n[webapp-e2e] watchdog: file exceeded ${FILE_WATCHDOG_MS} ms, killing everything\n${diagnosticsAll()}\n`);
-  try { server?.proc.kill('SIGKILL'); } catch { /* ignore */ }
-  try { browser?.close(); } catch { /* ignore */ }
-  process.exit(1);
-}, FILE_WATCHDOG_MS);
-watchdog.unref();
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const tail = (lines, n) => lines.slice(-n).join('\n');
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
 
 // Poll `fn` until it returns a truthy value; fail with diagnostics after `timeout`.
-async function until(description, fn, timeout = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last) return last;
-    await sleep(150);
-  }
-  assert.fail(`timed out after ${timeout} ms waiting for ${description}; last value: ${JSON.stringify(last)}\n${diagnosticsAll()}`);
-}
-
-async function startServer() {
-  if (!fs.existsSync(HUDDLE_BIN)) {
-    throw new Error(`server binary not found at ${HUDDLE_BIN} (cargo build --bin huddle, or set HUDDLE_BIN)`);
-  }
-  const configPath = path.join(tmpDir, 'huddle.toml');
-  await fsp.writeFile(configPath, SERVER_CONFIG);
-  const proc = spawn(HUDDLE_BIN, ['--config', configPath], {
-    cwd: tmpDir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1' },
-  });
-  const stderr = [];
-  const exit = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  const s = { proc, stderr, exit, addr: null, exited: null };
-  exit.then((r) => { s.exited = r; });
-  s.addr = await new Promise((resolve, reject) => {
-    let buf = '';
-    const timer = setTimeout(() => reject(new Error(`server did not log "listening on http://..." within ${SERVER_START_TIMEOUT_MS} ms:\n${buf}`)), SERVER_START_TIMEOUT_MS);
-    proc.stdout.resume();
-    proc.stderr.setEncoding('utf8');
-    proc.stderr.on('data', (d) => {
-      if (PRINT_SERVER_LOG) process.stderr.write(d);
-      buf += d;
-      stderr.push(...d.split('\n').filter((l) => l.length > 0));
-      if (stderr.length > 5000) stderr.splice(0, stderr.length - 5000);
-      const m = /listening on http:\/\/(127\.0\.0\.1:\d+)/.exec(buf);
-      if (m) { clearTimeout(timer); resolve(m[1]); }
-    });
-    proc.once('error', (e) => { clearTimeout(timer); reject(e); });
-    exit.then(({ code, signal }) => { clearTimeout(timer); reject(new Error(`server exited early (${code}, ${signal}):\n${buf}`)); });
-  });
-  return s;
-}
-
-async function startStaticServer() {
-  const requests = [];
-  const srv = http.createServer(async (req, res) => {
-    requests.push(`${req.method} ${req.url}`);
-    const file = WEB_FILES[new URL(req.url, 'http://127.0.0.1').pathname];
-    if (req.method !== 'GET' || !file) {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found');
-      return;
-    }
-    const body = await fsp.readFile(path.join(WEB_DIR, file[0]));
-    res.writeHead(200, { 'content-type': file[1], 'cache-control': 'no-store' });
-    res.end(body);
-  });
-  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve); });
-  return { server: srv, origin: `http://127.0.0.1:${srv.address().port}`, requests };
-}
+const until = (description, fn, timeout = STEP_TIMEOUT_MS) =>
+  waitFor(fn, { what: description, timeout, interval: 150, diagnostics: diagnosticsAll });
 
 // Huddle itself when it serves exactly this checkout's web/ files (a binary built after the
 // last edit), else the static server.
@@ -193,49 +85,28 @@ async function choosePageBase() {
       return { origin: `http://${server.addr}`, query: '', servedBy: 'huddle' };
     }
   } catch { /* not served (yet) */ }
-  staticServer = await startStaticServer();
+  const staticServer = await e2e.startStaticServer(Object.fromEntries(Object.entries(WEB_FILES)
+    .map(([urlPath, [file, type]]) => [urlPath, { file: path.join(WEB_DIR, file), type }])));
   return { origin: staticServer.origin, query: `ws=${encodeURIComponent(`ws://${server.addr}/`)}`, servedBy: 'static' };
 }
 
 const pageUrl = (extra = '') => `${pageBase.origin}/?${[pageBase.query, extra].filter(Boolean).join('&')}`;
 
 // One browser context + page = one participant.
-class Participant {
-  constructor(label, context, page) {
-    Object.assign(this, { label, context, page, frames: [], console: [], pageErrors: [], badRequests: [] });
-  }
-
+class Participant extends BrowserPage {
   static async open(label, { viewport = { width: 1024, height: 720 }, camera = true, url = pageUrl() } = {}) {
-    const context = await browser.newContext({ viewport });
-    await context.addInitScript(initScript, { camera });
-    const page = await context.newPage();
-    const p = new Participant(label, context, page);
-    pages.push(p);
-    page.setDefaultTimeout(STEP_TIMEOUT_MS);
-    page.on('console', (m) => p.console.push(`[${m.type()}] ${m.text()}`));
-    page.on('pageerror', (e) => p.pageErrors.push(String(e?.stack || e)));
-    page.on('request', (r) => {
-      const u = new URL(r.url());
-      if (['data:', 'blob:'].includes(u.protocol)) return;
-      if (u.origin !== pageBase.origin || !WEB_FILES[u.pathname]) p.badRequests.push(r.url());
+    const p = await this.openChromium(browser, label, {
+      viewport, initScript, initArg: { camera }, diag, stepTimeout: STEP_TIMEOUT_MS,
+      frameLimit: 400, skipFrames: /"message":"(ping|pong)"/,
+      badRequest: (u) => {
+        const { protocol, origin, pathname } = new URL(u);
+        if (['data:', 'blob:'].includes(protocol)) return false;
+        return origin !== pageBase.origin || !WEB_FILES[pathname];
+      },
+      badSocket: (u) => u !== `ws://${server.addr}/`,
     });
-    page.on('websocket', (ws) => {
-      if (ws.url() !== `ws://${server.addr}/`) p.badRequests.push(ws.url());
-      p.frames.push(`-- ws open ${ws.url()}`);
-      ws.on('framesent', (f) => p.frame('→', f.payload));
-      ws.on('framereceived', (f) => p.frame('←', f.payload));
-      ws.on('close', () => p.frames.push('-- ws close'));
-    });
-    await page.goto(url, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
+    await p.page.goto(url, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
     return p;
-  }
-
-  frame(dir, payload) {
-    const text = typeof payload === 'string' ? payload : `<binary ${payload.length} bytes>`;
-    if (/"message":"(ping|pong)"/.test(text)) return;
-    const line = `${new Date().toISOString().slice(11, 23)} ${dir} ${text.length > 400 ? `${text.slice(0, 400)}…` : text}`;
-    this.frames.push(line);
-    if (PRINT_FRAMES) process.stderr.write(`[${this.label}] ${dir} ${text}\n`);
   }
 
   async join(login, room) {
@@ -280,29 +151,10 @@ class Participant {
       system: li.classList.contains('system'),
     })));
   }
-
-  diagnostics(n = 30) {
-    return [
-      `--- ${this.label}: last WebSocket frames ---`, tail(this.frames, n) || '(none)',
-      `--- ${this.label}: console ---`, tail(this.console, 15) || '(none)',
-      this.pageErrors.length ? `--- ${this.label}: page errors ---\n${this.pageErrors.join('\n')}` : '',
-    ].filter(Boolean).join('\n');
-  }
-
-  async close() {
-    try { await withTimeout(this.context.close(), 5_000, `${this.label}: close`); } catch { /* ignore */ }
-  }
-}
-
-function diagnosticsAll() {
-  const parts = pages.map((p) => p.diagnostics());
-  if (server) parts.push(`--- server stderr (last 40 lines) ---\n${tail(server.stderr, 40)}`);
-  return parts.join('\n');
 }
 
 function assertClean(p) {
-  assert.deepEqual(p.pageErrors, [], `${p.label}: uncaught errors in the page`);
-  assert.deepEqual(p.badRequests, [], `${p.label}: requests outside the four web files and the Huddle WebSocket`);
+  assertPageClean(p, { requestsHint: 'requests outside the four web files and the Huddle WebSocket' });
 }
 
 // Video decodes and keeps decoding; audio has energy (the tile's <video> is unmuted).
@@ -321,40 +173,16 @@ async function assertMediaFlows(p, stream, { audio = true } = {}) {
 // ---------------------------------------------------------------------------------------------
 
 before(async () => {
-  tmpDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'huddle-webapp-e2e-'));
-  assert.ok(fs.existsSync(CHROMIUM), `Chromium missing: ${CHROMIUM} (apt-get install -y chromium fonts-liberation)`);
-  server = await startServer();
+  await e2e.makeTmpDir('huddle-webapp-e2e-');
+  assertChromiumInstalled();
+  server = await e2e.startHuddle({ config: SERVER_CONFIG, startTimeout: SERVER_START_TIMEOUT_MS });
   pageBase = await choosePageBase();
   process.stderr.write(`[webapp-e2e] pages served by ${pageBase.servedBy} at ${pageBase.origin}\n`);
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 15_000 });
+  browser = await e2e.launchChromium({ timeout: 15_000 });
 }, { timeout: 40_000 });
 
-after(async () => {
-  for (const p of pages) await p.close();
-  if (browser) { try { await withTimeout(browser.close(), 5_000, 'browser.close()'); } catch { /* ignore */ } }
-  if (staticServer) {
-    staticServer.server.closeAllConnections?.();
-    await new Promise((r) => staticServer.server.close(() => r()));
-  }
-  try {
-    if (server) {
-      if (!server.exited) server.proc.kill('SIGTERM');
-      let result;
-      try {
-        result = await withTimeout(server.exit, SERVER_STOP_TIMEOUT_MS, 'server exit after SIGTERM');
-      } catch {
-        server.proc.kill('SIGKILL');
-        await server.exit;
-        assert.fail(`server did not exit within ${SERVER_STOP_TIMEOUT_MS} ms of SIGTERM\n${tail(server.stderr, 40)}`);
-      }
-      assert.deepEqual(server.stderr.filter((l) => /panicked at/.test(l)), [], `server panicked\n${tail(server.stderr, 40)}`);
-      assert.deepEqual(result, { code: 0, signal: null }, `server must exit 0 on SIGTERM\n${tail(server.stderr, 40)}`);
-    }
-  } finally {
-    if (tmpDir) await fsp.rm(tmpDir, { recursive: true, force: true });
-    clearTimeout(watchdog);
-  }
-}, { timeout: 20_000 });
+// Pages, browser, static server (if any); SIGTERM must stop the server with exit code 0, without a panic.
+after(() => e2e.teardown({ stop: { timeout: SERVER_STOP_TIMEOUT_MS } }), { timeout: 20_000 });
 
 test('three participants: video+audio both ways, Unicode chat, screen share, mute, invite link, leave', { timeout: 90_000 }, async () => {
   const alice = await Participant.open(ALICE, { viewport: { width: 1280, height: 800 } });
@@ -456,13 +284,9 @@ test('three participants: video+audio both ways, Unicode chat, screen share, mut
     }
     for (const p of everyone) assertClean(p);
   } catch (e) {
-    if (e && typeof e.message === 'string' && !e.message.includes('last WebSocket frames')) {
-      try { e.message += `\n${diagnosticsAll()}`; } catch { /* ignore */ }
-    }
-    throw e;
+    throw diag.annotate(e);
   } finally {
-    for (const p of pages) await p.close();
-    pages.length = 0;
+    await diag.closeAll();
   }
 });
 
@@ -493,7 +317,6 @@ test('join errors: no camera joins without publishing, duplicate login, room ful
     process.stderr.write(`[webapp-e2e] screenshot: ${errorShot}\n`);
     for (const p of [...members, late]) assertClean(p);
   } finally {
-    for (const p of pages) await p.close();
-    pages.length = 0;
+    await diag.closeAll();
   }
 });
