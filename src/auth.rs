@@ -68,7 +68,7 @@ pub enum AuthError {
 /// Checks tokens against the configured key.
 pub struct Authority {
     mode: AuthMode,
-    keys: Vec<(DecodingKey, Vec<Algorithm>)>,
+    keys: Vec<(DecodingKey, Algorithm)>,
 }
 
 impl Authority {
@@ -77,7 +77,7 @@ impl Authority {
         if !auth.secret.is_empty() {
             keys.push((
                 DecodingKey::from_secret(auth.secret.as_bytes()),
-                vec![Algorithm::HS256],
+                Algorithm::HS256,
             ));
         }
         if !auth.public_key.as_os_str().is_empty() {
@@ -118,9 +118,8 @@ impl Authority {
     fn verify(&self, token: &str) -> Result<Claims, String> {
         use jsonwebtoken::errors::ErrorKind;
         let mut last = "the token is malformed".to_owned();
-        for (key, algorithms) in &self.keys {
-            let mut validation = Validation::new(algorithms[0]);
-            validation.algorithms = algorithms.clone();
+        for (key, algorithm) in &self.keys {
+            let mut validation = Validation::new(*algorithm);
             validation.leeway = 30;
             validation.set_required_spec_claims(&["exp", "sub"]);
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
@@ -145,17 +144,17 @@ impl Authority {
     }
 }
 
-fn public_key(path: &Path) -> Result<(DecodingKey, Vec<Algorithm>), AuthError> {
+fn public_key(path: &Path) -> Result<(DecodingKey, Algorithm), AuthError> {
     let err = |why: String| AuthError::Key {
         path: path.display().to_string(),
         why,
     };
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
-        return Ok((key, vec![Algorithm::EdDSA]));
+        return Ok((key, Algorithm::EdDSA));
     }
     DecodingKey::from_rsa_pem(&pem)
-        .map(|key| (key, vec![Algorithm::RS256]))
+        .map(|key| (key, Algorithm::RS256))
         .map_err(|_| err("not a PEM Ed25519 or RSA public key".into()))
 }
 

@@ -13,13 +13,11 @@ mod process;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
@@ -37,7 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use common::{connection_frame, send_data_frame, test_config, RECV_TIMEOUT};
 use huddle::config::Config;
 use huddle::server::Server;
-use process::{huddle_command, TempFile};
+use process::Running;
 
 // ---------------------------------------------------------------------------------------
 // Files and certificates
@@ -469,80 +467,13 @@ async fn stop(server: Server) {
 // ---------------------------------------------------------------------------------------
 // The real binary
 
-/// A `huddle` process with its own configuration, killed on drop.
-struct Huddle {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-    _config: TempFile,
+/// The HTTPS lines a running `huddle` logs.
+trait HttpsLog {
+    fn https_address(&mut self) -> SocketAddr;
+    fn logged_certificate(&mut self, path: &Path) -> String;
 }
 
-impl Drop for Huddle {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Huddle {
-    fn start(tag: &str, http: &str) -> Huddle {
-        let config = TempFile::new(
-            tag,
-            &format!(
-                "[http]\n{http}\n\
-                 [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
-                 [device]\ncamera = \"none\"\nmicrophone = \"none\"\n"
-            ),
-        );
-        let mut child = huddle_command()
-            .args(["--config", config.path()])
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn huddle");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Huddle {
-            child,
-            lines: rx,
-            log: Vec::new(),
-            _config: config,
-        }
-    }
-
-    /// The next stderr line containing `needle` (bounded).
-    fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
-                panic!(
-                    "no stderr line with {needle:?} within {limit:?} ({e}); stderr: {:#?}",
-                    self.log
-                )
-            });
-            self.log.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
+impl HttpsLog for Running {
     /// The address of the `listening on https://ADDR (WebSocket signalling on wss://ADDR/)`
     /// line; every line before it is in `self.log`.
     fn https_address(&mut self) -> SocketAddr {
@@ -573,41 +504,6 @@ impl Huddle {
             .and_then(|r| r.strip_suffix(')'))
             .unwrap_or_else(|| panic!("no fingerprint in {line:?}"))
             .to_owned()
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("send signal");
-    }
-
-    /// Waits (bounded) for the exit; collects the rest of stderr.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
-                    self.log.push(line);
-                }
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "huddle did not exit within {limit:?}; stderr: {:#?}",
-                self.log
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then exit status 0 within 10 s.
-    fn stop(mut self) {
-        self.signal(Signal::SIGTERM);
-        let status = self.wait_exit(Duration::from_secs(10));
-        assert!(status.success(), "{status}; stderr: {:#?}", self.log);
-        assert!(
-            !self.log.iter().any(|l| l.contains("panicked")),
-            "{:#?}",
-            self.log
-        );
     }
 }
 
@@ -698,7 +594,7 @@ fn generated_certificate_is_stable_and_names_the_device() {
     let mut fingerprints = Vec::new();
     let mut ders = Vec::new();
     for run in 0..2 {
-        let mut huddle = Huddle::start("stable", &http);
+        let mut huddle = Running::start_with_config("stable", &http, &[]);
         let logged = huddle.logged_certificate(&cert_path);
         let addr = huddle.https_address();
         let generated = huddle
@@ -783,7 +679,7 @@ fn sighup_switches_the_certificate_and_keeps_sessions() {
         toml_path(&key_path),
         toml_path(&dir.join("unused"))
     );
-    let mut huddle = Huddle::start("sighup", &http);
+    let mut huddle = Running::start_with_config("sighup", &http, &[]);
     assert_eq!(huddle.logged_certificate(&cert_path), fingerprint(&der_a));
     let addr = huddle.https_address();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -870,7 +766,7 @@ fn plain_off_serves_only_https() {
          tls_dir = {}",
         toml_path(&dir.join("tls"))
     );
-    let mut huddle = Huddle::start("plain-off", &http);
+    let mut huddle = Running::start_with_config("plain-off", &http, &[]);
     let addr = huddle.https_address();
     assert!(
         !huddle
@@ -985,7 +881,7 @@ fn binary_with_broken_certificate_exits_naming_it() {
         toml_path(&cert),
         toml_path(&key)
     );
-    let mut huddle = Huddle::start("broken-bin", &http);
+    let mut huddle = Running::start_with_config("broken-bin", &http, &[]);
     let status = huddle.wait_exit(Duration::from_secs(10));
     assert!(!status.success(), "must fail; stderr: {:#?}", huddle.log);
     let cert_name = cert.display().to_string();

@@ -634,13 +634,7 @@ impl Engine {
             debug!("peer {id}: close: {e}");
         }
         // The DTLS close alert, so the browser notices at once.
-        while let Some(m) = p.pc.poll_write() {
-            self.transmits.push_back(Transmit {
-                peer: id,
-                to: m.transport.peer_addr,
-                data: m.message,
-            });
-        }
+        Self::push_writes(&mut self.transmits, id, &mut p.pc);
         self.routes.remove_peer(id);
         match p.role {
             Role::Publish { stream } => {

@@ -14,7 +14,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use huddle::sfu::peer::KeyFrameRequests;
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
@@ -29,8 +30,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio::Protocol;
-use rtc::shared::error::Error;
 use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -101,52 +100,6 @@ pub fn strip_candidates(sdp: &str) -> String {
         .filter(|l| !l.starts_with("a=candidate") && !l.starts_with("a=end-of-candidates"))
         .collect::<Vec<_>>()
         .join("\r\n")
-}
-
-/// Marks every inbound RTCP packet for the application, so that feedback about the
-/// tracks we send (PLI/FIR) reaches `TrackLocal::poll` (idea of rtc's rtcp-processing example).
-#[derive(Default)]
-struct DeliverRtcp {
-    r: VecDeque<TaggedPacket>,
-    w: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
-        if matches!(msg.message.packet, Packet::Rtcp(_)) {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.r.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.r.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Error> {
-        self.w.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.w.pop_front()
-    }
-    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Error> {
-        Ok(())
-    }
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        None
-    }
-}
-
-impl Interceptor for DeliverRtcp {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// What the client observed, in arrival order.
@@ -265,7 +218,7 @@ impl RtcClient {
             me.register_codec(c.clone(), *kind)
                 .unwrap_or_else(|e| panic!("{name}: register codec {c:?}: {e}"));
         }
-        let reg = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+        let reg = Registry::new().with(Slot::from(14_000), KeyFrameRequests::default());
         let reg = register_default_interceptors(reg, &mut me)
             .unwrap_or_else(|e| panic!("{name}: interceptors: {e}"));
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);

@@ -93,11 +93,18 @@ impl Running {
 
     /// Starts with extra environment variables (NOTIFY_SOCKET, WATCHDOG_USEC...).
     pub fn start_with_env(tag: &str, env: &[(&str, &str)]) -> Running {
+        Running::start_with_config(tag, "listen = \"127.0.0.1:0\"\ntls = false", env)
+    }
+
+    /// Starts with these `[http]` lines (loopback media, no devices otherwise).
+    pub fn start_with_config(tag: &str, http: &str, env: &[(&str, &str)]) -> Running {
         let config = TempFile::new(
             tag,
-            "[http]\nlisten = \"127.0.0.1:0\"\ntls = false\n\
-             [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
-             [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
+            &format!(
+                "[http]\n{http}\n\
+                 [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
+                 [device]\ncamera = \"none\"\nmicrophone = \"none\"\n"
+            ),
         );
         let mut child = huddle_command()
             .args(["--config", config.path()])
@@ -125,6 +132,36 @@ impl Running {
             stderr: rx,
             log: Vec::new(),
             _config: config,
+        }
+    }
+
+    /// SIGTERM, then exit status 0 within 10 s and no panic in the log.
+    pub fn stop(mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "{status}; stderr: {:#?}", self.log);
+        assert!(
+            !self.log.iter().any(|l| l.contains("panicked")),
+            "{:#?}",
+            self.log
+        );
+    }
+
+    /// The next stderr line containing `needle` (bounded); earlier lines go to `log`.
+    pub fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.stderr.recv_timeout(left).unwrap_or_else(|e| {
+                panic!(
+                    "no stderr line with {needle:?} within {limit:?} ({e}); stderr: {:#?}",
+                    self.log
+                )
+            });
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
         }
     }
 
