@@ -4,10 +4,12 @@
 //! - `signalling`: the Flashphoner Room API wire format.
 //! - `sfu`: the WebRTC SFU (one UDP port, forwarding without transcoding).
 //! - `server`: the I/O edge (HTTP, WebSocket sessions, the task driving the core).
+//! - `device`: the device's camera and microphone as a participant of its rooms.
 //! - `config`, `logging`, `service` (sd_notify): the system edge.
 
 pub mod auth;
 pub mod config;
+pub mod device;
 pub mod logging;
 pub mod rooms;
 pub mod server;

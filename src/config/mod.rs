@@ -182,6 +182,17 @@ pub struct Device {
     pub bitrate_kbps: u32,
     pub microphone: String,
     pub login: String,
+    /// A GStreamer pipeline description producing the camera's H.264; when set it
+    /// replaces camera/capture/encoder.
+    pub pipeline: String,
+    /// Rooms the device joins at start and stays in.
+    pub rooms: Vec<String>,
+    /// Also join every room when it is created, and leave it when it empties.
+    pub join_new_rooms: bool,
+    /// A source with no frame for this long is restarted.
+    pub stall_timeout_ms: u64,
+    /// First retry delay after a source failed; doubles up to 30 s.
+    pub retry_ms: u64,
 }
 
 impl Default for Device {
@@ -197,6 +208,11 @@ impl Default for Device {
             bitrate_kbps: 1500,
             microphone: "auto".into(),
             login: "Room system".into(),
+            pipeline: String::new(),
+            rooms: Vec::new(),
+            join_new_rooms: true,
+            stall_timeout_ms: 5000,
+            retry_ms: 1000,
         }
     }
 }
@@ -374,6 +390,17 @@ bitrate_kbps = 1500
 microphone = "auto"
 # The device's participant name in the rooms.
 login = "Room system"
+# Instead of camera/capture/encoder: a GStreamer pipeline that ends in H.264, e.g.
+# "v4l2src device=/dev/video2 ! videoconvert ! x264enc tune=zerolatency".
+pipeline = ""
+# Rooms the device joins at start and stays in.
+rooms = []
+# Also join every room when it is created (and leave it when everyone else left).
+join_new_rooms = true
+# A camera or microphone that delivers nothing for this long is restarted.
+stall_timeout_ms = 5000
+# After a camera or microphone failed: first retry delay, doubling up to 30 s.
+retry_ms = 1000
 
 [auth]
 # "open": anyone who reaches the device may join any room. "token": the Room API
@@ -575,6 +602,31 @@ impl Config {
             return Err(invalid(
                 "device.microphone",
                 "must be an ALSA PCM name, \"tone\", \"auto\" or \"none\"".into(),
+            ));
+        }
+        if d.stall_timeout_ms < 100 {
+            return Err(invalid(
+                "device.stall_timeout_ms",
+                format!("must be at least 100, got {}", d.stall_timeout_ms),
+            ));
+        }
+        in_range(
+            "device.retry_ms",
+            d.retry_ms.min(u32::MAX as u64) as u32,
+            10,
+            30_000,
+        )?;
+        if let Some(bad) = d
+            .rooms
+            .iter()
+            .find(|n| n.is_empty() || n.len() > r.max_name_bytes)
+        {
+            return Err(invalid(
+                "device.rooms",
+                format!(
+                    "room names must be 1 to {} bytes, got '{bad}'",
+                    r.max_name_bytes
+                ),
             ));
         }
         if d.login.is_empty() || d.login.len() > r.max_name_bytes {

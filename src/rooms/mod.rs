@@ -102,6 +102,13 @@ pub enum MediaRequest {
     },
     /// The session is gone: forget what was learned about it.
     SessionClosed { session: SessionId },
+    /// A stream of the local (device) participant: the engine feeds it from the
+    /// device's camera and microphone, no SDP involved.
+    PublishDevice {
+        session: SessionId,
+        media_session_id: String,
+        stream: String,
+    },
 }
 
 /// What the media engine reports back about a media session.
@@ -124,6 +131,9 @@ pub enum MediaEvent {
         media_session_id: String,
         info: String,
     },
+    /// What the device's camera and microphone deliver now (for the device
+    /// participant; the room core has no use for it).
+    DeviceChanged { audio: bool, video: bool },
 }
 
 /// Everything the core wants done, in order.
@@ -200,7 +210,7 @@ impl Core {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            sessions: self.sessions.len(),
+            sessions: self.sessions.values().filter(|s| !s.local).count(),
             rooms: self.rooms.len(),
             participants: self.rooms.values().map(|r| r.members.len()).sum(),
             streams: self.streams.len(),
@@ -228,6 +238,15 @@ impl Core {
         );
     }
 
+    /// The local participant (the device): a session without a socket, exempt from
+    /// pings, rate limits and `max_sessions`. It speaks the same commands.
+    pub fn connect_local(&mut self, now: Instant, session: SessionId) {
+        let rate = TokenBucket::new(now, self.cfg.rate_per_sec, self.cfg.rate_burst);
+        let mut s = Session::new(session, now, self.cfg.ping_interval, rate);
+        s.local = true;
+        self.sessions.insert(session, s);
+    }
+
     /// The socket is gone (closed, errored). Runs the disconnect cleanup.
     pub fn disconnect(&mut self, now: Instant, session: SessionId) {
         self.drop_session(now, session);
@@ -239,7 +258,7 @@ impl Core {
             return;
         };
         s.last_seen = now;
-        if !command.is_keepalive() {
+        if !command.is_keepalive() && !s.local {
             match s.rate.admit(now) {
                 Admit::Accept => {}
                 Admit::Reject => {
@@ -372,6 +391,7 @@ impl Core {
                 media_session_id,
                 info,
             } => self.media_failed(session, &media_session_id, &info),
+            MediaEvent::DeviceChanged { .. } => {}
         }
     }
 
@@ -381,6 +401,7 @@ impl Core {
         let sessions = self
             .sessions
             .values()
+            .filter(|s| !s.local)
             .flat_map(|s| [s.next_ping, s.last_seen + dead_after]);
         let rooms = self.rooms.values().filter_map(|r| r.idle_deadline);
         let media = self.streams.values().flat_map(|p| {
@@ -396,7 +417,7 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         let dead_after = self.dead_after();
         let mut dead = Vec::new();
-        for s in self.sessions.values_mut() {
+        for s in self.sessions.values_mut().filter(|s| !s.local) {
             if now >= s.last_seen + dead_after {
                 dead.push(s.id);
             } else if now >= s.next_ping {
@@ -751,7 +772,8 @@ impl Core {
                 self.cfg.max_streams
             ));
         }
-        if req.sdp.trim().is_empty() {
+        let local = self.sessions.get(&session).is_some_and(|s| s.local);
+        if req.sdp.trim().is_empty() && !local {
             return Err("Missing SDP offer".into());
         }
         self.streams.insert(
@@ -774,6 +796,15 @@ impl Core {
                 req.media_session_id.clone(),
                 Endpoint::Publish(req.name.clone()),
             );
+        }
+        if local {
+            self.outputs
+                .push_back(Output::Media(MediaRequest::PublishDevice {
+                    session,
+                    media_session_id: req.media_session_id.clone(),
+                    stream: req.name.clone(),
+                }));
+            return Ok(());
         }
         self.outputs.push_back(Output::Media(MediaRequest::Publish {
             session,

@@ -25,6 +25,9 @@ pub(crate) struct Session {
     pub rate: TokenBucket,
     pub rooms: BTreeSet<String>,
     pub endpoints: HashMap<String, Endpoint>,
+    /// A participant inside the service (the device's camera and microphone): no
+    /// socket, so no pings, no rate limit, and its streams are fed by the device.
+    pub local: bool,
 }
 
 impl Session {
@@ -37,6 +40,7 @@ impl Session {
             rate,
             rooms: BTreeSet::new(),
             endpoints: HashMap::new(),
+            local: false,
         }
     }
 

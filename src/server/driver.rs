@@ -10,6 +10,7 @@ use std::time::Instant;
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::device::Participant;
 use crate::rooms::{
     CloseReason, Command, Core, MediaEvent, MediaRequest, Output, ServerMessage, SessionId, Stats,
 };
@@ -47,28 +48,61 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The device participant's session: no socket, never handed out to one (socket
+/// sessions count from 1).
+pub const DEVICE_SESSION: SessionId = 0;
+
+/// Everything the driver carries outputs to.
+struct Parties {
+    sessions: HashMap<SessionId, SessionHandle>,
+    device: Option<Participant>,
+}
+
 pub(crate) async fn run(
     mut core: Core,
     mut inbox: mpsc::Receiver<ToCore>,
     stats: watch::Sender<Stats>,
     sfu: Sfu,
     mut media_events: mpsc::Receiver<MediaEvent>,
+    device: Option<Participant>,
 ) {
-    let mut sessions: HashMap<SessionId, SessionHandle> = HashMap::new();
+    let mut parties = Parties {
+        sessions: HashMap::new(),
+        device,
+    };
+    if let Some(device) = &mut parties.device {
+        core.connect_local(now(), DEVICE_SESSION);
+        for command in device.start() {
+            core.command(now(), DEVICE_SESSION, command);
+        }
+        drain(&mut core, &mut parties, &sfu);
+    }
     let hang_room = fault_hang_room();
     loop {
         let deadline = core.poll_timeout();
         let message = tokio::select! {
             m = inbox.recv() => m,
             Some(event) = media_events.recv() => {
-                core.media_event(now(), event);
-                drain(&mut core, &mut sessions, &sfu);
+                match event {
+                    MediaEvent::DeviceChanged { audio, video } => {
+                        let commands = parties
+                            .device
+                            .as_mut()
+                            .map(|d| d.device_changed(audio, video))
+                            .unwrap_or_default();
+                        for command in commands {
+                            core.command(now(), DEVICE_SESSION, command);
+                        }
+                    }
+                    event => core.media_event(now(), event),
+                }
+                drain(&mut core, &mut parties, &sfu);
                 publish_stats(&core, &stats);
                 continue;
             }
             _ = sleep_until(deadline) => {
                 core.handle_timeout(now());
-                drain(&mut core, &mut sessions, &sfu);
+                drain(&mut core, &mut parties, &sfu);
                 publish_stats(&core, &stats);
                 continue;
             }
@@ -81,7 +115,9 @@ pub(crate) async fn run(
                 outbound,
                 close,
             } => {
-                sessions.insert(session, SessionHandle { outbound, close });
+                parties
+                    .sessions
+                    .insert(session, SessionHandle { outbound, close });
                 core.connect(now(), session);
             }
             ToCore::Command { session, command } => {
@@ -93,7 +129,7 @@ pub(crate) async fn run(
                 core.command(now(), session, command)
             }
             ToCore::Disconnect { session } => {
-                sessions.remove(&session);
+                parties.sessions.remove(&session);
                 core.disconnect(now(), session);
             }
             ToCore::Heartbeat(reply) => {
@@ -101,7 +137,7 @@ pub(crate) async fn run(
             }
             ToCore::Shutdown => core.shutdown(now()),
         }
-        drain(&mut core, &mut sessions, &sfu);
+        drain(&mut core, &mut parties, &sfu);
         publish_stats(&core, &stats);
         if stop {
             break;
@@ -109,7 +145,7 @@ pub(crate) async fn run(
     }
     sfu.shutdown().await;
     // Whatever is left (sessions that raced with shutdown) is closed too.
-    for (_, handle) in sessions.drain() {
+    for (_, handle) in parties.sessions.drain() {
         let _ = handle.close.send(CloseReason::Shutdown);
     }
 }
@@ -131,10 +167,17 @@ fn publish_stats(core: &Core, stats: &watch::Sender<Stats>) {
 }
 
 /// Carries out every output of the core, including the ones produced by reacting
-/// to earlier outputs (a full queue disconnects its session; media has no engine).
-fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>, sfu: &Sfu) {
+/// to earlier outputs (a full queue disconnects its session; media has no engine;
+/// the device participant answers what it is told with commands of its own).
+fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
+    let sessions = &mut parties.sessions;
     while let Some(output) = core.poll_output() {
-        match output {
+        let device_commands = match output {
+            Output::Send { session, message } if session == DEVICE_SESSION => parties
+                .device
+                .as_mut()
+                .map(|d| d.message(message))
+                .unwrap_or_default(),
             Output::Send { session, message } => {
                 let Some(handle) = sessions.get(&session) else {
                     continue;
@@ -146,11 +189,13 @@ fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>, sfu:
                     }
                     core.disconnect(now(), session);
                 }
+                continue;
             }
             Output::Close { session, reason } => {
                 if let Some(h) = sessions.remove(&session) {
                     let _ = h.close.send(reason);
                 }
+                continue;
             }
             Output::Media(request) => {
                 if let Err(request) = sfu.request(request) {
@@ -159,11 +204,27 @@ fn drain(core: &mut Core, sessions: &mut HashMap<SessionId, SessionHandle>, sfu:
                         core.media_event(now(), event);
                     }
                 }
+                continue;
             }
-            Output::RoomCreated { room } => debug!("room '{room}': created"),
+            Output::RoomCreated { room } => {
+                debug!("room '{room}': created");
+                parties
+                    .device
+                    .as_mut()
+                    .map(|d| d.room_created(&room))
+                    .unwrap_or_default()
+            }
             Output::RoomFinalized { room, record } => {
                 info!("room '{room}': finalized (room recording requested: {record})");
+                parties
+                    .device
+                    .as_mut()
+                    .map(|d| d.room_finalized(&room))
+                    .unwrap_or_default()
             }
+        };
+        for command in device_commands {
+            core.command(now(), DEVICE_SESSION, command);
         }
     }
 }
@@ -176,6 +237,11 @@ fn refused(request: MediaRequest) -> Option<MediaEvent> {
             ..
         }
         | MediaRequest::Play {
+            session,
+            media_session_id,
+            ..
+        }
+        | MediaRequest::PublishDevice {
             session,
             media_session_id,
             ..

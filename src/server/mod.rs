@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::device::{Device, Participant, Policy};
 use crate::rooms::{Core, Stats};
 use crate::sfu::Sfu;
 
@@ -82,6 +83,8 @@ pub struct Server {
     to_core: mpsc::Sender<ToCore>,
     listeners: Vec<JoinHandle<()>>,
     driver: JoinHandle<()>,
+    /// The camera and microphone threads, when the device has any.
+    device: Option<crate::device::Device>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -129,12 +132,29 @@ impl Server {
         };
         let authority = Arc::new(crate::auth::Authority::new(&config.auth)?);
         let core = Core::new(config.core());
+        // Probing cameras and GStreamer's plugin registry may take a moment.
+        let feed = sfu.device_feed();
+        let device_cfg = config.device.clone();
+        let device = tokio::task::spawn_blocking(move || Device::start(&device_cfg, feed))
+            .await
+            .unwrap_or_else(|e| {
+                warn!("device: start failed: {e}");
+                None
+            });
+        let participant = device.as_ref().map(|_| {
+            Participant::new(Policy {
+                login: config.device.login.clone(),
+                rooms: config.device.rooms.clone(),
+                join_new_rooms: config.device.join_new_rooms,
+            })
+        });
         let driver = tokio::spawn(driver::run(
             core,
             from_sessions,
             stats_tx,
             sfu,
             media_events,
+            participant,
         ));
 
         let shared = Shared {
@@ -178,6 +198,7 @@ impl Server {
             to_core,
             listeners,
             driver,
+            device,
         })
     }
 
@@ -233,6 +254,9 @@ impl Server {
     pub async fn shutdown(mut self) {
         info!("shutting down");
         let _ = self.shutdown.send(true);
+        if let Some(device) = self.device.take() {
+            let _ = tokio::task::spawn_blocking(move || device.stop()).await;
+        }
         let _ = self.to_core.send(ToCore::Shutdown).await;
         if let Err(e) = self.driver.await {
             warn!("room core task ended abnormally: {e}");

@@ -21,6 +21,15 @@ pub enum Kind {
     Video,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Audio => "audio",
+            Kind::Video => "video",
+        }
+    }
+}
+
 /// The codec families Huddle forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

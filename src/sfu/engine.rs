@@ -159,6 +159,16 @@ pub struct Engine {
     decoders: HashMap<SessionId, Vec<Family>>,
     events: VecDeque<MediaEvent>,
     transmits: VecDeque<Transmit>,
+    device: DeviceFeed,
+}
+
+/// The device's camera and microphone as the engine sees them: the codecs they
+/// deliver now, and the streams (one per room the device is in) they feed.
+#[derive(Default)]
+struct DeviceFeed {
+    codecs: Chosen,
+    /// (session, media session id, stream).
+    streams: Vec<(SessionId, String, String)>,
 }
 
 /// The publisher's video receiver and the SSRC its offer announced (`a=ssrc`), known
@@ -194,6 +204,7 @@ impl Engine {
             decoders: HashMap::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
+            device: DeviceFeed::default(),
         }
     }
 
@@ -307,10 +318,23 @@ impl Engine {
                 let result = self.play(now, session, &media_session_id, &stream, &sdp);
                 self.answer_or_fail(session, media_session_id, result);
             }
+            MediaRequest::PublishDevice {
+                session,
+                media_session_id,
+                stream,
+            } => self.publish_device(session, media_session_id, stream),
             MediaRequest::Close {
                 session,
                 media_session_id,
             } => {
+                let fed = &mut self.device.streams;
+                if let Some(i) = fed
+                    .iter()
+                    .position(|(s, m, _)| *s == session && *m == media_session_id)
+                {
+                    let (_, _, stream) = fed.swap_remove(i);
+                    self.close_source(&stream);
+                }
                 if let Some(id) = self.by_media.remove(&(session, media_session_id)) {
                     self.close(id);
                 }
@@ -329,6 +353,7 @@ impl Engine {
         }
         self.by_media.clear();
         self.publications.clear();
+        self.device.streams.clear();
     }
 
     // ----- sources and sinks other than WebRTC peers ----------------------------
@@ -403,6 +428,91 @@ impl Engine {
     /// The codecs of a stream (what a sink will receive).
     pub fn codecs(&self, stream: &str) -> Option<&Chosen> {
         self.publications.get(stream).map(|p| &p.codecs)
+    }
+
+    // ----- the device's camera and microphone -------------------------------------
+
+    /// What the device delivers now (`None`: that source is down, `info` says why).
+    /// Streams that lose a kind fail with `info`; the device participant is told
+    /// (`MediaEvent::DeviceChanged`) and republishes with what is left or came back.
+    pub fn device_state(&mut self, audio: Option<Codec>, video: Option<Codec>, info: &str) {
+        let new = Chosen { audio, video };
+        if new == self.device.codecs {
+            return;
+        }
+        let old = std::mem::replace(&mut self.device.codecs, new);
+        let lost = (old.audio.is_some() && self.device.codecs.audio.is_none())
+            || (old.video.is_some() && self.device.codecs.video.is_none());
+        if lost {
+            for (session, media_session_id, stream) in std::mem::take(&mut self.device.streams) {
+                self.close_source(&stream);
+                self.events.push_back(MediaEvent::Failed {
+                    session,
+                    media_session_id,
+                    info: info.to_owned(),
+                });
+            }
+        }
+        self.events.push_back(MediaEvent::DeviceChanged {
+            audio: self.device.codecs.audio.is_some(),
+            video: self.device.codecs.video.is_some(),
+        });
+    }
+
+    /// One RTP packet of the device's camera or microphone, for every stream it feeds.
+    pub fn device_packet(&mut self, now: Instant, kind: Kind, packet: rtc::rtp::Packet) {
+        let streams: Vec<String> = self
+            .device
+            .streams
+            .iter()
+            .map(|(_, _, stream)| stream.clone())
+            .collect();
+        for stream in streams {
+            self.source_packet(now, &stream, kind, packet.clone());
+        }
+    }
+
+    /// Whether a player of any device stream needs a key frame (and clears it).
+    pub fn take_device_key_frame_request(&mut self) -> bool {
+        let streams: Vec<String> = self
+            .device
+            .streams
+            .iter()
+            .map(|(_, _, stream)| stream.clone())
+            .collect();
+        let mut wanted = false;
+        for stream in streams {
+            wanted |= self.take_key_frame_request(&stream);
+        }
+        wanted
+    }
+
+    fn publish_device(&mut self, session: SessionId, media_session_id: String, stream: String) {
+        let codecs = self.device.codecs.clone();
+        if codecs.audio.is_none() && codecs.video.is_none() {
+            self.events.push_back(MediaEvent::Failed {
+                session,
+                media_session_id,
+                info: "The device's camera and microphone are not available".into(),
+            });
+            return;
+        }
+        match self.open_source(&stream, codecs) {
+            Ok(()) => {
+                self.device
+                    .streams
+                    .push((session, media_session_id.clone(), stream));
+                self.events.push_back(MediaEvent::Up {
+                    session,
+                    media_session_id,
+                });
+            }
+            Err(info) => self.events.push_back(MediaEvent::Failed {
+                session,
+                media_session_id,
+                info,
+            }),
+        }
     }
 
     // ----- WebRTC peers -----------------------------------------------------------

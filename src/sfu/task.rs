@@ -4,7 +4,7 @@
 //! lost video asks its publisher for a key frame).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig};
 use crate::config::Media;
 use crate::rooms::{MediaEvent, MediaRequest};
@@ -33,9 +34,72 @@ enum Command {
     Shutdown,
 }
 
+/// What the device's capture threads hand the SFU task.
+#[derive(Debug)]
+pub enum DeviceInput {
+    /// The codecs the camera and microphone deliver now (`None`: down, `info` says why).
+    State {
+        audio: Option<Codec>,
+        video: Option<Codec>,
+        info: String,
+    },
+    Packet(Kind, rtc::rtp::Packet),
+}
+
+/// The device's way into the SFU, for its capture threads (blocking code).
+#[derive(Clone)]
+pub struct DeviceFeed {
+    tx: mpsc::Sender<DeviceInput>,
+    key_frame: Arc<AtomicBool>,
+}
+
+/// Device packets queued toward the SFU task: about a second of 720p video.
+const DEVICE_QUEUE: usize = 256;
+
+impl DeviceFeed {
+    /// A feed and the receiving end the SFU task reads (also for tests).
+    pub fn channel() -> (DeviceFeed, mpsc::Receiver<DeviceInput>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
+        let key_frame = Arc::new(AtomicBool::new(false));
+        (
+            DeviceFeed {
+                tx,
+                key_frame: key_frame.clone(),
+            },
+            rx,
+            key_frame,
+        )
+    }
+
+    /// Announces what the sources deliver; waits for room in the queue (a state
+    /// change must not be lost). Call from a plain thread, not from async code.
+    pub fn state(&self, audio: Option<Codec>, video: Option<Codec>, info: String) -> bool {
+        self.tx
+            .blocking_send(DeviceInput::State { audio, video, info })
+            .is_ok()
+    }
+
+    /// One packet; `false` when the queue is full (the packet is dropped) or the SFU
+    /// is gone.
+    pub fn packet(&self, kind: Kind, packet: rtc::rtp::Packet) -> bool {
+        self.tx.try_send(DeviceInput::Packet(kind, packet)).is_ok()
+    }
+
+    /// Whether a player asked for a key frame since the last call.
+    pub fn take_key_frame_request(&self) -> bool {
+        self.key_frame.swap(false, Ordering::Relaxed)
+    }
+
+    /// Asks for a key frame (a dropped packet broke the picture).
+    pub fn want_key_frame(&self) {
+        self.key_frame.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Handle of the running SFU task.
 pub struct Sfu {
     commands: mpsc::Sender<Command>,
+    device: DeviceFeed,
     port: u16,
     advertise: Vec<IpAddr>,
     peers: Arc<AtomicUsize>,
@@ -93,7 +157,18 @@ impl Sfu {
         );
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(engine, socket, inbox, events, peers.clone()));
+        let (device, device_inbox, key_frame) = DeviceFeed::channel();
+        let task = tokio::spawn(run(
+            engine,
+            socket,
+            Inputs {
+                commands: inbox,
+                device: device_inbox,
+                key_frame,
+            },
+            events,
+            peers.clone(),
+        ));
         let list: Vec<String> = advertise.iter().map(ToString::to_string).collect();
         info!(
             "media on UDP port {port}, advertised as {}",
@@ -101,6 +176,7 @@ impl Sfu {
         );
         Ok(Sfu {
             commands,
+            device,
             port,
             advertise,
             peers,
@@ -114,6 +190,11 @@ impl Sfu {
 
     pub fn advertised(&self) -> &[IpAddr] {
         &self.advertise
+    }
+
+    /// Where the device's camera and microphone deliver.
+    pub fn device_feed(&self) -> DeviceFeed {
+        self.device.clone()
     }
 
     /// Live peer connections.
@@ -191,13 +272,32 @@ fn target(socket_v6: bool, to: SocketAddr) -> SocketAddr {
     }
 }
 
+struct Inputs {
+    commands: mpsc::Receiver<Command>,
+    device: mpsc::Receiver<DeviceInput>,
+    /// Set when a device stream's player needs a key frame.
+    key_frame: Arc<AtomicBool>,
+}
+
+fn device_input(engine: &mut Engine, input: DeviceInput) {
+    match input {
+        DeviceInput::State { audio, video, info } => engine.device_state(audio, video, &info),
+        DeviceInput::Packet(kind, packet) => engine.device_packet(now(), kind, packet),
+    }
+}
+
 async fn run(
     mut engine: Engine,
     socket: UdpSocket,
-    mut inbox: mpsc::Receiver<Command>,
+    inputs: Inputs,
     events: mpsc::Sender<MediaEvent>,
     peers: Arc<AtomicUsize>,
 ) {
+    let Inputs {
+        commands: mut inbox,
+        device: mut device_inbox,
+        key_frame,
+    } = inputs;
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut buf = vec![0u8; DATAGRAM];
     loop {
@@ -216,6 +316,9 @@ async fn run(
                 warn!("room core does not take media events: {e}");
             }
         }
+        if engine.take_device_key_frame_request() {
+            key_frame.store(true, Ordering::Relaxed);
+        }
         peers.store(engine.peers(), Ordering::Relaxed);
         let deadline = engine.poll_timeout();
         tokio::select! {
@@ -232,6 +335,15 @@ async fn run(
                         Err(e) => debug!("media socket: {e}"),
                     }
                     next = socket.try_recv_from(&mut buf);
+                }
+            }
+            Some(input) = device_inbox.recv() => {
+                device_input(&mut engine, input);
+                for _ in 0..BATCH {
+                    match device_inbox.try_recv() {
+                        Ok(input) => device_input(&mut engine, input),
+                        Err(_) => break,
+                    }
                 }
             }
             command = inbox.recv() => match command {

@@ -1,0 +1,260 @@
+//! The meeting-room device's own camera and microphone, as a participant of its rooms.
+//!
+//! - `h264`: Annex-B parsing and RTP packetization (pure).
+//! - `camera`: camera sources yielding H.264 access units (V4L2 UVC H.264 capture,
+//!   GStreamer pipelines for SoC encoders and the test pattern).
+//! - `microphone`: ALSA capture or a generated tone, encoded to Opus.
+//! - `supervisor`: stall detection and retry backoff (pure, time as input).
+//! - `participant`: the device in the rooms (pure; driven by the room-core driver).
+//!
+//! Each source runs on its own thread: open, deliver RTP packets into the SFU's
+//! `DeviceFeed`, and on failure or stall close, report, wait (backoff) and reopen.
+//! The SFU forwards the packets to every room's device stream without re-encoding.
+
+pub mod camera;
+pub mod h264;
+pub mod microphone;
+pub mod participant;
+pub mod supervisor;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+pub use participant::{Participant, Policy};
+use supervisor::Supervisor;
+
+use crate::config;
+use crate::sfu::codecs::{Codec, Kind};
+use crate::sfu::task::DeviceFeed;
+use h264::RtpPacket;
+
+/// A camera or microphone as the capture thread drives it: opened, polled for RTP
+/// packets, closed. Implementations block at most `timeout` in `poll`.
+pub trait Source: Send {
+    /// For log lines and failure reasons: "camera /dev/video0", "microphone hw:1,0".
+    fn name(&self) -> String;
+    fn kind(&self) -> Kind;
+    fn open(&mut self) -> Result<(), String>;
+    /// Waits up to `timeout` for media and appends its RTP packets to `out`;
+    /// `Ok(false)` when nothing arrived in time.
+    fn poll(&mut self, timeout: Duration, out: &mut Vec<RtpPacket>) -> Result<bool, String>;
+    /// What the packets are, once known (a camera's profile is in its first SPS).
+    fn codec(&self) -> Option<Codec>;
+    /// A player needs a key frame.
+    fn key_frame(&mut self) {}
+    fn close(&mut self);
+}
+
+/// Retry and stall times of the capture threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub retry: Duration,
+    pub stall: Duration,
+}
+
+/// What every source delivers, combined into one device state for the SFU. The
+/// first state goes out only once every source has made its first attempt, so a
+/// stream starts with both camera and microphone instead of republishing at once.
+struct Shared {
+    feed: DeviceFeed,
+    state: Mutex<Combined>,
+}
+
+struct Combined {
+    audio: Option<Codec>,
+    video: Option<Codec>,
+    /// Sources that have not finished their first attempt yet.
+    waiting: usize,
+}
+
+impl Shared {
+    fn report(&self, kind: Kind, codec: Option<Codec>, info: String, first: bool) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        match kind {
+            Kind::Audio => state.audio = codec,
+            Kind::Video => state.video = codec,
+        }
+        if first {
+            state.waiting = state.waiting.saturating_sub(1);
+        }
+        if state.waiting == 0 {
+            // Sent under the lock: the SFU sees the states in the order they happened.
+            self.feed
+                .state(state.audio.clone(), state.video.clone(), info);
+        }
+    }
+}
+
+/// The running capture threads.
+pub struct Device {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Device {
+    /// Starts the configured camera and microphone (`None` when both are "none").
+    pub fn start(cfg: &config::Device, feed: DeviceFeed) -> Option<Device> {
+        let timing = Timing {
+            retry: Duration::from_millis(cfg.retry_ms),
+            stall: Duration::from_millis(cfg.stall_timeout_ms),
+        };
+        let mut sources: Vec<Box<dyn Source>> = Vec::new();
+        if let Some(camera) = camera::from_config(cfg) {
+            sources.push(camera);
+        }
+        if let Some(microphone) = microphone::from_config(cfg) {
+            sources.push(microphone);
+        }
+        if sources.is_empty() {
+            info!("device: no camera and no microphone configured");
+            return None;
+        }
+        Some(Device::start_with(sources, timing, feed))
+    }
+
+    /// Runs these sources, each on its own thread, into `feed`.
+    pub fn start_with(sources: Vec<Box<dyn Source>>, timing: Timing, feed: DeviceFeed) -> Device {
+        let shared = Arc::new(Shared {
+            feed,
+            state: Mutex::new(Combined {
+                audio: None,
+                video: None,
+                waiting: sources.len(),
+            }),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for source in sources {
+            let name = source.name();
+            info!("device: starting {name}");
+            let (shared, stop) = (shared.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("huddle-{}", source.kind().as_str()))
+                .spawn(move || run(source, timing, &shared, &stop));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => warn!("device: cannot start a thread for {name}: {e}"),
+            }
+        }
+        Device { stop, threads }
+    }
+
+    /// Stops and closes every source (blocks up to about a poll interval).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long one `poll` may block: also how fast a stop is noticed.
+const POLL: Duration = Duration::from_millis(100);
+
+fn capitalized(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// One source's life: open, deliver, and after a failure or stall close, report,
+/// wait and try again, until `stop`.
+fn run(mut source: Box<dyn Source>, timing: Timing, shared: &Shared, stop: &AtomicBool) {
+    let name = source.name();
+    let kind = source.kind();
+    let mut supervisor = Supervisor::new(timing.retry, timing.stall);
+    let mut first = true;
+    let mut out: Vec<RtpPacket> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = source.open() {
+            warn!("device: {name}: cannot open: {e}");
+            shared.report(
+                kind,
+                None,
+                format!("{} is not available: {e}", capitalized(&name)),
+                std::mem::take(&mut first),
+            );
+            pause(supervisor.failed(Instant::now()), stop);
+            continue;
+        }
+        info!("device: {name}: opened");
+        supervisor.opened(Instant::now());
+        let mut announced = false;
+        let mut dropped = 0u64;
+        let failure = loop {
+            if stop.load(Ordering::Relaxed) {
+                break None;
+            }
+            if kind == Kind::Video && shared.feed.take_key_frame_request() {
+                source.key_frame();
+            }
+            out.clear();
+            match source.poll(POLL, &mut out) {
+                Ok(true) => {
+                    supervisor.delivered(Instant::now());
+                    if !announced {
+                        let Some(codec) = source.codec() else {
+                            continue;
+                        };
+                        info!("device: {name}: delivering {}", codec.family.name());
+                        shared.report(kind, Some(codec), String::new(), first);
+                        first = false;
+                        announced = true;
+                    }
+                    for packet in out.drain(..) {
+                        if !shared.feed.packet(kind, packet) {
+                            dropped += 1;
+                            if kind == Kind::Video {
+                                shared.feed.want_key_frame();
+                            }
+                        }
+                    }
+                }
+                Ok(false) if supervisor.stalled(Instant::now()) => {
+                    break Some(format!(
+                        "nothing captured for {} ms",
+                        timing.stall.as_millis()
+                    ));
+                }
+                Ok(false) => {}
+                Err(e) => break Some(e),
+            }
+        };
+        source.close();
+        if dropped > 0 {
+            warn!("device: {name}: {dropped} packets dropped (media engine busy)");
+        }
+        let Some(reason) = failure else { break };
+        warn!("device: {name} failed: {reason}");
+        shared.report(
+            kind,
+            None,
+            format!("{} failed: {reason}", capitalized(&name)),
+            std::mem::take(&mut first),
+        );
+        let delay = supervisor.failed(Instant::now());
+        info!("device: {name}: retrying in {} ms", delay.as_millis());
+        pause(delay, stop);
+    }
+    info!("device: {name}: stopped");
+}
+
+/// Sleeps `delay`, waking early on `stop`.
+fn pause(delay: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + delay;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}

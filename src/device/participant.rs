@@ -1,0 +1,488 @@
+//! The device as a participant of its rooms: it speaks to the room core in the same
+//! commands a browser session does, and publishes the camera and microphone as one
+//! stream per room (`<room>-<login>`).
+//!
+//! Pure logic, driven by the driver task: what the core tells the device's session,
+//! rooms being created and finalized, and what the device's sources deliver
+//! (`MediaEvent::DeviceChanged`). Every reaction is a list of commands for the core.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use log::{info, warn};
+
+use crate::auth::Access;
+use crate::rooms::{
+    Command, ConnectInfo, RoomEvent, ServerMessage, StateEntry, StreamRef, StreamRequest,
+    StreamState,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub login: String,
+    /// Joined at start and never left.
+    pub rooms: Vec<String>,
+    /// Join every room when it is created; leave it when nobody else is left.
+    pub join_new_rooms: bool,
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    /// Join sent, STATE not seen yet.
+    joining: bool,
+    /// The other members' logins.
+    others: BTreeSet<String>,
+    /// The live (or pending) device stream: (media session id, stream name).
+    stream: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct Participant {
+    policy: Policy,
+    rooms: BTreeMap<String, Membership>,
+    /// What the sources deliver now: (audio, video).
+    kinds: (bool, bool),
+    next_id: u64,
+}
+
+impl Participant {
+    pub fn new(policy: Policy) -> Participant {
+        Participant {
+            policy,
+            rooms: BTreeMap::new(),
+            kinds: (false, false),
+            next_id: 1,
+        }
+    }
+
+    pub fn login(&self) -> &str {
+        &self.policy.login
+    }
+
+    /// The rooms the device is in (or joining).
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.keys().map(String::as_str)
+    }
+
+    /// Its first commands: identify, then join the fixed rooms.
+    pub fn start(&mut self) -> Vec<Command> {
+        let mut out = vec![Command::Connect(ConnectInfo {
+            login: Some(self.policy.login.clone()),
+            access: Access::Open,
+            ..ConnectInfo::default()
+        })];
+        for room in self.policy.rooms.clone() {
+            out.extend(self.join(&room));
+        }
+        out
+    }
+
+    /// A room came into being (someone joined it first).
+    pub fn room_created(&mut self, room: &str) -> Vec<Command> {
+        if self.policy.join_new_rooms {
+            self.join(room)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A room ended: it is forgotten (a fixed room is joined again).
+    pub fn room_finalized(&mut self, room: &str) -> Vec<Command> {
+        if self.rooms.remove(room).is_some() && self.policy.rooms.iter().any(|r| r == room) {
+            return self.join(room);
+        }
+        Vec::new()
+    }
+
+    /// The camera and microphone deliver `audio`/`video` now: every room's stream is
+    /// published again with what there is.
+    pub fn device_changed(&mut self, audio: bool, video: bool) -> Vec<Command> {
+        if self.kinds == (audio, video) {
+            return Vec::new();
+        }
+        self.kinds = (audio, video);
+        let rooms: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, m)| !m.joining)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut out = Vec::new();
+        for room in rooms {
+            out.extend(self.unpublish(&room));
+            out.extend(self.publish(&room));
+        }
+        out
+    }
+
+    /// What the room core sent the device's session.
+    pub fn message(&mut self, message: ServerMessage) -> Vec<Command> {
+        match message {
+            ServerMessage::Room { room, event } => self.room_event(room, event),
+            ServerMessage::DataStatus {
+                operation_id,
+                result: Err(why),
+            } => {
+                // A join that failed (room full, too many rooms): forget that room.
+                if let Some(room) = operation_id.strip_prefix("device-join:") {
+                    warn!(room = room; "device: cannot join room '{room}': {why}");
+                    self.rooms.remove(room);
+                }
+                Vec::new()
+            }
+            ServerMessage::StreamStatus(status)
+                if status.published && status.status.is_terminal() =>
+            {
+                for (room, m) in &mut self.rooms {
+                    if m.stream
+                        .as_ref()
+                        .is_some_and(|(id, _)| *id == status.media_session_id)
+                    {
+                        m.stream = None;
+                        if status.status == StreamState::Failed {
+                            warn!(room = room.as_str(); "device: stream '{}' failed: {}", status.name, status.info);
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn room_event(&mut self, room: String, event: RoomEvent) -> Vec<Command> {
+        let me = self.policy.login.clone();
+        let Some(m) = self.rooms.get_mut(&room) else {
+            return Vec::new();
+        };
+        match event {
+            RoomEvent::State(entries) => {
+                m.joining = false;
+                m.others = entries
+                    .iter()
+                    .map(|e| match e {
+                        StateEntry::Participant(login) => login.clone(),
+                        StateEntry::Stream { login, .. } => login.clone(),
+                    })
+                    .filter(|l| *l != me)
+                    .collect();
+                info!(room = room.as_str(); "device: joined room '{room}'");
+                self.publish(&room)
+            }
+            RoomEvent::Joined(login) => {
+                m.others.insert(login);
+                Vec::new()
+            }
+            RoomEvent::Left(login) => {
+                m.others.remove(&login);
+                let fixed = self.policy.rooms.contains(&room);
+                if m.others.is_empty() && !m.joining && !fixed {
+                    self.rooms.remove(&room);
+                    info!(room = room.as_str(); "device: leaving room '{room}', nobody else is in it");
+                    return vec![Command::Leave {
+                        operation_id: format!("device-leave:{room}"),
+                        room,
+                    }];
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn join(&mut self, room: &str) -> Vec<Command> {
+        if self.rooms.contains_key(room) {
+            return Vec::new();
+        }
+        self.rooms.insert(
+            room.to_owned(),
+            Membership {
+                joining: true,
+                ..Membership::default()
+            },
+        );
+        vec![Command::Join {
+            operation_id: format!("device-join:{room}"),
+            room: room.to_owned(),
+            record: false,
+        }]
+    }
+
+    fn publish(&mut self, room: &str) -> Vec<Command> {
+        let (audio, video) = self.kinds;
+        if !(audio || video) {
+            return Vec::new();
+        }
+        let id = format!("device-{}", self.next_id);
+        self.next_id += 1;
+        let name = format!("{room}-{}", self.policy.login);
+        let Some(m) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        m.stream = Some((id.clone(), name.clone()));
+        vec![Command::Publish(StreamRequest {
+            media_session_id: id,
+            name,
+            room: Some(room.to_owned()),
+            sdp: String::new(),
+            has_audio: audio,
+            has_video: video,
+            record: false,
+        })]
+    }
+
+    fn unpublish(&mut self, room: &str) -> Vec<Command> {
+        match self.rooms.get_mut(room).and_then(|m| m.stream.take()) {
+            Some((media_session_id, name)) => vec![Command::Unpublish(StreamRef {
+                media_session_id,
+                name: Some(name),
+            })],
+            None => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::rooms::{Core, CoreConfig, MediaEvent, MediaRequest, Output, SessionId};
+
+    const DEVICE: SessionId = 0;
+
+    /// The room core with the device participant wired to it the way the driver
+    /// does, and an SFU stand-in that brings every device stream up at once.
+    struct World {
+        core: Core,
+        device: Participant,
+        now: Instant,
+        /// What the browser sessions were sent.
+        sent: Vec<(SessionId, ServerMessage)>,
+        /// Device streams the "SFU" holds.
+        fed: Vec<String>,
+        finalized: Vec<String>,
+    }
+
+    impl World {
+        fn new(rooms: &[&str], join_new_rooms: bool) -> World {
+            let mut w = World {
+                core: Core::new(CoreConfig::default()),
+                device: Participant::new(Policy {
+                    login: "Room system".into(),
+                    rooms: rooms.iter().map(|r| r.to_string()).collect(),
+                    join_new_rooms,
+                }),
+                now: Instant::now(),
+                sent: Vec::new(),
+                fed: Vec::new(),
+                finalized: Vec::new(),
+            };
+            w.core.connect_local(w.now, DEVICE);
+            let commands = w.device.start();
+            w.run(DEVICE, commands);
+            w
+        }
+
+        fn run(&mut self, session: SessionId, commands: Vec<Command>) {
+            for c in commands {
+                self.core.command(self.now, session, c);
+            }
+            while let Some(o) = self.core.poll_output() {
+                let more = match o {
+                    Output::Send {
+                        session: DEVICE,
+                        message,
+                    } => self.device.message(message),
+                    Output::Send { session, message } => {
+                        self.sent.push((session, message));
+                        Vec::new()
+                    }
+                    Output::RoomCreated { room } => self.device.room_created(&room),
+                    Output::RoomFinalized { room, .. } => {
+                        self.finalized.push(room.clone());
+                        self.device.room_finalized(&room)
+                    }
+                    Output::Media(MediaRequest::PublishDevice {
+                        session,
+                        media_session_id,
+                        stream,
+                    }) => {
+                        self.fed.push(stream);
+                        self.core.media_event(
+                            self.now,
+                            MediaEvent::Up {
+                                session,
+                                media_session_id,
+                            },
+                        );
+                        Vec::new()
+                    }
+                    Output::Media(MediaRequest::Close {
+                        session: DEVICE, ..
+                    }) => {
+                        self.fed.clear();
+                        Vec::new()
+                    }
+                    _ => Vec::new(),
+                };
+                for c in more {
+                    self.core.command(self.now, DEVICE, c);
+                }
+            }
+        }
+
+        fn device_changed(&mut self, audio: bool, video: bool) {
+            let commands = self.device.device_changed(audio, video);
+            self.run(DEVICE, commands);
+        }
+
+        fn browser(&mut self, id: SessionId, login: &str, room: &str) {
+            self.core.connect(self.now, id);
+            self.run(
+                id,
+                vec![
+                    Command::Connect(ConnectInfo {
+                        login: Some(login.into()),
+                        ..ConnectInfo::default()
+                    }),
+                    Command::Join {
+                        operation_id: "j".into(),
+                        room: room.into(),
+                        record: false,
+                    },
+                ],
+            );
+        }
+
+        fn events(&mut self, id: SessionId) -> Vec<RoomEvent> {
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sent)
+                .into_iter()
+                .partition(|(s, _)| *s == id);
+            self.sent = rest;
+            mine.into_iter()
+                .filter_map(|(_, m)| match m {
+                    ServerMessage::Room { event, .. } => Some(event),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn device_stream(room: &str) -> StateEntry {
+        StateEntry::Stream {
+            login: "Room system".into(),
+            name: format!("{room}-Room system"),
+        }
+    }
+
+    #[test]
+    fn the_device_is_in_its_fixed_rooms_and_publishes_once_its_sources_are_up() {
+        let mut w = World::new(&["lobby"], false);
+        assert_eq!(w.device.rooms().collect::<Vec<_>>(), vec!["lobby"]);
+        assert!(w.fed.is_empty(), "nothing to publish yet");
+        w.device_changed(true, true);
+        assert_eq!(w.fed, vec!["lobby-Room system"]);
+        w.browser(1, "alice", "lobby");
+        assert_eq!(
+            w.events(1),
+            vec![RoomEvent::State(vec![device_stream("lobby")])]
+        );
+        // A room the device was not asked into stays without it.
+        w.browser(2, "bob", "other");
+        assert_eq!(w.events(2), vec![RoomEvent::State(vec![])]);
+        // Its stream is playable like any other.
+        assert_eq!(w.core.stats().streams, 1);
+        assert_eq!(w.core.stats().sessions, 2, "the device has no socket");
+    }
+
+    #[test]
+    fn the_device_joins_new_rooms_and_leaves_when_the_last_member_leaves() {
+        let mut w = World::new(&[], true);
+        w.device_changed(true, true);
+        w.browser(1, "alice", "standup");
+        assert_eq!(
+            w.events(1),
+            vec![
+                RoomEvent::State(vec![]),
+                RoomEvent::Joined("Room system".into()),
+                RoomEvent::Published {
+                    login: "Room system".into(),
+                    name: "standup-Room system".into()
+                }
+            ]
+        );
+        w.browser(2, "bob", "standup");
+        w.events(1);
+        w.run(
+            1,
+            vec![Command::Leave {
+                operation_id: "l".into(),
+                room: "standup".into(),
+            }],
+        );
+        assert!(w.finalized.is_empty(), "bob is still there");
+        w.run(
+            2,
+            vec![Command::Leave {
+                operation_id: "l".into(),
+                room: "standup".into(),
+            }],
+        );
+        assert_eq!(
+            w.finalized,
+            vec!["standup"],
+            "the device left, the room ended"
+        );
+        assert_eq!(w.core.stats().rooms, 0);
+        assert_eq!(w.core.stats().streams, 0);
+        // A new room of the same name gets the device again.
+        w.browser(3, "carol", "standup");
+        assert_eq!(w.core.stats().streams, 1);
+    }
+
+    #[test]
+    fn losing_the_camera_fails_the_stream_and_it_comes_back_with_what_is_left() {
+        let mut w = World::new(&["lobby"], false);
+        w.device_changed(true, true);
+        w.browser(1, "alice", "lobby");
+        w.events(1);
+        // The SFU fails the device stream (camera gone) and reports what is left.
+        w.core.media_event(
+            w.now,
+            MediaEvent::Failed {
+                session: DEVICE,
+                media_session_id: "device-1".into(),
+                info: "Camera /dev/video0 failed: No such device".into(),
+            },
+        );
+        w.run(DEVICE, Vec::new());
+        w.device_changed(true, false);
+        let published = RoomEvent::Published {
+            login: "Room system".into(),
+            name: "lobby-Room system".into(),
+        };
+        let failed = RoomEvent::Failed {
+            login: "Room system".into(),
+            name: "lobby-Room system".into(),
+        };
+        let events = w.events(1);
+        assert!(events.contains(&failed), "{events:?}");
+        assert_eq!(events.last(), Some(&published), "audio-only again");
+        // The camera returns: unpublished, then published with video.
+        w.device_changed(true, true);
+        let events = w.events(1);
+        assert_eq!(
+            events,
+            vec![
+                RoomEvent::Unpublished {
+                    login: "Room system".into(),
+                    name: "lobby-Room system".into()
+                },
+                published
+            ]
+        );
+        // Nothing at all: the stream just ends.
+        w.device_changed(false, false);
+        assert_eq!(w.core.stats().streams, 0);
+    }
+}
