@@ -91,18 +91,19 @@ export function assertSdkBundleInstalled() {
 // ---------------------------------------------------------------------------------------------
 // The Huddle server
 
-// Config on 127.0.0.1:0 with no camera/microphone. `http`: the [http] lines after `listen`
+// Config on 127.0.0.1:0 (by default with no camera/microphone). `http`: the [http] lines after `listen`
 // (default: plain HTTP only); `extra`: whole TOML tables (e.g. "[auth]\nmode = ...\n") inserted
 // before [log]; `logLevel`: null leaves [log] out (the server's default level).
-export const huddleConfig = ({ http = 'tls = false\n', extra = '', logLevel = 'debug' } = {}) => `[http]
+// `device`: the [device] lines (default: no camera, no microphone).
+export const huddleConfig = ({
+  http = 'tls = false\n', extra = '', logLevel = 'debug', device = 'camera = "none"\nmicrophone = "none"\n',
+} = {}) => `[http]
 listen = "127.0.0.1:0"
 ${http}[media]
 udp_port = 0
 advertise_ips = ["127.0.0.1"]
 [device]
-camera = "none"
-microphone = "none"
-${extra}${logLevel ? `[log]\nlevel = "${logLevel}"\n` : ''}`;
+${device}${extra}${logLevel ? `[log]\nlevel = "${logLevel}"\n` : ''}`;
 
 const LISTENING_HTTP = /listening on http:\/\/(127\.0\.0\.1:\d+)/;
 const LISTENING_HTTPS = /listening on https:\/\/(127\.0\.0\.1:\d+) \(WebSocket signalling on wss:\/\/127\.0\.0\.1:\d+\/\)/;
