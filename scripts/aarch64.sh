@@ -26,23 +26,40 @@ DEB_RUSTDOC=/usr/bin/rustdoc
 QEMU=qemu-aarch64-static
 
 # Host (amd64) packages: Debian's rustc 1.96 (also pulls libstd-rust-web-dev for amd64, used
-# for build scripts and proc macros), the aarch64 cross gcc (linker) and its libc, qemu-user.
-HOST_PACKAGES=(rustc-web gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
-# Target (arm64, multiarch) packages: the aarch64 Rust standard library (pulls libc6:arm64,
-# which qemu-user uses as the dynamic loader / runtime libraries, no -L needed).
-ARM64_PACKAGES=(libstd-rust-web-dev:arm64)
-# When the crate gains C dependencies, add their arm64 -dev packages here (one line), e.g.:
-#   ARM64_PACKAGES+=(libasound2-dev:arm64 libopus-dev:arm64 libgstreamer1.0-dev:arm64)
-#   HOST_PACKAGES+=(pkg-config libclang-dev)
-# and export PKG_CONFIG_aarch64_unknown_linux_gnu=aarch64-linux-gnu-pkg-config (and
-# GST_REGISTRY_FORK=no for GStreamer under qemu) in cross_env below.
+# for build scripts and proc macros), the aarch64 cross gcc (linker) and its libc, qemu-user,
+# pkg-config, and libclang for bindgen (v4l2-sys-mit runs it on linux/videodev2.h).
+HOST_PACKAGES=(rustc-web gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+  pkg-config libclang-dev)
+# Target (arm64, multiarch, all "Multi-Arch: same", so they sit beside their amd64 twins):
+# - the aarch64 Rust standard library (pulls libc6:arm64, which qemu-user uses as the dynamic
+#   loader / runtime libraries, no -L needed);
+# - the C libraries the crate links: alsa-sys (libasound2-dev), audiopus_sys (libopus-dev),
+#   gstreamer/-base/glib/gobject-sys (libgstreamer1.0-dev, pulls libglib2.0-dev, libc6-dev and
+#   linux-libc-dev:arm64, whose asm/ headers bindgen needs), gstreamer-app-sys's runtime library
+#   (libgstreamer-plugins-base1.0-0; its -dev package: see PITFALL below);
+# - the GStreamer plugins tests/device_h264.rs runs under qemu: videotestsrc, videoconvert,
+#   appsrc/appsink (base), x264enc (ugly), h264parse (bad), rtph264depay/rtpjitterbuffer (good),
+#   avdec_h264 (libav), clockoverlay (x, used by the device's test-pattern pipeline).
+#   ffmpeg/ffprobe run as host binaries.
+ARM64_PACKAGES=(libstd-rust-web-dev:arm64
+  libasound2-dev:arm64 libopus-dev:arm64 libgstreamer1.0-dev:arm64
+  libgstreamer-plugins-base1.0-0:arm64
+  gstreamer1.0-plugins-base:arm64 gstreamer1.0-plugins-good:arm64
+  gstreamer1.0-plugins-bad:arm64 gstreamer1.0-plugins-ugly:arm64
+  gstreamer1.0-libav:arm64 gstreamer1.0-x:arm64)
 # PITFALL (recipe): libgstreamer-plugins-base1.0-dev is NOT Multi-Arch in bookworm: installing
-# the :arm64 one REMOVES the amd64 one (and the reverse), breaking host builds. Do not add it
-# here; instead `apt-get download` the arm64 .deb, `dpkg-deb -x` it into a private folder, point
-# PKG_CONFIG_PATH_aarch64_unknown_linux_gnu at its usr/lib/aarch64-linux-gnu/pkgconfig, and give
-# the linker a folder of .so symlinks to the arm64 runtime libraries
-# (CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-L native=<folder>"; changing these
-# rustflags rebuilds every aarch64 crate). Only gstreamer-app/-video/-audio need it.
+# the :arm64 one REMOVES the amd64 one (and the reverse), breaking host builds. It is not in the
+# list above; deps also refuses any apt run that would remove a package (see apt_guard).
+# Instead (arm64_pbase_dev) the arm64 .deb is `apt-get download`ed (same version as the
+# installed libgstreamer-plugins-base1.0-0:arm64) and `dpkg-deb -x`ed into a private folder,
+# $ARM64_PBASE_DEV. Its .so dev symlinks (libgstapp-1.0.so -> libgstapp-1.0.so.0...) are
+# re-pointed at the real arm64 runtime libraries in /usr/lib/aarch64-linux-gnu, and `libdir`
+# of its private .pc files at that folder of symlinks, so pkg-config itself hands the linker
+# `-L <folder> -lgstapp-1.0`. That is the recipe's "-L native=<folder>" without target
+# rustflags (changing those would rebuild every aarch64 crate); only gstreamer-app (and
+# -video/-audio, should the crate gain them) use these .pc files.
+ARM64_PBASE_DEV=$TARGET_DIR/arm64-dev/libgstreamer-plugins-base1.0-dev
+ARM64_LIBDIR=/usr/lib/aarch64-linux-gnu
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -58,12 +75,75 @@ deps() {
   fi
   # The arm64 libraries are Multi-Arch: same, so their amd64 twins must be the same version:
   # apt may upgrade some amd64 packages (the recipe saw ~30, e.g. libc6, libgcc-s1,
-  # libstdc++6, liblzma5, libxml2, zlib1g) and pulls ~370 MB. Nothing is removed; `rustc-web`
-  # "Conflicts: rustup" only concerns Debian's rustup *package*, not a rustup.rs install in
-  # ~/.cargo (which stays first on PATH, checked below). A newly added architecture always
-  # leaves its :arm64 packages missing, so install-deps runs `apt-get update` then.
+  # libstdc++6, liblzma5, libxml2, zlib1g; the GStreamer plugins ~50 more) and pulls a few
+  # hundred MB. Nothing may be removed (apt_guard). `rustc-web` "Conflicts: rustup" only
+  # concerns Debian's rustup *package*, not a rustup.rs install in ~/.cargo (which stays first
+  # on PATH, checked below). A newly added architecture always leaves its :arm64 packages
+  # missing, so install-deps runs `apt-get update` then.
+  apt_guard "${HOST_PACKAGES[@]}" "${ARM64_PACKAGES[@]}"
   scripts/install-deps.sh packages "${HOST_PACKAGES[@]}" "${ARM64_PACKAGES[@]}"
+  arm64_pbase_dev
+  check_host_dev
   check_tools
+}
+
+# Refuses to let apt remove anything (e.g. an amd64 -dev package that is not Multi-Arch):
+# when packages are missing, simulates their installation first and stops if the simulation
+# removes a package. Nothing happens when everything is installed already.
+apt_guard() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+      missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  "${SUDO[@]}" apt-get update -qq
+  local sim removed
+  sim=$(LC_ALL=C apt-get install -s --no-install-recommends "${missing[@]}")
+  removed=$(sed -n 's/^Remv \([^ ]*\).*/\1/p' <<<"$sim")
+  if [ -n "$removed" ]; then
+    echo "aarch64: refusing to install ${missing[*]}: apt would remove:" $removed >&2
+    exit 1
+  fi
+}
+
+# The private copy of libgstreamer-plugins-base1.0-dev:arm64 (see PITFALL above), redone only
+# when the installed libgstreamer-plugins-base1.0-0:arm64 changes version.
+arm64_pbase_dev() {
+  local version stamp=$ARM64_PBASE_DEV/.huddle-version
+  version=$(dpkg-query -W -f='${Version}' libgstreamer-plugins-base1.0-0:arm64)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$version" ] && return 0
+  echo "aarch64: libgstreamer-plugins-base1.0-dev:arm64 $version -> $ARM64_PBASE_DEV (private)"
+  local download=$TARGET_DIR/arm64-dev/download
+  rm -rf "$download" "$ARM64_PBASE_DEV"
+  mkdir -p "$download" "$ARM64_PBASE_DEV"
+  # Unprivileged download into the current folder; does not touch dpkg's database.
+  (cd "$download" && apt-get -qq -o APT::Sandbox::User="$(id -un)" download \
+    "libgstreamer-plugins-base1.0-dev:arm64=$version")
+  dpkg-deb -x "$download"/libgstreamer-plugins-base1.0-dev_*_arm64.deb "$ARM64_PBASE_DEV"
+  rm -rf "$download"
+  local libdir=$ARM64_PBASE_DEV$ARM64_LIBDIR link target
+  for link in "$libdir"/lib*.so; do
+    target=$(readlink "$link")
+    if [ ! -e "$ARM64_LIBDIR/$target" ]; then
+      echo "aarch64: $ARM64_LIBDIR/$target missing (arm64 runtime of $(basename "$link"))" >&2
+      exit 1
+    fi
+    ln -sfn "$ARM64_LIBDIR/$target" "$link"
+  done
+  sed -i "s|^libdir=.*|libdir=$libdir|" "$libdir"/pkgconfig/*.pc
+  echo "$version" >"$stamp"
+}
+
+# The host (amd64) build needs libgstreamer-plugins-base1.0-dev:amd64; nothing here may have
+# replaced it by the arm64 one.
+check_host_dev() {
+  local status
+  status=$(dpkg-query -W -f='${Status} ${Architecture}' libgstreamer-plugins-base1.0-dev 2>/dev/null || true)
+  if [ "$status" != "install ok installed amd64" ]; then
+    echo "aarch64: warning: libgstreamer-plugins-base1.0-dev (amd64, host builds) is not installed" \
+      "(${status:-absent}); install it: apt-get install libgstreamer-plugins-base1.0-dev:amd64" >&2
+  fi
 }
 
 # The Debian compiler must only be used through RUSTC=/usr/bin/rustc for the aarch64 build:

@@ -18,10 +18,14 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=13c5b81468fd054ef7c7d8bff1ea9d5b"
 #   alsa-lib                   microphone and speaker (alsa crate)
 #   libopus                    Opus for WebRTC audio (audiopus, linking the system libopus)
 #   gstreamer1.0               camera capture, H.264 encoding, RTMP, recording (gstreamer-rs)
-#   gstreamer1.0-plugins-base  libgstapp and libgstvideo (gstreamer-app, appsink/appsrc)
-# The current binary links none of them yet; they are declared now so that the recipe keeps
-# its shape when the media work lands.
-DEPENDS = "alsa-lib gstreamer1.0 gstreamer1.0-plugins-base libopus"
+#   gstreamer1.0-plugins-base  libgstapp (gstreamer-app, appsink/appsrc)
+#   clang-native               libclang for bindgen: the v4l crate generates its videodev2.h
+#                              bindings at build time (clang-native comes from meta-clang)
+DEPENDS = "alsa-lib clang-native gstreamer1.0 gstreamer1.0-plugins-base libopus"
+
+# bindgen parses the target's kernel headers with the native libclang.
+export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
+export BINDGEN_EXTRA_CLANG_ARGS = "--sysroot=${STAGING_DIR_TARGET} --target=${TARGET_SYS}"
 
 # Huddle's source. Integrators point this at their repository (local.conf or a bbappend):
 #   HUDDLE_GIT_URI = "git://git.example.com/huddle.git;protocol=ssh;branch=main"
@@ -84,18 +88,24 @@ CONFFILES:${PN} = "${sysconfdir}/huddle/huddle.toml"
 SYSTEMD_SERVICE:${PN} = "huddle.service"
 
 # GStreamer elements are looked up by name at run time, so no shared-library dependency
-# pulls these plugins in. By feature (planned; the current binary loads none of them yet):
+# pulls these plugins in. By feature (RTMP and recording: planned):
 #   camera capture (V4L2)          good-video4linux2 (v4l2src), base-videoconvertscale,
 #                                  base-app (appsink)
+#   test pattern (no camera)       base-videotestsrc, base-pango (clockoverlay), and a
+#                                  software encoder (PACKAGECONFIG x264 or openh264)
+#   microphone                     alsa-lib (the binary links it; listed for clarity)
 #   hardware H.264 (V4L2 mem2mem,  good-video4linux2 (v4l2h264enc),
 #   e.g. i.MX 8M Plus, RPi 4)      bad-videoparsersbad (h264parse)
 #   RTMP out                       good-flv (flvmux), bad-rtmp2 (rtmp2sink)
 #   recording                      good-isomp4 (mp4mux)
 RDEPENDS:${PN} = "\
+    alsa-lib \
     gstreamer1.0-plugins-bad-rtmp2 \
     gstreamer1.0-plugins-bad-videoparsersbad \
     gstreamer1.0-plugins-base-app \
+    gstreamer1.0-plugins-base-pango \
     gstreamer1.0-plugins-base-videoconvertscale \
+    gstreamer1.0-plugins-base-videotestsrc \
     gstreamer1.0-plugins-good-flv \
     gstreamer1.0-plugins-good-isomp4 \
     gstreamer1.0-plugins-good-video4linux2 \
