@@ -461,28 +461,23 @@ impl Engine {
 
     /// One RTP packet of the device's camera or microphone, for every stream it feeds.
     pub fn device_packet(&mut self, now: Instant, kind: Kind, packet: rtc::rtp::Packet) {
-        let streams: Vec<String> = self
-            .device
-            .streams
-            .iter()
-            .map(|(_, _, stream)| stream.clone())
-            .collect();
-        for stream in streams {
-            self.source_packet(now, &stream, kind, packet.clone());
+        // Taken out and put back: no allocation per packet (payloads are shared `Bytes`).
+        let streams = std::mem::take(&mut self.device.streams);
+        for (_, _, stream) in &streams {
+            self.source_packet(now, stream, kind, packet.clone());
         }
+        self.device.streams = streams;
     }
 
     /// Whether a player of any device stream needs a key frame (and clears it).
     pub fn take_device_key_frame_request(&mut self) -> bool {
-        let streams: Vec<String> = self
-            .device
-            .streams
-            .iter()
-            .map(|(_, _, stream)| stream.clone())
-            .collect();
         let mut wanted = false;
-        for stream in streams {
-            wanted |= self.take_key_frame_request(&stream);
+        for (_, _, stream) in &self.device.streams {
+            if let Some(Source::External { key_frame_wanted }) =
+                self.publications.get_mut(stream).map(|p| &mut p.source)
+            {
+                wanted |= std::mem::take(key_frame_wanted);
+            }
         }
         wanted
     }
@@ -1088,6 +1083,97 @@ mod tests {
         e.handle_timeout(t0 + Duration::from_millis(500));
         assert!(e.take_key_frame_request("s"));
         assert_eq!(e.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_device_feeds_every_room_stream_and_losing_a_source_fails_them() {
+        let mut e = engine();
+        let now = Instant::now();
+        let publish = |e: &mut Engine, id: &str, stream: &str| {
+            e.request(
+                now,
+                MediaRequest::PublishDevice {
+                    session: 0,
+                    media_session_id: id.into(),
+                    stream: stream.into(),
+                },
+            )
+        };
+        // Nothing delivered yet: a publish fails at once.
+        publish(&mut e, "d0", "a-Room system");
+        assert!(
+            matches!(e.poll_event(), Some(MediaEvent::Failed { info, .. }) if info.contains("not available"))
+        );
+        let codecs = h264_codecs();
+        e.device_state(codecs.audio.clone(), codecs.video.clone(), "");
+        assert_eq!(
+            e.poll_event(),
+            Some(MediaEvent::DeviceChanged {
+                audio: true,
+                video: true
+            })
+        );
+        publish(&mut e, "d1", "a-Room system");
+        publish(&mut e, "d2", "b-Room system");
+        for id in ["d1", "d2"] {
+            assert_eq!(
+                e.poll_event(),
+                Some(MediaEvent::Up {
+                    session: 0,
+                    media_session_id: id.into()
+                })
+            );
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        for stream in ["a-Room system", "b-Room system"] {
+            let sink = Recorder {
+                got: got.clone(),
+                budget: 100,
+            };
+            e.add_sink(now, stream, Box::new(sink)).unwrap();
+        }
+        assert!(
+            e.take_device_key_frame_request(),
+            "new sinks want a key frame"
+        );
+        assert!(!e.take_device_key_frame_request());
+        let mut p = rtc::rtp::Packet::default();
+        p.header.sequence_number = 7;
+        e.device_packet(now, Kind::Video, p);
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![(Kind::Video, 7), (Kind::Video, 7)]
+        );
+        // The camera is gone: both streams fail with the reason, then the change is told.
+        e.device_state(
+            codecs.audio.clone(),
+            None,
+            "Camera /dev/video0 failed: No such device",
+        );
+        for id in ["d1", "d2"] {
+            assert_eq!(
+                e.poll_event(),
+                Some(MediaEvent::Failed {
+                    session: 0,
+                    media_session_id: id.into(),
+                    info: "Camera /dev/video0 failed: No such device".into()
+                })
+            );
+        }
+        assert_eq!(
+            e.poll_event(),
+            Some(MediaEvent::DeviceChanged {
+                audio: true,
+                video: false
+            })
+        );
+        assert!(
+            e.codecs("a-Room system").is_none(),
+            "the sources are closed"
+        );
+        // The same state again changes nothing.
+        e.device_state(codecs.audio.clone(), None, "");
+        assert_eq!(e.poll_event(), None);
     }
 
     #[test]
