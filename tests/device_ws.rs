@@ -1,0 +1,190 @@
+//! The device participant over the real Room API and WebRTC (in-process server, Rust
+//! clients on 127.0.0.1): the test pattern and the tone arrive as H.264 and Opus RTP in
+//! a player; a camera and microphone that cannot be opened leave the device in its
+//! room without a stream while everyone else is served.
+
+mod common;
+#[path = "common/webrtc_client.rs"]
+#[allow(dead_code)]
+mod webrtc_client;
+
+use std::time::Duration;
+
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use serde_json::{json, Value};
+
+use common::*;
+use huddle::device::h264::{self, nal};
+use webrtc_client::*;
+
+const DEVICE: &str = "Room system";
+
+fn play_frame(room: &str, msid: &str, name: &str, sdp: &str) -> Value {
+    json!({"message": "playStream", "data": [{
+        "mediaSessionId": msid, "name": name, "published": false,
+        "hasVideo": true, "hasAudio": true, "status": "PENDING", "record": false,
+        "mediaProvider": "WebRTC", "sdp": sdp, "custom": {"name": room},
+        "constraints": {"audio": {"deviceId": "default"}},
+    }]})
+}
+
+/// The answer, then PLAYING, for `msid` (PENDING skipped).
+async fn play(ws: &mut Client, pc: &mut RtcClient, room: &str, stream: &str) {
+    let offer = pc.create_offer().await;
+    ws.send_json(play_frame(room, "m-play", stream, &offer))
+        .await;
+    let mut answered = false;
+    loop {
+        let v = ws.recv().await;
+        match v["message"].as_str() {
+            Some("setRemoteSDP") => {
+                let sdp = v["data"][1].as_str().expect("answer text");
+                pc.apply_answer(sdp).await;
+                answered = true;
+            }
+            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
+            Some("notifyStreamStatusEvent") => {
+                assert_eq!(v["data"][0]["status"], "PLAYING", "{v}");
+                assert!(answered, "the answer comes before PLAYING");
+                break;
+            }
+            _ => panic!("unexpected frame while playing {stream}: {v}"),
+        }
+    }
+    pc.wait_connected(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_player_receives_the_devices_h264_and_opus() {
+    let room = "lobby";
+    let server = start_server(|c| {
+        c.device.camera = "test-pattern".into();
+        c.device.microphone = "tone".into();
+        c.device.width = 320;
+        c.device.height = 240;
+        c.device.framerate = 15;
+        c.device.bitrate_kbps = 300;
+        c.device.rooms = vec![room.into()];
+        c.device.join_new_rooms = false;
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut alice = Client::connect(addr, "alice").await;
+    // The device is in its room and publishes once its sources are up.
+    let state = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let state = alice.join(room).await;
+            if state
+                .iter()
+                .any(|e| e["login"] == DEVICE && e["name"].is_string())
+            {
+                return state;
+            }
+            alice.leave(room).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the device publishes within 10 s");
+    let stream = format!("{room}-{DEVICE}");
+    assert!(
+        state.iter().any(|e| e["name"] == stream.as_str()),
+        "{state:?}"
+    );
+    assert_eq!(server.stats().participants, 2);
+    assert_eq!(server.stats().sessions, 1, "the device has no socket");
+
+    let codecs = [
+        (RtpCodecKind::Audio, opus(111)),
+        (RtpCodecKind::Video, h264(106)),
+    ];
+    let mut pc = RtcClient::player("alice-pc", &codecs).await;
+    play(&mut alice, &mut pc, room, &stream).await;
+    let (got, _) = pc
+        .collect_rtp(
+            &[RtpCodecKind::Video, RtpCodecKind::Audio],
+            30,
+            Duration::from_secs(15),
+        )
+        .await;
+    let (video, audio) = (&got[0].1, &got[1].1);
+    assert!(
+        video.len() >= 30 && audio.len() >= 30,
+        "video {} audio {}",
+        video.len(),
+        audio.len()
+    );
+    assert!(
+        video.iter().all(|p| p.header.payload_type == 106),
+        "the player's PT"
+    );
+    assert!(audio.iter().all(|p| p.header.payload_type == 111));
+    // The key frame the new player asked for comes with its parameter sets: SPS+PPS in a
+    // STAP-A right before the IDR's first packet.
+    let starts_idr = |p: &rtc::rtp::Packet| {
+        let t = h264::nal_type(&p.payload);
+        t == nal::IDR
+            || (t == nal::FU_A
+                && p.payload
+                    .get(1)
+                    .is_some_and(|h| h & 0x9f == 0x80 | nal::IDR))
+    };
+    let at = video
+        .iter()
+        .position(starts_idr)
+        .expect("an IDR reaches the new player");
+    assert!(at > 0, "the IDR has something before it");
+    let stap = &video[at - 1].payload;
+    assert_eq!(
+        h264::nal_type(stap),
+        nal::STAP_A,
+        "SPS/PPS right before the IDR"
+    );
+    assert_eq!(
+        stap.get(3).map(|b| b & 0x1f),
+        Some(nal::SPS),
+        "the STAP-A starts with the SPS"
+    );
+    assert!(
+        audio
+            .iter()
+            .all(|p| !p.payload.is_empty() && p.payload.len() < 400),
+        "Opus voice frames"
+    );
+    pc.close().await;
+    alice.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_device_whose_camera_and_microphone_fail_stays_in_the_room_without_a_stream() {
+    let room = "board room";
+    let server = start_server(|c| {
+        c.device.camera = "/dev/huddle-no-such-camera".into();
+        c.device.microphone = "huddle_no_such_pcm".into();
+        c.device.rooms = vec![room.into()];
+        c.device.retry_ms = 50;
+    })
+    .await;
+    let addr = server.local_addr();
+    // Several failed attempts later the service still serves everyone.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut alice = Client::connect(addr, "alice").await;
+    let state = alice.join(room).await;
+    assert_eq!(state, vec![json!(DEVICE)], "the device, no stream");
+    let mut bob = Client::connect(addr, "bob").await;
+    bob.join(room).await;
+    alice.expect_event_in(room, "JOINED").await;
+    let op = bob.send_chat(room, "alice", "still here?").await;
+    let msg = alice.expect_event_in(room, "MESSAGE").await;
+    assert_eq!(msg["info"], json!({"from": "bob", "text": "still here?"}));
+    bob.expect_accepted(&op).await;
+    // A new room gets the device too (join_new_rooms), still without a stream.
+    let state = bob.join("second").await;
+    assert!(state.is_empty());
+    bob.expect_event_in("second", "JOINED").await;
+    assert_eq!(server.stats().streams, 0);
+    alice.close().await;
+    bob.close().await;
+    server.shutdown().await;
+}
