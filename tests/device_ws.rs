@@ -5,7 +5,6 @@
 
 mod common;
 #[path = "common/webrtc_client.rs"]
-#[allow(dead_code)]
 mod webrtc_client;
 
 use std::time::Duration;
