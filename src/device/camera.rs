@@ -331,7 +331,7 @@ pub fn test_pattern_pipeline(v: &Video, encoder: &str) -> String {
     format!(
         "videotestsrc is-live=true pattern=smpte ! \
          video/x-raw,width={w},height={h},framerate={f}/1 ! \
-         clockoverlay halignment=center valignment=center font-desc=\"Sans Bold 48\" \
+         clockoverlay halignment=center valignment=center font-desc=\"Sans Bold 18\" \
          time-format=\"Huddle %H:%M:%S\" shaded-background=true ! \
          videoconvert ! video/x-raw,format=I420 ! {enc} ! {SINK}",
         w = v.width,
