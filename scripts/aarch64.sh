@@ -108,10 +108,16 @@ apt_guard() {
 }
 
 # The private copy of libgstreamer-plugins-base1.0-dev:arm64 (see PITFALL above), redone only
-# when the installed libgstreamer-plugins-base1.0-0:arm64 changes version.
+# when the installed libgstreamer-plugins-base1.0-0:arm64 changes version. Also run by
+# build/test/size (a stamp check; needs no root), as it lives in the target dir, which
+# `cargo clean` or another HUDDLE_AARCH64_TARGET_DIR leaves without it.
 arm64_pbase_dev() {
   local version stamp=$ARM64_PBASE_DEV/.huddle-version
-  version=$(dpkg-query -W -f='${Version}' libgstreamer-plugins-base1.0-0:arm64)
+  if ! version=$(dpkg-query -W -f='${Version}' libgstreamer-plugins-base1.0-0:arm64 2>/dev/null) ||
+    [ -z "$version" ]; then
+    echo "aarch64: libgstreamer-plugins-base1.0-0:arm64 is not installed (run: $0 deps)" >&2
+    exit 1
+  fi
   [ "$(cat "$stamp" 2>/dev/null)" = "$version" ] && return 0
   echo "aarch64: libgstreamer-plugins-base1.0-dev:arm64 $version -> $ARM64_PBASE_DEV (private)"
   local download=$TARGET_DIR/arm64-dev/download
@@ -181,12 +187,55 @@ cross_env() {
   export HUDDLE_TEST_EXEC_WRAPPER=$QEMU
   # Host RUSTFLAGS (if any) must not leak into the target build.
   unset RUSTFLAGS CARGO_BUILD_TARGET
+  # pkg-config (alsa-sys, audiopus_sys, gstreamer*-sys, glib/gobject-sys) for the target only:
+  # the pkg-config crate reads these *_aarch64_unknown_linux_gnu variables in build scripts
+  # of target crates; host build scripts keep the amd64 defaults. The arm64 .pc files: the
+  # multiarch folder, the private libgstreamer-plugins-base1.0-dev (gstreamer-app-1.0.pc) and
+  # the arch-independent ones; none of the amd64 folders (LIBDIR replaces the default path).
+  # ALLOW_CROSS: host pkg-config with the arm64 LIBDIR is cross-aware enough. A failed
+  # lookup must not pass quietly (audiopus_sys would then build its bundled libopus for the
+  # host and fail much later at link time): check_target_libs below.
+  export PKG_CONFIG_ALLOW_CROSS_aarch64_unknown_linux_gnu=1
+  export PKG_CONFIG_LIBDIR_aarch64_unknown_linux_gnu=$ARM64_PBASE_DEV$ARM64_LIBDIR/pkgconfig:$ARM64_LIBDIR/pkgconfig:/usr/share/pkgconfig
+  export PKG_CONFIG_PATH_aarch64_unknown_linux_gnu=
+  # bindgen (v4l2-sys-mit on linux/videodev2.h, through the host's libclang): for the aarch64
+  # target, and from the cross toolchain's headers (libc6-dev-arm64-cross,
+  # linux-libc-dev-arm64-cross: what aarch64-linux-gnu-gcc compiles against), all of them,
+  # checked with clang -H. bindgen would add --target by itself and libclang happened to find
+  # the same folder through gcc-cross, giving identical bindings; spelled out so it cannot fall
+  # back to a mix with the amd64 /usr/include.
+  export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--target=aarch64-linux-gnu -isystem /usr/aarch64-linux-gnu/include"
+  # GStreamer inside the test binaries under qemu: qemu-user cannot fork-exec the arm64
+  # gst-plugin-scanner helper, so plugins are scanned in-process; the arm64 plugin folder
+  # (the library's compiled-in default, set so that a host GST_PLUGIN_* cannot leak in);
+  # a registry of its own under the target dir (the first scan under qemu adds ~3 s).
+  export GST_REGISTRY_FORK=no
+  export GST_REGISTRY=$TARGET_DIR/gstreamer-registry.aarch64.bin
+  export GST_PLUGIN_SYSTEM_PATH=$ARM64_LIBDIR/gstreamer-1.0
+  unset GST_PLUGIN_PATH GST_PLUGIN_PATH_1_0 GST_PLUGIN_SYSTEM_PATH_1_0 GST_PLUGIN_SCANNER \
+    GST_PLUGIN_SCANNER_1_0 GST_REGISTRY_1_0
+}
+
+# The arm64 pkg-config modules the crate links (alsa-sys, audiopus_sys, gstreamer-sys,
+# gstreamer-base-sys, gstreamer-app-sys; glib/gobject come with them), looked up exactly as
+# the build scripts will: a clear message now instead of a build script failing later.
+check_target_libs() {
+  local module missing=()
+  for module in alsa opus gstreamer-1.0 gstreamer-base-1.0 gstreamer-app-1.0; do
+    PKG_CONFIG_LIBDIR=$PKG_CONFIG_LIBDIR_aarch64_unknown_linux_gnu PKG_CONFIG_PATH= \
+      pkg-config --exists "$module" || missing+=("$module")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "aarch64: no arm64 pkg-config module ${missing[*]} (run: $0 deps)" >&2
+    exit 1
+  fi
 }
 
 timed() {
-  local start=$SECONDS
-  "$@"
-  echo "aarch64: '$*' took $((SECONDS - start)) s"
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  echo "aarch64: '$*' took $((SECONDS - start)) s$([ "$rc" -eq 0 ] || echo " (exit $rc)")"
+  return "$rc"
 }
 
 cmd=${1:-}
@@ -197,12 +246,16 @@ case "$cmd" in
     ;;
   build)
     check_tools
+    arm64_pbase_dev
     cross_env
+    check_target_libs
     timed cargo build --locked --target "$TARGET" "$@"
     ;;
   test)
     check_tools
+    arm64_pbase_dev
     cross_env
+    check_target_libs
     # Build first so the two phases are timed separately.
     timed cargo test --locked --target "$TARGET" --no-run "$@"
     # --no-fail-fast: report every failing test binary, not only the first.
@@ -210,7 +263,9 @@ case "$cmd" in
     ;;
   size)
     check_tools
+    arm64_pbase_dev
     cross_env
+    check_target_libs
     timed cargo build --locked --release --target "$TARGET" --bin huddle "$@"
     bin=$TARGET_DIR/$TARGET/release/huddle
     stripped=$TARGET_DIR/$TARGET/release/huddle.stripped

@@ -69,27 +69,23 @@ async fn a_player_receives_the_devices_h264_and_opus() {
     .await;
     let addr = server.local_addr();
     let mut alice = Client::connect(addr, "alice").await;
-    // The device is in its room and publishes once its sources are up.
-    let state = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let state = alice.join(room).await;
-            if state
-                .iter()
-                .any(|e| e["login"] == DEVICE && e["name"].is_string())
-            {
-                return state;
-            }
-            alice.leave(room).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the device publishes within 10 s");
-    let stream = format!("{room}-{DEVICE}");
+    // The device is in its room from the start, and publishes once its sources are up:
+    // its stream is in STATE, or PUBLISHED follows.
+    let state = alice.join(room).await;
     assert!(
-        state.iter().any(|e| e["name"] == stream.as_str()),
+        state.iter().any(|e| e == DEVICE || e["login"] == DEVICE),
         "{state:?}"
     );
+    let stream = format!("{room}-{DEVICE}");
+    if !state.iter().any(|e| e["name"] == stream.as_str()) {
+        let p = tokio::time::timeout(
+            Duration::from_secs(15),
+            alice.expect_event_in(room, "PUBLISHED"),
+        )
+        .await
+        .expect("the device publishes within 15 s");
+        assert_eq!(p["info"], json!({"login": DEVICE, "name": stream}), "{p}");
+    }
     assert_eq!(server.stats().participants, 2);
     assert_eq!(server.stats().sessions, 1, "the device has no socket");
 
