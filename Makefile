@@ -29,9 +29,13 @@ test-browser:
 	$(CARGO) build --locked --bin huddle
 	HUDDLE_BIN=$(CURDIR)/target/debug/huddle HUDDLE_E2E_REQUIRE_FIREFOX=1 node --test tests/browser/*.test.mjs
 
-## SFU benchmark: one publisher -> 1, 10, 30 players; figures into docs/benchmarks.md.
+## Benchmarks, figures into docs/benchmarks.md: the SFU (one publisher -> 1, 10, 30
+## players) and the device's own stream (test pattern + tone: encoder vs Huddle's CPU;
+## its gst-launch-1.0 references need gstreamer1.0-tools).
 bench: deps-build
+	scripts/install-deps.sh packages gstreamer1.0-tools
 	$(CARGO) bench --locked --bench sfu
+	$(CARGO) bench --locked --bench device
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

@@ -20,29 +20,26 @@
 #[path = "../tests/common/webrtc_client.rs"]
 mod webrtc_client;
 
+mod support;
+
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use rtc::rtp::header::Header;
 use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 
+use support::{
+    clock_ticks_per_sec, count_warning, http_address, machine, process_ticks, rss_kib,
+    start_huddle, write_doc, Proc, Ws, AUDIO, STEP, VIDEO,
+};
 use webrtc_client::{h264, opus, Media, RtcClient};
 
 const PLAYERS: &[usize] = &[1, 10, 30];
@@ -50,13 +47,9 @@ const WARMUP: Duration = Duration::from_secs(3);
 const MEASURE: Duration = Duration::from_secs(10);
 /// After the window: packets of the window still in flight (or retransmitted) count.
 const GRACE: Duration = Duration::from_millis(500);
-/// Any one signalling or connection step.
-const STEP: Duration = Duration::from_secs(10);
 
 const ROOM: &str = "bench";
 const STREAM: &str = "bench-pub-cam";
-const AUDIO: RtpCodecKind = RtpCodecKind::Audio;
-const VIDEO: RtpCodecKind = RtpCodecKind::Video;
 const PUB_AUDIO_SSRC: u32 = 0x1111_1111;
 const PUB_VIDEO_SSRC: u32 = 0x2222_2222;
 
@@ -84,26 +77,16 @@ fn now_ns() -> u64 {
 // The server process
 
 struct Server {
-    child: Child,
-    pid: i32,
+    proc: Proc,
     http: SocketAddr,
     media_port: u16,
-    dir: PathBuf,
     /// Server log lines at WARN or ERROR (the first few are echoed).
     warnings: Arc<AtomicU64>,
 }
 
 impl Server {
     fn start(tag: &str) -> Server {
-        let dir = std::env::temp_dir().join(format!("huddle-bench-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = dir.join("huddle.toml");
-        let toml = format!(
-            r#"[http]
-listen = "127.0.0.1:0"
-tls = false
-
-[signalling]
+        const SECTIONS: &str = r#"[signalling]
 max_sessions = 256
 rate_messages_per_sec = 1000
 rate_burst = 2000
@@ -112,46 +95,23 @@ rate_burst = 2000
 max_participants = 64
 max_players = 64
 
-[media]
-udp_port = 0
-advertise_ips = ["127.0.0.1"]
-
-[records]
-dir = "{}"
-
 [device]
 camera = "none"
 microphone = "none"
 
 [log]
 level = "info"
-"#,
-            dir.join("records").display()
-        );
-        std::fs::write(&config, toml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-            .arg("--config")
-            .arg(&config)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the huddle binary");
-        let pid = child.id() as i32;
-        let stderr = child.stderr.take().expect("server stderr");
+"#;
         let warnings = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std_mpsc::channel::<(Option<SocketAddr>, Option<u16>)>();
         let w = Arc::clone(&warnings);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let http = line
-                    .split_once("listening on http://")
-                    .and_then(|(_, r)| r.split_whitespace().next())
-                    .and_then(|a| a.parse().ok());
+        let proc = start_huddle(
+            "huddle-bench",
+            tag,
+            SECTIONS,
+            |_| "server".into(),
+            move |line| {
+                let http = http_address(line);
                 let media = line
                     .split_once("media on UDP port ")
                     .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
@@ -159,13 +119,10 @@ level = "info"
                 if http.is_some() || media.is_some() {
                     let _ = tx.send((http, media));
                 }
-                let warning = line.contains(" WARN ") || line.contains(" ERROR ");
                 // Counted; the first few echoed.
-                if warning && w.fetch_add(1, Ordering::Relaxed) < 10 {
-                    eprintln!("  [server] {line}");
-                }
-            }
-        });
+                count_warning(line, &w, "server");
+            },
+        );
         let (mut http, mut media_port) = (None, None);
         let deadline = Instant::now() + STEP;
         while http.is_none() || media_port.is_none() {
@@ -176,7 +133,6 @@ level = "info"
                     media_port = media_port.or(m);
                 }
                 Err(_) => {
-                    let _ = child.kill();
                     panic!(
                         "the server did not log its HTTP address and media port within {STEP:?}"
                     );
@@ -184,279 +140,16 @@ level = "info"
             }
         }
         Server {
-            child,
-            pid,
+            proc,
             http: http.unwrap(),
             media_port: media_port.unwrap(),
-            dir,
             warnings,
         }
     }
 
-    /// SIGTERM, then wait (SIGKILL after 5 s).
-    fn stop(mut self) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("  server exited with {status}");
-                    }
-                    break;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    eprintln!("  server did not stop within 5 s of SIGTERM; killing it");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Only still running after a panic: never leave a server behind.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `(utime, stime)` of `pid` ("self" for this process), in clock ticks.
-fn cpu_ticks(pid: &str) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // Fields after the command name (which may contain spaces): state is field 3.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f[11].parse().expect("utime");
-    let stime: u64 = f[12].parse().expect("stime");
-    (utime, stime)
-}
-
-/// VmRSS of `pid`, KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-fn clock_ticks_per_sec() -> u64 {
-    command_output("getconf", &["CLK_TCK"])
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100)
-}
-
-fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-// ---------------------------------------------------------------------------------
-// Room API over WebSocket
-
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Ws {
-    ws: WsStream,
-    name: String,
-    next_op: u64,
-}
-
-impl Ws {
-    /// Connects, sends `connection` as `login` and waits for `getUserData`.
-    async fn connect(addr: SocketAddr, login: &str) -> Ws {
-        let url = format!("ws://{addr}/");
-        let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url.as_str()))
-            .await
-            .unwrap_or_else(|_| panic!("{login}: WebSocket handshake timed out"))
-            .unwrap_or_else(|e| panic!("{login}: WebSocket handshake: {e}"));
-        let mut c = Ws {
-            ws,
-            name: login.to_owned(),
-            next_op: 0,
-        };
-        c.send(json!({"message": "connection", "data": [{
-            "appKey": "roomApp",
-            "mediaProviders": ["WebRTC"],
-            "clientVersion": "2.0",
-            "clientOSVersion": "5.0 (X11; Linux x86_64)",
-            "clientBrowserVersion": "Mozilla/5.0 (X11; Linux x86_64) huddle-bench",
-            "custom": {"login": login},
-        }]}))
-        .await;
-        c.wait_for("getUserData", |v| v["message"] == "getUserData")
-            .await;
-        c
-    }
-
-    async fn send(&mut self, v: Value) {
-        tokio::time::timeout(STEP, self.ws.send(Message::text(v.to_string())))
-            .await
-            .unwrap_or_else(|_| panic!("{}: send timed out", self.name))
-            .unwrap_or_else(|e| panic!("{}: send: {e}", self.name));
-    }
-
-    /// The next JSON frame; server pings are answered and skipped.
-    async fn recv(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(STEP, self.ws.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("{}: nothing from the server within {STEP:?}", self.name)
-                });
-            let m = match m {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => panic!("{}: socket error: {e}", self.name),
-                None => panic!("{}: socket closed", self.name),
-            };
-            let Message::Text(t) = m else {
-                if let Message::Close(f) = m {
-                    panic!("{}: closed by the server: {f:?}", self.name);
-                }
-                continue;
-            };
-            let v: Value = serde_json::from_str(t.as_str()).expect("server JSON");
-            if v["message"] == "ping" {
-                self.send(json!({"message": "pong", "data": [null]})).await;
-                continue;
-            }
-            return v;
-        }
-    }
-
-    /// Reads until a frame satisfies `done` (returned); a FAILED stream status or a
-    /// `fail` on the way is fatal, anything else (room events) is skipped.
-    async fn wait_for(&mut self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let v = self.recv().await;
-            if done(&v) {
-                return v;
-            }
-            let d = &v["data"][0];
-            let failed = v["message"] == "fail"
-                || (v["message"] == "notifyStreamStatusEvent" && d["status"] == "FAILED")
-                || (v["message"] == "DataStatusEvent" && d["status"] == "FAILED");
-            assert!(
-                !failed,
-                "{}: failure while waiting for {what}: {v}",
-                self.name
-            );
-        }
-    }
-
-    async fn join(&mut self, room: &str) {
-        self.next_op += 1;
-        let op = format!("{}-op-{}", self.name, self.next_op);
-        self.send(json!({"message": "sendData", "data": [{
-            "operationId": op,
-            "payload": {"command": "join", "options": {"name": room, "record": false}},
-        }]}))
-        .await;
-        self.wait_for("join ACCEPTED", |v| {
-            v["message"] == "DataStatusEvent"
-                && v["data"][0]["operationId"] == op.as_str()
-                && v["data"][0]["status"] == "ACCEPTED"
-        })
-        .await;
-    }
-
-    /// Sends `publishStream` / `playStream` with `offer`; returns the answer.
-    async fn offer(&mut self, msid: &str, publish: bool, offer: &str) -> String {
-        let message = if publish {
-            "publishStream"
-        } else {
-            "playStream"
-        };
-        self.send(json!({"message": message, "data": [{
-            "mediaSessionId": msid,
-            "name": STREAM,
-            "published": publish,
-            "hasVideo": true,
-            "hasAudio": true,
-            "status": "PENDING",
-            "record": false,
-            "mediaProvider": "WebRTC",
-            "sdp": offer,
-            "custom": {"name": ROOM},
-            "bitrate": 0, "minBitrate": 0, "maxBitrate": 0,
-            "constraints": {"audio": true, "video": true},
-        }]}))
-        .await;
-        let v = self
-            .wait_for("setRemoteSDP", |v| {
-                v["message"] == "setRemoteSDP" && v["data"][0] == msid
-            })
-            .await;
-        v["data"][1]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: setRemoteSDP without SDP: {v}", self.name))
-            .to_owned()
-    }
-
-    async fn wait_status(&mut self, msid: &str, status: &str) {
-        self.wait_for(status, |v| {
-            v["message"] == "notifyStreamStatusEvent"
-                && v["data"][0]["mediaSessionId"] == msid
-                && v["data"][0]["status"] == status
-        })
-        .await;
-    }
-
-    /// Keeps the session alive in the background (pongs); counts stream status
-    /// changes other than PENDING/PUBLISHING/PLAYING (a player stopped or failed) and
-    /// a socket that ended.
-    fn keep_alive(
-        mut self,
-        mut stop: watch::Receiver<bool>,
-        incidents: Arc<AtomicU64>,
-    ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let m = tokio::select! {
-                    _ = stop.changed() => break,
-                    m = self.ws.next() => m,
-                };
-                let t = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => {
-                        incidents.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("  {}: signalling socket ended", self.name);
-                        return;
-                    }
-                };
-                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                    continue;
-                };
-                let status = v["data"][0]["status"].as_str();
-                if v["message"] == "ping" {
-                    let pong = json!({"message": "pong", "data": [null]}).to_string();
-                    let _ = self.ws.send(Message::text(pong)).await;
-                } else if v["message"] == "notifyStreamStatusEvent"
-                    && !matches!(status, Some("PENDING" | "PUBLISHING" | "PLAYING"))
-                {
-                    incidents.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("  {}: {v}", self.name);
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
-        })
+    /// SIGTERM, then wait (SIGKILL after 5 s); the server's directory goes with it.
+    fn stop(self) {
+        self.proc.stop(true);
     }
 }
 
@@ -638,27 +331,9 @@ async fn publish(addr: SocketAddr) -> (Ws, RtcClient) {
     )
     .await;
     let offer = pc.create_offer().await;
-    let answer = ws.offer("m-pub", true, &offer).await;
+    let answer = ws.offer(ROOM, STREAM, "m-pub", true, &offer).await;
     pc.apply_answer(&answer).await;
     ws.wait_status("m-pub", "PUBLISHING").await;
-    pc.wait_connected(STEP).await;
-    (ws, pc)
-}
-
-async fn play(addr: SocketAddr, i: usize) -> (Ws, RtcClient) {
-    let login = format!("p{i:02}");
-    let mut ws = Ws::connect(addr, &login).await;
-    ws.join(ROOM).await;
-    let mut pc = RtcClient::player(
-        &format!("{login}-pc"),
-        &[(AUDIO, opus(111)), (VIDEO, h264(106))],
-    )
-    .await;
-    let offer = pc.create_offer().await;
-    let msid = format!("m-{login}");
-    let answer = ws.offer(&msid, false, &offer).await;
-    pc.apply_answer(&answer).await;
-    ws.wait_status(&msid, "PLAYING").await;
     pc.wait_connected(STEP).await;
     (ws, pc)
 }
@@ -718,7 +393,7 @@ async fn run(players: usize, ticks: f64) -> Row {
     let addr = server.http;
     eprintln!(
         "N = {players}: server pid {} on {addr}, media UDP {}",
-        server.pid, server.media_port
+        server.proc.pid, server.media_port
     );
     let (stop_tx, stop) = watch::channel(false);
     let incidents = Arc::new(AtomicU64::new(0));
@@ -742,12 +417,12 @@ async fn run(players: usize, ticks: f64) -> Row {
     };
     let camera = tokio::spawn(camera.run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before_kib = rss_kib(server.pid);
+    let rss_before_kib = rss_kib(server.proc.pid);
 
     let t_setup = Instant::now();
     let mut receivers = Vec::new();
     for i in 0..players {
-        let (ws, pc) = play(addr, i).await;
+        let (ws, pc) = support::play(addr, &format!("p{i:02}"), ROOM, STREAM).await;
         sessions.push(ws.keep_alive(stop.clone(), Arc::clone(&incidents)));
         receivers.push(tokio::spawn(receive(pc, stop.clone())));
     }
@@ -757,7 +432,10 @@ async fn run(players: usize, ticks: f64) -> Row {
     );
     tokio::time::sleep(WARMUP).await;
 
-    let (server_t0, client_t0) = (cpu_ticks(&server.pid.to_string()), cpu_ticks("self"));
+    let (server_t0, client_t0) = (
+        process_ticks(&server.proc.pid.to_string()),
+        process_ticks("self"),
+    );
     let (v0, a0, b0) = (
         sent.video.load(Ordering::Relaxed),
         sent.audio.load(Ordering::Relaxed),
@@ -768,8 +446,11 @@ async fn run(players: usize, ticks: f64) -> Row {
     tokio::time::sleep(MEASURE).await;
     let last = sent.next.load(Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
-    let (server_t1, client_t1) = (cpu_ticks(&server.pid.to_string()), cpu_ticks("self"));
-    let rss_after_kib = rss_kib(server.pid);
+    let (server_t1, client_t1) = (
+        process_ticks(&server.proc.pid.to_string()),
+        process_ticks("self"),
+    );
+    let rss_after_kib = rss_kib(server.proc.pid);
     let (v1, a1, b1) = (
         sent.video.load(Ordering::Relaxed),
         sent.audio.load(Ordering::Relaxed),
@@ -870,60 +551,6 @@ fn table(rows: &[Row]) -> String {
     s
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name") || l.starts_with("Hardware"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let nproc = command_output("nproc", &[]).unwrap_or_else(|| "?".into());
-    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let commit = command_output("git", &["-C", root, "rev-parse", "--short", "HEAD"])
-        .unwrap_or_else(|| "unknown".into());
-    let dirty = command_output(
-        "git",
-        &[
-            "-C",
-            root,
-            "status",
-            "--porcelain",
-            "--",
-            "src",
-            "Cargo.lock",
-        ],
-    )
-    .is_some_and(|s| !s.is_empty());
-    let rustc = command_output("rustc", &["--version"]).unwrap_or_default();
-    format!(
-        "{date}, {cpu}, {nproc} CPUs (nproc), commit {commit}{}, {rustc}, release build",
-        if dirty {
-            " with uncommitted changes in src/ or Cargo.lock"
-        } else {
-            ""
-        }
-    )
-}
-
-fn write_doc(section: &str) {
-    const BEGIN: &str = "<!-- sfu-bench:begin -->";
-    const END: &str = "<!-- sfu-bench:end -->";
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{BEGIN}\n{section}{}", &old[..b], &old[e..])
-        }
-        _ => format!("{}\n{BEGIN}\n{section}{END}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new).expect("write docs/benchmarks.md");
-    eprintln!("figures written to {}", path.display());
-}
-
 fn main() {
     EPOCH.get_or_init(Instant::now);
     let plan: Vec<usize> = match std::env::var("HUDDLE_BENCH_PLAYERS") {
@@ -937,7 +564,7 @@ fn main() {
             .collect(),
         Err(_) => PLAYERS.to_vec(),
     };
-    let ticks = clock_ticks_per_sec() as f64;
+    let ticks = clock_ticks_per_sec();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -983,6 +610,6 @@ fn main() {
     println!("\n{section}");
     eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
     if plan == PLAYERS {
-        write_doc(&section);
+        write_doc("sfu", &section);
     }
 }
