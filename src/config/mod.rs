@@ -773,6 +773,54 @@ mod tests {
     }
 
     #[test]
+    fn device_participant_settings_are_checked() {
+        let c = parse(
+            "[device]
+rooms = [\"lobby\", \"комната\"]
+join_new_rooms = false
+",
+        )
+        .unwrap();
+        assert_eq!(c.device.rooms, vec!["lobby", "комната"]);
+        assert!(!c.device.join_new_rooms);
+        for (text, key) in [
+            (
+                "[device]
+stall_timeout_ms = 50
+",
+                "device.stall_timeout_ms",
+            ),
+            (
+                "[device]
+retry_ms = 5
+",
+                "device.retry_ms",
+            ),
+            (
+                "[device]
+retry_ms = 99999999999
+",
+                "device.retry_ms",
+            ),
+            (
+                "[device]
+rooms = [\"\"]
+",
+                "device.rooms",
+            ),
+            (
+                "[device]
+rooms = \"lobby\"
+",
+                "rooms",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = parse("[rooms]\nmax_participant = 3\n")
             .unwrap_err()

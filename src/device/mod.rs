@@ -146,11 +146,19 @@ impl Device {
     }
 
     /// Stops and closes every source (blocks up to about a poll interval).
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Device {
+    /// A device dropped without `stop` (a server dropped in a test) still ends its
+    /// threads, without waiting for them.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -84,7 +84,7 @@ pub struct Server {
     listeners: Vec<JoinHandle<()>>,
     driver: JoinHandle<()>,
     /// The camera and microphone threads, when the device has any.
-    device: Option<crate::device::Device>,
+    device: Option<Device>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
