@@ -28,8 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use rtc::rtp::header::Header;
 use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::watch;
@@ -40,7 +38,7 @@ use support::{
     clock_ticks_per_sec, count_warning, http_address, machine, process_ticks, rss_kib,
     start_huddle, write_doc, Proc, Ws, AUDIO, STEP, VIDEO,
 };
-use webrtc_client::{h264, opus, Media, RtcClient};
+use webrtc_client::{h264, opus, rtp_packet, Media, RtcClient};
 
 const PLAYERS: &[usize] = &[1, 10, 30];
 const WARMUP: Duration = Duration::from_secs(3);
@@ -175,21 +173,6 @@ fn stamped(first: &[u8], index: u64, len: usize) -> Vec<u8> {
     p
 }
 
-fn rtp(pt: u8, ssrc: u32, seq: u16, ts: u32, marker: bool, payload: Vec<u8>) -> Packet {
-    Packet {
-        header: Header {
-            version: 2,
-            marker,
-            payload_type: pt,
-            sequence_number: seq,
-            timestamp: ts,
-            ssrc,
-            ..Default::default()
-        },
-        payload: Bytes::from(payload),
-    }
-}
-
 async fn write(track: &TrackLocalStaticRTP, p: Packet, sent: &Sent) {
     let len = p.payload.len() as u64;
     match track.write_rtp(p).await {
@@ -230,7 +213,7 @@ impl Camera {
             let fu = nal | if i == 0 { 0x80 } else { 0 } | if last { 0x40 } else { 0 };
             let index = self.sent.next.fetch_add(1, Ordering::Relaxed);
             let payload = stamped(&[0x60 | 28, fu], index, VIDEO_PAYLOAD);
-            let p = rtp(
+            let p = rtp_packet(
                 self.pts.0,
                 PUB_VIDEO_SSRC,
                 self.video_seq,
@@ -249,7 +232,7 @@ impl Camera {
     async fn audio_packet(&mut self) {
         let index = self.sent.next.fetch_add(1, Ordering::Relaxed);
         let payload = stamped(&[0xfc], index, AUDIO_PAYLOAD);
-        let p = rtp(
+        let p = rtp_packet(
             self.pts.1,
             PUB_AUDIO_SSRC,
             self.audio_seq,

@@ -11,32 +11,44 @@ use gstreamer::prelude::*;
 use gstreamer_app::{AppSink, AppSrc};
 use huddle::device::h264::{self, nal, Packetizer, ProfileLevel};
 
-/// Encodes `frames` pictures of a moving test pattern with x264enc, one access unit
-/// per buffer (Annex-B), SPS/PPS only in front of the first IDR when `headers_once`.
-fn x264_access_units(frames: u32, profile: &str) -> Vec<Bytes> {
+/// A pipeline from its description, and its appsink named `out`.
+fn launch(description: &str) -> (gst::Pipeline, AppSink) {
     gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
-        "videotestsrc num-buffers={frames} pattern=ball ! \
-         video/x-raw,width=320,height=240,framerate=30/1,format=I420 ! \
-         x264enc key-int-max=15 bframes=0 speed-preset=ultrafast tune=zerolatency ! \
-         video/x-h264,profile={profile},stream-format=byte-stream,alignment=au ! \
-         appsink name=out sync=false"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let pipeline = gst::parse::launch(description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let sink = pipeline
         .by_name("out")
         .unwrap()
         .downcast::<AppSink>()
         .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut aus = Vec::new();
+    (pipeline, sink)
+}
+
+/// Every buffer the appsink gives until end of stream.
+fn pulled(sink: &AppSink) -> Vec<Vec<u8>> {
+    let mut buffers = Vec::new();
     while let Ok(sample) = sink.pull_sample() {
         let buffer = sample.buffer().unwrap();
-        let map = buffer.map_readable().unwrap();
-        aus.push(Bytes::copy_from_slice(map.as_slice()));
+        buffers.push(buffer.map_readable().unwrap().as_slice().to_vec());
     }
+    buffers
+}
+
+/// Encodes `frames` pictures of a moving test pattern with x264enc, one access unit
+/// per buffer (Annex-B), SPS/PPS only in front of the first IDR when `headers_once`.
+fn x264_access_units(frames: u32, profile: &str) -> Vec<Bytes> {
+    gst::init().unwrap();
+    let (pipeline, sink) = launch(&format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! \
+         video/x-raw,width=320,height=240,framerate=30/1,format=I420 ! \
+         x264enc key-int-max=15 bframes=0 speed-preset=ultrafast tune=zerolatency ! \
+         video/x-h264,profile={profile},stream-format=byte-stream,alignment=au ! \
+         appsink name=out sync=false"
+    ));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let aus: Vec<Bytes> = pulled(&sink).into_iter().map(Bytes::from).collect();
     pipeline.set_state(gst::State::Null).unwrap();
     assert_eq!(aus.len(), frames as usize, "x264enc gave every frame");
     aus
@@ -44,33 +56,17 @@ fn x264_access_units(frames: u32, profile: &str) -> Vec<Bytes> {
 
 /// Decodes `input` (buffers with `caps`) through `chain` into raw I420 pictures.
 fn decode(caps: &str, chain: &str, input: Vec<(Bytes, u64)>) -> Vec<Vec<u8>> {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, sink) = launch(&format!(
         "appsrc name=in is-live=false format=time caps=\"{caps}\" ! {chain} ! \
          avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! appsink name=out sync=false"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let src = pipeline
         .by_name("in")
         .unwrap()
         .downcast::<AppSrc>()
         .unwrap();
-    let sink = pipeline
-        .by_name("out")
-        .unwrap()
-        .downcast::<AppSink>()
-        .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let collector = std::thread::spawn(move || {
-        let mut pictures = Vec::new();
-        while let Ok(sample) = sink.pull_sample() {
-            let buffer = sample.buffer().unwrap();
-            pictures.push(buffer.map_readable().unwrap().as_slice().to_vec());
-        }
-        pictures
-    });
+    let collector = std::thread::spawn(move || pulled(&sink));
     for (data, pts) in input {
         let mut buffer = gst::Buffer::from_slice(data);
         buffer

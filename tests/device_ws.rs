@@ -10,7 +10,7 @@ mod webrtc_client;
 use std::time::Duration;
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::*;
 use huddle::device::h264::{self, nal};
@@ -18,20 +18,18 @@ use webrtc_client::*;
 
 const DEVICE: &str = "Room system";
 
-fn play_frame(room: &str, msid: &str, name: &str, sdp: &str) -> Value {
-    json!({"message": "playStream", "data": [{
-        "mediaSessionId": msid, "name": name, "published": false,
-        "hasVideo": true, "hasAudio": true, "status": "PENDING", "record": false,
-        "mediaProvider": "WebRTC", "sdp": sdp, "custom": {"name": room},
-        "constraints": {"audio": {"deviceId": "default"}},
-    }]})
-}
-
 /// The answer, then PLAYING, for `msid` (PENDING skipped).
 async fn play(ws: &mut Client, pc: &mut RtcClient, room: &str, stream: &str) {
     let offer = pc.create_offer().await;
-    ws.send_json(play_frame(room, "m-play", stream, &offer))
-        .await;
+    ws.send_json(stream_request(
+        false,
+        "m-play",
+        stream,
+        room,
+        &offer,
+        (true, true),
+    ))
+    .await;
     let mut answered = false;
     loop {
         let v = ws.recv().await;

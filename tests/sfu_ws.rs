@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rtc::rtp::header::Header;
 use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::{json, Value};
@@ -54,38 +52,11 @@ async fn stop(server: Server) {
 // Room API frames
 
 fn publish_frame(msid: &str, name: &str, sdp: &str, has_audio: bool, has_video: bool) -> Value {
-    json!({"message": "publishStream", "data": [{
-        "mediaSessionId": msid,
-        "name": name,
-        "published": true,
-        "hasVideo": has_video,
-        "hasAudio": has_audio,
-        "status": "PENDING",
-        "record": false,
-        "mediaProvider": "WebRTC",
-        "sdp": sdp,
-        "custom": {"name": ROOM},
-        "bitrate": 0, "minBitrate": 0, "maxBitrate": 0,
-        "constraints": {"audio": has_audio, "video": has_video},
-    }]})
+    stream_request(true, msid, name, ROOM, sdp, (has_audio, has_video))
 }
 
 fn play_frame(msid: &str, name: &str, sdp: &str) -> Value {
-    json!({"message": "playStream", "data": [{
-        "mediaSessionId": msid,
-        "name": name,
-        "published": false,
-        "hasVideo": true,
-        "hasAudio": true,
-        "status": "PENDING",
-        "record": false,
-        "width": 0, "height": 0,
-        "mediaProvider": "WebRTC",
-        "sdp": sdp,
-        "custom": {"name": ROOM},
-        "bitrate": 0, "minBitrate": 0, "maxBitrate": 0, "quality": 0,
-        "constraints": {"audio": {"deviceId": "default"}},
-    }]})
+    stream_request(false, msid, name, ROOM, sdp, (true, true))
 }
 
 fn unpublish_frame(msid: &str, name: &str) -> Value {
@@ -343,21 +314,6 @@ fn assert_answer_pt(what: &str, sdp: &str, kind: &str, pt: u8) {
 // ---------------------------------------------------------------------------------
 // Media
 
-fn packet(pt: u8, ssrc: u32, seq: u16, ts: u32, marker: bool, payload: Vec<u8>) -> Packet {
-    Packet {
-        header: Header {
-            version: 2,
-            marker,
-            payload_type: pt,
-            sequence_number: seq,
-            timestamp: ts,
-            ssrc,
-            ..Default::default()
-        },
-        payload: Bytes::from(payload),
-    }
-}
-
 /// `len` bytes that differ per packet: the packet index first, then a pattern.
 fn body(index: usize, len: usize) -> Vec<u8> {
     let mut b = vec![(index >> 8) as u8, index as u8];
@@ -370,7 +326,7 @@ fn body(index: usize, len: usize) -> Vec<u8> {
 fn h264_packets(pt: u8, (mut seq, ts0): (u16, u32)) -> Vec<Packet> {
     let mut out = Vec::new();
     let mut push = |out: &mut Vec<Packet>, ts: u32, marker: bool, payload: Vec<u8>| {
-        out.push(packet(pt, PUB_VIDEO_SSRC, seq, ts, marker, payload));
+        out.push(rtp_packet(pt, PUB_VIDEO_SSRC, seq, ts, marker, payload));
         seq = seq.wrapping_add(1);
     };
     let sps = [
@@ -416,7 +372,7 @@ fn opus_packets(pt: u8, n: usize, (seq, ts): (u16, u32)) -> Vec<Packet> {
         .map(|i| {
             let mut p = vec![0xfc];
             p.extend(body(i, 60 + (i * 13) % 100));
-            packet(
+            rtp_packet(
                 pt,
                 PUB_AUDIO_SSRC,
                 seq.wrapping_add(i as u16),
@@ -462,14 +418,14 @@ impl Camera {
                 v.extend(body(n, 900));
                 let (seq, ts) = at.video;
                 let _ = video
-                    .write_rtp(packet(vpt, PUB_VIDEO_SSRC, seq, ts, true, v))
+                    .write_rtp(rtp_packet(vpt, PUB_VIDEO_SSRC, seq, ts, true, v))
                     .await;
                 at.video = (seq.wrapping_add(1), ts.wrapping_add(1800));
                 let mut a = vec![0xfc];
                 a.extend(body(n, 80));
                 let (seq, ts) = at.audio;
                 let _ = audio
-                    .write_rtp(packet(apt, PUB_AUDIO_SSRC, seq, ts, false, a))
+                    .write_rtp(rtp_packet(apt, PUB_AUDIO_SSRC, seq, ts, false, a))
                     .await;
                 at.audio = (seq.wrapping_add(1), ts.wrapping_add(960));
                 n += 1;
@@ -500,7 +456,7 @@ fn vp8_packets(pt: u8, n: usize) -> Vec<Packet> {
                 vec![0x10, 0x31]
             };
             p.extend(body(i, 800));
-            packet(
+            rtp_packet(
                 pt,
                 PUB_VIDEO_SSRC,
                 65_530u16.wrapping_add(i as u16),

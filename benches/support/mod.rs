@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::webrtc_client::{h264, opus, RtcClient};
+use crate::webrtc_client::{h264, opus, stream_request, RtcClient};
 
 /// Any one start-up, signalling or connection step.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -365,25 +365,14 @@ impl Ws {
         publish: bool,
         offer: &str,
     ) -> String {
-        let message = if publish {
-            "publishStream"
-        } else {
-            "playStream"
-        };
-        self.send(json!({"message": message, "data": [{
-            "mediaSessionId": msid,
-            "name": stream,
-            "published": publish,
-            "hasVideo": true,
-            "hasAudio": true,
-            "status": "PENDING",
-            "record": false,
-            "mediaProvider": "WebRTC",
-            "sdp": offer,
-            "custom": {"name": room},
-            "bitrate": 0, "minBitrate": 0, "maxBitrate": 0,
-            "constraints": {"audio": true, "video": true},
-        }]}))
+        self.send(stream_request(
+            publish,
+            msid,
+            stream,
+            room,
+            offer,
+            (true, true),
+        ))
         .await;
         let v = self
             .wait_for("setRemoteSDP", |v| {

@@ -312,13 +312,7 @@ impl Microphone for AlsaMicrophone {
         match pcm.wait(Some(ms)) {
             Ok(true) => {}
             Ok(false) => return Ok(false),
-            Err(e) if recovery_for(e.errno()) == Recovery::Recover => {
-                self.xruns += 1;
-                pcm.try_recover(e, true)
-                    .map_err(|e| format!("recovering: {e}"))?;
-                return Ok(false);
-            }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return recover(pcm, e, &mut self.xruns, &self.pcm_name),
         }
         let io = pcm.io_i16().map_err(|e| e.to_string())?;
         let mut filled = 0;
@@ -326,17 +320,9 @@ impl Microphone for AlsaMicrophone {
         while filled < FRAME {
             let at = filled * self.channels;
             match io.readi(&mut self.raw[at..]) {
+                Ok(0) => return Ok(false),
                 Ok(n) => filled += n,
-                Err(e) if recovery_for(e.errno()) == Recovery::Recover => {
-                    self.xruns += 1;
-                    if self.xruns.is_power_of_two() {
-                        warn!("{}: overrun #{}, recovering", self.pcm_name, self.xruns);
-                    }
-                    pcm.try_recover(e, true)
-                        .map_err(|e| format!("recovering: {e}"))?;
-                    return Ok(false);
-                }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return recover(pcm, e, &mut self.xruns, &self.pcm_name),
             }
         }
         downmix(&self.raw, self.channels, frame);
@@ -348,6 +334,26 @@ impl Microphone for AlsaMicrophone {
             let _ = pcm.drop();
         }
     }
+}
+
+/// After an ALSA error: an overrun or suspend is recovered in place (`Ok(false)`: no
+/// frame this time), anything else is the caller's failure.
+fn recover(
+    pcm: &alsa::pcm::PCM,
+    e: alsa::Error,
+    xruns: &mut u64,
+    pcm_name: &str,
+) -> Result<bool, String> {
+    if recovery_for(e.errno()) == Recovery::Reopen {
+        return Err(e.to_string());
+    }
+    *xruns += 1;
+    if xruns.is_power_of_two() {
+        warn!("{pcm_name}: overrun #{xruns}, recovering");
+    }
+    pcm.try_recover(e, true)
+        .map_err(|e| format!("recovering: {e}"))?;
+    Ok(false)
 }
 
 /// Interleaved `channels`-channel samples to mono (the mean of the channels).
@@ -368,26 +374,16 @@ mod tests {
 
     #[test]
     fn overruns_are_recovered_in_place_and_unplugs_reopen() {
-        assert_eq!(
-            recovery_for(-(nix::errno::Errno::EPIPE as i32)),
-            Recovery::Recover
-        );
-        assert_eq!(
-            recovery_for(nix::errno::Errno::ESTRPIPE as i32),
-            Recovery::Recover
-        );
-        assert_eq!(
-            recovery_for(nix::errno::Errno::ENODEV as i32),
-            Recovery::Reopen
-        );
-        assert_eq!(
-            recovery_for(nix::errno::Errno::EBADFD as i32),
-            Recovery::Reopen
-        );
-        assert_eq!(
-            recovery_for(nix::errno::Errno::EIO as i32),
-            Recovery::Reopen
-        );
+        use nix::errno::Errno;
+        for (errno, want) in [
+            (-(Errno::EPIPE as i32), Recovery::Recover),
+            (Errno::ESTRPIPE as i32, Recovery::Recover),
+            (Errno::ENODEV as i32, Recovery::Reopen),
+            (Errno::EBADFD as i32, Recovery::Reopen),
+            (Errno::EIO as i32, Recovery::Reopen),
+        ] {
+            assert_eq!(recovery_for(errno), want, "errno {errno}");
+        }
     }
 
     #[test]

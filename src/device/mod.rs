@@ -177,82 +177,95 @@ fn capitalized(name: &str) -> String {
 /// wait and try again, until `stop`.
 fn run(mut source: Box<dyn Source>, timing: Timing, shared: &Shared, stop: &AtomicBool) {
     let name = source.name();
-    let kind = source.kind();
     let mut supervisor = Supervisor::new(timing.retry, timing.stall);
     let mut first = true;
-    let mut out: Vec<RtpPacket> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = source.open() {
-            warn!("device: {name}: cannot open: {e}");
-            shared.report(
-                kind,
-                None,
-                format!("{} is not available: {e}", capitalized(&name)),
-                std::mem::take(&mut first),
-            );
-            pause(supervisor.failed(Instant::now()), stop);
-            continue;
-        }
-        info!("device: {name}: opened");
-        supervisor.opened(Instant::now());
-        let mut announced = false;
-        let mut dropped = 0u64;
-        let failure = loop {
-            if stop.load(Ordering::Relaxed) {
-                break None;
-            }
-            if kind == Kind::Video && shared.feed.take_key_frame_request() {
-                source.key_frame();
-            }
-            out.clear();
-            match source.poll(POLL, &mut out) {
-                Ok(true) => {
-                    supervisor.delivered(Instant::now());
-                    if !announced {
-                        let Some(codec) = source.codec() else {
-                            continue;
-                        };
-                        info!("device: {name}: delivering {}", codec.family.name());
-                        shared.report(kind, Some(codec), String::new(), first);
-                        first = false;
-                        announced = true;
-                    }
-                    for packet in out.drain(..) {
-                        if !shared.feed.packet(kind, packet) {
-                            dropped += 1;
-                            if kind == Kind::Video {
-                                shared.feed.want_key_frame();
-                            }
-                        }
-                    }
+        let why = match source.open() {
+            Err(e) => format!("is not available: {e}"),
+            Ok(()) => {
+                info!("device: {name}: opened");
+                supervisor.opened(Instant::now());
+                let failure = deliver(
+                    &mut *source,
+                    timing,
+                    shared,
+                    stop,
+                    &mut supervisor,
+                    &mut first,
+                );
+                source.close();
+                match failure {
+                    Some(reason) => format!("failed: {reason}"),
+                    None => break,
                 }
-                Ok(false) if supervisor.stalled(Instant::now()) => {
-                    break Some(format!(
-                        "nothing captured for {} ms",
-                        timing.stall.as_millis()
-                    ));
-                }
-                Ok(false) => {}
-                Err(e) => break Some(e),
             }
         };
-        source.close();
-        if dropped > 0 {
-            warn!("device: {name}: {dropped} packets dropped (media engine busy)");
-        }
-        let Some(reason) = failure else { break };
-        warn!("device: {name} failed: {reason}");
-        shared.report(
-            kind,
-            None,
-            format!("{} failed: {reason}", capitalized(&name)),
-            std::mem::take(&mut first),
-        );
+        warn!("device: {name} {why}");
+        let info = format!("{} {why}", capitalized(&name));
+        shared.report(source.kind(), None, info, std::mem::take(&mut first));
         let delay = supervisor.failed(Instant::now());
         info!("device: {name}: retrying in {} ms", delay.as_millis());
         pause(delay, stop);
     }
     info!("device: {name}: stopped");
+}
+
+/// Polls an open source into the SFU until it fails or stalls (`Some(why)`) or `stop`
+/// (`None`). The codec is announced with the first media that has one.
+fn deliver(
+    source: &mut dyn Source,
+    timing: Timing,
+    shared: &Shared,
+    stop: &AtomicBool,
+    supervisor: &mut Supervisor,
+    first: &mut bool,
+) -> Option<String> {
+    let (name, kind) = (source.name(), source.kind());
+    let mut out: Vec<RtpPacket> = Vec::new();
+    let mut announced = false;
+    let mut dropped = 0u64;
+    let failure = loop {
+        if stop.load(Ordering::Relaxed) {
+            break None;
+        }
+        if kind == Kind::Video && shared.feed.take_key_frame_request() {
+            source.key_frame();
+        }
+        out.clear();
+        match source.poll(POLL, &mut out) {
+            Ok(true) => {
+                supervisor.delivered(Instant::now());
+                if !announced {
+                    let Some(codec) = source.codec() else {
+                        continue;
+                    };
+                    info!("device: {name}: delivering {}", codec.family.name());
+                    shared.report(kind, Some(codec), String::new(), std::mem::take(first));
+                    announced = true;
+                }
+                for packet in out.drain(..) {
+                    if !shared.feed.packet(kind, packet) {
+                        dropped += 1;
+                        if kind == Kind::Video {
+                            shared.feed.want_key_frame();
+                        }
+                    }
+                }
+            }
+            Ok(false) if supervisor.stalled(Instant::now()) => {
+                break Some(format!(
+                    "nothing captured for {} ms",
+                    timing.stall.as_millis()
+                ));
+            }
+            Ok(false) => {}
+            Err(e) => break Some(e),
+        }
+    };
+    if dropped > 0 {
+        warn!("device: {name}: {dropped} packets dropped (media engine busy)");
+    }
+    failure
 }
 
 /// Sleeps `delay`, waking early on `stop`.

@@ -55,6 +55,68 @@ fn video_feedback() -> Vec<RTCPFeedback> {
 }
 
 /// H.264 constrained baseline (42e01f), packetization-mode=1, at `pt`.
+/// The Room API `publishStream` (with `kinds` = (audio, video) published) or
+/// `playStream` request for `name` in `room`, shaped as the Flashphoner SDK sends it.
+pub fn stream_request(
+    publish: bool,
+    msid: &str,
+    name: &str,
+    room: &str,
+    sdp: &str,
+    (has_audio, has_video): (bool, bool),
+) -> serde_json::Value {
+    let mut data = serde_json::json!({
+        "mediaSessionId": msid,
+        "name": name,
+        "published": publish,
+        "hasVideo": has_video,
+        "hasAudio": has_audio,
+        "status": "PENDING",
+        "record": false,
+        "mediaProvider": "WebRTC",
+        "sdp": sdp,
+        "custom": {"name": room},
+        "bitrate": 0, "minBitrate": 0, "maxBitrate": 0,
+    });
+    if publish {
+        data["constraints"] = serde_json::json!({"audio": has_audio, "video": has_video});
+    } else {
+        data["width"] = 0.into();
+        data["height"] = 0.into();
+        data["quality"] = 0.into();
+        data["constraints"] = serde_json::json!({"audio": {"deviceId": "default"}});
+    }
+    let message = if publish {
+        "publishStream"
+    } else {
+        "playStream"
+    };
+    serde_json::json!({"message": message, "data": [data]})
+}
+
+/// An RTP packet with these header fields (version 2, no extensions).
+pub fn rtp_packet(
+    pt: u8,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: Vec<u8>,
+) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc,
+            ..Default::default()
+        },
+        payload: bytes::Bytes::from(payload),
+    }
+}
+
 pub fn h264(pt: u8) -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
