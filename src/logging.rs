@@ -22,6 +22,42 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
+/// Longest client-supplied string a log line carries, in characters.
+pub const MAX_LOGGED_CHARS: usize = 96;
+
+/// A client-supplied string (login, room, stream name, SDP line, token claim…) as it
+/// goes into a log line or journal field: quoted, with control characters, quotes and
+/// backslashes escaped as `{:?}` escapes them, and at most [`MAX_LOGGED_CHARS`]
+/// characters (a longer one ends in `…`). A login with a newline cannot forge a line.
+#[derive(Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+/// Wraps a client-supplied string for logging; see [`Escaped`].
+pub fn escaped(s: &str) -> Escaped<'_> {
+    Escaped(s)
+}
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        f.write_char('"')?;
+        let mut chars = self.0.chars();
+        for c in chars.by_ref().take(MAX_LOGGED_CHARS) {
+            write!(f, "{}", c.escape_debug())?;
+        }
+        if chars.next().is_some() {
+            f.write_char('…')?;
+        }
+        f.write_char('"')
+    }
+}
+
+impl std::fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 struct StderrLog;
 
 static STDERR: StderrLog = StderrLog;
@@ -81,6 +117,20 @@ fn utc_timestamp(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn client_strings_are_escaped_and_bounded() {
+        let forged = "bob\n2026-01-01T00:00:00.000Z ERROR huddle::auth: fake";
+        let shown = escaped(forged).to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.starts_with("\"bob\\n2026"), "{shown}");
+        assert_eq!(escaped("Борис 🎉").to_string(), "\"Борис 🎉\"");
+        assert_eq!(escaped("a\"b\\c\r\u{1b}").to_string(), r#""a\"b\\c\r\u{1b}""#);
+        let long = "x".repeat(10_000);
+        let shown = escaped(&long).to_string();
+        assert_eq!(shown.chars().count(), MAX_LOGGED_CHARS + 3, "{shown}");
+        assert!(shown.ends_with("…\""));
+    }
 
     #[test]
     fn timestamps_are_civil_utc() {
