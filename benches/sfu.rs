@@ -86,6 +86,8 @@ impl Server {
     fn start(tag: &str) -> Server {
         const SECTIONS: &str = r#"[signalling]
 max_sessions = 256
+# Every bench client comes from 127.0.0.1.
+max_sessions_per_address = 256
 rate_messages_per_sec = 1000
 rate_burst = 2000
 

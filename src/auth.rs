@@ -49,6 +49,9 @@ pub struct Claims {
     #[serde(default = "yes")]
     pub publish: bool,
     pub exp: u64,
+    /// May read the device's details (`/health` occupancy and version; the admin API).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 fn yes() -> bool {
@@ -113,6 +116,18 @@ impl Authority {
             rooms: claims.rooms,
             publish: claims.publish,
         }
+    }
+
+    /// Whether a request carrying this bearer token may see the device's details:
+    /// always in open mode; in token mode only with a valid token with `admin: true`.
+    pub fn admin(&self, bearer: Option<&str>) -> bool {
+        if self.mode == AuthMode::Open {
+            return true;
+        }
+        bearer
+            .filter(|t| !t.is_empty())
+            .and_then(|t| self.verify(t).ok())
+            .is_some_and(|c| c.admin)
     }
 
     fn verify(&self, token: &str) -> Result<Claims, String> {
@@ -215,11 +230,51 @@ mod tests {
                 rooms,
                 publish,
                 exp,
+                admin: false,
             },
             secret,
             None,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn only_admin_tokens_see_details() {
+        let a = authority();
+        let exp = now_unix() + 60;
+        let plain = token("alice", Rooms::Any("*".into()), true, exp, "s3cret");
+        let admin = mint(
+            &Claims {
+                sub: "ops".into(),
+                rooms: Rooms::List(vec![]),
+                publish: false,
+                exp,
+                admin: true,
+            },
+            "s3cret",
+            None,
+        )
+        .unwrap();
+        assert!(a.admin(Some(&admin)));
+        assert!(!a.admin(Some(&plain)));
+        assert!(!a.admin(None));
+        assert!(!a.admin(Some("")));
+        assert!(!a.admin(Some("junk.junk.junk")));
+        let forged = mint(
+            &Claims {
+                sub: "ops".into(),
+                rooms: Rooms::List(vec![]),
+                publish: false,
+                exp,
+                admin: true,
+            },
+            "other secret",
+            None,
+        )
+        .unwrap();
+        assert!(!a.admin(Some(&forged)));
+        let open = Authority::new(&Auth::default()).unwrap();
+        assert!(open.admin(None));
     }
 
     #[test]

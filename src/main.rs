@@ -7,7 +7,7 @@ use clap::Parser;
 use log::{error, info, warn};
 
 use huddle::config::{board, Config, DEFAULT_TOML};
-use huddle::server::Server;
+use huddle::server::{Server, Unhealthy};
 use huddle::service;
 
 /// Huddle: the media service of a meeting-room device.
@@ -55,6 +55,10 @@ enum Subcommand {
         /// The holder may join and watch, not publish.
         #[arg(long)]
         no_publish: bool,
+        /// The holder may also read the device's details (`/health` with
+        /// `Authorization: Bearer <token>`).
+        #[arg(long)]
+        admin: bool,
         /// A PEM private key to sign with instead of the configured secret.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
@@ -85,6 +89,7 @@ fn mint_token(cli: &Cli) -> ExitCode {
         rooms,
         ttl,
         no_publish,
+        admin,
         key,
     }) = &cli.command
     else {
@@ -114,6 +119,7 @@ fn mint_token(cli: &Cli) -> ExitCode {
         rooms,
         publish: !no_publish,
         exp: huddle::auth::now_unix() + ttl,
+        admin: *admin,
     };
     match huddle::auth::mint(&claims, &secret, key.as_deref()) {
         Ok(token) => {
@@ -208,6 +214,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         let watchdog = service::watchdog();
         let period = service::heartbeat_period(watchdog);
         let mut heartbeat = tokio::time::interval(period);
+        let mut failure = None;
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM received"); break; }
@@ -217,13 +224,21 @@ fn run(config: Config) -> anyhow::Result<()> {
                     server.reload_certificate();
                 }
                 _ = heartbeat.tick() => match server.heartbeat(period).await {
-                    Some(stats) => service::alive(&stats, watchdog.is_some()),
-                    None => warn!("room core did not answer within {period:?}; watchdog not fed"),
+                    Ok(stats) => service::alive(&stats, watchdog.is_some()),
+                    Err(Unhealthy::Hung(why)) => warn!("{why}; watchdog not fed"),
+                    Err(Unhealthy::Dead(why)) => {
+                        error!("{why}: stopping, so that the service manager restarts Huddle");
+                        failure = Some(why);
+                        break;
+                    }
                 },
             }
         }
         service::stopping();
         server.shutdown().await;
-        Ok(())
+        match failure {
+            Some(why) => Err(anyhow::anyhow!("stopped because {why}")),
+            None => Ok(()),
+        }
     })
 }

@@ -19,6 +19,7 @@ fn token(sub: &str, rooms: Rooms, publish: bool, exp: u64, secret: &str) -> Stri
             rooms,
             publish,
             exp,
+            admin: false,
         },
         secret,
         None,

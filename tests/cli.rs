@@ -205,3 +205,27 @@ fn signal_right_at_readiness_exits_cleanly() {
         );
     }
 }
+
+#[test]
+fn a_port_in_use_is_named_once_with_the_key_that_moves_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().unwrap().port();
+    let config = TempFile::new(
+        "in-use",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\ntls = false\n\
+             [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
+             [device]\ncamera = \"none\"\nmicrophone = \"none\"\n"
+        ),
+    );
+    let out = huddle(&["--config", config.path()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cannot listen"))
+        .unwrap_or_else(|| panic!("no bind error: {stderr}"));
+    assert!(line.contains(&format!("127.0.0.1:{port} ([http] listen)")), "{line}");
+    assert_eq!(line.matches("Address already in use").count(), 1, "{line}");
+    assert!(line.contains("set [http] listen"), "{line}");
+}

@@ -170,6 +170,71 @@ fn a_hung_room_core_starves_the_watchdog() {
 }
 
 #[test]
+fn a_panicked_media_task_stops_the_service_for_a_restart() {
+    let notify = NotifySocket::new("panic");
+    let path = notify.path();
+    let mut huddle = Running::start_with_env(
+        "sd-panic",
+        &[
+            ("NOTIFY_SOCKET", path.as_str()),
+            ("WATCHDOG_USEC", "300000"),
+            ("HUDDLE_FAULT_PANIC_MEDIA", "1"),
+        ],
+    );
+    notify.until("READY=1", Duration::from_secs(10));
+    notify.until("WATCHDOG=1", Duration::from_secs(2));
+    let addr = huddle.address();
+    // The first media request (a publish) panics the SFU task.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let connection = r#"{"message":"connection","data":[{"custom":{"login":"x"}}]}"#;
+        let join = r#"{"message":"sendData","data":[{"operationId":"o","payload":{"command":"join","options":{"name":"r"}}}]}"#;
+        let publish = r#"{"message":"publishStream","data":[{"mediaSessionId":"m1","name":"r-x","sdp":"v=0\r\n","custom":{"name":"r"}}]}"#;
+        for frame in [connection, join, publish] {
+            ws.send(Message::text(frame)).await.unwrap();
+        }
+        // The heartbeat finds the task gone: no more WATCHDOG=1, STOPPING=1, exit 1.
+        let mut seen = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if let Some(m) = notify.recv(left) {
+                let stopping = m.lines().any(|l| l == "STOPPING=1");
+                seen.push(m);
+                if stopping {
+                    break;
+                }
+            }
+        }
+        let stop = seen
+            .iter()
+            .position(|m| m.contains("STOPPING=1"))
+            .unwrap_or_else(|| panic!("no STOPPING=1 after the media task died: {seen:?}"));
+        // At most the heartbeat already under way when the task died fed it.
+        let fed = seen[..stop].iter().filter(|m| m.contains("WATCHDOG=1")).count();
+        assert!(fed <= 2, "watchdog fed {fed} times with a dead media task: {seen:?}");
+        drop(ws);
+    });
+    let status = huddle.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "exit status {status:?}");
+    assert!(
+        huddle
+            .log
+            .iter()
+            .any(|l| l.contains("the media (SFU) task ended")),
+        "{:#?}",
+        huddle.log
+    );
+}
+
+#[test]
 fn no_notify_socket_no_trouble() {
     let mut huddle = Running::start("sd-none");
     let addr = huddle.address();

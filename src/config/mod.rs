@@ -16,11 +16,8 @@ pub mod board;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {why}")]
+    Read { path: PathBuf, why: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: key `{key}`: {why}")]
@@ -58,6 +55,19 @@ pub struct Http {
     pub tls_key: PathBuf,
     /// Where the generated certificate is kept.
     pub tls_dir: PathBuf,
+    /// Web origins (besides the device's own and `file://` pages) whose pages may open
+    /// the WebSocket signalling; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    /// TCP connections served at once, both listeners together.
+    pub max_connections: usize,
+    /// TCP connections at once from one source address.
+    pub max_connections_per_address: usize,
+    /// New connections per second from one source address (burst: twice that).
+    pub connection_rate_per_address: u32,
+    /// A request's header must arrive within this long (and the TLS handshake too).
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Http {
@@ -70,6 +80,12 @@ impl Default for Http {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             tls_dir: PathBuf::from("tls"),
+            allowed_origins: Vec::new(),
+            max_connections: 1_024,
+            max_connections_per_address: 64,
+            connection_rate_per_address: 50,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
         }
     }
 }
@@ -84,6 +100,13 @@ pub struct Signalling {
     pub rate_messages_per_sec: u32,
     pub rate_burst: u32,
     pub outbound_queue: usize,
+    /// Bytes of rendered frames waiting toward one session before it is closed as too
+    /// slow.
+    pub outbound_bytes: usize,
+    /// One frame must be written to the socket within this long.
+    pub write_timeout_ms: u64,
+    /// WebSocket sessions at once from one source address.
+    pub max_sessions_per_address: usize,
 }
 
 impl Default for Signalling {
@@ -96,6 +119,9 @@ impl Default for Signalling {
             rate_messages_per_sec: 50,
             rate_burst: 200,
             outbound_queue: 1_024,
+            outbound_bytes: 1_048_576,
+            write_timeout_ms: 10_000,
+            max_sessions_per_address: 32,
         }
     }
 }
@@ -310,6 +336,22 @@ tls_key = ""
 # Where the generated certificate is kept (relative to the working directory, the
 # state directory under systemd).
 tls_dir = "tls"
+# Web pages that may open the WebSocket signalling, by origin ("https://portal.example.com",
+# scheme://host[:port]; "*" allows any page). Always allowed: pages of the device itself
+# (any port of the host name or address the browser used to reach it, the device's
+# hostname, <hostname>.local, its advertised IPs), pages opened from files (origin
+# "null") and clients that send no Origin (ffmpeg, native apps). Others get HTTP 403.
+allowed_origins = []
+# TCP connections served at once (both listeners); more are closed at accept.
+max_connections = 1024
+# TCP connections at once from one source address, and new connections per second
+# from one address (bursts of twice that); more are closed at accept.
+max_connections_per_address = 64
+connection_rate_per_address = 50
+# A request header (and the TLS handshake) must arrive within this long...
+header_timeout_ms = 10000
+# ...and a keep-alive connection without a request for this long is closed.
+idle_timeout_ms = 30000
 
 [signalling]
 # Concurrent WebSocket sessions; more are closed at once with code 1013.
@@ -326,8 +368,14 @@ ping_misses = 3
 # (another burst's worth) is closed with code 1008.
 rate_messages_per_sec = 50
 rate_burst = 200
-# Messages queued toward one session; a client that does not read them is closed.
+# Messages queued toward one session, and bytes of frames waiting to be written to
+# it; a client that does not read them is closed (code 1008, "too slow").
 outbound_queue = 1024
+outbound_bytes = 1048576
+# A frame the client does not take within this long closes the session.
+write_timeout_ms = 10000
+# WebSocket sessions at once from one source address; more are closed with code 1013.
+max_sessions_per_address = 32
 
 [rooms]
 # A room whose last participant vanished without leaving (page refresh, lost
@@ -429,9 +477,9 @@ impl Config {
     pub fn load_with(path: Option<&Path>, board: Option<&str>) -> Result<Config, ConfigError> {
         match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|why| ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    why,
                 })?;
                 Config::parse_with(&text, path, board)
             }
@@ -550,6 +598,40 @@ impl Config {
         )?;
         at_least("signalling.rate_burst", s.rate_burst.into(), 1)?;
         at_least("signalling.outbound_queue", s.outbound_queue as u64, 16)?;
+        at_least(
+            "signalling.outbound_bytes",
+            s.outbound_bytes as u64,
+            s.max_message_bytes as u64,
+        )?;
+        at_least("signalling.write_timeout_ms", s.write_timeout_ms, 100)?;
+        at_least(
+            "signalling.max_sessions_per_address",
+            s.max_sessions_per_address as u64,
+            1,
+        )?;
+        at_least("http.max_connections", h.max_connections as u64, 1)?;
+        at_least(
+            "http.max_connections_per_address",
+            h.max_connections_per_address as u64,
+            1,
+        )?;
+        at_least(
+            "http.connection_rate_per_address",
+            h.connection_rate_per_address.into(),
+            1,
+        )?;
+        at_least("http.header_timeout_ms", h.header_timeout_ms, 100)?;
+        at_least("http.idle_timeout_ms", h.idle_timeout_ms, 100)?;
+        if let Some(bad) = h
+            .allowed_origins
+            .iter()
+            .find(|o| o.as_str() != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(invalid(
+                "http.allowed_origins",
+                format!("'{bad}' is not an origin: write scheme://host[:port] or \"*\""),
+            ));
+        }
         let r = &self.rooms;
         at_least("rooms.max_participants", r.max_participants as u64, 1)?;
         at_least("rooms.max_rooms", r.max_rooms as u64, 1)?;

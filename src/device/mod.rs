@@ -17,7 +17,7 @@ pub mod microphone;
 pub mod participant;
 pub mod supervisor;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -94,7 +94,52 @@ impl Shared {
 /// The running capture threads.
 pub struct Device {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<Thread>,
+    /// A thread whose loop has not come round for this long is stuck.
+    hang_after: Duration,
+}
+
+/// One source's thread and its heartbeat.
+struct Thread {
+    name: String,
+    handle: JoinHandle<()>,
+    beat: Arc<Beat>,
+}
+
+/// When a capture thread's loop last came round (milliseconds since `born`): it does
+/// at least every `POLL`, also while it waits to retry.
+pub(crate) struct Beat {
+    born: Instant,
+    last: AtomicU64,
+}
+
+impl Beat {
+    fn new() -> Beat {
+        Beat {
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.born
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// A capture thread that is not running as it should.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trouble {
+    /// It ended (a panic) while the device runs.
+    Dead(String),
+    /// Its loop has not come round for too long (stuck in a driver call).
+    Hung(String),
 }
 
 impl Device {
@@ -134,22 +179,49 @@ impl Device {
             let name = source.name();
             info!("device: starting {name}");
             let (shared, stop) = (shared.clone(), stop.clone());
+            let beat = Arc::new(Beat::new());
+            let thread_beat = beat.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("huddle-{}", source.kind().as_str()))
-                .spawn(move || run(source, timing, &shared, &stop));
+                .spawn(move || run(source, timing, &shared, &stop, &thread_beat));
             match spawned {
-                Ok(t) => threads.push(t),
+                Ok(handle) => threads.push(Thread { name, handle, beat }),
                 Err(e) => warn!("device: cannot start a thread for {name}: {e}"),
             }
         }
-        Device { stop, threads }
+        Device {
+            stop,
+            threads,
+            hang_after: HANG_MARGIN + timing.stall,
+        }
+    }
+
+    /// Whether every capture thread runs (for the service watchdog).
+    pub fn check(&self) -> Result<(), Trouble> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        for t in &self.threads {
+            if t.handle.is_finished() {
+                return Err(Trouble::Dead(format!("the {} thread ended", t.name)));
+            }
+            let silent = t.beat.silent_for();
+            if silent > self.hang_after {
+                return Err(Trouble::Hung(format!(
+                    "the {} thread is stuck ({} s without coming round)",
+                    t.name,
+                    silent.as_secs()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Stops and closes every source (blocks up to about a poll interval).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
+            let _ = t.handle.join();
         }
     }
 }
@@ -164,6 +236,9 @@ impl Drop for Device {
 
 /// How long one `poll` may block: also how fast a stop is noticed.
 const POLL: Duration = Duration::from_millis(100);
+/// Time a source's `open` may take (GStreamer pipelines, USB cameras) before its
+/// thread counts as stuck, on top of the stall timeout.
+const HANG_MARGIN: Duration = Duration::from_secs(30);
 
 fn capitalized(name: &str) -> String {
     let mut chars = name.chars();
@@ -175,11 +250,18 @@ fn capitalized(name: &str) -> String {
 
 /// One source's life: open, deliver, and after a failure or stall close, report,
 /// wait and try again, until `stop`.
-fn run(mut source: Box<dyn Source>, timing: Timing, shared: &Shared, stop: &AtomicBool) {
+fn run(
+    mut source: Box<dyn Source>,
+    timing: Timing,
+    shared: &Shared,
+    stop: &AtomicBool,
+    beat: &Beat,
+) {
     let name = source.name();
     let mut supervisor = Supervisor::new(timing.retry, timing.stall);
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
+        beat.touch();
         let why = match source.open() {
             Err(e) => format!("is not available: {e}"),
             Ok(()) => {
@@ -190,6 +272,7 @@ fn run(mut source: Box<dyn Source>, timing: Timing, shared: &Shared, stop: &Atom
                     timing,
                     shared,
                     stop,
+                    beat,
                     &mut supervisor,
                     &mut first,
                 );
@@ -205,7 +288,7 @@ fn run(mut source: Box<dyn Source>, timing: Timing, shared: &Shared, stop: &Atom
         shared.report(source.kind(), None, info, std::mem::take(&mut first));
         let delay = supervisor.failed(Instant::now());
         info!("device: {name}: retrying in {} ms", delay.as_millis());
-        pause(delay, stop);
+        pause(delay, stop, beat);
     }
     info!("device: {name}: stopped");
 }
@@ -217,6 +300,7 @@ fn deliver(
     timing: Timing,
     shared: &Shared,
     stop: &AtomicBool,
+    beat: &Beat,
     supervisor: &mut Supervisor,
     first: &mut bool,
 ) -> Option<String> {
@@ -225,6 +309,7 @@ fn deliver(
     let mut announced = false;
     let mut dropped = 0u64;
     let failure = loop {
+        beat.touch();
         if stop.load(Ordering::Relaxed) {
             break None;
         }
@@ -269,9 +354,10 @@ fn deliver(
 }
 
 /// Sleeps `delay`, waking early on `stop`.
-fn pause(delay: Duration, stop: &AtomicBool) {
+fn pause(delay: Duration, stop: &AtomicBool, beat: &Beat) {
     let until = Instant::now() + delay;
     while !stop.load(Ordering::Relaxed) {
+        beat.touch();
         let now = Instant::now();
         if now >= until {
             break;

@@ -1,19 +1,22 @@
 //! HTTP routes: the WebSocket upgrade (on any path, as the Flashphoner SDK connects
 //! to the root), the device's page and `/health`.
+//!
+//! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
+//! page on some other site a LAN user visits must not drive the device's rooms.
+
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use log::warn;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use log::info;
 
 use super::{session, Shared};
+use crate::logging::escaped;
 
 /// Every route, for plain HTTP and HTTPS alike.
 pub(crate) fn router(shared: Shared) -> Router {
@@ -27,40 +30,103 @@ pub(crate) fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-pub(crate) async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) {
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    // Signalling frames are small and latency-sensitive: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!("cannot set TCP_NODELAY: {e}");
+/// Which web pages may open the signalling WebSocket (`[http] allowed_origins`).
+///
+/// Allowed: requests without `Origin` (not a browser page: ffmpeg, native apps), pages
+/// opened from files (`Origin: null`), pages of the host the browser reached the device
+/// by (any port: the web app, an SDK page served beside it), the device's own names
+/// and addresses, and the configured origins (`"*"`: any).
+#[derive(Debug)]
+pub(crate) struct OriginPolicy {
+    any: bool,
+    /// Configured origins, lower case, without a trailing slash.
+    allowed: Vec<String>,
+    /// The device's own host names and addresses, lower case.
+    own_hosts: Vec<String>,
+}
+
+impl OriginPolicy {
+    pub fn new(allowed: &[String], advertised: &[IpAddr]) -> OriginPolicy {
+        let mut own_hosts: Vec<String> =
+            vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()];
+        if let Some(host) = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+        {
+            let host = host.to_ascii_lowercase();
+            own_hosts.push(format!("{host}.local"));
+            own_hosts.push(host);
         }
-    });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        warn!("HTTP server error: {e}");
+        for ip in advertised {
+            own_hosts.push(match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            });
+        }
+        OriginPolicy {
+            any: allowed.iter().any(|o| o == "*"),
+            allowed: allowed
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            own_hosts,
+        }
     }
+
+    /// Whether a page of `origin` may upgrade a request that came with `host`.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin.map(|o| o.trim().to_ascii_lowercase()) else {
+            return true;
+        };
+        if self.any || origin == "null" {
+            return true;
+        }
+        if self.allowed.contains(&origin) {
+            return true;
+        }
+        let Some(authority) = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+        else {
+            return false;
+        };
+        let origin_host = host_part(authority);
+        let same_host = host.is_some_and(|h| host_part(&h.to_ascii_lowercase()) == origin_host);
+        same_host || self.own_hosts.iter().any(|h| *h == origin_host)
+    }
+}
+
+/// The host of `host[:port]` or `[v6][:port]`.
+fn host_part(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 async fn root(
     State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => upgrade(shared, ws),
+        Ok(ws) => upgrade(shared, peer, &headers, ws),
         Err(_) => Html(INDEX_HTML).into_response(),
     }
 }
 
 async fn other_path(
     State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => upgrade(shared, ws),
+        Ok(ws) => upgrade(shared, peer, &headers, ws),
         Err(_) => (StatusCode::NOT_FOUND, "Not found\n").into_response(),
     }
 }
@@ -79,11 +145,29 @@ async fn asset(uri: axum::http::Uri) -> Response {
     }
 }
 
-fn upgrade(shared: Shared, ws: WebSocketUpgrade) -> Response {
+fn upgrade(
+    shared: Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = text(header::ORIGIN);
+    if !shared.origins.allows(origin, text(header::HOST)) {
+        let origin = escaped(origin.unwrap_or_default());
+        info!("WebSocket upgrade from a page of {origin} refused: not in [http] allowed_origins");
+        return (
+            StatusCode::FORBIDDEN,
+            format!("Origin {origin} is not allowed to use this device's rooms: add it to [http] allowed_origins\n"),
+        )
+            .into_response();
+    }
+    // Counted per address from the upgrade until the session ends.
+    let guard = shared.admission.session(peer.ip());
     let limit = shared.config.signalling.max_message_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session::run(socket, shared))
+        .on_upgrade(move |socket| session::run(socket, shared, guard))
 }
 
 #[derive(serde::Serialize)]
@@ -96,10 +180,25 @@ struct Health {
     peers: usize,
 }
 
-async fn health(State(shared): State<Shared>) -> impl IntoResponse {
+#[derive(serde::Serialize)]
+struct Liveness {
+    status: &'static str,
+}
+
+/// Liveness for anyone; occupancy and version only in open mode or with an admin
+/// token (`Authorization: Bearer <token>`, minted with `huddle token --admin`).
+async fn health(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    if !shared.authority.admin(bearer) {
+        return (no_store, Json(Liveness { status: "ok" })).into_response();
+    }
     let stats = *shared.stats.borrow();
     (
-        [(header::CACHE_CONTROL, "no-store")],
+        no_store,
         Json(Health {
             status: "ok",
             version: crate::VERSION,
@@ -109,6 +208,7 @@ async fn health(State(shared): State<Shared>) -> impl IntoResponse {
                 .load(std::sync::atomic::Ordering::Relaxed),
         }),
     )
+        .into_response()
 }
 
 /// The device web app (`web/`), compiled in: an appliance serves it without a
@@ -131,3 +231,38 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../web/style.css"),
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let p = OriginPolicy::new(
+            &["https://Portal.example.com/".into()],
+            &[
+                "192.0.2.10".parse().unwrap(),
+                "2001:db8::5".parse().unwrap(),
+            ],
+        );
+        // Not a page, or a page from a file.
+        assert!(p.allows(None, Some("device:8080")));
+        assert!(p.allows(Some("null"), Some("device:8080")));
+        // The device's own pages, on any port of the name the browser used.
+        assert!(p.allows(Some("http://device:8080"), Some("device:8080")));
+        assert!(p.allows(Some("http://device:3000"), Some("device:8080")));
+        assert!(p.allows(Some("https://[2001:db8::5]:8443"), Some("x:1")));
+        assert!(p.allows(Some("http://192.0.2.10:9000"), Some("huddle.corp:8080")));
+        assert!(p.allows(Some("http://localhost:5000"), Some("127.0.0.1:8080")));
+        // Configured.
+        assert!(p.allows(Some("https://portal.example.com"), Some("device:8443")));
+        // Anything else.
+        assert!(!p.allows(Some("https://evil.example"), Some("device:8080")));
+        assert!(!p.allows(Some("http://portal.example.com"), Some("device:8080")));
+        assert!(!p.allows(Some("https://device.evil.example"), Some("device:8080")));
+        assert!(!p.allows(Some("chrome-extension://abc"), Some("device:8080")));
+        assert!(!p.allows(Some("http://evil.example"), None));
+        let any = OriginPolicy::new(&["*".into()], &[]);
+        assert!(any.allows(Some("https://evil.example"), Some("device")));
+    }
+}

@@ -7,6 +7,7 @@
 
 mod driver;
 mod http;
+mod listener;
 mod session;
 pub mod tls;
 
@@ -38,18 +39,26 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
-    #[error("cannot listen on {addr}: {source}{}", privileged_port_hint(*addr, source))]
+    // The OS error is part of the message, not a `source`: printed as a chain, it
+    // would appear twice.
+    #[error("cannot listen on {addr} ([http] {key}): {why}{}", bind_hint(*addr, key, why))]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        key: &'static str,
+        why: std::io::Error,
     },
 }
 
-fn privileged_port_hint(addr: SocketAddr, e: &std::io::Error) -> &'static str {
-    if addr.port() < 1024 && e.kind() == std::io::ErrorKind::PermissionDenied {
-        " (ports below 1024 need CAP_NET_BIND_SERVICE: install systemd/port-below-1024.conf as a drop-in of huddle.service)"
-    } else {
-        ""
+fn bind_hint(addr: SocketAddr, key: &str, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            " (ports below 1024 need CAP_NET_BIND_SERVICE: install systemd/port-below-1024.conf as a drop-in of huddle.service)".into()
+        }
+        std::io::ErrorKind::AddrInUse => format!(
+            " (another program, or another huddle, uses port {}: stop it or set [http] {key} to another address)",
+            addr.port()
+        ),
+        _ => String::new(),
     }
 }
 
@@ -66,6 +75,10 @@ pub(crate) struct Shared {
     pub authority: Arc<crate::auth::Authority>,
     /// Held by every session task; closed when all of them are gone.
     pub alive: mpsc::Sender<()>,
+    /// Connections and sessions per source address.
+    pub admission: Arc<listener::Admission>,
+    /// Which web pages may open the signalling WebSocket.
+    pub origins: Arc<http::OriginPolicy>,
 }
 
 /// A running service.
@@ -85,15 +98,36 @@ pub struct Server {
     driver: JoinHandle<()>,
     /// The camera and microphone threads, when the device has any.
     device: Option<Device>,
+    /// Liveness of the SFU task.
+    media: crate::sfu::task::SfuProbe,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+/// Why a heartbeat found the service unwell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// A part did not answer in time: the watchdog must not be fed (systemd restarts
+    /// the service when it stays so).
+    Hung(String),
+    /// A long-lived task or thread is gone (a panic): the service must stop so that
+    /// systemd restarts it, never run on as a zombie.
+    Dead(String),
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unhealthy::Hung(why) | Unhealthy::Dead(why) => f.write_str(why),
+        }
+    }
+}
+
+async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |why| StartError::Bind { addr, key, why };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
     Ok((listener, bound))
 }
 
@@ -101,11 +135,11 @@ impl Server {
     /// Binds `[http] listen` and `tls_listen`, the media port, and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let plain = match config.http.plain {
-            true => Some(bind(config.http.listen).await?),
+            true => Some(bind(config.http.listen, "listen").await?),
             false => None,
         };
         let secure = match config.http.tls {
-            true => Some(bind(config.http.tls_listen).await?),
+            true => Some(bind(config.http.tls_listen, "tls_listen").await?),
             false => None,
         };
 
@@ -116,7 +150,9 @@ impl Server {
         let (media_events_tx, media_events) = mpsc::channel(4096);
         let sfu = Sfu::start(&config.media, media_events_tx).await?;
         let media_port = sfu.port();
+        let media = sfu.probe();
         let media_peers = sfu.peers();
+        let advertised = sfu.advertised().to_vec();
         let certificate = match config.http.tls {
             true => {
                 let h = &config.http;
@@ -157,7 +193,14 @@ impl Server {
             participant,
         ));
 
+        let admission = listener::Admission::new(listener::Limits::from_config(&config));
+        let origins = Arc::new(http::OriginPolicy::new(
+            &config.http.allowed_origins,
+            &advertised,
+        ));
         let shared = Shared {
+            admission: admission.clone(),
+            origins,
             config: Arc::new(config),
             to_core: to_core.clone(),
             stats: stats_rx.clone(),
@@ -171,9 +214,11 @@ impl Server {
         let mut listeners = Vec::new();
         let mut addr = None;
         if let Some((listener, bound)) = plain {
-            listeners.push(tokio::spawn(http::serve(
+            listeners.push(tokio::spawn(listener::serve(
                 listener,
+                None,
                 app.clone(),
+                admission.clone(),
                 shutdown_rx.clone(),
             )));
             info!("listening on http://{bound} (WebSocket signalling on ws://{bound}/)");
@@ -181,8 +226,14 @@ impl Server {
         }
         let mut tls_addr = None;
         if let (Some((listener, bound)), Some(cert)) = (secure, &certificate) {
-            let config = cert.server_config()?;
-            listeners.push(tokio::spawn(tls::serve(listener, config, app, shutdown_rx)));
+            let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
+            listeners.push(tokio::spawn(listener::serve(
+                listener,
+                Some(acceptor),
+                app,
+                admission,
+                shutdown_rx,
+            )));
             info!("listening on https://{bound} (WebSocket signalling on wss://{bound}/)");
             tls_addr = Some(bound);
         }
@@ -199,6 +250,7 @@ impl Server {
             listeners,
             driver,
             device,
+            media,
         })
     }
 
@@ -238,15 +290,48 @@ impl Server {
         *self.stats.borrow()
     }
 
-    /// Asks the room core for its counts; `None` if it does not answer within
-    /// `timeout` (a hung core: the service watchdog must not be fed).
-    pub async fn heartbeat(&self, timeout: Duration) -> Option<Stats> {
+    /// Checks every long-lived part: the room core task and the SFU task answer a
+    /// probe within `timeout`, the HTTP listeners run, the device's capture threads
+    /// come round their loops. Gives the core's counts when all is well.
+    pub async fn heartbeat(&self, timeout: Duration) -> Result<Stats, Unhealthy> {
+        use crate::sfu::task::Liveness;
+        if self.driver.is_finished() {
+            return Err(Unhealthy::Dead("the room core task ended".into()));
+        }
+        if self.listeners.iter().any(JoinHandle::is_finished) {
+            return Err(Unhealthy::Dead("an HTTP listener task ended".into()));
+        }
+        if let Some(device) = &self.device {
+            device.check().map_err(|t| match t {
+                crate::device::Trouble::Dead(why) => Unhealthy::Dead(format!("device: {why}")),
+                crate::device::Trouble::Hung(why) => Unhealthy::Hung(format!("device: {why}")),
+            })?;
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let probe = async {
+        let core = async {
             self.to_core.send(ToCore::Heartbeat(reply)).await.ok()?;
             answer.await.ok()
         };
-        tokio::time::timeout(timeout, probe).await.ok().flatten()
+        let (core, media) = tokio::join!(
+            tokio::time::timeout(timeout, core),
+            self.media.ping(timeout)
+        );
+        match media {
+            Liveness::Alive => {}
+            Liveness::Dead => return Err(Unhealthy::Dead("the media (SFU) task ended".into())),
+            Liveness::Hung => {
+                return Err(Unhealthy::Hung(format!(
+                    "the media (SFU) task did not answer within {timeout:?}"
+                )))
+            }
+        }
+        match core {
+            Ok(Some(stats)) => Ok(stats),
+            Ok(None) => Err(Unhealthy::Dead("the room core task ended".into())),
+            Err(_) => Err(Unhealthy::Hung(format!(
+                "the room core did not answer within {timeout:?}"
+            ))),
+        }
     }
 
     /// Graceful stop: sessions are closed (code 1001), rooms finalized, sockets

@@ -21,8 +21,9 @@ use crate::rooms::{MediaEvent, MediaRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
-    #[error("cannot bind the media UDP port {port}: {source}")]
-    Bind { port: u16, source: std::io::Error },
+    // The OS error in the message, not as a `source`: a chain would print it twice.
+    #[error("cannot bind the media UDP port {port} ([media] udp_port): {why}")]
+    Bind { port: u16, why: std::io::Error },
     #[error("cannot create the DTLS certificate: {0}")]
     Certificate(String),
     #[error("no address to advertise: set [media] advertise_ips")]
@@ -31,7 +32,43 @@ pub enum SfuError {
 
 enum Command {
     Request(MediaRequest),
+    /// Liveness probe: answered when the task comes round its loop.
+    Heartbeat(tokio::sync::oneshot::Sender<()>),
     Shutdown,
+}
+
+/// Asks the SFU task whether it is alive, for the service watchdog.
+#[derive(Clone)]
+pub struct SfuProbe {
+    commands: mpsc::Sender<Command>,
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// Did not answer in time.
+    Hung,
+    /// The task is gone (it panicked or ended).
+    Dead,
+}
+
+impl SfuProbe {
+    pub async fn ping(&self, timeout: Duration) -> Liveness {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let probe = async {
+            if self.commands.send(Command::Heartbeat(reply)).await.is_err() {
+                return Liveness::Dead;
+            }
+            match answer.await {
+                Ok(()) => Liveness::Alive,
+                Err(_) => Liveness::Dead,
+            }
+        };
+        tokio::time::timeout(timeout, probe)
+            .await
+            .unwrap_or(Liveness::Hung)
+    }
 }
 
 /// What the device's capture threads hand the SFU task.
@@ -134,15 +171,15 @@ impl Sfu {
         };
         let socket = UdpSocket::bind(SocketAddr::new(any, media.udp_port))
             .await
-            .map_err(|source| SfuError::Bind {
+            .map_err(|why| SfuError::Bind {
                 port: media.udp_port,
-                source,
+                why,
             })?;
         let port = socket
             .local_addr()
-            .map_err(|source| SfuError::Bind {
+            .map_err(|why| SfuError::Bind {
                 port: media.udp_port,
-                source,
+                why,
             })?
             .port();
         let cert = certificate()?;
@@ -197,6 +234,13 @@ impl Sfu {
         self.device.clone()
     }
 
+    /// A liveness probe of the task.
+    pub fn probe(&self) -> SfuProbe {
+        SfuProbe {
+            commands: self.commands.clone(),
+        }
+    }
+
     /// Live peer connections.
     pub fn peers(&self) -> Arc<AtomicUsize> {
         self.peers.clone()
@@ -208,7 +252,7 @@ impl Sfu {
             Ok(()) => Ok(()),
             Err(e) => match e.into_inner() {
                 Command::Request(r) => Err(Box::new(r)),
-                Command::Shutdown => Ok(()),
+                Command::Heartbeat(_) | Command::Shutdown => Ok(()),
             },
         }
     }
@@ -300,6 +344,7 @@ async fn run(
     } = inputs;
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut buf = vec![0u8; DATAGRAM];
+    let fault_panic = fault_panic_on_request();
     loop {
         while let Some(t) = engine.poll_transmit() {
             match socket.try_send_to(&t.data, target(v6, t.to)) {
@@ -347,7 +392,15 @@ async fn run(
                 }
             }
             command = inbox.recv() => match command {
-                Some(Command::Request(request)) => engine.request(now(), request),
+                Some(Command::Request(request)) => {
+                    if fault_panic {
+                        panic!("fault injection: the media task panics");
+                    }
+                    engine.request(now(), request)
+                }
+                Some(Command::Heartbeat(reply)) => {
+                    let _ = reply.send(());
+                }
                 Some(Command::Shutdown) | None => {
                     engine.close_all();
                     while let Some(t) = engine.poll_transmit() {
@@ -367,4 +420,11 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Fault injection for the supervision test, in debug builds only: with
+/// `HUDDLE_FAULT_PANIC_MEDIA` set, the first media request panics this task the way a
+/// bug would.
+fn fault_panic_on_request() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("HUDDLE_FAULT_PANIC_MEDIA").is_some()
 }

@@ -34,6 +34,11 @@ pub fn test_config() -> Config {
     c.media.udp_port = 0;
     c.device.camera = "none".into();
     c.device.microphone = "none".into();
+    // Every client of a test comes from 127.0.0.1: the per-address limits are the
+    // device-wide ones here (tests of those limits set them).
+    c.signalling.max_sessions_per_address = c.signalling.max_sessions;
+    c.http.max_connections_per_address = c.http.max_connections;
+    c.http.connection_rate_per_address = 10_000;
     c
 }
 

@@ -106,12 +106,23 @@ impl Running {
                  [device]\ncamera = \"none\"\nmicrophone = \"none\"\n"
             ),
         );
-        let mut child = huddle_command()
+        let mut command = huddle_command();
+        command
             .args(["--config", config.path()])
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Running::spawn(command, config)
+    }
+
+    /// Spawns `command` (a `huddle_command()` with its arguments) with stderr captured;
+    /// `config` is kept until the process is gone.
+    pub fn spawn(mut command: Command, config: TempFile) -> Running {
+        // The service manager's variables only when the test sets them.
+        for k in ["JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+            if command.get_envs().all(|(key, _)| key != k) {
+                command.env_remove(k);
+            }
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -132,6 +143,13 @@ impl Running {
             stderr: rx,
             log: Vec::new(),
             _config: config,
+        }
+    }
+
+    /// Moves the stderr lines printed so far into `log`.
+    pub fn collect_log(&mut self) {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
         }
     }
 
