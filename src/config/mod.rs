@@ -891,4 +891,42 @@ rooms = \"lobby\"
             .to_string();
         assert!(e.contains("idle_timeout_ms"), "{e}");
     }
+
+    #[test]
+    fn per_session_limits_and_the_reserved_login_reach_the_core() {
+        let c = parse(
+            "[rooms]\nmax_rooms_per_session = 2\nmax_streams_per_session = 3\n\
+             max_players_per_session = 5\n[device]\nlogin = \"Boardroom\"\n",
+        )
+        .unwrap();
+        let core = c.core();
+        assert_eq!(
+            (
+                core.max_rooms_per_session,
+                core.max_streams_per_session,
+                core.max_players_per_session
+            ),
+            (2, 3, 5)
+        );
+        assert_eq!(core.reserved_login.as_deref(), Some("Boardroom"));
+        let d = Config::default().core();
+        assert_eq!(
+            (
+                d.max_rooms_per_session,
+                d.max_streams_per_session,
+                d.max_players_per_session
+            ),
+            (4, 4, 32)
+        );
+        for key in [
+            "max_rooms_per_session",
+            "max_streams_per_session",
+            "max_players_per_session",
+        ] {
+            let e = parse(&format!("[rooms]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("rooms.{key}")), "{e}");
+        }
+    }
 }
