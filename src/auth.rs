@@ -130,10 +130,17 @@ impl Authority {
             .is_some_and(|c| c.admin)
     }
 
+    /// The claims of a valid token, or why it is not valid. Only the keys of the
+    /// token's own algorithm are tried, so with both a secret and a public key the
+    /// reason is the one of the key that applies (an expired HS256 token is "expired",
+    /// not "signed with an algorithm this device does not accept").
     fn verify(&self, token: &str) -> Result<Claims, String> {
         use jsonwebtoken::errors::ErrorKind;
-        let mut last = "the token is malformed".to_owned();
-        for (key, algorithm) in &self.keys {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| "the token is malformed".to_owned())?;
+        let mut last =
+            "the token is signed with an algorithm this device does not accept".to_owned();
+        for (key, algorithm) in self.keys.iter().filter(|(_, a)| *a == header.alg) {
             let mut validation = Validation::new(*algorithm);
             validation.leeway = 30;
             validation.set_required_spec_claims(&["exp", "sub"]);
@@ -356,6 +363,60 @@ mod tests {
             assert!(why.starts_with("Restricted access"), "{why}");
         }
         assert!(matches!(a.check(Some("alice"), None), Access::Refused(_)));
+    }
+
+    /// A throwaway Ed25519 pair for tests only.
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAsH1qIK/Ij06fPw0ISVgm4jMwAU4FS2EbMsBk0IIH44g=\n-----END PUBLIC KEY-----\n";
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIFXFcPP53bTAOsl4PUC8C4nZUOG9+auY8qm0iKTsVxT+\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn with_a_secret_and_a_public_key_the_reason_is_the_applicable_keys() {
+        let dir = std::env::temp_dir().join(format!("huddle-auth-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (public, private) = (dir.join("ed.pub.pem"), dir.join("ed.pem"));
+        std::fs::write(&public, ED_PUBLIC).unwrap();
+        std::fs::write(&private, ED_PRIVATE).unwrap();
+        let a = Authority::new(&Auth {
+            mode: AuthMode::Token,
+            secret: "s3cret".into(),
+            public_key: public.clone(),
+        })
+        .unwrap();
+        let claims = |exp: u64| Claims {
+            sub: "alice".into(),
+            rooms: Rooms::Any("*".into()),
+            publish: true,
+            exp,
+            admin: false,
+        };
+        let why = |t: &str| match a.check(Some("alice"), Some(t)) {
+            Access::Refused(why) => why,
+            other => panic!("{other:?}"),
+        };
+        // Expired HS256: the public key does not apply, so no "algorithm" reason.
+        let hs_expired = mint(&claims(now_unix() - 3600), "s3cret", None).unwrap();
+        assert_eq!(why(&hs_expired), "Restricted access: the token has expired");
+        let hs_forged = mint(&claims(now_unix() + 60), "other", None).unwrap();
+        assert!(why(&hs_forged).contains("signature"), "{}", why(&hs_forged));
+        let ed_expired = mint(&claims(now_unix() - 3600), "", Some(&private)).unwrap();
+        assert_eq!(why(&ed_expired), "Restricted access: the token has expired");
+        let ed_good = mint(&claims(now_unix() + 60), "", Some(&private)).unwrap();
+        assert!(matches!(
+            a.check(Some("alice"), Some(&ed_good)),
+            Access::Granted { .. }
+        ));
+        let hs_good = mint(&claims(now_unix() + 60), "s3cret", None).unwrap();
+        assert!(matches!(
+            a.check(Some("alice"), Some(&hs_good)),
+            Access::Granted { .. }
+        ));
+        // An Ed25519 token where only a secret is configured: the algorithm.
+        let secret_only = authority();
+        match secret_only.check(Some("alice"), Some(&ed_good)) {
+            Access::Refused(why) => assert!(why.contains("algorithm"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

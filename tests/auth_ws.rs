@@ -1,6 +1,8 @@
 //! `[auth] mode = "token"` over real WebSockets: a valid JWT joins and publishes;
-//! every bad token is refused with its reason, at join (DataStatusEvent FAILED) or at
-//! publish (stream FAILED "Restricted access ..."), and the socket keeps working.
+//! every bad token is refused with its own reason (no token, bad signature, expired,
+//! another login, room not allowed, publish not allowed), at join (DataStatusEvent
+//! FAILED) and at publish (stream FAILED "Restricted access ..."), and the socket keeps
+//! working.
 
 mod common;
 #[path = "support/process.rs"]
@@ -148,6 +150,19 @@ async fn bad_tokens_are_refused_with_their_reason() {
             why.starts_with("Restricted access") && why.contains(reason),
             "{login}/{room}: expected '{reason}', got '{why}'"
         );
+        // A publish names the same fault (issue 10, finding 9), never a publish
+        // right the token did not get to grant, unless that is the fault.
+        let name = format!("{room}-{login}-1a2b");
+        c.send_json(publish_frame(&name, room)).await;
+        let d = c.expect_stream_status(&format!("m-{name}")).await;
+        assert_eq!(d["status"], "FAILED", "{d}");
+        let info = d["info"].as_str().unwrap_or_default();
+        if reason.starts_with("does not allow room") {
+            assert!(info.contains("not a member"), "{login}/{room}: {info}");
+        } else {
+            assert_eq!(info, why, "{login}/{room}: the publish refusal");
+        }
+        assert!(!info.contains("publishing"), "{login}/{room}: {info}");
         // The session is refused, not broken: it still answers.
         c.sync().await;
     }

@@ -4,6 +4,8 @@
 //! receive a stray event).
 
 mod common;
+#[path = "common/webrtc_client.rs"]
+mod webrtc_client;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -618,4 +620,193 @@ async fn silent_client_is_closed_by_ping_timeout() {
     h.check("a ping timeout").await;
     let s = server.stats();
     assert_eq!((s.sessions, s.participants), (2, 2));
+}
+
+/// Reads `c`'s frames until the answer for `msid`: the request got past the door
+/// (room core limits) and is pending in the SFU.
+async fn expect_pending(c: &mut Client, msid: &str) {
+    loop {
+        let v = c.recv().await;
+        let d = &v["data"][0];
+        match v["message"].as_str() {
+            Some("setRemoteSDP") if d == msid => return,
+            Some("notifyStreamStatusEvent")
+                if d["mediaSessionId"] == msid && d["status"] == "PENDING" => {}
+            _ => panic!("{}: expected the answer for {msid}, got {v}", c.name),
+        }
+    }
+}
+
+/// Issue 10, finding 5: one session cannot take the device's whole budget. With the
+/// default per-session limits (4 rooms, 4 published streams; the player limit is
+/// lowered to 2 here so the test sets up few peers), a greedy session is refused
+/// past each limit with the reason, while another client still creates a room and
+/// publishes; the greedy session's solo rooms end as soon as it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greedy_session_hits_its_per_session_limits_while_others_are_served() {
+    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+    use webrtc_client::*;
+    let server = start_server(|c| {
+        c.device.camera = "test-pattern".into();
+        c.device.width = 320;
+        c.device.height = 240;
+        c.device.framerate = 15;
+        c.device.bitrate_kbps = 300;
+        c.device.rooms = vec!["lobby".into()];
+        c.device.join_new_rooms = false;
+        c.rooms.max_players_per_session = 2;
+        c.media.ice_timeout_ms = 60_000;
+    })
+    .await;
+    let addr = server.local_addr();
+    wait_until(
+        "the device's stream to be live",
+        Duration::from_secs(20),
+        || server.stats().streams == 1,
+    )
+    .await;
+    let mut h = Healthy::start(addr).await;
+    let device_stream = "lobby-Room system";
+
+    // Rooms: 4 at once.
+    let mut greedy = Client::connect(addr, "greedy").await;
+    let state = greedy.join("lobby").await;
+    assert!(
+        state.iter().any(|e| e["name"] == device_stream),
+        "{state:?}"
+    );
+    for room in ["g2", "g3", "g4"] {
+        assert!(greedy.join(room).await.is_empty());
+    }
+    let op = greedy.send_data("join", json!({"name": "g5"})).await;
+    assert_eq!(
+        greedy.expect_failed(&op).await,
+        "Too many rooms for one session: at most 4 at once"
+    );
+    greedy.sync().await;
+    h.check("a greedy session's fifth room").await;
+
+    // Published streams: 4 at once, all its rooms together (2 per room).
+    let mut pc = RtcClient::publisher(
+        "greedy-pc",
+        &[
+            (RtpCodecKind::Audio, opus(111), 0x1111_1111),
+            (RtpCodecKind::Video, vp8(96), 0x2222_2222),
+        ],
+    )
+    .await;
+    let offer = pc.create_offer().await;
+    for (i, (room, name)) in [
+        ("g2", "g2-greedy-1"),
+        ("g2", "g2-greedy-2"),
+        ("g3", "g3-greedy-1"),
+        ("g3", "g3-greedy-2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let msid = format!("gp{i}");
+        greedy
+            .send_json(stream_request(
+                true,
+                &msid,
+                name,
+                room,
+                &offer,
+                (true, true),
+            ))
+            .await;
+        expect_pending(&mut greedy, &msid).await;
+    }
+    greedy
+        .send_json(stream_request(
+            true,
+            "gp4",
+            "g4-greedy-1",
+            "g4",
+            &offer,
+            (true, true),
+        ))
+        .await;
+    let d = greedy.expect_stream_status("gp4").await;
+    assert_eq!(d["status"], "FAILED", "{d}");
+    assert_eq!(
+        d["info"], "Too many streams for one session: at most 4 published at once",
+        "{d}"
+    );
+
+    // Players: max_players_per_session, all its rooms together.
+    let mut player = RtcClient::player("greedy-play", &[(RtpCodecKind::Video, h264(106))]).await;
+    let play_offer = player.create_offer().await;
+    for msid in ["gq0", "gq1"] {
+        greedy
+            .send_json(stream_request(
+                false,
+                msid,
+                device_stream,
+                "lobby",
+                &play_offer,
+                (false, true),
+            ))
+            .await;
+        expect_pending(&mut greedy, msid).await;
+    }
+    greedy
+        .send_json(stream_request(
+            false,
+            "gq2",
+            device_stream,
+            "lobby",
+            &play_offer,
+            (false, true),
+        ))
+        .await;
+    let d = greedy.expect_stream_status("gq2").await;
+    assert_eq!(d["status"], "FAILED", "{d}");
+    assert_eq!(
+        d["info"], "Too many players for one session: at most 2 played at once",
+        "{d}"
+    );
+    greedy.sync().await;
+    h.check("a greedy session at every limit").await;
+
+    // Somebody else still creates a new room and publishes in it.
+    let mut alice = Client::connect(addr, "alice").await;
+    assert!(alice.join("alice-room").await.is_empty());
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (RtpCodecKind::Audio, opus(111), 0x3333_3333),
+            (RtpCodecKind::Video, vp8(96), 0x4444_4444),
+        ],
+    )
+    .await;
+    let alice_offer = alice_pc.create_offer().await;
+    alice
+        .send_json(stream_request(
+            true,
+            "ap0",
+            "alice-room-alice-1",
+            "alice-room",
+            &alice_offer,
+            (true, true),
+        ))
+        .await;
+    expect_pending(&mut alice, "ap0").await;
+    // lobby + healthy + g2..g4 + alice-room
+    assert_eq!(server.stats().rooms, 6);
+
+    // The greedy session vanishes: the rooms only it ever joined end at once, the
+    // device's room stays.
+    drop(greedy);
+    wait_until(
+        "the greedy session's solo rooms to end",
+        Duration::from_secs(2),
+        || server.stats().rooms == 3,
+    )
+    .await;
+    h.check("the greedy session gone").await;
+    pc.close().await;
+    player.close().await;
+    alice_pc.close().await;
 }

@@ -181,3 +181,42 @@ async fn a_device_whose_camera_and_microphone_fail_stays_in_the_room_without_a_s
     bob.close().await;
     server.shutdown().await;
 }
+
+/// Issue 10, finding 11: the device's login is reserved. A browser may connect with
+/// it (the SDK gets its ESTABLISHED) but every join fails with the reason, so it can
+/// neither impersonate the device nor lock it out of a room; the device stays in.
+#[tokio::test]
+async fn a_browser_cannot_join_as_the_device() {
+    let room = "lobby";
+    let server = start_server(|c| {
+        // A device participant without working sources is enough here.
+        c.device.camera = "/dev/huddle-no-such-camera".into();
+        c.device.microphone = "huddle_no_such_pcm".into();
+        c.device.rooms = vec![room.into()];
+        c.device.retry_ms = 50;
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut alice = Client::connect(addr, "alice").await;
+    assert_eq!(alice.join(room).await, vec![json!(DEVICE)]);
+    let reason = format!("Login '{DEVICE}' is reserved for the device: connect with another login");
+    for login in [DEVICE, " room SYSTEM"] {
+        let mut impostor = Client::connect(addr, login).await;
+        for target in [room, "a-new-room"] {
+            let op = impostor.send_data("join", json!({"name": target})).await;
+            assert_eq!(impostor.expect_failed(&op).await, reason, "{login:?}");
+        }
+        impostor.sync().await;
+        impostor.close().await;
+    }
+    // alice heard nothing of it, and the device is still in its room.
+    alice.sync().await;
+    let mut bob = Client::connect(addr, "bob").await;
+    let state = bob.join(room).await;
+    assert_eq!(state, vec![json!(DEVICE), json!("alice")]);
+    alice.expect_event_in(room, "JOINED").await;
+    assert_eq!(server.stats().rooms, 1, "the refused joins created no room");
+    alice.close().await;
+    bob.close().await;
+    server.shutdown().await;
+}

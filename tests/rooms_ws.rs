@@ -437,15 +437,31 @@ async fn idle_room_is_kept_for_a_rejoin_then_finalized() {
         "an explicitly left empty room is dropped"
     );
 
-    // A member that vanishes keeps the room for the idle timeout...
+    // A room nobody else ever joined ends as soon as its one session vanishes: there
+    // is no meeting to come back to, and it must not hold a room slot meanwhile.
     a.join(room).await;
+    drop(a);
+    wait_until("the solo room to end", Duration::from_millis(400), || {
+        let s = server.stats();
+        s.sessions == 0 && s.rooms == 0
+    })
+    .await;
+
+    // A member that vanishes from a shared room keeps it for the idle timeout...
+    let mut a = Client::connect(addr, "alice").await;
+    a.join(room).await;
+    let mut b = Client::connect(addr, "bob").await;
+    b.join(room).await;
+    a.expect_event_in(room, "JOINED").await;
+    b.leave(room).await;
+    a.expect_event_in(room, "LEFT").await;
     drop(a);
     wait_until(
         "the dropped socket's cleanup",
         Duration::from_secs(2),
         || {
             let s = server.stats();
-            s.sessions == 0 && s.participants == 0
+            s.sessions == 1 && s.participants == 0
         },
     )
     .await;
@@ -467,7 +483,6 @@ async fn idle_room_is_kept_for_a_rejoin_then_finalized() {
         1,
         "a rejoined room must not be finalized"
     );
-    let mut b = Client::connect(addr, "bob").await;
     assert_eq!(b.join(room).await, vec![json!("alice")]);
     a.expect_event_in(room, "JOINED").await;
     chat_ok(&mut b, &mut a, room, "the room survived").await;

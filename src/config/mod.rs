@@ -135,6 +135,9 @@ pub struct Rooms {
     pub max_streams_per_participant: usize,
     pub max_streams: usize,
     pub max_players: usize,
+    pub max_rooms_per_session: usize,
+    pub max_streams_per_session: usize,
+    pub max_players_per_session: usize,
     pub max_name_bytes: usize,
 }
 
@@ -147,6 +150,9 @@ impl Default for Rooms {
             max_streams_per_participant: 2,
             max_streams: 32,
             max_players: 256,
+            max_rooms_per_session: 4,
+            max_streams_per_session: 4,
+            max_players_per_session: 32,
             max_name_bytes: 256,
         }
     }
@@ -391,6 +397,15 @@ max_streams_per_participant = 2
 # together. Board profiles set these to what the board carries.
 max_streams = 32
 max_players = 256
+# What one session (one browser tab) may hold at once, so a single client cannot
+# take the whole device budget: rooms it is a member of, streams it publishes and
+# streams it plays, all its rooms together. A meeting client is in one room,
+# publishes a camera and maybe a screen share (2), and plays at most every other
+# participant's two streams (2 x max_participants = 32). Over a limit the join,
+# publish or play fails with the reason. The device participant is exempt.
+max_rooms_per_session = 4
+max_streams_per_session = 4
+max_players_per_session = 32
 # Longest room name and login, in bytes of UTF-8.
 max_name_bytes = 256
 
@@ -642,6 +657,21 @@ impl Config {
         )?;
         at_least("rooms.max_streams", r.max_streams as u64, 1)?;
         at_least("rooms.max_players", r.max_players as u64, 1)?;
+        at_least(
+            "rooms.max_rooms_per_session",
+            r.max_rooms_per_session as u64,
+            1,
+        )?;
+        at_least(
+            "rooms.max_streams_per_session",
+            r.max_streams_per_session as u64,
+            1,
+        )?;
+        at_least(
+            "rooms.max_players_per_session",
+            r.max_players_per_session as u64,
+            1,
+        )?;
         at_least("rooms.max_name_bytes", r.max_name_bytes as u64, 16)?;
         at_least("media.ice_timeout_ms", self.media.ice_timeout_ms, 100)?;
         if self.records.dir.as_os_str().is_empty() {
@@ -729,6 +759,12 @@ impl Config {
             max_streams_per_participant: self.rooms.max_streams_per_participant,
             max_streams: self.rooms.max_streams,
             max_players: self.rooms.max_players,
+            max_rooms_per_session: self.rooms.max_rooms_per_session,
+            max_streams_per_session: self.rooms.max_streams_per_session,
+            max_players_per_session: self.rooms.max_players_per_session,
+            // Reserved whether or not the device has a camera or microphone now:
+            // one may appear later, and the name stays the device's.
+            reserved_login: Some(self.device.login.clone()),
             max_sessions: self.signalling.max_sessions,
             max_name_bytes: self.rooms.max_name_bytes,
             ping_interval: Duration::from_millis(self.signalling.ping_interval_ms),
@@ -761,7 +797,11 @@ mod tests {
     #[test]
     fn core_defaults_match_config_defaults() {
         let core = Config::default().core();
-        let plain = CoreConfig::default();
+        // The one key the core has no default for: the device's login.
+        let plain = CoreConfig {
+            reserved_login: Some(Device::default().login),
+            ..CoreConfig::default()
+        };
         assert_eq!(format!("{core:?}"), format!("{plain:?}"));
     }
 
@@ -932,5 +972,43 @@ rooms = \"lobby\"
             .unwrap_err()
             .to_string();
         assert!(e.contains("idle_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn per_session_limits_and_the_reserved_login_reach_the_core() {
+        let c = parse(
+            "[rooms]\nmax_rooms_per_session = 2\nmax_streams_per_session = 3\n\
+             max_players_per_session = 5\n[device]\nlogin = \"Boardroom\"\n",
+        )
+        .unwrap();
+        let core = c.core();
+        assert_eq!(
+            (
+                core.max_rooms_per_session,
+                core.max_streams_per_session,
+                core.max_players_per_session
+            ),
+            (2, 3, 5)
+        );
+        assert_eq!(core.reserved_login.as_deref(), Some("Boardroom"));
+        let d = Config::default().core();
+        assert_eq!(
+            (
+                d.max_rooms_per_session,
+                d.max_streams_per_session,
+                d.max_players_per_session
+            ),
+            (4, 4, 32)
+        );
+        for key in [
+            "max_rooms_per_session",
+            "max_streams_per_session",
+            "max_players_per_session",
+        ] {
+            let e = parse(&format!("[rooms]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("rooms.{key}")), "{e}");
+        }
     }
 }

@@ -5,10 +5,18 @@
 //! Pure logic, driven by the driver task: what the core tells the device's session,
 //! rooms being created and finalized, and what the device's sources deliver
 //! (`MediaEvent::DeviceChanged`). Every reaction is a list of commands for the core.
+//!
+//! A join the core refuses (room full, too many rooms on the device) is retried with
+//! a backoff (`JOIN_RETRY_FIRST` doubling to `JOIN_RETRY_MAX`) while the room is still
+//! wanted; the driver calls `handle_timeout` at `poll_timeout`, the Sans-I/O way, so
+//! the backoff is tested with simulated time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
+
+use crate::logging::escaped;
 
 use crate::auth::Access;
 use crate::rooms::{
@@ -35,10 +43,27 @@ struct Membership {
     stream: Option<(String, String)>,
 }
 
+/// First delay before a refused join is sent again.
+pub const JOIN_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest delay between join attempts.
+pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A room the device could not join.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// When to join again; `None` while that join is on its way.
+    at: Option<Instant>,
+    /// The delay that was waited last.
+    delay: Duration,
+}
+
 #[derive(Debug)]
 pub struct Participant {
     policy: Policy,
     rooms: BTreeMap<String, Membership>,
+    /// Rooms whose join was refused, until a join succeeds or the room is no
+    /// longer wanted.
+    retries: BTreeMap<String, Retry>,
     /// What the sources deliver now: (audio, video).
     kinds: (bool, bool),
     next_id: u64,
@@ -49,6 +74,7 @@ impl Participant {
         Participant {
             policy,
             rooms: BTreeMap::new(),
+            retries: BTreeMap::new(),
             kinds: (false, false),
             next_id: 1,
         }
@@ -87,10 +113,39 @@ impl Participant {
 
     /// A room ended: it is forgotten (a fixed room is joined again).
     pub fn room_finalized(&mut self, room: &str) -> Vec<Command> {
-        if self.rooms.remove(room).is_some() && self.policy.rooms.iter().any(|r| r == room) {
+        let fixed = self.is_fixed(room);
+        if !fixed {
+            // Nobody to meet there any more: stop trying to join it.
+            self.retries.remove(room);
+        }
+        if self.rooms.remove(room).is_some() && fixed {
             return self.join(room);
         }
         Vec::new()
+    }
+
+    /// When `handle_timeout` has a join to retry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.retries.values().filter_map(|r| r.at).min()
+    }
+
+    /// Sends the joins whose retry time has come.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Command> {
+        let due: Vec<String> = self
+            .retries
+            .iter()
+            .filter(|(_, r)| r.at.is_some_and(|at| at <= now))
+            .map(|(room, _)| room.clone())
+            .collect();
+        let mut out = Vec::new();
+        for room in due {
+            if let Some(r) = self.retries.get_mut(&room) {
+                r.at = None;
+            }
+            info!(room = room.as_str(); "device: joining room {} again", escaped(&room));
+            out.extend(self.join(&room));
+        }
+        out
     }
 
     /// The camera and microphone deliver `audio`/`video` now: every room's stream is
@@ -114,18 +169,36 @@ impl Participant {
         out
     }
 
-    /// What the room core sent the device's session.
-    pub fn message(&mut self, message: ServerMessage) -> Vec<Command> {
+    /// What the room core sent the device's session at `now`.
+    pub fn message(&mut self, now: Instant, message: ServerMessage) -> Vec<Command> {
         match message {
             ServerMessage::Room { room, event } => self.room_event(room, event),
             ServerMessage::DataStatus {
                 operation_id,
                 result: Err(why),
             } => {
-                // A join that failed (room full, too many rooms): forget that room.
+                // A join that failed (room full, too many rooms): not in that room,
+                // but try again later while the room is wanted.
                 if let Some(room) = operation_id.strip_prefix("device-join:") {
-                    warn!(room = room; "device: cannot join room '{room}': {why}");
                     self.rooms.remove(room);
+                    let delay = match self.retries.get(room) {
+                        Some(r) => (r.delay * 2).min(JOIN_RETRY_MAX),
+                        None => JOIN_RETRY_FIRST,
+                    };
+                    warn!(
+                        room = room;
+                        "device: cannot join room {}: {}; trying again in {} s",
+                        escaped(room),
+                        escaped(&why),
+                        delay.as_secs()
+                    );
+                    self.retries.insert(
+                        room.to_owned(),
+                        Retry {
+                            at: Some(now + delay),
+                            delay,
+                        },
+                    );
                 }
                 Vec::new()
             }
@@ -139,7 +212,7 @@ impl Participant {
                     {
                         m.stream = None;
                         if status.status == StreamState::Failed {
-                            warn!(room = room.as_str(); "device: stream '{}' failed: {}", status.name, status.info);
+                            warn!(room = room.as_str(); "device: stream {} failed: {}", escaped(&status.name), escaped(&status.info));
                         }
                     }
                 }
@@ -157,6 +230,7 @@ impl Participant {
         match event {
             RoomEvent::State(entries) => {
                 m.joining = false;
+                self.retries.remove(&room);
                 m.others = entries
                     .iter()
                     .map(|e| match e {
@@ -165,7 +239,7 @@ impl Participant {
                     })
                     .filter(|l| *l != me)
                     .collect();
-                info!(room = room.as_str(); "device: joined room '{room}'");
+                info!(room = room.as_str(); "device: joined room {}", escaped(&room));
                 self.publish(&room)
             }
             RoomEvent::Joined(login) => {
@@ -177,7 +251,7 @@ impl Participant {
                 let fixed = self.policy.rooms.contains(&room);
                 if m.others.is_empty() && !m.joining && !fixed {
                     self.rooms.remove(&room);
-                    info!(room = room.as_str(); "device: leaving room '{room}', nobody else is in it");
+                    info!(room = room.as_str(); "device: leaving room {}, nobody else is in it", escaped(&room));
                     return vec![Command::Leave {
                         operation_id: format!("device-leave:{room}"),
                         room,
@@ -187,6 +261,10 @@ impl Participant {
             }
             _ => Vec::new(),
         }
+    }
+
+    fn is_fixed(&self, room: &str) -> bool {
+        self.policy.rooms.iter().any(|r| r == room)
     }
 
     fn join(&mut self, room: &str) -> Vec<Command> {
@@ -265,8 +343,15 @@ mod tests {
 
     impl World {
         fn new(rooms: &[&str], join_new_rooms: bool) -> World {
-            let mut w = World {
-                core: Core::new(CoreConfig::default()),
+            let mut w = World::unstarted(CoreConfig::default(), rooms, join_new_rooms);
+            w.start();
+            w
+        }
+
+        /// The core with these limits, the device not started yet.
+        fn unstarted(cfg: CoreConfig, rooms: &[&str], join_new_rooms: bool) -> World {
+            World {
+                core: Core::new(cfg),
                 device: Participant::new(Policy {
                     login: "Room system".into(),
                     rooms: rooms.iter().map(|r| r.to_string()).collect(),
@@ -276,11 +361,21 @@ mod tests {
                 sent: Vec::new(),
                 fed: Vec::new(),
                 finalized: Vec::new(),
-            };
-            w.core.connect_local(w.now, DEVICE);
-            let commands = w.device.start();
-            w.run(DEVICE, commands);
-            w
+            }
+        }
+
+        fn start(&mut self) {
+            self.core.connect_local(self.now, DEVICE);
+            let commands = self.device.start();
+            self.run(DEVICE, commands);
+        }
+
+        /// Simulated time passes; both timers run, the way the driver runs them.
+        fn advance(&mut self, d: std::time::Duration) {
+            self.now += d;
+            self.core.handle_timeout(self.now);
+            let commands = self.device.handle_timeout(self.now);
+            self.run(DEVICE, commands);
         }
 
         fn run(&mut self, session: SessionId, commands: Vec<Command>) {
@@ -292,7 +387,7 @@ mod tests {
                     Output::Send {
                         session: DEVICE,
                         message,
-                    } => self.device.message(message),
+                    } => self.device.message(self.now, message),
                     Output::Send { session, message } => {
                         self.sent.push((session, message));
                         Vec::new()
@@ -484,5 +579,110 @@ mod tests {
         // Nothing at all: the stream just ends.
         w.device_changed(false, false);
         assert_eq!(w.core.stats().streams, 0);
+    }
+
+    fn leave(w: &mut World, id: SessionId, room: &str) {
+        w.run(
+            id,
+            vec![Command::Leave {
+                operation_id: "l".into(),
+                room: room.into(),
+            }],
+        );
+    }
+
+    #[test]
+    fn a_refused_join_is_retried_with_backoff_until_it_fits() {
+        use std::time::Duration;
+        // One room on the device, and a browser got it first.
+        let cfg = CoreConfig {
+            max_rooms: 1,
+            ..CoreConfig::default()
+        };
+        let mut w = World::unstarted(cfg, &["lobby"], false);
+        w.browser(1, "alice", "other");
+        w.start();
+        assert_eq!(w.device.rooms().count(), 0, "refused");
+        assert_eq!(
+            w.device.poll_timeout(),
+            Some(w.now + Duration::from_secs(1))
+        );
+        w.advance(Duration::from_millis(999));
+        assert_eq!(
+            w.device.poll_timeout(),
+            Some(w.now + Duration::from_millis(1))
+        );
+        w.advance(Duration::from_millis(1));
+        assert_eq!(w.device.rooms().count(), 0, "refused again");
+        assert_eq!(
+            w.device.poll_timeout(),
+            Some(w.now + Duration::from_secs(2)),
+            "the delay doubles"
+        );
+        // The slot frees up; the next attempt gets in and the retries end.
+        leave(&mut w, 1, "other");
+        assert_eq!(w.finalized, vec!["other"]);
+        w.advance(Duration::from_secs(2));
+        assert_eq!(w.device.rooms().collect::<Vec<_>>(), vec!["lobby"]);
+        assert_eq!(w.device.poll_timeout(), None);
+        w.device_changed(true, true);
+        assert_eq!(w.fed, vec!["lobby-Room system"]);
+    }
+
+    #[test]
+    fn join_retries_back_off_to_thirty_seconds() {
+        use std::time::Duration;
+        let mut p = Participant::new(Policy {
+            login: "Room system".into(),
+            rooms: vec!["lobby".into()],
+            join_new_rooms: false,
+        });
+        let mut now = Instant::now();
+        p.start();
+        let refused = || ServerMessage::DataStatus {
+            operation_id: "device-join:lobby".into(),
+            result: Err("Too many rooms on this device: at most 1".into()),
+        };
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            assert!(p.message(now, refused()).is_empty());
+            let at = p.poll_timeout().expect("a retry is planned");
+            delays.push((at - now).as_secs());
+            assert!(p.handle_timeout(at - Duration::from_millis(1)).is_empty());
+            now = at;
+            assert_eq!(
+                p.handle_timeout(now),
+                vec![Command::Join {
+                    operation_id: "device-join:lobby".into(),
+                    room: "lobby".into(),
+                    record: false
+                }]
+            );
+            assert_eq!(p.poll_timeout(), None, "one join in flight, no timer");
+        }
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn a_new_room_that_ends_is_not_retried() {
+        use std::time::Duration;
+        let cfg = CoreConfig {
+            max_participants: 1,
+            ..CoreConfig::default()
+        };
+        let mut w = World::unstarted(cfg, &[], true);
+        w.start();
+        w.browser(1, "alice", "standup");
+        assert_eq!(w.device.rooms().count(), 0, "the room is full");
+        assert!(w.device.poll_timeout().is_some());
+        leave(&mut w, 1, "standup");
+        assert_eq!(w.finalized, vec!["standup"]);
+        assert_eq!(w.device.poll_timeout(), None, "nothing left to join");
+        w.advance(Duration::from_secs(60));
+        assert_eq!(
+            w.core.stats().rooms,
+            0,
+            "no room recreated by a stale retry"
+        );
     }
 }

@@ -20,11 +20,13 @@ mod stream;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use crate::auth::Access;
+use crate::logging::escaped;
 pub use messages::*;
 use room::{Member, Room};
 use session::{Admit, Endpoint, Session, TokenBucket};
@@ -42,6 +44,16 @@ pub struct CoreConfig {
     pub max_streams: usize,
     /// Playbacks on the device at once (the board's budget).
     pub max_players: usize,
+    /// Rooms one session may be a member of at once.
+    pub max_rooms_per_session: usize,
+    /// Streams one session may publish at once, all its rooms together.
+    pub max_streams_per_session: usize,
+    /// Streams one session may play at once, all its rooms together.
+    pub max_players_per_session: usize,
+    /// The device participant's login: no socket session may use it (compared after
+    /// trimming whitespace, ignoring case), so nobody can impersonate the device or
+    /// lock it out of a room. `None`: nothing reserved.
+    pub reserved_login: Option<String>,
     pub max_sessions: usize,
     /// Longest room name and login, in bytes of UTF-8.
     pub max_name_bytes: usize,
@@ -63,6 +75,10 @@ impl Default for CoreConfig {
             max_streams_per_participant: 2,
             max_streams: 32,
             max_players: 256,
+            max_rooms_per_session: 4,
+            max_streams_per_session: 4,
+            max_players_per_session: 32,
+            reserved_login: None,
             max_sessions: 256,
             max_name_bytes: 256,
             ping_interval: Duration::from_secs(5),
@@ -291,7 +307,7 @@ impl Core {
             } => {
                 // On success join() queues ACCEPTED itself: it must precede STATE.
                 if let Err(info) = self.join(now, session, &operation_id, &room, record) {
-                    debug!(room = room.as_str(); "session {session}: join '{room}' failed: {info}");
+                    debug!(room = room.as_str(); "session {session}: join {} failed: {}", escaped(&room), escaped(&info));
                     self.send(
                         session,
                         ServerMessage::DataStatus {
@@ -328,7 +344,7 @@ impl Core {
             }
             Command::Publish(req) => {
                 if let Err(info) = self.publish(now, session, &req) {
-                    debug!(stream = req.name.as_str(); "session {session}: publish '{}' failed: {info}", req.name);
+                    debug!(stream = req.name.as_str(); "session {session}: publish {} failed: {}", escaped(&req.name), escaped(&info));
                     self.send(
                         session,
                         stream_reply(&req, true, StreamState::Failed, &info),
@@ -337,7 +353,11 @@ impl Core {
             }
             Command::Play(req) => {
                 if let Err(info) = self.play(now, session, &req) {
-                    debug!("session {session}: play '{}' failed: {info}", req.name);
+                    debug!(
+                        "session {session}: play {} failed: {}",
+                        escaped(&req.name),
+                        escaped(&info)
+                    );
                     self.send(
                         session,
                         stream_reply(&req, false, StreamState::Failed, &info),
@@ -462,7 +482,7 @@ impl Core {
             .collect();
         idle.sort();
         for room in idle {
-            info!(room = room.as_str(); "room '{room}': idle timeout, finalizing");
+            info!(room = room.as_str(); "room {}: idle timeout, finalizing", escaped(&room));
             self.finalize_room(&room);
         }
     }
@@ -514,8 +534,8 @@ impl Core {
             return;
         }
         debug!(
-            "session {session}: connection as '{}'",
-            info.login.as_deref().unwrap_or("")
+            "session {session}: connection as {}",
+            escaped(info.login.as_deref().unwrap_or(""))
         );
         s.info = Some(info.clone());
         let auth_token = uuid::Uuid::new_v4().to_string();
@@ -551,6 +571,16 @@ impl Core {
             .rooms
             .get(room_name)
             .is_some_and(|r| r.has_session(session));
+        let (local, joined) = self
+            .sessions
+            .get(&session)
+            .map_or((false, 0), |s| (s.local, s.rooms.len()));
+        if !already_member && !local && joined >= self.cfg.max_rooms_per_session {
+            return Err(format!(
+                "Too many rooms for one session: at most {} at once",
+                self.cfg.max_rooms_per_session
+            ));
+        }
         if !already_member {
             match self.rooms.get(room_name) {
                 Some(room) => {
@@ -571,7 +601,7 @@ impl Core {
                             self.cfg.max_rooms
                         ));
                     }
-                    info!(room = room_name, login = login.as_str(); "room '{room_name}': created by '{login}' (record: {record})");
+                    info!(room = room_name, login = login.as_str(); "room {}: created by {} (record: {record})", escaped(room_name), escaped(&login));
                     self.rooms.insert(
                         room_name.to_owned(),
                         Room::new(room_name.to_owned(), record),
@@ -594,12 +624,15 @@ impl Core {
                     session,
                 });
             }
+            if !local {
+                room.seen(session);
+            }
             room.others(session)
         };
         if let Some(s) = self.sessions.get_mut(&session) {
             s.rooms.insert(room_name.to_owned());
         }
-        info!(room = room_name, login = login.as_str(); "room '{room_name}': '{login}' joined");
+        info!(room = room_name, login = login.as_str(); "room {}: {} joined", escaped(room_name), escaped(&login));
         self.send(
             session,
             ServerMessage::DataStatus {
@@ -636,7 +669,9 @@ impl Core {
             .unwrap_or_default();
         if silent_for > self.cfg.ping_interval * 3 / 2 {
             info!(
-                "room '{room}': '{login}' rejoined; the old session {other} has been silent for {} ms, closing it",
+                "room {}: {} rejoined; the old session {other} has been silent for {} ms, closing it",
+                escaped(room),
+                escaped(login),
                 silent_for.as_millis()
             );
             self.close(now, other, CloseReason::PingTimeout);
@@ -665,22 +700,26 @@ impl Core {
             return Err(format!("Not a member of room '{room_name}'"));
         };
         let others = room.others(session);
-        let empty = room.members.is_empty();
+        let (empty, shared) = (room.members.is_empty(), room.shared);
         if let Some(s) = self.sessions.get_mut(&session) {
             s.rooms.remove(room_name);
         }
-        info!(room = room_name, login = member.login.as_str(); "room '{room_name}': '{}' left", member.login);
+        info!(room = room_name, login = member.login.as_str(); "room {}: {} left", escaped(room_name), escaped(&member.login));
         for other in others {
             self.room_event(other, room_name, RoomEvent::Left(member.login.clone()));
         }
         if empty {
-            if reply_to_leaver {
+            if reply_to_leaver || !shared {
+                // Left on purpose, or vanished from a room nobody else ever joined:
+                // there is nobody to come back to it, so it does not hold a room
+                // slot of the device for the idle timeout.
                 self.finalize_room(room_name);
             } else if let Some(room) = self.rooms.get_mut(room_name) {
                 // Vanished without leaving: keep the room for a rejoin.
                 room.idle_deadline = Some(now + self.cfg.idle_timeout);
                 info!(
-                    "room '{room_name}': empty after a disconnect, kept for {} ms",
+                    "room {}: empty after a disconnect, kept for {} ms",
+                    escaped(room_name),
                     self.cfg.idle_timeout.as_millis()
                 );
             }
@@ -710,13 +749,15 @@ impl Core {
             ],
             None => room.others(session),
         };
+        // One text for every recipient: the queues hold pointers, not copies.
+        let text: Arc<str> = text.into();
         for r in recipients {
             self.room_event(
                 r,
                 room_name,
                 RoomEvent::Message {
                     from: login.clone(),
-                    text: text.clone(),
+                    text: Arc::clone(&text),
                 },
             );
         }
@@ -731,11 +772,14 @@ impl Core {
     ) -> Result<(), String> {
         let login = self.require_login(session)?;
         self.check_media_session_id(session, &req.media_session_id)?;
-        if matches!(
-            self.access(session),
-            Some(Access::Granted { publish: false, .. } | Access::Refused(_))
-        ) {
-            return Err("Restricted access: the token does not allow publishing".into());
+        match self.access(session) {
+            // The token's own fault (none, expired, forged, another login), not the
+            // publish right it never granted.
+            Some(Access::Refused(why)) => return Err(why.clone()),
+            Some(Access::Granted { publish: false, .. }) => {
+                return Err("Restricted access: the token does not allow publishing".into())
+            }
+            _ => {}
         }
         let room = req
             .room
@@ -766,13 +810,22 @@ impl Core {
                 self.cfg.max_streams_per_participant
             ));
         }
+        let local = self.sessions.get(&session).is_some_and(|s| s.local);
+        if !local {
+            let published = self.streams.values().filter(|p| p.owner == session).count();
+            if published >= self.cfg.max_streams_per_session {
+                return Err(format!(
+                    "Too many streams for one session: at most {} published at once",
+                    self.cfg.max_streams_per_session
+                ));
+            }
+        }
         if self.streams.len() >= self.cfg.max_streams {
             return Err(format!(
                 "Too many streams on this device: at most {}",
                 self.cfg.max_streams
             ));
         }
-        let local = self.sessions.get(&session).is_some_and(|s| s.local);
         if req.sdp.trim().is_empty() && !local {
             return Err("Missing SDP offer".into());
         }
@@ -830,6 +883,9 @@ impl Core {
         req: &StreamRequest,
     ) -> Result<(), String> {
         self.check_media_session_id(session, &req.media_session_id)?;
+        if let Some(Access::Refused(why)) = self.access(session) {
+            return Err(why.clone());
+        }
         let publication = self
             .streams
             .get(&req.name)
@@ -844,6 +900,18 @@ impl Core {
             return Err(format!(
                 "Restricted access: not a member of room '{}'",
                 publication.room
+            ));
+        }
+        let playing = self
+            .streams
+            .values()
+            .flat_map(|p| &p.players)
+            .filter(|pl| pl.session == session)
+            .count();
+        if playing >= self.cfg.max_players_per_session {
+            return Err(format!(
+                "Too many players for one session: at most {} played at once",
+                self.cfg.max_players_per_session
             ));
         }
         if self.stats().players >= self.cfg.max_players {
@@ -885,7 +953,7 @@ impl Core {
     fn stop_endpoint(&mut self, session: SessionId, r: &StreamRef, unpublish: bool) {
         match self.endpoint(session, &r.media_session_id).cloned() {
             Some(Endpoint::Publish(name)) => {
-                info!(stream = name.as_str(); "stream '{name}': unpublished");
+                info!(stream = name.as_str(); "stream {}: unpublished", escaped(&name));
                 self.end_publication(
                     &name,
                     Ending {
@@ -940,7 +1008,7 @@ impl Core {
                 }
                 let status = publication_status(p, StreamState::Publishing, "");
                 let (room, login) = (p.room.clone(), p.login.clone());
-                info!(stream = name.as_str(), room = room.as_str(), login = login.as_str(); "stream '{name}': publishing in room '{room}'");
+                info!(stream = name.as_str(), room = room.as_str(), login = login.as_str(); "stream {}: publishing in room {}", escaped(&name), escaped(&room));
                 self.send(session, ServerMessage::StreamStatus(status));
                 let others = self
                     .rooms
@@ -982,7 +1050,7 @@ impl Core {
     fn media_failed(&mut self, session: SessionId, media_session_id: &str, info: &str) {
         match self.endpoint(session, media_session_id).cloned() {
             Some(Endpoint::Publish(name)) => {
-                warn!(stream = name.as_str(); "stream '{name}': failed: {info}");
+                warn!(stream = name.as_str(); "stream {}: failed: {}", escaped(&name), escaped(info));
                 let player_info = format!("Stopped by publisher failure: {info}");
                 self.end_publication(
                     &name,
@@ -994,7 +1062,11 @@ impl Core {
                 );
             }
             Some(Endpoint::Play(name)) => {
-                debug!("session {session}: playback of '{name}' failed: {info}");
+                debug!(
+                    "session {session}: playback of {} failed: {}",
+                    escaped(&name),
+                    escaped(info)
+                );
                 self.end_playback(
                     session,
                     media_session_id,
@@ -1163,7 +1235,7 @@ impl Core {
 
     fn finalize_room(&mut self, room_name: &str) {
         if let Some(room) = self.rooms.remove(room_name) {
-            info!(room = room_name; "room '{room_name}': finalized");
+            info!(room = room_name; "room {}: finalized", escaped(room_name));
             self.outputs.push_back(Output::RoomFinalized {
                 room: room.name,
                 record: room.record,
@@ -1195,6 +1267,14 @@ impl Core {
             .login()
             .ok_or("Login is required: connect with custom.login")?;
         self.check_name("Login", login)?;
+        if let Some(reserved) = self.cfg.reserved_login.as_deref() {
+            if !s.local && same_login(login, reserved) {
+                return Err(format!(
+                    "Login '{}' is reserved for the device: connect with another login",
+                    reserved.trim()
+                ));
+            }
+        }
         Ok(login.to_owned())
     }
 
@@ -1300,6 +1380,14 @@ impl Core {
         };
         self.send(session, message);
     }
+}
+
+/// Whether a client's login would pass for the reserved one: equal after trimming
+/// whitespace, ignoring case ("room system ", "ROOM SYSTEM"), so the device can be
+/// neither locked out of a room nor impersonated with a look-alike.
+fn same_login(login: &str, reserved: &str) -> bool {
+    let (a, b) = (login.trim(), reserved.trim());
+    a == b || a.to_lowercase() == b.to_lowercase()
 }
 
 fn stream_reply(

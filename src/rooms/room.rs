@@ -21,6 +21,12 @@ pub(crate) struct Room {
     /// Set when the last member vanished without leaving: the room is finalized
     /// at this instant unless somebody joins first.
     pub idle_deadline: Option<Instant>,
+    /// The first socket session that joined (the device participant not counted).
+    first: Option<SessionId>,
+    /// A second socket session has joined at some point: the room is somebody's
+    /// meeting, worth keeping for a rejoin when its last member vanishes. A room only
+    /// one session ever saw is finalized as soon as that session is gone.
+    pub shared: bool,
 }
 
 impl Room {
@@ -30,6 +36,17 @@ impl Room {
             members: Vec::new(),
             record,
             idle_deadline: None,
+            first: None,
+            shared: false,
+        }
+    }
+
+    /// A socket session joined.
+    pub fn seen(&mut self, session: SessionId) {
+        match self.first {
+            None => self.first = Some(session),
+            Some(first) if first != session => self.shared = true,
+            Some(_) => {}
         }
     }
 

@@ -518,7 +518,11 @@ fn vanished_last_member_keeps_the_room_for_the_idle_timeout() {
         ..CoreConfig::default()
     });
     h.connect(1, "a");
+    h.connect(2, "b");
     h.join(1, "r");
+    // b was there too: the room is a meeting somebody may come back to.
+    h.join(2, "r");
+    h.leave(2, "r");
     let out = h.disconnect(1);
     assert!(finalized(&out).is_empty());
     assert_eq!(h.core.stats().rooms, 1);
@@ -545,6 +549,9 @@ fn rejoin_within_the_idle_timeout_finds_the_room() {
             record: true,
         },
     );
+    h.connect(3, "z");
+    h.join(3, "r");
+    h.leave(3, "r");
     h.disconnect(1);
     h.advance(Duration::from_secs(30));
     h.connect(2, "a");
@@ -622,6 +629,8 @@ fn message_flood_is_refused_then_closed() {
     let mut h = Harness::new(CoreConfig {
         rate_per_sec: 10,
         rate_burst: 20,
+        // Only the rate limit is under test here.
+        max_rooms_per_session: 100,
         ..CoreConfig::default()
     });
     h.connect(1, "flood");
@@ -1130,6 +1139,23 @@ fn token_access_limits_rooms_and_publishing() {
         to(&out, 1),
         vec![failed("join-r", "Restricted access: the token has expired")]
     );
+    // Every other request names the token's real fault too, not a missing right.
+    let out = h.cmd(1, Command::Publish(req("m1", "r-alice-1", "r")));
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(
+            StreamState::Failed,
+            "Restricted access: the token has expired".into()
+        )]
+    );
+    let out = h.cmd(1, Command::Play(req("m2", "r-bob-1", "r")));
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(
+            StreamState::Failed,
+            "Restricted access: the token has expired".into()
+        )]
+    );
     connect_with(
         &mut h,
         2,
@@ -1174,4 +1200,210 @@ fn token_access_limits_rooms_and_publishing() {
     assert!(out
         .iter()
         .any(|o| matches!(o, Output::Media(MediaRequest::Publish { .. }))));
+}
+
+#[test]
+fn per_session_limits_leave_the_device_budget_to_others() {
+    let mut h = Harness::new(CoreConfig {
+        max_rooms_per_session: 2,
+        max_streams_per_session: 3,
+        max_players_per_session: 2,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "greedy");
+    h.connect(2, "alice");
+    h.join(1, "r1");
+    h.join(1, "r2");
+    let out = h.join(1, "r3");
+    assert_eq!(
+        to(&out, 1),
+        vec![failed(
+            "join-r3",
+            "Too many rooms for one session: at most 2 at once"
+        )]
+    );
+    assert_eq!(h.core.stats().rooms, 2, "the refused join created nothing");
+    // Somebody else still gets a new room.
+    let out = h.join(2, "r3");
+    assert_eq!(to(&out, 2)[0], accepted("join-r3"));
+    // Rejoining a room it is in is not a new room.
+    let out = h.join(1, "r2");
+    assert_eq!(to(&out, 1)[0], accepted("join-r2"));
+
+    // Streams: a pending publish counts as much as a live one.
+    h.publish_live(1, "r1", "g1", "r1-greedy-1");
+    h.publish_live(1, "r1", "g2", "r1-greedy-2");
+    h.cmd(1, Command::Publish(req("g3", "r2-greedy-1", "r2")));
+    let out = h.cmd(1, Command::Publish(req("g4", "r2-greedy-2", "r2")));
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(
+            StreamState::Failed,
+            "Too many streams for one session: at most 3 published at once".into()
+        )]
+    );
+    h.publish_live(2, "r3", "a1", "r3-alice-1");
+    assert_eq!(h.core.stats().streams, 4);
+
+    // Players: all its rooms together.
+    h.join(2, "r1");
+    h.publish_live(2, "r1", "a2", "r1-alice-2");
+    h.cmd(1, Command::Play(req("p1", "r1-alice-2", "r1")));
+    h.cmd(1, Command::Play(req("p2", "r1-alice-2", "r1")));
+    let out = h.cmd(1, Command::Play(req("p3", "r1-alice-2", "r1")));
+    assert_eq!(
+        statuses(&out, 1),
+        vec![(
+            StreamState::Failed,
+            "Too many players for one session: at most 2 played at once".into()
+        )]
+    );
+    let out = h.cmd(2, Command::Play(req("p1", "r1-greedy-1", "r1")));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Media(MediaRequest::Play { session: 2, .. }))),
+        "{out:?}"
+    );
+    // Freed budget is usable again.
+    h.cmd(
+        1,
+        Command::Stop(StreamRef {
+            media_session_id: "p1".into(),
+            name: None,
+        }),
+    );
+    let out = h.cmd(1, Command::Play(req("p4", "r1-alice-2", "r1")));
+    assert!(statuses(&out, 1).is_empty(), "{out:?}");
+    h.leave(1, "r2");
+    let out = h.join(1, "r3");
+    assert_eq!(to(&out, 1)[0], accepted("join-r3"));
+    h.check_invariants();
+}
+
+#[test]
+fn the_local_participant_is_not_held_to_the_per_session_limits() {
+    let mut h = Harness::new(CoreConfig {
+        max_rooms_per_session: 1,
+        max_streams_per_session: 1,
+        ..CoreConfig::default()
+    });
+    h.core.connect_local(h.now, 100);
+    h.cmd(
+        100,
+        Command::Connect(ConnectInfo {
+            login: Some("Room system".into()),
+            ..Default::default()
+        }),
+    );
+    for room in ["a", "b", "c"] {
+        let out = h.join(100, room);
+        assert_eq!(to(&out, 100)[0], accepted(&format!("join-{room}")));
+        let mut r = req(&format!("d-{room}"), &format!("{room}-Room system"), room);
+        r.sdp = String::new();
+        let out = h.cmd(100, Command::Publish(r));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Media(MediaRequest::PublishDevice { .. }))),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_room_only_its_vanished_creator_ever_saw_is_finalized_at_once() {
+    let mut h = Harness::new(CoreConfig {
+        idle_timeout: Duration::from_secs(60),
+        max_rooms: 2,
+        ..CoreConfig::default()
+    });
+    h.connect(1, "greedy");
+    h.join(1, "r1");
+    h.join(1, "r2");
+    // Joining again from the same session does not make it anybody else's room.
+    h.join(1, "r2");
+    let out = h.disconnect(1);
+    let mut gone = finalized(&out);
+    gone.sort();
+    assert_eq!(gone, vec!["r1".to_string(), "r2".to_string()]);
+    assert_eq!(h.core.stats().rooms, 0);
+    // The device's room budget is free for the next client at once.
+    h.connect(2, "alice");
+    let out = h.join(2, "fresh");
+    assert_eq!(to(&out, 2)[0], accepted("join-fresh"));
+    // A room somebody else was in keeps the idle timeout for a rejoin.
+    h.connect(3, "bob");
+    h.join(3, "fresh");
+    h.leave(3, "fresh");
+    let out = h.disconnect(2);
+    assert!(finalized(&out).is_empty());
+    let out = h.advance(Duration::from_secs(60));
+    assert_eq!(finalized(&out), vec!["fresh".to_string()]);
+}
+
+#[test]
+fn the_device_login_is_reserved() {
+    let reserved = "Login 'Room system' is reserved for the device: connect with another login";
+    let mut h = Harness::new(CoreConfig {
+        reserved_login: Some("Room system".into()),
+        ..CoreConfig::default()
+    });
+    // The device itself (a local session) uses it.
+    h.core.connect_local(h.now, 100);
+    h.cmd(
+        100,
+        Command::Connect(ConnectInfo {
+            login: Some("Room system".into()),
+            ..Default::default()
+        }),
+    );
+    let out = h.join(100, "r");
+    assert_eq!(to(&out, 100)[0], accepted("join-r"));
+    // Browsers may connect with it (the SDK shows a join failure, not a dead
+    // socket) but not enter a room, nor a new one, in any spelling that would pass
+    // for the device.
+    for (id, login) in [
+        (1, "Room system"),
+        (2, " room SYSTEM "),
+        (3, "Room system\t"),
+    ] {
+        h.connect(id, login);
+        for room in ["r", "new"] {
+            let out = h.join(id, room);
+            assert_eq!(
+                to(&out, id),
+                vec![failed(&format!("join-{room}"), reserved)]
+            );
+        }
+    }
+    assert_eq!(h.core.stats().rooms, 1);
+    assert_eq!(h.core.stats().participants, 1);
+    // Other logins are fine, even close ones.
+    h.connect(4, "Room system 2");
+    let out = h.join(4, "r");
+    assert_eq!(to(&out, 4)[0], accepted("join-r"));
+}
+
+#[test]
+fn broadcast_chat_shares_one_text() {
+    let mut h = Harness::in_room("r", &[(1, "a"), (2, "b"), (3, "c"), (4, "d")]);
+    let big = "x".repeat(200_000);
+    let out = h.cmd(1, chat("c1", "r", None, &big));
+    let texts: Vec<Arc<str>> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                message:
+                    ServerMessage::Room {
+                        event: RoomEvent::Message { text, .. },
+                        ..
+                    },
+                ..
+            } => Some(Arc::clone(text)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts.len(), 3);
+    assert!(texts.iter().all(|t| Arc::ptr_eq(t, &texts[0])), "one copy");
+    assert_eq!(&*texts[0], big.as_str());
+    assert_eq!(to(&out, 1), vec![accepted("c1")]);
 }

@@ -11,6 +11,7 @@ use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::device::Participant;
+use crate::logging::escaped;
 use crate::rooms::{
     CloseReason, Command, Core, MediaEvent, MediaRequest, Output, ServerMessage, SessionId, Stats,
 };
@@ -79,7 +80,14 @@ pub(crate) async fn run(
     }
     let hang_room = fault_hang_room();
     loop {
-        let deadline = core.poll_timeout();
+        // The device participant's timers (join retries) ride on the core's.
+        let deadline = [
+            core.poll_timeout(),
+            parties.device.as_ref().and_then(Participant::poll_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let message = tokio::select! {
             m = inbox.recv() => m,
             Some(event) = media_events.recv() => {
@@ -101,7 +109,16 @@ pub(crate) async fn run(
                 continue;
             }
             _ = sleep_until(deadline) => {
-                core.handle_timeout(now());
+                let now = now();
+                core.handle_timeout(now);
+                let commands = parties
+                    .device
+                    .as_mut()
+                    .map(|d| d.handle_timeout(now))
+                    .unwrap_or_default();
+                for command in commands {
+                    core.command(now, DEVICE_SESSION, command);
+                }
                 drain(&mut core, &mut parties, &sfu);
                 publish_stats(&core, &stats);
                 continue;
@@ -176,7 +193,7 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
             Output::Send { session, message } if session == DEVICE_SESSION => parties
                 .device
                 .as_mut()
-                .map(|d| d.message(message))
+                .map(|d| d.message(now(), message))
                 .unwrap_or_default(),
             Output::Send { session, message } => {
                 let Some(handle) = sessions.get(&session) else {
@@ -207,7 +224,7 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                 continue;
             }
             Output::RoomCreated { room } => {
-                debug!("room '{room}': created");
+                debug!("room {}: created", escaped(&room));
                 parties
                     .device
                     .as_mut()
@@ -215,7 +232,10 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                     .unwrap_or_default()
             }
             Output::RoomFinalized { room, record } => {
-                info!("room '{room}': finalized (room recording requested: {record})");
+                info!(
+                    "room {}: finalized (room recording requested: {record})",
+                    escaped(&room)
+                );
                 parties
                     .device
                     .as_mut()

@@ -425,7 +425,7 @@ fn room_event_info(event: &RoomEvent) -> Value {
         RoomEvent::Published { login, name }
         | RoomEvent::Unpublished { login, name }
         | RoomEvent::Failed { login, name } => json!({"login": login, "name": name}),
-        RoomEvent::Message { from, text } => json!({"from": from, "text": text}),
+        RoomEvent::Message { from, text } => json!({"from": from, "text": &**text}),
     }
 }
 
@@ -623,5 +623,143 @@ mod tests {
         assert_eq!(v["data"][0]["payload"]["roomName"], "комната");
         let v: Value = serde_json::from_str(&render_server_message(&frames[3], 1)).unwrap();
         assert_eq!(v["data"][2], true);
+    }
+
+    #[test]
+    fn approx_bytes_is_an_upper_bound_of_the_rendered_frame() {
+        use crate::rooms::UserData;
+        // Every control character (the worst JSON escapes), quotes, backslashes,
+        // non-ASCII and emoji.
+        let nasty: String = (0u8..0x20)
+            .map(char::from)
+            .chain("\"\\/<>&\u{7f}é中🎉\u{2028}".chars())
+            .collect();
+        let long_chat = nasty.repeat(2_000);
+        let frames = vec![
+            ServerMessage::Ping,
+            ServerMessage::Pong,
+            ServerMessage::UserData(UserData {
+                auth_token: "5f0c3c8e-9a3c-4c53-8e0e-1d7f3b8e2a11".into(),
+                info: ConnectInfo {
+                    login: Some(nasty.clone()),
+                    token: Some("t".repeat(4000)),
+                    app_key: None,
+                    client_version: Some(nasty.clone()),
+                    client_os_version: None,
+                    client_browser_version: Some(nasty.clone()),
+                    access: Default::default(),
+                },
+            }),
+            ServerMessage::UserData(UserData {
+                auth_token: String::new(),
+                info: ConnectInfo::default(),
+            }),
+            ServerMessage::DataStatus {
+                operation_id: nasty.clone(),
+                result: Err(nasty.clone()),
+            },
+            ServerMessage::DataStatus {
+                operation_id: String::new(),
+                result: Ok(()),
+            },
+            ServerMessage::Room {
+                room: nasty.clone(),
+                event: RoomEvent::Message {
+                    from: nasty.clone(),
+                    text: long_chat.as_str().into(),
+                },
+            },
+            ServerMessage::Room {
+                room: "r".into(),
+                event: RoomEvent::Message {
+                    from: String::new(),
+                    text: "".into(),
+                },
+            },
+            ServerMessage::Room {
+                room: nasty.clone(),
+                event: RoomEvent::State(
+                    (0..50)
+                        .flat_map(|i| {
+                            [
+                                StateEntry::Participant(String::new()),
+                                StateEntry::Stream {
+                                    login: format!("{nasty}{i}"),
+                                    name: String::new(),
+                                },
+                            ]
+                        })
+                        .collect(),
+                ),
+            },
+            ServerMessage::Room {
+                room: String::new(),
+                event: RoomEvent::Unpublished {
+                    login: nasty.clone(),
+                    name: nasty.clone(),
+                },
+            },
+            ServerMessage::Room {
+                room: String::new(),
+                event: RoomEvent::Joined(String::new()),
+            },
+            ServerMessage::StreamStatus(StreamStatus {
+                media_session_id: nasty.clone(),
+                name: nasty.clone(),
+                published: true,
+                has_audio: true,
+                has_video: false,
+                status: StreamState::Unpublished,
+                info: nasty.clone(),
+                record: true,
+                room: Some(nasty.clone()),
+            }),
+            ServerMessage::StreamStatus(StreamStatus {
+                media_session_id: String::new(),
+                name: String::new(),
+                published: false,
+                has_audio: false,
+                has_video: false,
+                status: StreamState::Pending,
+                info: String::new(),
+                record: false,
+                room: None,
+            }),
+            ServerMessage::RemoteSdp {
+                media_session_id: nasty.clone(),
+                sdp: "v=0\r\n".repeat(500),
+            },
+            ServerMessage::AvailableStream {
+                media_session_id: nasty.clone(),
+                available: false,
+                info: nasty.clone(),
+            },
+            ServerMessage::Fail {
+                api_method: nasty.clone(),
+                id: Some(nasty.clone()),
+                info: nasty.clone(),
+            },
+            ServerMessage::Fail {
+                api_method: String::new(),
+                id: None,
+                info: String::new(),
+            },
+        ];
+        for f in &frames {
+            // The largest event id the session counter can reach.
+            let rendered = render_server_message(f, u64::MAX).len();
+            let approx = f.approx_bytes();
+            assert!(approx >= rendered, "{approx} < {rendered} for {f:?}");
+        }
+        // Still an estimate, not a multiple: a big chat costs about its own size.
+        let chat = ServerMessage::Room {
+            room: "r".into(),
+            event: RoomEvent::Message {
+                from: "alice".into(),
+                text: "x".repeat(200_000).into(),
+            },
+        };
+        let rendered = render_server_message(&chat, 1).len();
+        assert!(chat.approx_bytes() <= rendered + 1024, "{rendered}");
     }
 }
