@@ -58,6 +58,35 @@ impl std::fmt::Debug for Escaped<'_> {
     }
 }
 
+/// A client-supplied string as a journal field value (`ROOM=`, `LOGIN=`, `STREAM=`):
+/// unquoted so that `journalctl ROOM=daily` matches, control characters and
+/// backslashes escaped, at most [`MAX_LOGGED_CHARS`] characters.
+#[derive(Clone, Copy)]
+pub struct Field<'a>(pub &'a str);
+
+/// Wraps a client-supplied string for a journal field; see [`Field`].
+pub fn field(s: &str) -> Field<'_> {
+    Field(s)
+}
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let mut chars = self.0.chars();
+        for c in chars.by_ref().take(MAX_LOGGED_CHARS) {
+            if c.is_control() || c == '\\' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        if chars.next().is_some() {
+            f.write_char('…')?;
+        }
+        Ok(())
+    }
+}
+
 struct StderrLog;
 
 static STDERR: StderrLog = StderrLog;
@@ -133,6 +162,12 @@ mod tests {
         let shown = escaped(&long).to_string();
         assert_eq!(shown.chars().count(), MAX_LOGGED_CHARS + 3, "{shown}");
         assert!(shown.ends_with("…\""));
+        assert_eq!(field("daily").to_string(), "daily");
+        assert_eq!(field("a\nb\\c").to_string(), r"a\nb\\c");
+        assert_eq!(
+            field(&long).to_string().chars().count(),
+            MAX_LOGGED_CHARS + 1
+        );
     }
 
     #[test]

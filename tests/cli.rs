@@ -225,7 +225,10 @@ fn a_port_in_use_is_named_once_with_the_key_that_moves_it() {
         .lines()
         .find(|l| l.contains("cannot listen"))
         .unwrap_or_else(|| panic!("no bind error: {stderr}"));
-    assert!(line.contains(&format!("127.0.0.1:{port} ([http] listen)")), "{line}");
+    assert!(
+        line.contains(&format!("127.0.0.1:{port} ([http] listen)")),
+        "{line}"
+    );
     assert_eq!(line.matches("Address already in use").count(), 1, "{line}");
     assert!(line.contains("set [http] listen"), "{line}");
 }

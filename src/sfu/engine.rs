@@ -566,7 +566,7 @@ impl Engine {
                 .is_some_and(|fs| !fs.iter().any(|f| matches!(f, Family::H264 { .. })))
         });
         let chosen = codecs::choose_publish(&offer, self.cfg.prefer_vp8 || h264_blind)?;
-        info!(stream = stream; "stream '{stream}': publishing {}", chosen.describe());
+        info!(stream:% = crate::logging::field(stream); "stream '{stream}': publishing {}", chosen.describe());
         let role = Role::Publish {
             stream: stream.to_owned(),
         };
