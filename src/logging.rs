@@ -125,7 +125,10 @@ mod tests {
         assert!(!shown.contains('\n'), "{shown}");
         assert!(shown.starts_with("\"bob\\n2026"), "{shown}");
         assert_eq!(escaped("Борис 🎉").to_string(), "\"Борис 🎉\"");
-        assert_eq!(escaped("a\"b\\c\r\u{1b}").to_string(), r#""a\"b\\c\r\u{1b}""#);
+        assert_eq!(
+            escaped("a\"b\\c\r\u{1b}").to_string(),
+            r#""a\"b\\c\r\u{1b}""#
+        );
         let long = "x".repeat(10_000);
         let shown = escaped(&long).to_string();
         assert_eq!(shown.chars().count(), MAX_LOGGED_CHARS + 3, "{shown}");
