@@ -1166,8 +1166,14 @@ async fn video_only_stream_plays_on_an_audio_and_video_offer() {
         "the audio m-line must stay in the bundle, not be rejected:\n{answer}"
     );
     assert!(
-        !audio.contains("a=ssrc:"),
+        !audio.contains("a=ssrc:") && !audio.contains("a=msid:"),
         "nothing is sent on the audio m-line:\n{answer}"
+    );
+    // Inactive, not a sendonly m-line without a track: that makes a browser announce a
+    // remote track of its own stream that never gets media (see audio_only_stream_*).
+    assert!(
+        audio.contains("a=inactive\r\n") && audio.contains("a=candidate:"),
+        "the audio m-line must be inactive and still carry the candidates:\n{answer}"
     );
     let video = answer
         .split("m=")
@@ -1411,5 +1417,56 @@ async fn offers_with_bad_fingerprints_or_too_many_m_lines_fail_at_once() {
     expect_status(&mut alice, "m-good", "UNPUBLISHED").await;
     expect_alice_event(&mut bob, "UNPUBLISHED", STREAM).await;
     expect_nothing_left(&server, "after the unpublish").await;
+    stop(server).await;
+}
+
+/// Issue 10, finding 13: a stream without video (a participant without a camera) plays
+/// on an offer with audio and video. The video m-line is answered inactive (no track
+/// announced to the browser, whose page would otherwise show an empty video stream
+/// instead of the audio) and the audio flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_stream_plays_on_an_audio_and_video_offer() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc =
+        RtcClient::publisher("alice-pc", &[(AUDIO, opus(111), PUB_AUDIO_SSRC)]).await;
+    publish(&mut alice, &mut alice_pc, "m-alice", STREAM, None).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(109)), (VIDEO, h264(106))]).await;
+    let offer = bob_pc.create_offer().await;
+    bob.send_json(play_frame("m-bob", STREAM, &offer)).await;
+    let answer = expect_answer(&mut bob, "m-bob").await;
+    assert_answer_pt("bob play", &answer, "audio", 109);
+    let video = answer
+        .split("m=")
+        .find(|s| s.starts_with("video"))
+        .unwrap_or_else(|| panic!("no video m-line in\n{answer}"));
+    assert!(
+        !video.starts_with("video 0 ") && video.contains("a=inactive\r\n"),
+        "the video m-line stays in the bundle, inactive:\n{answer}"
+    );
+    assert!(
+        !video.contains("a=msid:") && !video.contains("a=ssrc:"),
+        "no video track is announced:\n{answer}"
+    );
+    bob_pc.apply_answer(&answer).await;
+    expect_status(&mut bob, "m-bob", "PLAYING").await;
+    bob_pc.wait_connected(Duration::from_secs(2)).await;
+
+    alice_pc.drain_media();
+    let audio = opus_packets(alice_pc.negotiated_pt(AUDIO).await, 50, (7, 960));
+    send_interleaved(&alice_pc, &[(AUDIO, &audio)]).await;
+    let (got, other) = bob_pc.collect_rtp(&[AUDIO], audio.len(), MEDIA_WAIT).await;
+    check_forwarded("bob-pc", AUDIO, &audio, &got[0].1, 109);
+    assert!(
+        !other
+            .iter()
+            .any(|m| matches!(m, Media::Open { kind: VIDEO, .. })),
+        "no video track opened: {other:?}"
+    );
     stop(server).await;
 }

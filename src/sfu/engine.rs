@@ -695,6 +695,9 @@ impl Engine {
             .map_err(|e| format!("Invalid SDP offer: {e}"))?;
         pc.set_remote_description(now, offer)
             .map_err(|e| format!("Invalid SDP offer: {e}"))?;
+        if direction == Direction::Play {
+            peer::idle_unsent_media(&mut pc);
+        }
         for ip in &self.cfg.advertise {
             peer::add_host_candidate(&mut pc, SocketAddr::new(*ip, self.cfg.port))?;
         }
