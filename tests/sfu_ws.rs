@@ -1166,8 +1166,14 @@ async fn video_only_stream_plays_on_an_audio_and_video_offer() {
         "the audio m-line must stay in the bundle, not be rejected:\n{answer}"
     );
     assert!(
-        !audio.contains("a=ssrc:"),
+        !audio.contains("a=ssrc:") && !audio.contains("a=msid:"),
         "nothing is sent on the audio m-line:\n{answer}"
+    );
+    // Inactive, not a sendonly m-line without a track: that makes a browser announce a
+    // remote track of its own stream that never gets media (see audio_only_stream_*).
+    assert!(
+        audio.contains("a=inactive\r\n") && audio.contains("a=candidate:"),
+        "the audio m-line must be inactive and still carry the candidates:\n{answer}"
     );
     let video = answer
         .split("m=")
@@ -1188,5 +1194,279 @@ async fn video_only_stream_plays_on_an_audio_and_video_offer() {
         .collect_rtp(&[VIDEO], packets.len(), MEDIA_WAIT)
         .await;
     check_forwarded("bob-pc", VIDEO, &packets, &got[0].1, 106);
+    stop(server).await;
+}
+
+/// `a=ice-ufrag` of an SDP (our ufrag, for an answer).
+fn ice_ufrag(sdp: &str) -> String {
+    sdp.split("\r\n")
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap_or_else(|| panic!("no a=ice-ufrag in\n{sdp}"))
+        .to_owned()
+}
+
+/// A binding request as a browser's, naming `ufrag`, with a MESSAGE-INTEGRITY of
+/// garbage: what a forger who read the ufrag (not the password) sends.
+fn forged_binding_request(ufrag: &str, n: u32) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    let mut attr = |kind: u16, value: &[u8]| {
+        attrs.extend_from_slice(&kind.to_be_bytes());
+        attrs.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(value);
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+    };
+    attr(0x0006, format!("{ufrag}:evil").as_bytes()); // USERNAME
+    attr(0x0024, &0x6e7f_1effu32.to_be_bytes()); // PRIORITY
+    attr(0x0025, &[]); // USE-CANDIDATE
+    attr(0x802a, &[7; 8]); // ICE-CONTROLLING
+    attr(0x0008, &[0x5a; 20]); // MESSAGE-INTEGRITY
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    m.extend_from_slice(&n.to_be_bytes());
+    m.extend_from_slice(&[0x42; 8]);
+    m.extend_from_slice(&attrs);
+    m
+}
+
+/// RTP packets `pc` receives in `span`.
+async fn rtp_in(pc: &mut RtcClient, span: Duration) -> usize {
+    pc.drain_media();
+    tokio::time::sleep(span).await;
+    pc.drain_media()
+        .iter()
+        .filter(|m| matches!(m, Media::Rtp { .. }))
+        .count()
+}
+
+/// Issue 10, finding 4: datagrams naming a peer's ufrag (it is in the answer) with a
+/// MESSAGE-INTEGRITY that does not verify must not take the peer's address over. A
+/// forger sprays such binding requests for the player's and the publisher's ufrag
+/// from five ports; the player keeps receiving at the same rate, and nothing is ever
+/// sent to the forger (no route toward it was learned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stun_does_not_take_over_a_peers_address() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, h264(125), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await;
+    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let camera = Camera::start(
+        &alice_pc,
+        Position {
+            video: (1, 0),
+            audio: (1, 0),
+        },
+    )
+    .await;
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let answer = play(&mut bob, &mut bob_pc, "m-bob", 106, port).await;
+    let ufrags = [
+        ice_ufrag(&answer),
+        ice_ufrag(alice_pc.answer.as_deref().unwrap_or_default()),
+    ];
+    // 50 video + 50 audio packets a second.
+    let before = rtp_in(&mut bob_pc, Duration::from_secs(1)).await;
+    assert!(
+        before >= 60,
+        "bob-pc: only {before} packets/s before the attack"
+    );
+
+    let media: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut forgers = Vec::new();
+    for _ in 0..5 {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        forgers.push(Arc::new(s));
+    }
+    let spray = {
+        let forgers = forgers.clone();
+        let ufrags = ufrags.clone();
+        tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_millis(2500);
+            let mut n = 0u32;
+            while Instant::now() < end {
+                for s in &forgers {
+                    for u in &ufrags {
+                        n += 1;
+                        let _ = s.send_to(&forged_binding_request(u, n), media).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rtp_in(&mut bob_pc, Duration::from_secs(1)).await;
+    let sent = spray.await.expect("spray task");
+    let after = rtp_in(&mut bob_pc, Duration::from_secs(1)).await;
+    assert!(sent >= 200, "the forger sent only {sent} datagrams");
+    assert!(
+        during * 10 >= before * 8 && after * 10 >= before * 8,
+        "bob-pc's packets per second: {before} before, {during} during, {after} after {sent} forged requests"
+    );
+    let mut buf = [0u8; 2048];
+    for (i, s) in forgers.iter().enumerate() {
+        match s.try_recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("forger {i} got something back: {other:?}"),
+        }
+    }
+    assert_eq!(server.media_peers(), 2, "no peer came or went");
+
+    camera.stop().await;
+    alice.send_json(unpublish_frame("m-alice", STREAM)).await;
+    alice_pc.close().await;
+    expect_status(&mut alice, "m-alice", "UNPUBLISHED").await;
+    expect_stopped_by_publisher(&mut bob, "m-bob", STREAM).await;
+    expect_nothing_left(&server, "after the unpublish").await;
+    bob_pc.close().await;
+    stop(server).await;
+}
+
+/// Issue 10, finding 8: offers that cannot lead to a working peer (a DTLS fingerprint
+/// with an unknown hash, non-hex or of the wrong size; too many m-lines) fail at once
+/// with "Invalid SDP offer: …", well before `ice_timeout_ms`, and hold no peer; the
+/// session goes on and publishes with a good offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_with_bad_fingerprints_or_too_many_m_lines_fail_at_once() {
+    let server = start_sfu_server(|c| c.media.ice_timeout_ms = 15_000).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, h264(125), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await;
+    let offer = alice_pc.create_offer().await;
+    let fingerprint = offer
+        .split("\r\n")
+        .find(|l| l.starts_with("a=fingerprint:"))
+        .unwrap_or_else(|| panic!("no fingerprint in the offer:\n{offer}"))
+        .to_owned();
+    let sha256 = vec!["AB"; 32].join(":");
+    let extra_m_lines =
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n".repeat(16);
+    let bad = [
+        (
+            offer.replace(&fingerprint, &format!("a=fingerprint:md5 {sha256}")),
+            "unknown hash function",
+        ),
+        (
+            offer.replace(&fingerprint, "a=fingerprint:sha-256 not:hex"),
+            "not colon-separated hex bytes",
+        ),
+        (
+            offer.replace(&fingerprint, "a=fingerprint:sha-256 AB"),
+            "sha-256 needs 32 bytes, not 1",
+        ),
+        (
+            offer.replace(&format!("{fingerprint}\r\n"), ""),
+            "no a=fingerprint",
+        ),
+        (format!("{offer}{extra_m_lines}"), "more than 16 m-lines"),
+    ];
+    for (i, (sdp, why)) in bad.iter().enumerate() {
+        let msid = format!("m-bad-{i}");
+        let t0 = Instant::now();
+        alice
+            .send_json(publish_frame(&msid, STREAM, sdp, true, true))
+            .await;
+        let v = next_stream_frame(&mut alice, &msid).await;
+        let elapsed = t0.elapsed();
+        let d = &v["data"][0];
+        assert!(
+            v["message"] == "notifyStreamStatusEvent" && d["status"] == "FAILED",
+            "offer {i} ({why}) must fail without an answer: {v}"
+        );
+        let info = d["info"].as_str().unwrap_or_default();
+        assert!(
+            info.starts_with("Invalid SDP offer: ") && info.ends_with(why),
+            "offer {i}: FAILED info {info:?} must say {why:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "offer {i} ({why}) failed after {elapsed:?}, not at once"
+        );
+        assert_eq!(server.media_peers(), 0, "offer {i} ({why}) holds no peer");
+    }
+    // Nobody heard of the failed streams; the session still publishes.
+    bob.sync().await;
+    publish(&mut alice, &mut alice_pc, "m-good", STREAM, Some(125)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    assert_eq!(server.media_peers(), 1);
+    alice.send_json(unpublish_frame("m-good", STREAM)).await;
+    alice_pc.close().await;
+    expect_status(&mut alice, "m-good", "UNPUBLISHED").await;
+    expect_alice_event(&mut bob, "UNPUBLISHED", STREAM).await;
+    expect_nothing_left(&server, "after the unpublish").await;
+    stop(server).await;
+}
+
+/// Issue 10, finding 13: a stream without video (a participant without a camera) plays
+/// on an offer with audio and video. The video m-line is answered inactive (no track
+/// announced to the browser, whose page would otherwise show an empty video stream
+/// instead of the audio) and the audio flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_stream_plays_on_an_audio_and_video_offer() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc =
+        RtcClient::publisher("alice-pc", &[(AUDIO, opus(111), PUB_AUDIO_SSRC)]).await;
+    publish(&mut alice, &mut alice_pc, "m-alice", STREAM, None).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(109)), (VIDEO, h264(106))]).await;
+    let offer = bob_pc.create_offer().await;
+    bob.send_json(play_frame("m-bob", STREAM, &offer)).await;
+    let answer = expect_answer(&mut bob, "m-bob").await;
+    assert_answer_pt("bob play", &answer, "audio", 109);
+    let video = answer
+        .split("m=")
+        .find(|s| s.starts_with("video"))
+        .unwrap_or_else(|| panic!("no video m-line in\n{answer}"));
+    assert!(
+        !video.starts_with("video 0 ") && video.contains("a=inactive\r\n"),
+        "the video m-line stays in the bundle, inactive:\n{answer}"
+    );
+    assert!(
+        !video.contains("a=msid:") && !video.contains("a=ssrc:"),
+        "no video track is announced:\n{answer}"
+    );
+    bob_pc.apply_answer(&answer).await;
+    expect_status(&mut bob, "m-bob", "PLAYING").await;
+    bob_pc.wait_connected(Duration::from_secs(2)).await;
+
+    alice_pc.drain_media();
+    let audio = opus_packets(alice_pc.negotiated_pt(AUDIO).await, 50, (7, 960));
+    send_interleaved(&alice_pc, &[(AUDIO, &audio)]).await;
+    let (got, other) = bob_pc.collect_rtp(&[AUDIO], audio.len(), MEDIA_WAIT).await;
+    check_forwarded("bob-pc", AUDIO, &audio, &got[0].1, 109);
+    assert!(
+        !other
+            .iter()
+            .any(|m| matches!(m, Media::Open { kind: VIDEO, .. })),
+        "no video track opened: {other:?}"
+    );
     stop(server).await;
 }

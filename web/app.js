@@ -135,6 +135,8 @@ function addTile(stream, label, { login, local = false, screen = false }) {
   // Own preview: muted (no echo; and Safari autoplays only muted media), mirrored via CSS.
   video.muted = local;
   video.srcObject = stream.media;
+  // A play of a stream without video (no camera) or audio: only the kinds it has.
+  stream.addEventListener('media', () => { video.srcObject = stream.media; });
   video.play().catch((e) => {
     if (local || e.name !== 'NotAllowedError') return;
     // Autoplay with sound refused (no user gesture yet): play muted and offer a button.

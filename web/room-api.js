@@ -168,7 +168,19 @@ class Stream extends EventTarget {
   }
 
   answer(sdp) {
-    this.pc.setRemoteDescription({ type: 'answer', sdp }).catch((e) => this.stop('FAILED', `Bad answer: ${e.message}`));
+    this.pc.setRemoteDescription({ type: 'answer', sdp }).then(() => {
+      // A kind the stream lacks (no camera, no microphone) is answered inactive: its track
+      // would never get media, and a <video> holding a video track that never delivers a
+      // frame never starts playing, so the audio next to it would not be heard.
+      // The page gets a MediaStream of the live kinds only ('media' event): an element
+      // reloads on a new srcObject, not when a track leaves the one it has.
+      if (this.published) return;
+      const idle = this.pc.getTransceivers().filter((t) => !t.currentDirection?.includes('recv'));
+      if (!idle.length) return;
+      const gone = new Set(idle.map((t) => t.receiver.track));
+      this.media = new MediaStream(this.media.getTracks().filter((t) => !gone.has(t)));
+      this.dispatchEvent(new Event('media'));
+    }, (e) => this.stop('FAILED', `Bad answer: ${e.message}`));
   }
 
   setStatus(status, info = '') {

@@ -3,8 +3,10 @@
 //! player (no transcoding: a player that cannot decode it gets "No common codecs").
 //!
 //! The offer is read with a small line parser of our own (only `m=`, `a=rtpmap`,
-//! `a=fmtp`), so the choice does not depend on how a library models SDP and bad
-//! input is easy to reason about.
+//! `a=fmtp`, `a=fingerprint`), so the choice does not depend on how a library models
+//! SDP and bad input is easy to reason about. An offer that cannot lead to a working
+//! peer (no usable DTLS fingerprint, more m-lines than a call has) is refused here, at
+//! once, instead of holding a peer until the ICE timeout.
 
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
@@ -14,6 +16,53 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 pub const NO_COMMON_CODECS: &str = "No common codecs";
+
+/// Most m-lines an offer may have: a browser's publish or play has two (three with a
+/// data channel); anything far beyond is not a call but a way to make work for us.
+pub const MAX_M_LINES: usize = 16;
+
+/// The hash functions a DTLS fingerprint may use (RFC 8122 §5, RFC 4572), with their
+/// digest sizes in bytes.
+const FINGERPRINT_HASHES: [(&str, usize); 5] = [
+    ("sha-1", 20),
+    ("sha-224", 28),
+    ("sha-256", 32),
+    ("sha-384", 48),
+    ("sha-512", 64),
+];
+
+/// Checks the value of one `a=fingerprint:` line: `<hash> <hex pairs>` with a known
+/// hash function and exactly its digest size. The error names the problem, with the
+/// client's text escaped and bounded.
+fn check_fingerprint(value: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        format!(
+            "Invalid SDP offer: a=fingerprint {}: {why}",
+            crate::logging::escaped(value)
+        )
+    };
+    let mut words = value.split_ascii_whitespace();
+    let (Some(hash), Some(hex), None) = (words.next(), words.next(), words.next()) else {
+        return Err(bad("expected <hash function> <hex bytes>"));
+    };
+    let Some(&(name, size)) = FINGERPRINT_HASHES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(hash))
+    else {
+        return Err(bad("unknown hash function"));
+    };
+    let mut bytes = 0usize;
+    for pair in hex.split(':') {
+        if pair.len() != 2 || !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("not colon-separated hex bytes"));
+        }
+        bytes += 1;
+    }
+    if bytes != size {
+        return Err(bad(&format!("{name} needs {size} bytes, not {bytes}")));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -113,8 +162,22 @@ pub fn parse_offer(sdp: &str) -> Result<Vec<OfferedMedia>, String> {
     }
     let mut media: Vec<Raw> = Vec::new();
     let mut skipping = false;
+    let mut m_lines = 0usize;
+    let mut fingerprints = 0usize;
     for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        // Session-level or media-level, every one must be usable.
+        if let Some(value) = line.strip_prefix("a=fingerprint:") {
+            check_fingerprint(value)?;
+            fingerprints += 1;
+            continue;
+        }
         if let Some(m) = line.strip_prefix("m=") {
+            m_lines += 1;
+            if m_lines > MAX_M_LINES {
+                return Err(format!(
+                    "Invalid SDP offer: more than {MAX_M_LINES} m-lines"
+                ));
+            }
             let mut words = m.split_whitespace();
             let kind = match words.next() {
                 Some("audio") => Some(Kind::Audio),
@@ -154,6 +217,9 @@ pub fn parse_offer(sdp: &str) -> Result<Vec<OfferedMedia>, String> {
     }
     if media.is_empty() {
         return Err("Invalid SDP offer: no audio or video m-line".into());
+    }
+    if fingerprints == 0 {
+        return Err("Invalid SDP offer: no a=fingerprint".into());
     }
     Ok(media
         .into_iter()
@@ -408,6 +474,14 @@ a=rtpmap:107 rtx/90000\r\na=fmtp:107 apt=106\r\n\
 a=rtpmap:127 H264/90000\r\na=fmtp:127 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
 a=rtpmap:125 H264/90000\r\na=fmtp:125 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n";
 
+    /// A session-level DTLS fingerprint line (SHA-256).
+    const FINGERPRINT: &str = "a=fingerprint:sha-256 AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB\r\n";
+
+    /// `sdp` (starting with `v=0`) with a session-level fingerprint.
+    fn fp(sdp: &str) -> String {
+        sdp.replacen("v=0\r\n", &format!("v=0\r\n{FINGERPRINT}"), 1)
+    }
+
     /// An offer with one audio and one video m-line; the m-lines list the payload
     /// types of the given rtpmap lines.
     fn offer(video: &str, audio: &str) -> String {
@@ -420,7 +494,7 @@ a=rtpmap:125 H264/90000\r\na=fmtp:125 level-asymmetry-allowed=1;packetization-mo
                 .join(" ")
         };
         format!(
-            "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF {}\r\n{audio}m=video 9 UDP/TLS/RTP/SAVPF {}\r\n{video}",
+            "v=0\r\ns=-\r\n{FINGERPRINT}m=audio 9 UDP/TLS/RTP/SAVPF {}\r\n{audio}m=video 9 UDP/TLS/RTP/SAVPF {}\r\n{video}",
             pts(audio),
             pts(video)
         )
@@ -459,16 +533,17 @@ a=rtpmap:125 H264/90000\r\na=fmtp:125 level-asymmetry-allowed=1;packetization-mo
     #[test]
     fn offer_without_a_forwardable_codec_fails() {
         let av1_only = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 45\r\na=rtpmap:45 AV1/90000\r\n";
-        let media = parse_offer(av1_only).unwrap();
+        let media = parse_offer(&fp(av1_only)).unwrap();
         assert_eq!(choose_publish(&media, false).unwrap_err(), NO_COMMON_CODECS);
         assert!(parse_offer("hello").is_err());
         assert!(parse_offer("v=0\r\ns=-\r\n").is_err());
+        assert!(parse_offer(&fp("v=0\r\ns=-\r\n")).is_err());
     }
 
     #[test]
     fn screen_share_without_audio_has_only_video() {
         let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
-        let c = choose_publish(&parse_offer(sdp).unwrap(), false).unwrap();
+        let c = choose_publish(&parse_offer(&fp(sdp)).unwrap(), false).unwrap();
         assert!(c.audio.is_none() && c.video.is_some());
     }
 
@@ -498,10 +573,10 @@ a=rtpmap:125 H264/90000\r\na=fmtp:125 level-asymmetry-allowed=1;packetization-mo
     #[test]
     fn vp8_publisher_and_h264_only_player_have_no_common_codec() {
         let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
-        let published = choose_publish(&parse_offer(vp8).unwrap(), false).unwrap();
+        let published = choose_publish(&parse_offer(&fp(vp8)).unwrap(), false).unwrap();
         let h264_player = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 100\r\na=rtpmap:100 H264/90000\r\na=fmtp:100 packetization-mode=1;profile-level-id=42e01f\r\n";
         assert_eq!(
-            choose_play(&parse_offer(h264_player).unwrap(), &published).unwrap_err(),
+            choose_play(&parse_offer(&fp(h264_player)).unwrap(), &published).unwrap_err(),
             NO_COMMON_CODECS
         );
     }
@@ -509,9 +584,133 @@ a=rtpmap:125 H264/90000\r\na=fmtp:125 level-asymmetry-allowed=1;packetization-mo
     #[test]
     fn main_profile_does_not_play_on_a_baseline_only_decoder() {
         let main = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 127\r\na=rtpmap:127 H264/90000\r\na=fmtp:127 packetization-mode=1;profile-level-id=4d001f\r\n";
-        let published = choose_publish(&parse_offer(main).unwrap(), false).unwrap();
+        let published = choose_publish(&parse_offer(&fp(main)).unwrap(), false).unwrap();
         let cb = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 100\r\na=rtpmap:100 H264/90000\r\na=fmtp:100 packetization-mode=1;profile-level-id=42e01f\r\n";
-        assert!(choose_play(&parse_offer(cb).unwrap(), &published).is_err());
+        assert!(choose_play(&parse_offer(&fp(cb)).unwrap(), &published).is_err());
+    }
+
+    /// CHROME_PUBLISH with its fingerprint line replaced by `line` (none if empty).
+    fn with_fingerprint(line: &str) -> String {
+        CHROME_PUBLISH
+            .split_inclusive("\r\n")
+            .map(|l| {
+                if l.starts_with("a=fingerprint:") {
+                    line
+                } else {
+                    l
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_hash_function_with_its_size_is_accepted_at_session_or_media_level() {
+        for (name, size) in FINGERPRINT_HASHES {
+            let hex = vec!["0f"; size].join(":");
+            for hash in [name.to_owned(), name.to_ascii_uppercase()] {
+                let sdp = with_fingerprint(&format!("a=fingerprint:{hash} {hex}\r\n"));
+                parse_offer(&sdp).unwrap_or_else(|e| panic!("{hash}: {e}"));
+            }
+        }
+        // Media-level only (Firefox writes it per m-line).
+        let media_level = with_fingerprint("").replace("a=mid:", &format!("{FINGERPRINT}a=mid:"));
+        assert_eq!(parse_offer(&media_level).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn offers_with_unusable_fingerprints_are_refused() {
+        let sha256 = vec!["AB"; 32].join(":");
+        let cases = [
+            (
+                format!("a=fingerprint:md5 {}\r\n", vec!["AB"; 16].join(":")),
+                "unknown hash function",
+            ),
+            (
+                format!("a=fingerprint:sha-257 {sha256}\r\n"),
+                "unknown hash function",
+            ),
+            (
+                "a=fingerprint:sha-256 ZZ:XX\r\n".to_owned(),
+                "not colon-separated hex bytes",
+            ),
+            (
+                format!("a=fingerprint:sha-256 {}\r\n", sha256.replace(':', "")),
+                "not colon-separated hex bytes",
+            ),
+            (
+                format!("a=fingerprint:sha-256 {sha256}:\r\n"),
+                "not colon-separated hex bytes",
+            ),
+            (
+                format!(
+                    "a=fingerprint:sha-256 {}\r\n",
+                    sha256.replacen("AB", "A\u{e9}", 1)
+                ),
+                "not colon-separated hex bytes",
+            ),
+            (
+                "a=fingerprint:sha-256 AB\r\n".to_owned(),
+                "sha-256 needs 32 bytes, not 1",
+            ),
+            (
+                format!("a=fingerprint:sha-1 {sha256}\r\n"),
+                "sha-1 needs 20 bytes, not 32",
+            ),
+            (
+                "a=fingerprint:sha-256\r\n".to_owned(),
+                "expected <hash function> <hex bytes>",
+            ),
+            (
+                format!("a=fingerprint:sha-256 {sha256} extra\r\n"),
+                "expected <hash function> <hex bytes>",
+            ),
+        ];
+        for (line, why) in cases {
+            let err = parse_offer(&with_fingerprint(&line)).unwrap_err();
+            assert!(
+                err.starts_with("Invalid SDP offer: a=fingerprint \"") && err.ends_with(why),
+                "{line:?}: {err}"
+            );
+        }
+        // One bad line spoils the offer even when another is good.
+        let two = with_fingerprint(&format!(
+            "a=fingerprint:sha-256 {sha256}\r\na=fingerprint:sha-256 AB\r\n"
+        ));
+        assert!(parse_offer(&two).is_err());
+        assert_eq!(
+            parse_offer(&with_fingerprint("")).unwrap_err(),
+            "Invalid SDP offer: no a=fingerprint"
+        );
+    }
+
+    #[test]
+    fn the_client_text_in_a_refusal_is_escaped_and_bounded() {
+        let long = format!("a=fingerprint:sha-256 \"\u{1b}[31m{}\r\n", "A".repeat(5000));
+        let err = parse_offer(&with_fingerprint(&long)).unwrap_err();
+        assert!(err.len() < 400, "bounded: {} chars", err.len());
+        assert!(
+            !err.contains('\u{1b}') && err.contains("\\u{1b}"),
+            "escaped: {err}"
+        );
+    }
+
+    #[test]
+    fn offers_with_too_many_m_lines_are_refused() {
+        let section = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        let ok = fp(&format!("v=0\r\ns=-\r\n{}", section.repeat(MAX_M_LINES)));
+        assert_eq!(parse_offer(&ok).unwrap().len(), MAX_M_LINES);
+        let many = fp(&format!("v=0\r\ns=-\r\n{}", section.repeat(2000)));
+        assert_eq!(
+            parse_offer(&many).unwrap_err(),
+            format!("Invalid SDP offer: more than {MAX_M_LINES} m-lines")
+        );
+        // Data channel m-lines count too.
+        let app = "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        let many = fp(&format!(
+            "v=0\r\ns=-\r\n{section}{}",
+            app.repeat(MAX_M_LINES)
+        ));
+        assert!(parse_offer(&many).is_err());
     }
 
     #[test]

@@ -695,6 +695,9 @@ impl Engine {
             .map_err(|e| format!("Invalid SDP offer: {e}"))?;
         pc.set_remote_description(now, offer)
             .map_err(|e| format!("Invalid SDP offer: {e}"))?;
+        if direction == Direction::Play {
+            peer::idle_unsent_media(&mut pc);
+        }
         for ip in &self.cfg.advertise {
             peer::add_host_candidate(&mut pc, SocketAddr::new(*ip, self.cfg.port))?;
         }
@@ -709,7 +712,7 @@ impl Engine {
             .ok_or_else(|| "Cannot answer the offer".to_owned())?;
         let id = self.next_id;
         self.next_id += 1;
-        self.routes.add_peer(ufrag, id);
+        self.routes.add_peer(ufrag, &pwd, id);
         self.by_media
             .insert((session, media_session_id.to_owned()), id);
         self.peers.insert(
@@ -739,7 +742,7 @@ impl Engine {
             debug!("peer {id}: close: {e}");
         }
         // The DTLS close alert, so the browser notices at once.
-        Self::push_writes(&mut self.transmits, id, &mut p.pc);
+        Self::push_writes(&mut self.transmits, &mut self.routes, id, &mut p.pc);
         self.routes.remove_peer(id);
         match p.role {
             Role::Publish { stream } => {
@@ -781,8 +784,16 @@ impl Engine {
         SocketAddr::new(ip, self.cfg.port)
     }
 
-    fn push_writes(transmits: &mut VecDeque<Transmit>, id: PeerId, pc: &mut RTCPeerConnection) {
+    /// Queues what a peer wants sent; the route table notes the STUN requests among
+    /// them (only their responses may reach the peer).
+    fn push_writes(
+        transmits: &mut VecDeque<Transmit>,
+        routes: &mut Routes<PeerId>,
+        id: PeerId,
+        pc: &mut RTCPeerConnection,
+    ) {
         while let Some(m) = pc.poll_write() {
+            routes.sent(id, m.transport.peer_addr, &m.message);
             transmits.push_back(Transmit {
                 peer: id,
                 to: m.transport.peer_addr,
@@ -801,7 +812,7 @@ impl Engine {
             let Some(p) = self.peers.get_mut(&id) else {
                 return;
             };
-            Self::push_writes(&mut self.transmits, id, &mut p.pc);
+            Self::push_writes(&mut self.transmits, &mut self.routes, id, &mut p.pc);
             while let Some(event) = p.pc.poll_event() {
                 match event {
                     RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
@@ -928,7 +939,7 @@ impl Engine {
                         debug!("peer {peer}: PLI: {e}");
                     }
                 }
-                Self::push_writes(&mut self.transmits, *peer, &mut p.pc);
+                Self::push_writes(&mut self.transmits, &mut self.routes, *peer, &mut p.pc);
             }
         }
         publication.last_key_frame_request = Some(now);
@@ -987,7 +998,7 @@ impl Engine {
                     }
                 }
             }
-            Self::push_writes(&mut self.transmits, player, &mut p.pc);
+            Self::push_writes(&mut self.transmits, &mut self.routes, player, &mut p.pc);
         }
     }
 }

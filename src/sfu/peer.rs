@@ -18,6 +18,7 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
@@ -63,6 +64,28 @@ pub fn build(
         .map_err(|e| format!("peer connection: {e}"))
 }
 
+/// Answers `inactive` every m-line of a play that nothing is sent on: the kinds the
+/// stream lacks (no camera, no microphone). Call between the remote offer and the
+/// answer.
+///
+/// Left `sendonly` with no track, such an m-line makes the browser announce a remote
+/// track that never gets a packet, in a stream of its own (the answer has no msid for
+/// it): a page that shows `event.streams[0]` of every `ontrack` (the Flashphoner SDK)
+/// then loses the stream that has the media, and a `<video>` holding a video track
+/// that never delivers a frame never starts playing, so its audio is never heard.
+/// `inactive` keeps the m-line in the bundle (a rejected first m-line would take the
+/// transport with it) and announces nothing.
+pub fn idle_unsent_media(pc: &mut RTCPeerConnection) {
+    let ids: Vec<RTCRtpTransceiverId> = pc.get_transceivers().collect();
+    for id in ids {
+        if let Some(mut t) = pc.rtp_transceiver(id) {
+            if t.sender().is_none() {
+                t.set_direction(RTCRtpTransceiverDirection::Inactive);
+            }
+        }
+    }
+}
+
 /// A host candidate for `addr` (an advertised address and the media port).
 pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<(), String> {
     let candidate = CandidateHostConfig {
@@ -85,19 +108,53 @@ pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Resul
 }
 
 /// The answer as the browser gets it: without the component-2 candidates the library
-/// writes although rtcp-mux is on. Everything else is already as ROOM_PROTOCOL §10.2
-/// asks (CRLF, BUNDLE, ice-lite, setup:passive, fmtp after rtpmap, shared msid).
+/// writes although rtcp-mux is on, and with the candidates in every m-line that is not
+/// rejected. The library writes them into the first m-line only, and a client that
+/// reads candidates from the m-lines it uses (pion and webrtc-rs skip `inactive` ones)
+/// would find none when the first one is inactive (a stream without audio). Everything
+/// else is already as ROOM_PROTOCOL §10.2 asks (CRLF, BUNDLE, ice-lite, setup:passive,
+/// fmtp after rtpmap, shared msid).
 pub fn tidy_answer(sdp: &str) -> String {
-    let mut out = String::with_capacity(sdp.len());
-    for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
-        let component_2 = line
-            .strip_prefix("a=candidate:")
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            == Some("2");
-        if !component_2 {
-            out.push_str(line);
-            out.push_str("\r\n");
+    let lines: Vec<&str> = sdp.split("\r\n").filter(|l| !l.is_empty()).collect();
+    let is_candidate = |l: &&str| l.starts_with("a=candidate:") || *l == "a=end-of-candidates";
+    let candidates: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(is_candidate)
+        .filter(|l| {
+            l.strip_prefix("a=candidate:")
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                != Some("2")
+        })
+        .fold(Vec::new(), |mut unique, l| {
+            if !unique.contains(&l) {
+                unique.push(l);
+            }
+            unique
+        });
+    let mut out = String::with_capacity(sdp.len() * 2);
+    let mut push = |l: &str| {
+        out.push_str(l);
+        out.push_str("\r\n");
+    };
+    // Session lines, then each m-section without its own candidates and with all of them
+    // at its end (rejected sections, port 0, get none).
+    let mut section_live = false;
+    let mut in_media = false;
+    for l in lines {
+        if l.starts_with("m=") {
+            if in_media && section_live {
+                candidates.iter().for_each(|c| push(c));
+            }
+            in_media = true;
+            section_live = l.split(' ').nth(1) != Some("0");
         }
+        if !is_candidate(&l) {
+            push(l);
+        }
+    }
+    if in_media && section_live {
+        candidates.iter().for_each(|c| push(c));
     }
     out
 }
@@ -165,11 +222,31 @@ mod tests {
 
     #[test]
     fn component_2_candidates_are_dropped_and_crlf_kept() {
-        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host\r\n\
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+a=candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host\r\n\
 a=candidate:1 2 udp 2130706431 127.0.0.1 20000 typ host\r\na=rtcp-mux\r\n";
         assert_eq!(
             tidy_answer(sdp),
-            "v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host\r\na=rtcp-mux\r\n"
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtcp-mux\r\n\
+a=candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host\r\n"
+        );
+    }
+
+    #[test]
+    fn every_live_m_line_carries_the_candidates() {
+        let c = "a=candidate:1 1 udp 2130706431 127.0.0.1 20000 typ host";
+        let sdp = format!(
+            "v=0\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=inactive\r\n\
+{c}\r\na=end-of-candidates\r\nm=video 9 UDP/TLS/RTP/SAVPF 106\r\na=mid:1\r\na=sendonly\r\n\
+m=video 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:2\r\n"
+        );
+        assert_eq!(
+            tidy_answer(&sdp),
+            format!(
+                "v=0\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=inactive\r\n\
+{c}\r\na=end-of-candidates\r\nm=video 9 UDP/TLS/RTP/SAVPF 106\r\na=mid:1\r\na=sendonly\r\n\
+{c}\r\na=end-of-candidates\r\nm=video 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:2\r\n"
+            )
         );
     }
 }
