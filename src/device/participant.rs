@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::logging::escaped;
+use crate::logging::{escaped, field};
 
 use crate::auth::Access;
 use crate::rooms::{
@@ -142,7 +142,7 @@ impl Participant {
             if let Some(r) = self.retries.get_mut(&room) {
                 r.at = None;
             }
-            info!(room:% = crate::logging::field(&room); "device: joining room {} again", escaped(&room));
+            info!(room:% = field(&room); "device: joining room {} again", escaped(&room));
             out.extend(self.join(&room));
         }
         out
@@ -212,7 +212,7 @@ impl Participant {
                     {
                         m.stream = None;
                         if status.status == StreamState::Failed {
-                            warn!(room:% = crate::logging::field(&room); "device: stream {} failed: {}", escaped(&status.name), escaped(&status.info));
+                            warn!(room:% = field(room); "device: stream {} failed: {}", escaped(&status.name), escaped(&status.info));
                         }
                     }
                 }
@@ -239,7 +239,7 @@ impl Participant {
                     })
                     .filter(|l| *l != me)
                     .collect();
-                info!(room:% = crate::logging::field(&room); "device: joined room {}", escaped(&room));
+                info!(room:% = field(&room); "device: joined room {}", escaped(&room));
                 self.publish(&room)
             }
             RoomEvent::Joined(login) => {
@@ -251,7 +251,7 @@ impl Participant {
                 let fixed = self.policy.rooms.contains(&room);
                 if m.others.is_empty() && !m.joining && !fixed {
                     self.rooms.remove(&room);
-                    info!(room:% = crate::logging::field(&room); "device: leaving room {}, nobody else is in it", escaped(&room));
+                    info!(room:% = field(&room); "device: leaving room {}, nobody else is in it", escaped(&room));
                     return vec![Command::Leave {
                         operation_id: format!("device-leave:{room}"),
                         room,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::auth::Access;
-use crate::logging::escaped;
+use crate::logging::{escaped, field};
 pub use messages::*;
 use room::{Member, Room};
 use session::{Admit, Endpoint, Session, TokenBucket};
@@ -307,7 +307,7 @@ impl Core {
             } => {
                 // On success join() queues ACCEPTED itself: it must precede STATE.
                 if let Err(info) = self.join(now, session, &operation_id, &room, record) {
-                    debug!(room:% = crate::logging::field(&room); "session {session}: join {} failed: {}", escaped(&room), escaped(&info));
+                    debug!(room:% = field(&room); "session {session}: join {} failed: {}", escaped(&room), escaped(&info));
                     self.send(
                         session,
                         ServerMessage::DataStatus {
@@ -344,7 +344,7 @@ impl Core {
             }
             Command::Publish(req) => {
                 if let Err(info) = self.publish(now, session, &req) {
-                    debug!(stream:% = crate::logging::field(&req.name); "session {session}: publish {} failed: {}", escaped(&req.name), escaped(&info));
+                    debug!(stream:% = field(&req.name); "session {session}: publish {} failed: {}", escaped(&req.name), escaped(&info));
                     self.send(
                         session,
                         stream_reply(&req, true, StreamState::Failed, &info),
@@ -482,7 +482,7 @@ impl Core {
             .collect();
         idle.sort();
         for room in idle {
-            info!(room:% = crate::logging::field(&room); "room {}: idle timeout, finalizing", escaped(&room));
+            info!(room:% = field(&room); "room {}: idle timeout, finalizing", escaped(&room));
             self.finalize_room(&room);
         }
     }
@@ -601,7 +601,7 @@ impl Core {
                             self.cfg.max_rooms
                         ));
                     }
-                    info!(room:% = crate::logging::field(room_name), login:% = crate::logging::field(&login); "room {}: created by {} (record: {record})", escaped(room_name), escaped(&login));
+                    info!(room:% = field(room_name), login:% = field(&login); "room {}: created by {} (record: {record})", escaped(room_name), escaped(&login));
                     self.rooms.insert(
                         room_name.to_owned(),
                         Room::new(room_name.to_owned(), record),
@@ -632,7 +632,7 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.rooms.insert(room_name.to_owned());
         }
-        info!(room:% = crate::logging::field(room_name), login:% = crate::logging::field(&login); "room {}: {} joined", escaped(room_name), escaped(&login));
+        info!(room:% = field(room_name), login:% = field(&login); "room {}: {} joined", escaped(room_name), escaped(&login));
         self.send(
             session,
             ServerMessage::DataStatus {
@@ -704,7 +704,7 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.rooms.remove(room_name);
         }
-        info!(room:% = crate::logging::field(room_name), login:% = crate::logging::field(&member.login); "room {}: {} left", escaped(room_name), escaped(&member.login));
+        info!(room:% = field(room_name), login:% = field(&member.login); "room {}: {} left", escaped(room_name), escaped(&member.login));
         for other in others {
             self.room_event(other, room_name, RoomEvent::Left(member.login.clone()));
         }
@@ -953,7 +953,7 @@ impl Core {
     fn stop_endpoint(&mut self, session: SessionId, r: &StreamRef, unpublish: bool) {
         match self.endpoint(session, &r.media_session_id).cloned() {
             Some(Endpoint::Publish(name)) => {
-                info!(stream:% = crate::logging::field(&name); "stream {}: unpublished", escaped(&name));
+                info!(stream:% = field(&name); "stream {}: unpublished", escaped(&name));
                 self.end_publication(
                     &name,
                     Ending {
@@ -1008,7 +1008,7 @@ impl Core {
                 }
                 let status = publication_status(p, StreamState::Publishing, "");
                 let (room, login) = (p.room.clone(), p.login.clone());
-                info!(stream:% = crate::logging::field(&name), room:% = crate::logging::field(&room), login:% = crate::logging::field(&login); "stream {}: publishing in room {}", escaped(&name), escaped(&room));
+                info!(stream:% = field(&name), room:% = field(&room), login:% = field(&login); "stream {}: publishing in room {}", escaped(&name), escaped(&room));
                 self.send(session, ServerMessage::StreamStatus(status));
                 let others = self
                     .rooms
@@ -1050,7 +1050,7 @@ impl Core {
     fn media_failed(&mut self, session: SessionId, media_session_id: &str, info: &str) {
         match self.endpoint(session, media_session_id).cloned() {
             Some(Endpoint::Publish(name)) => {
-                warn!(stream:% = crate::logging::field(&name); "stream {}: failed: {}", escaped(&name), escaped(info));
+                warn!(stream:% = field(&name); "stream {}: failed: {}", escaped(&name), escaped(info));
                 let player_info = format!("Stopped by publisher failure: {info}");
                 self.end_publication(
                     &name,
@@ -1235,7 +1235,7 @@ impl Core {
 
     fn finalize_room(&mut self, room_name: &str) {
         if let Some(room) = self.rooms.remove(room_name) {
-            info!(room:% = crate::logging::field(room_name); "room {}: finalized", escaped(room_name));
+            info!(room:% = field(room_name); "room {}: finalized", escaped(room_name));
             self.outputs.push_back(Output::RoomFinalized {
                 room: room.name,
                 record: room.record,

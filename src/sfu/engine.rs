@@ -566,7 +566,7 @@ impl Engine {
                 .is_some_and(|fs| !fs.iter().any(|f| matches!(f, Family::H264 { .. })))
         });
         let chosen = codecs::choose_publish(&offer, self.cfg.prefer_vp8 || h264_blind)?;
-        info!(stream:% = crate::logging::field(stream); "stream '{stream}': publishing {}", chosen.describe());
+        info!(stream:% = crate::logging::field(stream); "stream {}: publishing {}", crate::logging::escaped(stream), chosen.describe());
         let role = Role::Publish {
             stream: stream.to_owned(),
         };
@@ -834,7 +834,10 @@ impl Engine {
                             } else {
                                 "Failed by ICE timeout"
                             };
-                            warn!("peer {id} ({}): {info}", p.media_session_id);
+                            warn!(
+                                "peer {id} ({}): {info}",
+                                crate::logging::escaped(&p.media_session_id)
+                            );
                             self.events.push_back(MediaEvent::Failed {
                                 session: p.session,
                                 media_session_id: p.media_session_id.clone(),
