@@ -235,98 +235,6 @@ pub enum ServerMessage {
     },
 }
 
-impl ServerMessage {
-    /// A cheap upper bound of this message's rendered frame size in bytes (what
-    /// `signalling::wire::render_server_message` produces): every string's JSON-escaped
-    /// length plus a constant that covers the largest frame skeleton. For a per-session
-    /// outbound byte budget; O(length of the strings), no allocation.
-    pub fn approx_bytes(&self) -> usize {
-        let strings = match self {
-            ServerMessage::UserData(u) => {
-                json_len(&u.auth_token)
-                    + opt_json_len(&u.info.login)
-                    + opt_json_len(&u.info.app_key)
-                    + opt_json_len(&u.info.client_version)
-                    + opt_json_len(&u.info.client_os_version)
-                    + opt_json_len(&u.info.client_browser_version)
-            }
-            ServerMessage::Ping | ServerMessage::Pong => 0,
-            ServerMessage::DataStatus {
-                operation_id,
-                result,
-            } => json_len(operation_id) + result.as_ref().err().map_or(0, |e| json_len(e)),
-            ServerMessage::Room { room, event } => json_len(room) + event.approx_bytes(),
-            ServerMessage::StreamStatus(s) => {
-                json_len(&s.media_session_id)
-                    + json_len(&s.name)
-                    + json_len(&s.info)
-                    + opt_json_len(&s.room)
-            }
-            ServerMessage::RemoteSdp {
-                media_session_id,
-                sdp,
-            } => json_len(media_session_id) + json_len(sdp),
-            ServerMessage::AvailableStream {
-                media_session_id,
-                info,
-                ..
-            } => json_len(media_session_id) + json_len(info),
-            ServerMessage::Fail {
-                api_method,
-                id,
-                info,
-            } => json_len(api_method) + opt_json_len(id) + json_len(info),
-        };
-        FRAME_SKELETON_BYTES + strings
-    }
-}
-
-impl RoomEvent {
-    fn approx_bytes(&self) -> usize {
-        match self {
-            RoomEvent::State(entries) => entries
-                .iter()
-                .map(|e| {
-                    STATE_ENTRY_BYTES
-                        + match e {
-                            StateEntry::Participant(login) => json_len(login),
-                            StateEntry::Stream { login, name } => json_len(login) + json_len(name),
-                        }
-                })
-                .sum(),
-            RoomEvent::Joined(login) | RoomEvent::Left(login) => json_len(login),
-            RoomEvent::Published { login, name }
-            | RoomEvent::Unpublished { login, name }
-            | RoomEvent::Failed { login, name } => json_len(login) + json_len(name),
-            RoomEvent::Message { from, text } => json_len(from) + json_len(text),
-        }
-    }
-}
-
-/// Everything of a rendered frame but its strings, for the largest frame (a stream
-/// status with its fixed fields, or `getUserData`), with room to spare.
-const FRAME_SKELETON_BYTES: usize = 512;
-/// The punctuation and keys of one `STATE` entry (`{"login":…,"name":…},`).
-const STATE_ENTRY_BYTES: usize = 32;
-
-/// The length of `s` as a JSON string literal: quotes, `\"` and `\\` as two bytes,
-/// control characters counted as the six of `\u00XX` (an upper bound: some have
-/// two-byte escapes). Other characters are written as their UTF-8 bytes.
-fn json_len(s: &str) -> usize {
-    2 + s
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
-}
-
-fn opt_json_len(s: &Option<String>) -> usize {
-    s.as_deref().map_or(2, json_len)
-}
-
 /// Why the core wants a session's socket closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -336,7 +244,8 @@ pub enum CloseReason {
     Flood,
     /// `[signalling] max_sessions` reached.
     TooManySessions,
-    /// The session does not read what we send; its outbound queue is full.
+    /// The session does not read what we send: its outbound queue or byte budget is
+    /// full, or a write timed out.
     TooSlow,
     /// The service is stopping.
     Shutdown,
