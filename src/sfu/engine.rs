@@ -691,10 +691,16 @@ impl Engine {
                 });
             }
         }
-        let offer = RTCSessionDescription::offer(offer.to_owned())
-            .map_err(|e| format!("Invalid SDP offer: {e}"))?;
+        // The parser's errors may quote the client's lines: escaped and bounded.
+        let invalid = |e: &dyn std::fmt::Display| {
+            format!(
+                "Invalid SDP offer: {}",
+                crate::logging::escaped(&e.to_string())
+            )
+        };
+        let offer = RTCSessionDescription::offer(offer.to_owned()).map_err(|e| invalid(&e))?;
         pc.set_remote_description(now, offer)
-            .map_err(|e| format!("Invalid SDP offer: {e}"))?;
+            .map_err(|e| invalid(&e))?;
         if direction == Direction::Play {
             peer::idle_unsent_media(&mut pc);
         }

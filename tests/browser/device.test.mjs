@@ -163,7 +163,7 @@ test('a camera that stops mid-stream ends the stream; the device republishes and
       // bob leaves: the device has nobody left in the room and leaves too; the room ends.
       assert.equal(await bob.call('leave'), 'resolved');
     });
-    assert.ok(server.stderrLines.some((l) => l.includes("device: leaving room 'flaky'")), 'the device left the empty room');
+    assert.ok(server.stderrLines.some((l) => l.includes('device: leaving room "flaky"')), 'the device left the empty room');
     const failure = server.stderrLines.find((l) => l.includes('camera pipeline failed'));
     assert.ok(failure, 'the log names the camera and why it failed');
     assert.match(failure, /end of stream/);
