@@ -250,35 +250,23 @@ mod tests {
         let a = authority();
         let exp = now_unix() + 60;
         let plain = token("alice", Rooms::Any("*".into()), true, exp, "s3cret");
-        let admin = mint(
-            &Claims {
+        let ops = |secret: &str| {
+            let claims = Claims {
                 sub: "ops".into(),
                 rooms: Rooms::List(vec![]),
                 publish: false,
                 exp,
                 admin: true,
-            },
-            "s3cret",
-            None,
-        )
-        .unwrap();
+            };
+            mint(&claims, secret, None).unwrap()
+        };
+        let admin = ops("s3cret");
         assert!(a.admin(Some(&admin)));
         assert!(!a.admin(Some(&plain)));
         assert!(!a.admin(None));
         assert!(!a.admin(Some("")));
         assert!(!a.admin(Some("junk.junk.junk")));
-        let forged = mint(
-            &Claims {
-                sub: "ops".into(),
-                rooms: Rooms::List(vec![]),
-                publish: false,
-                exp,
-                admin: true,
-            },
-            "other secret",
-            None,
-        )
-        .unwrap();
+        let forged = ops("other secret");
         assert!(!a.admin(Some(&forged)));
         let open = Authority::new(&Auth::default()).unwrap();
         assert!(open.admin(None));

@@ -187,6 +187,18 @@ async fn member(addr: SocketAddr, login: &str) -> Client {
     c
 }
 
+/// A publisher with Opus and H.264 (the tests' usual browser-like publisher).
+async fn h264_publisher(name: &str) -> RtcClient {
+    RtcClient::publisher(
+        name,
+        &[
+            (AUDIO, opus(111), PUB_AUDIO_SSRC),
+            (VIDEO, h264(125), PUB_VIDEO_SSRC),
+        ],
+    )
+    .await
+}
+
 // ---------------------------------------------------------------------------------
 // SDP checks (what ROOM_PROTOCOL §10.2 asks of an answer that a test can see)
 
@@ -689,14 +701,7 @@ async fn publish_two_players_forward_feedback_and_unpublish() {
     bob.expect_event_in(ROOM, "JOINED").await;
 
     // 1. Publish: Opus 111 + H.264 42e01f at 125.
-    let mut alice_pc = RtcClient::publisher(
-        "alice-pc",
-        &[
-            (AUDIO, opus(111), PUB_AUDIO_SSRC),
-            (VIDEO, h264(125), PUB_VIDEO_SSRC),
-        ],
-    )
-    .await;
+    let mut alice_pc = h264_publisher("alice-pc").await;
     let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
     assert_eq!(
         port,
@@ -807,14 +812,7 @@ async fn back_to_back_players_each_get_a_key_frame() {
     let mut carol = member(addr, "carol").await;
     alice.expect_event_in(ROOM, "JOINED").await;
     bob.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = RtcClient::publisher(
-        "alice-pc",
-        &[
-            (AUDIO, opus(111), PUB_AUDIO_SSRC),
-            (VIDEO, h264(125), PUB_VIDEO_SSRC),
-        ],
-    )
-    .await;
+    let mut alice_pc = h264_publisher("alice-pc").await;
     let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
     expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
     expect_alice_event(&mut carol, "PUBLISHED", STREAM).await;
@@ -870,14 +868,7 @@ async fn publish_without_ice_fails_by_ice_timeout() {
     let mut bob = member(addr, "bob").await;
     alice.expect_event_in(ROOM, "JOINED").await;
 
-    let mut pc = RtcClient::publisher(
-        "alice-pc",
-        &[
-            (AUDIO, opus(111), PUB_AUDIO_SSRC),
-            (VIDEO, h264(125), PUB_VIDEO_SSRC),
-        ],
-    )
-    .await;
+    let mut pc = h264_publisher("alice-pc").await;
     let offer = pc.create_offer().await;
     let t0 = Instant::now();
     alice
@@ -987,14 +978,7 @@ async fn hundred_publish_cycles_leave_no_peers() {
     for i in 0..100u32 {
         let name = format!("r-alice-{i:04x}");
         let msid = format!("m-cycle-{i}");
-        let mut pc = RtcClient::publisher(
-            &format!("alice-pc-{i}"),
-            &[
-                (AUDIO, opus(111), PUB_AUDIO_SSRC),
-                (VIDEO, h264(125), PUB_VIDEO_SSRC),
-            ],
-        )
-        .await;
+        let mut pc = h264_publisher(&format!("alice-pc-{i}")).await;
         let p = publish(&mut alice, &mut pc, &msid, &name, Some(125)).await;
         assert_eq!(
             *port.get_or_insert(p),
@@ -1055,14 +1039,7 @@ async fn players_in_one_session_stop_and_publisher_disconnect() {
     let mut alice = member(addr, "alice").await;
     let mut bob = member(addr, "bob").await;
     alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = RtcClient::publisher(
-        "alice-pc",
-        &[
-            (AUDIO, opus(111), PUB_AUDIO_SSRC),
-            (VIDEO, h264(125), PUB_VIDEO_SSRC),
-        ],
-    )
-    .await;
+    let mut alice_pc = h264_publisher("alice-pc").await;
     let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
     expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
     let camera = Camera::start(
@@ -1253,14 +1230,7 @@ async fn forged_stun_does_not_take_over_a_peers_address() {
     let mut alice = member(addr, "alice").await;
     let mut bob = member(addr, "bob").await;
     alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = RtcClient::publisher(
-        "alice-pc",
-        &[
-            (AUDIO, opus(111), PUB_AUDIO_SSRC),
-            (VIDEO, h264(125), PUB_VIDEO_SSRC),
-        ],
-    )
-    .await;
+    let mut alice_pc = h264_publisher("alice-pc").await;
     let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
     expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
     let camera = Camera::start(
@@ -1347,14 +1317,7 @@ async fn offers_with_bad_fingerprints_or_too_many_m_lines_fail_at_once() {
     let mut alice = member(addr, "alice").await;
     let mut bob = member(addr, "bob").await;
     alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = RtcClient::publisher(
-        "alice-pc",
-        &[
-            (AUDIO, opus(111), PUB_AUDIO_SSRC),
-            (VIDEO, h264(125), PUB_VIDEO_SSRC),
-        ],
-    )
-    .await;
+    let mut alice_pc = h264_publisher("alice-pc").await;
     let offer = alice_pc.create_offer().await;
     let fingerprint = offer
         .split("\r\n")

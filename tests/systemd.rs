@@ -112,23 +112,27 @@ fn notifies_ready_after_the_port_accepts_then_watchdog_then_stopping() {
     assert!(status.success(), "{status:?}; stderr {:#?}", huddle.log);
 }
 
-#[test]
-fn a_hung_room_core_starves_the_watchdog() {
-    let notify = NotifySocket::new("hang");
+/// A service with debug-only fault injection (`env`), watched on a notify socket with a
+/// 300 ms watchdog; returns once it is READY and fed the watchdog.
+fn faulty_service(tag: &str, env: (&str, &str)) -> (NotifySocket, Running, std::net::SocketAddr) {
+    let notify = NotifySocket::new(tag);
     let path = notify.path();
     let mut huddle = Running::start_with_env(
-        "sd-hang",
+        &format!("sd-{tag}"),
         &[
             ("NOTIFY_SOCKET", path.as_str()),
             ("WATCHDOG_USEC", "300000"),
-            ("HUDDLE_FAULT_HANG_CORE_IN_ROOM", "hang"),
+            env,
         ],
     );
     notify.until("READY=1", Duration::from_secs(10));
     notify.until("WATCHDOG=1", Duration::from_secs(2));
     let addr = huddle.address();
+    (notify, huddle, addr)
+}
 
-    // A join to the fault-injection room hangs the core loop.
+/// Opens a Room API session, sends `frames`, and runs `watch` while the socket is open.
+fn with_frames_sent(addr: std::net::SocketAddr, frames: &[&str], watch: impl FnOnce()) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -140,11 +144,21 @@ fn a_hung_room_core_starves_the_watchdog() {
             .await
             .unwrap();
         let connection = r#"{"message":"connection","data":[{"custom":{"login":"x"}}]}"#;
-        let join = r#"{"message":"sendData","data":[{"operationId":"o","payload":{"command":"join","options":{"name":"hang"}}}]}"#;
-        ws.send(Message::text(connection)).await.unwrap();
-        ws.send(Message::text(join)).await.unwrap();
-        // Keep the socket open while we watch the watchdog.
+        for frame in std::iter::once(&connection).chain(frames) {
+            ws.send(Message::text(*frame)).await.unwrap();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
+        watch();
+        drop(ws);
+    });
+}
+
+#[test]
+fn a_hung_room_core_starves_the_watchdog() {
+    let (notify, huddle, addr) = faulty_service("hang", ("HUDDLE_FAULT_HANG_CORE_IN_ROOM", "hang"));
+    // A join to the fault-injection room hangs the core loop.
+    let join = r#"{"message":"sendData","data":[{"operationId":"o","payload":{"command":"join","options":{"name":"hang"}}}]}"#;
+    with_frames_sent(addr, &[join], || {
         // Drain what was in flight, then no WATCHDOG=1 may come for 5 periods.
         let settle = Instant::now() + Duration::from_millis(400);
         while Instant::now() < settle {
@@ -159,7 +173,6 @@ fn a_hung_room_core_starves_the_watchdog() {
                 );
             }
         }
-        drop(ws);
     });
     assert!(
         huddle.log.iter().all(|l| !l.contains("panicked")),
@@ -171,36 +184,11 @@ fn a_hung_room_core_starves_the_watchdog() {
 
 #[test]
 fn a_panicked_media_task_stops_the_service_for_a_restart() {
-    let notify = NotifySocket::new("panic");
-    let path = notify.path();
-    let mut huddle = Running::start_with_env(
-        "sd-panic",
-        &[
-            ("NOTIFY_SOCKET", path.as_str()),
-            ("WATCHDOG_USEC", "300000"),
-            ("HUDDLE_FAULT_PANIC_MEDIA", "1"),
-        ],
-    );
-    notify.until("READY=1", Duration::from_secs(10));
-    notify.until("WATCHDOG=1", Duration::from_secs(2));
-    let addr = huddle.address();
+    let (notify, mut huddle, addr) = faulty_service("panic", ("HUDDLE_FAULT_PANIC_MEDIA", "1"));
     // The first media request (a publish) panics the SFU task.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        use futures_util::SinkExt;
-        use tokio_tungstenite::tungstenite::Message;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .unwrap();
-        let connection = r#"{"message":"connection","data":[{"custom":{"login":"x"}}]}"#;
-        let join = r#"{"message":"sendData","data":[{"operationId":"o","payload":{"command":"join","options":{"name":"r"}}}]}"#;
-        let publish = r#"{"message":"publishStream","data":[{"mediaSessionId":"m1","name":"r-x","sdp":"v=0\r\n","custom":{"name":"r"}}]}"#;
-        for frame in [connection, join, publish] {
-            ws.send(Message::text(frame)).await.unwrap();
-        }
+    let join = r#"{"message":"sendData","data":[{"operationId":"o","payload":{"command":"join","options":{"name":"r"}}}]}"#;
+    let publish = r#"{"message":"publishStream","data":[{"mediaSessionId":"m1","name":"r-x","sdp":"v=0\r\n","custom":{"name":"r"}}]}"#;
+    with_frames_sent(addr, &[join, publish], || {
         // The heartbeat finds the task gone: no more WATCHDOG=1, STOPPING=1, exit 1.
         let mut seen = Vec::new();
         let until = Instant::now() + Duration::from_secs(5);
@@ -218,9 +206,14 @@ fn a_panicked_media_task_stops_the_service_for_a_restart() {
             .position(|m| m.contains("STOPPING=1"))
             .unwrap_or_else(|| panic!("no STOPPING=1 after the media task died: {seen:?}"));
         // At most the heartbeat already under way when the task died fed it.
-        let fed = seen[..stop].iter().filter(|m| m.contains("WATCHDOG=1")).count();
-        assert!(fed <= 2, "watchdog fed {fed} times with a dead media task: {seen:?}");
-        drop(ws);
+        let fed = seen[..stop]
+            .iter()
+            .filter(|m| m.contains("WATCHDOG=1"))
+            .count();
+        assert!(
+            fed <= 2,
+            "watchdog fed {fed} times with a dead media task: {seen:?}"
+        );
     });
     let status = huddle.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "exit status {status:?}");
