@@ -1287,7 +1287,7 @@ fn the_local_participant_is_not_held_to_the_per_session_limits() {
         max_streams_per_session: 1,
         ..CoreConfig::default()
     });
-    h.core.connect_local(h.now, 100);
+    h.core.connect_local(h.now, 100, "device");
     h.cmd(
         100,
         Command::Connect(ConnectInfo {
@@ -1303,7 +1303,7 @@ fn the_local_participant_is_not_held_to_the_per_session_limits() {
         let out = h.cmd(100, Command::Publish(r));
         assert!(
             out.iter()
-                .any(|o| matches!(o, Output::Media(MediaRequest::PublishDevice { .. }))),
+                .any(|o| matches!(o, Output::Media(MediaRequest::PublishExternal { .. }))),
             "{out:?}"
         );
     }
@@ -1348,7 +1348,7 @@ fn the_device_login_is_reserved() {
         ..CoreConfig::default()
     });
     // The device itself (a local session) uses it.
-    h.core.connect_local(h.now, 100);
+    h.core.connect_local(h.now, 100, "device");
     h.cmd(
         100,
         Command::Connect(ConnectInfo {

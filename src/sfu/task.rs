@@ -4,7 +4,7 @@
 //! lost video asks its publisher for a key frame).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig};
 use crate::config::Media;
+use crate::media::{KeyFrameFlag, SourceId};
 use crate::rooms::{MediaEvent, MediaRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,11 +84,13 @@ pub enum DeviceInput {
     Packet(Kind, rtc::rtp::Packet),
 }
 
-/// The device's way into the SFU, for its capture threads (blocking code).
+/// The device's way into the SFU, for its capture threads (blocking code). The task
+/// hands what comes in to the engine's named source `device::SOURCE`; the source's
+/// key-frame requests set the shared flag the capture threads poll.
 #[derive(Clone)]
 pub struct DeviceFeed {
     tx: mpsc::Sender<DeviceInput>,
-    key_frame: Arc<AtomicBool>,
+    key_frame: KeyFrameFlag,
 }
 
 /// Device packets queued toward the SFU task: about a second of 720p video.
@@ -95,9 +98,9 @@ const DEVICE_QUEUE: usize = 256;
 
 impl DeviceFeed {
     /// A feed and the receiving end the SFU task reads (also for tests).
-    pub fn channel() -> (DeviceFeed, mpsc::Receiver<DeviceInput>, Arc<AtomicBool>) {
+    pub fn channel() -> (DeviceFeed, mpsc::Receiver<DeviceInput>, KeyFrameFlag) {
         let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
-        let key_frame = Arc::new(AtomicBool::new(false));
+        let key_frame = KeyFrameFlag::default();
         (
             DeviceFeed {
                 tx,
@@ -124,12 +127,12 @@ impl DeviceFeed {
 
     /// Whether a player asked for a key frame since the last call.
     pub fn take_key_frame_request(&self) -> bool {
-        self.key_frame.swap(false, Ordering::Relaxed)
+        self.key_frame.take()
     }
 
     /// Asks for a key frame (a dropped packet broke the picture).
     pub fn want_key_frame(&self) {
-        self.key_frame.store(true, Ordering::Relaxed);
+        self.key_frame.set();
     }
 }
 
@@ -183,7 +186,7 @@ impl Sfu {
             })?
             .port();
         let cert = certificate()?;
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             EngineConfig {
                 advertise: advertise.clone(),
                 port,
@@ -195,13 +198,18 @@ impl Sfu {
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
         let (device, device_inbox, key_frame) = DeviceFeed::channel();
+        let device_source = engine.add_external(
+            crate::device::SOURCE,
+            crate::device::UNAVAILABLE,
+            Box::new(key_frame),
+        );
         let task = tokio::spawn(run(
             engine,
             socket,
             Inputs {
                 commands: inbox,
                 device: device_inbox,
-                key_frame,
+                device_source,
             },
             events,
             peers.clone(),
@@ -319,14 +327,16 @@ fn target(socket_v6: bool, to: SocketAddr) -> SocketAddr {
 struct Inputs {
     commands: mpsc::Receiver<Command>,
     device: mpsc::Receiver<DeviceInput>,
-    /// Set when a device stream's player needs a key frame.
-    key_frame: Arc<AtomicBool>,
+    /// The device's camera and microphone in the engine.
+    device_source: SourceId,
 }
 
-fn device_input(engine: &mut Engine, input: DeviceInput) {
+fn device_input(engine: &mut Engine, source: SourceId, input: DeviceInput) {
     match input {
-        DeviceInput::State { audio, video, info } => engine.device_state(audio, video, &info),
-        DeviceInput::Packet(kind, packet) => engine.device_packet(now(), kind, packet),
+        DeviceInput::State { audio, video, info } => {
+            engine.external_state(source, audio, video, &info)
+        }
+        DeviceInput::Packet(kind, packet) => engine.external_packet(now(), source, kind, &packet),
     }
 }
 
@@ -340,7 +350,7 @@ async fn run(
     let Inputs {
         commands: mut inbox,
         device: mut device_inbox,
-        key_frame,
+        device_source,
     } = inputs;
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut buf = vec![0u8; DATAGRAM];
@@ -361,9 +371,6 @@ async fn run(
                 warn!("room core does not take media events: {e}");
             }
         }
-        if engine.take_device_key_frame_request() {
-            key_frame.store(true, Ordering::Relaxed);
-        }
         peers.store(engine.peers(), Ordering::Relaxed);
         let deadline = engine.poll_timeout();
         tokio::select! {
@@ -383,10 +390,10 @@ async fn run(
                 }
             }
             Some(input) = device_inbox.recv() => {
-                device_input(&mut engine, input);
+                device_input(&mut engine, device_source, input);
                 for _ in 0..BATCH {
                     match device_inbox.try_recv() {
-                        Ok(input) => device_input(&mut engine, input),
+                        Ok(input) => device_input(&mut engine, device_source, input),
                         Err(_) => break,
                     }
                 }
