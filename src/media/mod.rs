@@ -24,3 +24,28 @@ pub use numbering::Renumber;
 pub use streams::{
     Delivery, Event, KeyFrameFlag, Numbering, Sink, SinkId, Source, SourceId, StreamError, Streams,
 };
+
+#[cfg(test)]
+mod tests {
+    /// The stream core stays protocol- and runtime-free: no async runtime, no edge, no core
+    /// of another layer (the needles are split so this file does not match itself).
+    #[test]
+    fn the_stream_core_depends_on_no_edge() {
+        let files = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("codec.rs", include_str!("codec.rs")),
+            ("numbering.rs", include_str!("numbering.rs")),
+            ("streams.rs", include_str!("streams.rs")),
+        ];
+        let needles = [
+            concat!("tok", "io"),
+            concat!("crate", "::"),
+            concat!("super::super::", "super"),
+        ];
+        for (name, text) in files {
+            for needle in needles {
+                assert!(!text.contains(needle), "src/media/{name} uses {needle}");
+            }
+        }
+    }
+}

@@ -247,6 +247,16 @@ impl<E: ?Sized> Streams<E> {
         source: Box<dyn Source<E>>,
     ) -> SourceId {
         if let Some(old) = self.named.get(name).copied() {
+            let streams = self
+                .sources
+                .get(&old)
+                .map(|s| s.streams.clone())
+                .unwrap_or_default();
+            self.events
+                .extend(streams.into_iter().map(|stream| Event::Closed {
+                    stream,
+                    info: "The source was replaced".into(),
+                }));
             self.remove_source(old);
         }
         let id = self.id();
@@ -538,8 +548,8 @@ impl<E: ?Sized> Streams<E> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::codec::Family;
     use super::*;
-    use crate::media::codec::Family;
     use std::sync::Mutex;
 
     /// What a test sink got: kind, sequence number, payload type.
@@ -781,5 +791,19 @@ mod tests {
         m.set_codecs(dev, audio_only, "");
         assert_eq!(m.poll_event(), None);
         assert_eq!(m.named_source("device"), Some(dev));
+        // Registering the name again replaces the source and closes its streams.
+        m.set_codecs(dev, all, "");
+        m.poll_event();
+        m.publish_from("c", dev).unwrap();
+        let again = m.add_named_source("device", "Camera off", Box::new(flag));
+        assert_ne!(again, dev);
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Closed {
+                stream: "c".into(),
+                info: "The source was replaced".into()
+            })
+        );
+        assert!(m.codecs("c").is_none());
     }
 }

@@ -1407,3 +1407,20 @@ fn broadcast_chat_shares_one_text() {
     assert_eq!(&*texts[0], big.as_str());
     assert_eq!(to(&out, 1), vec![accepted("c1")]);
 }
+
+/// The dependency goes config → rooms only: `Config::core()` builds `CoreConfig`.
+#[test]
+fn the_room_core_does_not_know_the_configuration_file() {
+    let files = [
+        ("mod.rs", include_str!("mod.rs")),
+        ("messages.rs", include_str!("messages.rs")),
+        ("room.rs", include_str!("room.rs")),
+        ("session.rs", include_str!("session.rs")),
+        ("stream.rs", include_str!("stream.rs")),
+        ("tests.rs", include_str!("tests.rs")),
+    ];
+    let needle = concat!("crate::", "config");
+    for (name, text) in files {
+        assert!(!text.contains(needle), "src/rooms/{name} uses {needle}");
+    }
+}
