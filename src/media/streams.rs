@@ -276,6 +276,10 @@ impl<E: ?Sized> Streams<E> {
         id
     }
 
+    pub fn has_source(&self, source: SourceId) -> bool {
+        self.sources.contains_key(&source)
+    }
+
     pub fn named_source(&self, name: &str) -> Option<SourceId> {
         self.named.get(name).copied()
     }

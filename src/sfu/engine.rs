@@ -414,6 +414,19 @@ impl Engine {
         self.media.add_named_source(name, unavailable, source)
     }
 
+    /// Ends a named source (its feed is gone): its streams fail, its owner is told.
+    pub fn remove_external(&mut self, source: SourceId) {
+        self.media
+            .set_codecs(source, Chosen::default(), "The media source ended");
+        self.media.remove_source(source);
+    }
+
+    /// Whether a named source is still registered (a new one of the same name
+    /// replaces it).
+    pub fn has_external(&self, source: SourceId) -> bool {
+        self.media.has_source(source)
+    }
+
     /// What a named source delivers now (`None`: that kind is down, `info` says why).
     /// Streams that lose a kind fail with `info`; the owner of the source is told
     /// (`MediaEvent::SourceChanged`) and may publish again with what is left.
@@ -969,6 +982,14 @@ mod tests {
             Some(MediaEvent::SourceChanged { video: false, .. })
         ));
         assert!(e.codecs("a-Room system").is_none());
+        // The source's feed is gone: its streams fail, the name is free.
+        publish(&mut e, "d3", "c-Room system", "cam");
+        assert!(matches!(e.poll_event(), Some(MediaEvent::Up { .. })));
+        e.remove_external(cam);
+        assert!(
+            matches!(e.poll_event(), Some(MediaEvent::Failed { info, .. }) if info == "The media source ended")
+        );
+        assert!(!e.has_external(cam));
     }
 
     #[test]
