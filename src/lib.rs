@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod device;
 pub mod logging;
+pub mod media;
 pub mod rooms;
 pub mod server;
 pub mod service;

@@ -12,7 +12,7 @@ use audiopus::coder::Decoder;
 use audiopus::{Channels, SampleRate};
 use huddle::device::microphone::{AlsaMicrophone, AudioSource, Microphone, FRAME};
 use huddle::device::{Device, Source, Timing};
-use huddle::sfu::codecs::{Family, Kind};
+use huddle::media::{Family, Kind};
 use huddle::sfu::task::{DeviceFeed, DeviceInput};
 
 const TONE_HZ: f64 = 1000.0;

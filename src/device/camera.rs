@@ -20,7 +20,7 @@ use log::{debug, info, warn};
 use super::h264::{self, Packetizer, ProfileLevel, RtpPacket};
 use super::Source;
 use crate::config::{self, Capture};
-use crate::sfu::codecs::{Codec, Family, Kind};
+use crate::media::{Codec, Family, Kind};
 
 /// One H.264 access unit as a camera delivers it.
 #[derive(Debug, Clone)]

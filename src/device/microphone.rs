@@ -13,7 +13,7 @@ use super::camera::rand_u32;
 use super::h264::RtpPacket;
 use super::Source;
 use crate::config;
-use crate::sfu::codecs::{Codec, Family, Kind};
+use crate::media::{Codec, Family, Kind};
 
 pub const RATE: u32 = 48_000;
 /// Samples in one 20 ms Opus frame at 48 kHz.

@@ -9,7 +9,9 @@
 //!
 //! Each source runs on its own thread: open, deliver RTP packets into the SFU's
 //! `DeviceFeed`, and on failure or stall close, report, wait (backoff) and reopen.
-//! The SFU forwards the packets to every room's device stream without re-encoding.
+//! For the stream core (`crate::media`) the camera and microphone together are one
+//! ordinary named source, `SOURCE`; it forwards their packets to every room's device
+//! stream without re-encoding.
 
 pub mod camera;
 pub mod h264;
@@ -28,9 +30,16 @@ pub use participant::{Participant, Policy};
 use supervisor::Supervisor;
 
 use crate::config;
-use crate::sfu::codecs::{Codec, Kind};
+use crate::media::{Codec, Kind};
 use crate::sfu::task::DeviceFeed;
 use h264::RtpPacket;
+
+/// The name the device's camera and microphone have as a source of the media engine
+/// (`MediaRequest::PublishExternal`, `MediaEvent::SourceChanged`).
+pub const SOURCE: &str = "device";
+
+/// Why a device stream cannot be published while neither source delivers.
+pub const UNAVAILABLE: &str = "The device's camera and microphone are not available";
 
 /// A camera or microphone as the capture thread drives it: opened, polled for RTP
 /// packets, closed. Implementations block at most `timeout` in `poll`.

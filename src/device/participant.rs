@@ -4,7 +4,7 @@
 //!
 //! Pure logic, driven by the driver task: what the core tells the device's session,
 //! rooms being created and finalized, and what the device's sources deliver
-//! (`MediaEvent::DeviceChanged`). Every reaction is a list of commands for the core.
+//! (`MediaEvent::SourceChanged` of `device::SOURCE`). Every reaction is a list of commands for the core.
 //!
 //! A join the core refuses (room full, too many rooms on the device) is retried with
 //! a backoff (`JOIN_RETRY_FIRST` doubling to `JOIN_RETRY_MAX`) while the room is still
@@ -365,7 +365,8 @@ mod tests {
         }
 
         fn start(&mut self) {
-            self.core.connect_local(self.now, DEVICE);
+            self.core
+                .connect_local(self.now, DEVICE, crate::device::SOURCE);
             let commands = self.device.start();
             self.run(DEVICE, commands);
         }
@@ -397,10 +398,11 @@ mod tests {
                         self.finalized.push(room.clone());
                         self.device.room_finalized(&room)
                     }
-                    Output::Media(MediaRequest::PublishDevice {
+                    Output::Media(MediaRequest::PublishExternal {
                         session,
                         media_session_id,
                         stream,
+                        ..
                     }) => {
                         self.fed.push(stream);
                         self.core.media_event(

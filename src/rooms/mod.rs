@@ -118,12 +118,14 @@ pub enum MediaRequest {
     },
     /// The session is gone: forget what was learned about it.
     SessionClosed { session: SessionId },
-    /// A stream of the local (device) participant: the engine feeds it from the
-    /// device's camera and microphone, no SDP involved.
-    PublishDevice {
+    /// A stream of a local participant: the media engine feeds it from the named
+    /// source the participant stands for (the device's camera and microphone), no
+    /// SDP involved.
+    PublishExternal {
         session: SessionId,
         media_session_id: String,
         stream: String,
+        source: String,
     },
 }
 
@@ -147,9 +149,13 @@ pub enum MediaEvent {
         media_session_id: String,
         info: String,
     },
-    /// What the device's camera and microphone deliver now (for the device
-    /// participant; the room core has no use for it).
-    DeviceChanged { audio: bool, video: bool },
+    /// What a named source delivers now (for the local participant standing for it;
+    /// the room core has no use for it).
+    SourceChanged {
+        source: String,
+        audio: bool,
+        video: bool,
+    },
 }
 
 /// Everything the core wants done, in order.
@@ -254,12 +260,14 @@ impl Core {
         );
     }
 
-    /// The local participant (the device): a session without a socket, exempt from
-    /// pings, rate limits and `max_sessions`. It speaks the same commands.
-    pub fn connect_local(&mut self, now: Instant, session: SessionId) {
+    /// A local participant (the device): a session without a socket, exempt from
+    /// pings, rate limits and `max_sessions`. It speaks the same commands; its streams
+    /// are fed by the media engine's named `source`.
+    pub fn connect_local(&mut self, now: Instant, session: SessionId, source: &str) {
         let rate = TokenBucket::new(now, self.cfg.rate_per_sec, self.cfg.rate_burst);
         let mut s = Session::new(session, now, self.cfg.ping_interval, rate);
         s.local = true;
+        s.source = source.to_owned();
         self.sessions.insert(session, s);
     }
 
@@ -411,7 +419,7 @@ impl Core {
                 media_session_id,
                 info,
             } => self.media_failed(session, &media_session_id, &info),
-            MediaEvent::DeviceChanged { .. } => {}
+            MediaEvent::SourceChanged { .. } => {}
         }
     }
 
@@ -851,11 +859,17 @@ impl Core {
             );
         }
         if local {
+            let source = self
+                .sessions
+                .get(&session)
+                .map(|s| s.source.clone())
+                .unwrap_or_default();
             self.outputs
-                .push_back(Output::Media(MediaRequest::PublishDevice {
+                .push_back(Output::Media(MediaRequest::PublishExternal {
                     session,
                     media_session_id: req.media_session_id.clone(),
                     stream: req.name.clone(),
+                    source,
                 }));
             return Ok(());
         }

@@ -26,8 +26,10 @@ pub(crate) struct Session {
     pub rooms: BTreeSet<String>,
     pub endpoints: HashMap<String, Endpoint>,
     /// A participant inside the service (the device's camera and microphone): no
-    /// socket, so no pings, no rate limit, and its streams are fed by the device.
+    /// socket, so no pings, no rate limit, and its streams are fed by `source`.
     pub local: bool,
+    /// The named media source a local participant's streams are fed from.
+    pub source: String,
 }
 
 impl Session {
@@ -41,6 +43,7 @@ impl Session {
             rooms: BTreeSet::new(),
             endpoints: HashMap::new(),
             local: false,
+            source: String::new(),
         }
     }
 

@@ -1287,7 +1287,7 @@ fn the_local_participant_is_not_held_to_the_per_session_limits() {
         max_streams_per_session: 1,
         ..CoreConfig::default()
     });
-    h.core.connect_local(h.now, 100);
+    h.core.connect_local(h.now, 100, "device");
     h.cmd(
         100,
         Command::Connect(ConnectInfo {
@@ -1303,7 +1303,7 @@ fn the_local_participant_is_not_held_to_the_per_session_limits() {
         let out = h.cmd(100, Command::Publish(r));
         assert!(
             out.iter()
-                .any(|o| matches!(o, Output::Media(MediaRequest::PublishDevice { .. }))),
+                .any(|o| matches!(o, Output::Media(MediaRequest::PublishExternal { .. }))),
             "{out:?}"
         );
     }
@@ -1348,7 +1348,7 @@ fn the_device_login_is_reserved() {
         ..CoreConfig::default()
     });
     // The device itself (a local session) uses it.
-    h.core.connect_local(h.now, 100);
+    h.core.connect_local(h.now, 100, "device");
     h.cmd(
         100,
         Command::Connect(ConnectInfo {
@@ -1406,4 +1406,21 @@ fn broadcast_chat_shares_one_text() {
     assert!(texts.iter().all(|t| Arc::ptr_eq(t, &texts[0])), "one copy");
     assert_eq!(&*texts[0], big.as_str());
     assert_eq!(to(&out, 1), vec![accepted("c1")]);
+}
+
+/// The dependency goes config → rooms only: `Config::core()` builds `CoreConfig`.
+#[test]
+fn the_room_core_does_not_know_the_configuration_file() {
+    let files = [
+        ("mod.rs", include_str!("mod.rs")),
+        ("messages.rs", include_str!("messages.rs")),
+        ("room.rs", include_str!("room.rs")),
+        ("session.rs", include_str!("session.rs")),
+        ("stream.rs", include_str!("stream.rs")),
+        ("tests.rs", include_str!("tests.rs")),
+    ];
+    let needle = concat!("crate::", "config");
+    for (name, text) in files {
+        assert!(!text.contains(needle), "src/rooms/{name} uses {needle}");
+    }
 }

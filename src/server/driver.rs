@@ -72,7 +72,7 @@ pub(crate) async fn run(
         device,
     };
     if let Some(device) = &mut parties.device {
-        core.connect_local(now(), DEVICE_SESSION);
+        core.connect_local(now(), DEVICE_SESSION, crate::device::SOURCE);
         for command in device.start() {
             core.command(now(), DEVICE_SESSION, command);
         }
@@ -92,7 +92,7 @@ pub(crate) async fn run(
             m = inbox.recv() => m,
             Some(event) = media_events.recv() => {
                 match event {
-                    MediaEvent::DeviceChanged { audio, video } => {
+                    MediaEvent::SourceChanged { source, audio, video } if source == crate::device::SOURCE => {
                         let commands = parties
                             .device
                             .as_mut()
@@ -261,7 +261,7 @@ fn refused(request: MediaRequest) -> Option<MediaEvent> {
             media_session_id,
             ..
         }
-        | MediaRequest::PublishDevice {
+        | MediaRequest::PublishExternal {
             session,
             media_session_id,
             ..

@@ -169,14 +169,22 @@ impl Server {
         let authority = Arc::new(crate::auth::Authority::new(&config.auth)?);
         let core = Core::new(config.core());
         // Probing cameras and GStreamer's plugin registry may take a moment.
-        let feed = sfu.device_feed();
-        let device_cfg = config.device.clone();
-        let device = tokio::task::spawn_blocking(move || Device::start(&device_cfg, feed))
-            .await
-            .unwrap_or_else(|e| {
-                warn!("device: start failed: {e}");
+        // Registered before any request can reach the media task.
+        let device = match sfu.add_source(crate::device::SOURCE, crate::device::UNAVAILABLE) {
+            Some(feed) => {
+                let device_cfg = config.device.clone();
+                tokio::task::spawn_blocking(move || Device::start(&device_cfg, feed))
+                    .await
+                    .unwrap_or_else(|e| {
+                        warn!("device: start failed: {e}");
+                        None
+                    })
+            }
+            None => {
+                warn!("device: the media task does not take its source");
                 None
-            });
+            }
+        };
         let participant = device.as_ref().map(|_| {
             Participant::new(Policy {
                 login: config.device.login.clone(),

@@ -8,6 +8,7 @@
 //! peer (no usable DTLS fingerprint, more m-lines than a call has) is refused here, at
 //! once, instead of holding a peer until the ICE timeout.
 
+pub use crate::media::codec::{Chosen, Codec, Family, Kind};
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
 };
@@ -62,82 +63,6 @@ fn check_fingerprint(value: &str) -> Result<(), String> {
         return Err(bad(&format!("{name} needs {size} bytes, not {bytes}")));
     }
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Audio,
-    Video,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Audio => "audio",
-            Kind::Video => "video",
-        }
-    }
-}
-
-/// The codec families Huddle forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// H.264 packetization-mode 1; `profile_idc` and the constraint flags byte.
-    H264 {
-        profile: u8,
-        constraints: u8,
-    },
-    Vp8,
-    Opus,
-    Pcmu,
-    Pcma,
-}
-
-impl Family {
-    pub fn kind(self) -> Kind {
-        match self {
-            Family::H264 { .. } | Family::Vp8 => Kind::Video,
-            Family::Opus | Family::Pcmu | Family::Pcma => Kind::Audio,
-        }
-    }
-
-    fn mime(self) -> &'static str {
-        match self {
-            Family::H264 { .. } => MIME_TYPE_H264,
-            Family::Vp8 => MIME_TYPE_VP8,
-            Family::Opus => MIME_TYPE_OPUS,
-            Family::Pcmu => MIME_TYPE_PCMU,
-            Family::Pcma => MIME_TYPE_PCMA,
-        }
-    }
-
-    pub fn name(self) -> String {
-        match self {
-            Family::H264 {
-                profile,
-                constraints,
-            } => format!("H264 {profile:02x}{constraints:02x}"),
-            Family::Vp8 => "VP8".into(),
-            Family::Opus => "opus".into(),
-            Family::Pcmu => "PCMU".into(),
-            Family::Pcma => "PCMA".into(),
-        }
-    }
-
-    /// Constrained baseline (profile 66 with constraint_set1): what every browser decodes.
-    fn is_constrained_baseline(self) -> bool {
-        matches!(self, Family::H264 { profile: 66, constraints } if constraints & 0x40 != 0)
-    }
-}
-
-/// One codec as a peer names it: its payload type and SDP parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Codec {
-    pub family: Family,
-    pub payload_type: u8,
-    pub clock_rate: u32,
-    pub channels: u16,
-    pub fmtp: String,
 }
 
 /// One m-line of an offer.
@@ -284,27 +209,6 @@ fn family_of(name: &str, fmtp: &str) -> Option<Family> {
     }
 }
 
-/// The codecs of one peer connection: at most one per kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Chosen {
-    pub audio: Option<Codec>,
-    pub video: Option<Codec>,
-}
-
-impl Chosen {
-    pub fn get(&self, kind: Kind) -> Option<&Codec> {
-        match kind {
-            Kind::Audio => self.audio.as_ref(),
-            Kind::Video => self.video.as_ref(),
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        let name = |c: &Option<Codec>| c.as_ref().map_or("-".into(), |c| c.family.name());
-        format!("video {}, audio {}", name(&self.video), name(&self.audio))
-    }
-}
-
 /// Rank of a publisher's video codec under the room's preference; lower is better.
 fn video_rank(f: Family, prefer_vp8: bool) -> u8 {
     let h264 = match f {
@@ -421,9 +325,19 @@ fn feedback(kind: Kind) -> Vec<RTCPFeedback> {
     }
 }
 
+fn mime(family: Family) -> &'static str {
+    match family {
+        Family::H264 { .. } => MIME_TYPE_H264,
+        Family::Vp8 => MIME_TYPE_VP8,
+        Family::Opus => MIME_TYPE_OPUS,
+        Family::Pcmu => MIME_TYPE_PCMU,
+        Family::Pcma => MIME_TYPE_PCMA,
+    }
+}
+
 pub fn rtp_codec(c: &Codec) -> RTCRtpCodec {
     RTCRtpCodec {
-        mime_type: c.family.mime().into(),
+        mime_type: mime(c.family).into(),
         clock_rate: c.clock_rate,
         channels: c.channels,
         sdp_fmtp_line: c.fmtp.clone(),

@@ -1,7 +1,8 @@
-//! The WebRTC SFU: one UDP socket for every peer, ICE-lite, DTLS-SRTP through the
-//! webrtc-rs Sans-I/O `rtc` crate, RTP forwarded from publishers to players without
-//! decoding. The room core asks through `MediaRequest` and hears back through
-//! `MediaEvent`; `task` is the I/O around the Sans-I/O `engine`.
+//! The WebRTC edge: one UDP socket for every peer, ICE-lite, DTLS-SRTP through the
+//! webrtc-rs Sans-I/O `rtc` crate. Publish peers are sources and play peers sinks of
+//! the stream core (`crate::media`), which forwards RTP without decoding. The room
+//! core asks through `MediaRequest` and hears back through `MediaEvent`; `task` is the
+//! I/O around the Sans-I/O `engine`.
 
 pub mod codecs;
 pub mod demux;

@@ -4,7 +4,7 @@
 //! lost video asks its publisher for a key frame).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig};
 use crate::config::Media;
+use crate::media::{KeyFrameFlag, SourceId};
 use crate::rooms::{MediaEvent, MediaRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,13 @@ pub enum SfuError {
 
 enum Command {
     Request(MediaRequest),
+    /// A named source of another edge and its inputs (see `Sfu::add_source`).
+    AddSource {
+        name: String,
+        unavailable: String,
+        inputs: mpsc::Receiver<SourceInput>,
+        key_frame: KeyFrameFlag,
+    },
     /// Liveness probe: answered when the task comes round its loop.
     Heartbeat(tokio::sync::oneshot::Sender<()>),
     Shutdown,
@@ -71,9 +79,10 @@ impl SfuProbe {
     }
 }
 
-/// What the device's capture threads hand the SFU task.
+/// What a named source of another edge (the device's capture threads, next an RTMP
+/// publisher) hands the SFU task.
 #[derive(Debug)]
-pub enum DeviceInput {
+pub enum SourceInput {
     /// The codecs the camera and microphone deliver now (`None`: down, `info` says why).
     State {
         audio: Option<Codec>,
@@ -83,23 +92,29 @@ pub enum DeviceInput {
     Packet(Kind, rtc::rtp::Packet),
 }
 
-/// The device's way into the SFU, for its capture threads (blocking code).
+/// A named source's way into the SFU (`Sfu::add_source`): the task hands what comes
+/// in to the stream core's source of that name; its key-frame requests set the shared
+/// flag the source polls. The source ends when every clone of its feed is dropped.
 #[derive(Clone)]
-pub struct DeviceFeed {
-    tx: mpsc::Sender<DeviceInput>,
-    key_frame: Arc<AtomicBool>,
+pub struct SourceFeed {
+    tx: mpsc::Sender<SourceInput>,
+    key_frame: KeyFrameFlag,
 }
 
-/// Device packets queued toward the SFU task: about a second of 720p video.
-const DEVICE_QUEUE: usize = 256;
+/// The device's camera and microphone are one `SourceFeed`.
+pub type DeviceFeed = SourceFeed;
+pub type DeviceInput = SourceInput;
 
-impl DeviceFeed {
+/// Packets of one source queued toward the SFU task: about a second of 720p video.
+const SOURCE_QUEUE: usize = 256;
+
+impl SourceFeed {
     /// A feed and the receiving end the SFU task reads (also for tests).
-    pub fn channel() -> (DeviceFeed, mpsc::Receiver<DeviceInput>, Arc<AtomicBool>) {
-        let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
-        let key_frame = Arc::new(AtomicBool::new(false));
+    pub fn channel() -> (SourceFeed, mpsc::Receiver<SourceInput>, KeyFrameFlag) {
+        let (tx, rx) = mpsc::channel(SOURCE_QUEUE);
+        let key_frame = KeyFrameFlag::default();
         (
-            DeviceFeed {
+            SourceFeed {
                 tx,
                 key_frame: key_frame.clone(),
             },
@@ -112,31 +127,30 @@ impl DeviceFeed {
     /// change must not be lost). Call from a plain thread, not from async code.
     pub fn state(&self, audio: Option<Codec>, video: Option<Codec>, info: String) -> bool {
         self.tx
-            .blocking_send(DeviceInput::State { audio, video, info })
+            .blocking_send(SourceInput::State { audio, video, info })
             .is_ok()
     }
 
     /// One packet; `false` when the queue is full (the packet is dropped) or the SFU
     /// is gone.
     pub fn packet(&self, kind: Kind, packet: rtc::rtp::Packet) -> bool {
-        self.tx.try_send(DeviceInput::Packet(kind, packet)).is_ok()
+        self.tx.try_send(SourceInput::Packet(kind, packet)).is_ok()
     }
 
     /// Whether a player asked for a key frame since the last call.
     pub fn take_key_frame_request(&self) -> bool {
-        self.key_frame.swap(false, Ordering::Relaxed)
+        self.key_frame.take()
     }
 
     /// Asks for a key frame (a dropped packet broke the picture).
     pub fn want_key_frame(&self) {
-        self.key_frame.store(true, Ordering::Relaxed);
+        self.key_frame.set();
     }
 }
 
 /// Handle of the running SFU task.
 pub struct Sfu {
     commands: mpsc::Sender<Command>,
-    device: DeviceFeed,
     port: u16,
     advertise: Vec<IpAddr>,
     peers: Arc<AtomicUsize>,
@@ -194,18 +208,7 @@ impl Sfu {
         );
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
-        let (device, device_inbox, key_frame) = DeviceFeed::channel();
-        let task = tokio::spawn(run(
-            engine,
-            socket,
-            Inputs {
-                commands: inbox,
-                device: device_inbox,
-                key_frame,
-            },
-            events,
-            peers.clone(),
-        ));
+        let task = tokio::spawn(run(engine, socket, inbox, events, peers.clone()));
         let list: Vec<String> = advertise.iter().map(ToString::to_string).collect();
         info!(
             "media on UDP port {port}, advertised as {}",
@@ -213,7 +216,6 @@ impl Sfu {
         );
         Ok(Sfu {
             commands,
-            device,
             port,
             advertise,
             peers,
@@ -229,9 +231,20 @@ impl Sfu {
         &self.advertise
     }
 
-    /// Where the device's camera and microphone deliver.
-    pub fn device_feed(&self) -> DeviceFeed {
-        self.device.clone()
+    /// Registers a named source of another edge (the device's camera and microphone,
+    /// an RTMP publisher): `MediaRequest::PublishExternal` naming it opens a stream fed
+    /// by what the feed delivers; `unavailable` is the reason a publish fails while it
+    /// delivers nothing. Registered in request order: a request queued after this one
+    /// finds the source. `None` when the task's queue is full or the task is gone.
+    pub fn add_source(&self, name: &str, unavailable: &str) -> Option<SourceFeed> {
+        let (feed, inputs, key_frame) = SourceFeed::channel();
+        let command = Command::AddSource {
+            name: name.to_owned(),
+            unavailable: unavailable.to_owned(),
+            inputs,
+            key_frame,
+        };
+        self.commands.try_send(command).ok().map(|()| feed)
     }
 
     /// A liveness probe of the task.
@@ -252,7 +265,7 @@ impl Sfu {
             Ok(()) => Ok(()),
             Err(e) => match e.into_inner() {
                 Command::Request(r) => Err(Box::new(r)),
-                Command::Heartbeat(_) | Command::Shutdown => Ok(()),
+                Command::AddSource { .. } | Command::Heartbeat(_) | Command::Shutdown => Ok(()),
             },
         }
     }
@@ -316,32 +329,39 @@ fn target(socket_v6: bool, to: SocketAddr) -> SocketAddr {
     }
 }
 
-struct Inputs {
-    commands: mpsc::Receiver<Command>,
-    device: mpsc::Receiver<DeviceInput>,
-    /// Set when a device stream's player needs a key frame.
-    key_frame: Arc<AtomicBool>,
+fn source_input(engine: &mut Engine, source: SourceId, input: SourceInput) {
+    match input {
+        SourceInput::State { audio, video, info } => {
+            engine.external_state(source, audio, video, &info)
+        }
+        SourceInput::Packet(kind, packet) => engine.external_packet(now(), source, kind, &packet),
+    }
 }
 
-fn device_input(engine: &mut Engine, input: DeviceInput) {
-    match input {
-        DeviceInput::State { audio, video, info } => engine.device_state(audio, video, &info),
-        DeviceInput::Packet(kind, packet) => engine.device_packet(now(), kind, packet),
-    }
+/// The next input of any named source's feed (`None`: that feed is gone). Polled in
+/// order; each wake-up drains a batch of one feed, so none starves the others long.
+async fn next_input(
+    feeds: &mut [(SourceId, mpsc::Receiver<SourceInput>)],
+) -> (usize, Option<SourceInput>) {
+    std::future::poll_fn(|cx| {
+        for (i, (_, rx)) in feeds.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(input) = rx.poll_recv(cx) {
+                return std::task::Poll::Ready((i, input));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn run(
     mut engine: Engine,
     socket: UdpSocket,
-    inputs: Inputs,
+    mut inbox: mpsc::Receiver<Command>,
     events: mpsc::Sender<MediaEvent>,
     peers: Arc<AtomicUsize>,
 ) {
-    let Inputs {
-        commands: mut inbox,
-        device: mut device_inbox,
-        key_frame,
-    } = inputs;
+    let mut feeds: Vec<(SourceId, mpsc::Receiver<SourceInput>)> = Vec::new();
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut buf = vec![0u8; DATAGRAM];
     let fault_panic = fault_panic_on_request();
@@ -361,9 +381,6 @@ async fn run(
                 warn!("room core does not take media events: {e}");
             }
         }
-        if engine.take_device_key_frame_request() {
-            key_frame.store(true, Ordering::Relaxed);
-        }
         peers.store(engine.peers(), Ordering::Relaxed);
         let deadline = engine.poll_timeout();
         tokio::select! {
@@ -382,21 +399,34 @@ async fn run(
                     next = socket.try_recv_from(&mut buf);
                 }
             }
-            Some(input) = device_inbox.recv() => {
-                device_input(&mut engine, input);
-                for _ in 0..BATCH {
-                    match device_inbox.try_recv() {
-                        Ok(input) => device_input(&mut engine, input),
-                        Err(_) => break,
+            (i, input) = next_input(&mut feeds), if !feeds.is_empty() => match input {
+                Some(input) => {
+                    let (source, rx) = &mut feeds[i];
+                    let source = *source;
+                    source_input(&mut engine, source, input);
+                    for _ in 0..BATCH {
+                        match rx.try_recv() {
+                            Ok(input) => source_input(&mut engine, source, input),
+                            Err(_) => break,
+                        }
                     }
                 }
-            }
+                None => {
+                    let (source, _) = feeds.swap_remove(i);
+                    engine.remove_external(source);
+                }
+            },
             command = inbox.recv() => match command {
                 Some(Command::Request(request)) => {
                     if fault_panic {
                         panic!("fault injection: the media task panics");
                     }
                     engine.request(now(), request)
+                }
+                Some(Command::AddSource { name, unavailable, inputs, key_frame }) => {
+                    let source = engine.add_external(&name, &unavailable, Box::new(key_frame));
+                    feeds.retain(|(id, _)| engine.has_external(*id));
+                    feeds.push((source, inputs));
                 }
                 Some(Command::Heartbeat(reply)) => {
                     let _ = reply.send(());

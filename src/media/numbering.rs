@@ -1,0 +1,82 @@
+//! A sink's own numbering of one track: its payload type and SSRC, and sequence
+//! numbers and timestamps that continue across a change of the source's SSRC.
+
+/// How one sink numbers one track.
+#[derive(Debug, Clone)]
+pub struct Renumber {
+    pub(crate) payload_type: u8,
+    pub(crate) ssrc: u32,
+    /// Offsets from the current source SSRC's numbering to ours.
+    map: Option<(u32, u16, u32)>,
+    next_seq: u16,
+    next_ts: u32,
+    /// Timestamp step assumed across a source change (one frame / one 20 ms packet).
+    ts_step: u32,
+}
+
+impl Renumber {
+    /// The sink's payload type and SSRC, where its numbering starts (random, for a
+    /// WebRTC player) and the timestamp step assumed across a source change.
+    pub fn new(payload_type: u8, ssrc: u32, start_seq: u16, start_ts: u32, ts_step: u32) -> Self {
+        Renumber {
+            payload_type,
+            ssrc,
+            map: None,
+            next_seq: start_seq,
+            next_ts: start_ts,
+            ts_step,
+        }
+    }
+
+    /// The sink's sequence number and timestamp for a source packet. A new source
+    /// SSRC (a restarted camera, a re-publish into the same stream) continues where
+    /// the sink's numbering left off, so its decoder sees one continuous stream.
+    pub fn rewrite(&mut self, ssrc: u32, seq: u16, ts: u32) -> (u16, u32) {
+        let (seq_offset, ts_offset) = match self.map {
+            Some((source, so, to)) if source == ssrc => (so, to),
+            _ => {
+                let so = self.next_seq.wrapping_sub(seq);
+                let to = self.next_ts.wrapping_sub(ts);
+                self.map = Some((ssrc, so, to));
+                (so, to)
+            }
+        };
+        let out_seq = seq.wrapping_add(seq_offset);
+        let out_ts = ts.wrapping_add(ts_offset);
+        // Only forward progress moves the continuation point (retransmissions and
+        // reordered packets do not).
+        if out_seq.wrapping_sub(self.next_seq) < 0x8000 {
+            self.next_seq = out_seq.wrapping_add(1);
+            self.next_ts = out_ts.wrapping_add(self.ts_step);
+        }
+        (out_seq, out_ts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(next_seq: u16, next_ts: u32) -> Renumber {
+        Renumber::new(100, 1, next_seq, next_ts, 3000)
+    }
+
+    #[test]
+    fn numbering_is_continuous_across_a_source_change() {
+        let mut t = track(1000, 50_000);
+        assert_eq!(t.rewrite(7, 40_000, 9_000), (1000, 50_000));
+        assert_eq!(t.rewrite(7, 40_001, 12_000), (1001, 53_000));
+        // Retransmission of an old packet: mapped, but the continuation stays.
+        assert_eq!(t.rewrite(7, 40_000, 9_000), (1000, 50_000));
+        // The source restarts with a new SSRC and numbering.
+        assert_eq!(t.rewrite(8, 5, 123), (1002, 56_000));
+        assert_eq!(t.rewrite(8, 6, 3123), (1003, 59_000));
+    }
+
+    #[test]
+    fn numbering_wraps() {
+        let mut t = track(65_535, u32::MAX);
+        assert_eq!(t.rewrite(7, 10, 0), (65_535, u32::MAX));
+        assert_eq!(t.rewrite(7, 11, 1), (0, 0));
+    }
+}

@@ -1,0 +1,813 @@
+//! The stream core: sources, the publications they feed, the sinks attached to each
+//! publication, forwarding with per-sink numbering, and key-frame requests from sinks
+//! back to the source (at most one per source per interval, never lost).
+//!
+//! `Streams<E>` is generic over the edge `E` that hosts the sources and sinks (the
+//! WebRTC peers for the SFU): forwarding lends it to each source and sink it calls,
+//! so a sink that writes into a peer connection needs no shared ownership. Sources
+//! and sinks are trait objects registered at run time; nothing here knows a protocol.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::rtp::header::Header;
+use rtc::rtp::Packet;
+
+use super::codec::{Chosen, Codec, Kind};
+use super::numbering::Renumber;
+
+pub type SourceId = u64;
+pub type SinkId = u64;
+
+/// Anything that produces a stream: a WebRTC publisher peer, the device camera and
+/// microphone, an RTMP publisher. Its packets come in through `Streams::packet`.
+pub trait Source<E: ?Sized>: Send {
+    /// Asks for a key frame. `false`: it cannot be asked yet (a WebRTC publisher
+    /// whose video SSRC is not known); the core asks again after the interval or when
+    /// the edge calls `Streams::source_ready`.
+    fn key_frame(&mut self, edge: &mut E, now: Instant) -> bool;
+}
+
+/// What became of a packet given to a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Taken,
+    /// Lost on the way (a full queue): the sink needs a key frame.
+    Dropped,
+    /// The sink is done or broken: it is removed.
+    Done,
+}
+
+/// Anything that consumes a stream: a WebRTC player peer, an RTMP player or push, a
+/// recorder.
+pub trait Sink<E: ?Sized>: Send {
+    /// One packet, numbered as the sink asked (`Numbering`); `codec` is the source's.
+    /// Header extensions belong to the source's leg and are not passed on.
+    fn packet(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        kind: Kind,
+        codec: &Codec,
+        packet: Packet,
+    ) -> Delivery;
+}
+
+/// How a sink wants its packets numbered.
+#[derive(Debug, Clone)]
+pub enum Numbering {
+    /// With the source's payload type, SSRC, sequence numbers and timestamps.
+    AsSent,
+    /// Its own, per track; a kind without one is not given to the sink.
+    Own {
+        audio: Option<Renumber>,
+        video: Option<Renumber>,
+    },
+}
+
+/// A source that wants key frames through a shared flag (a capture thread, an edge
+/// task polling it): `take` reads and clears it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFrameFlag(Arc<AtomicBool>);
+
+impl KeyFrameFlag {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl<E: ?Sized> Source<E> for KeyFrameFlag {
+    fn key_frame(&mut self, _edge: &mut E, _now: Instant) -> bool {
+        self.set();
+        true
+    }
+}
+
+/// What the stream core reports on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A publication ended because its source lost a kind it carried.
+    Closed { stream: String, info: String },
+    /// What a named source delivers now.
+    SourceChanged {
+        source: String,
+        audio: bool,
+        video: bool,
+    },
+}
+
+/// Why a publication was not opened or a sink not attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("Stream name is already in use")]
+    InUse,
+    #[error("Stream not found")]
+    NotFound,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+struct SourceEntry<E: ?Sized> {
+    source: Box<dyn Source<E>>,
+    /// Named sources live on beyond their publications (the device).
+    name: Option<String>,
+    /// Said when a publication is asked of it while it delivers nothing.
+    unavailable: String,
+    codecs: Chosen,
+    /// The publications it feeds.
+    streams: Vec<String>,
+    last_key_frame_request: Option<Instant>,
+    /// A key frame is wanted but could not be asked yet (rate limit, or the source
+    /// could not take the request): it is asked when the interval is over.
+    key_frame_pending: bool,
+}
+
+struct SinkEntry<E: ?Sized> {
+    id: SinkId,
+    sink: Box<dyn Sink<E>>,
+    numbering: Numbering,
+    /// Packets flow only to active sinks (a WebRTC player is active once up).
+    active: bool,
+}
+
+struct Publication<E: ?Sized> {
+    source: SourceId,
+    sinks: Vec<SinkEntry<E>>,
+}
+
+pub struct Streams<E: ?Sized> {
+    key_frame_interval: Duration,
+    next_id: u64,
+    sources: HashMap<SourceId, SourceEntry<E>>,
+    named: HashMap<String, SourceId>,
+    publications: HashMap<String, Publication<E>>,
+    events: VecDeque<Event>,
+}
+
+/// The source's packet with the sink's numbering, without the source leg's header
+/// extensions (which also keeps the copy free of allocation).
+fn copy(packet: &Packet, numbering: &mut Numbering, kind: Kind) -> Option<Packet> {
+    let h = &packet.header;
+    let (payload_type, ssrc, sequence_number, timestamp) = match numbering {
+        Numbering::AsSent => (h.payload_type, h.ssrc, h.sequence_number, h.timestamp),
+        Numbering::Own { audio, video } => {
+            let track = match kind {
+                Kind::Audio => audio.as_mut(),
+                Kind::Video => video.as_mut(),
+            }?;
+            let (seq, ts) = track.rewrite(h.ssrc, h.sequence_number, h.timestamp);
+            (track.payload_type, track.ssrc, seq, ts)
+        }
+    };
+    Some(Packet {
+        header: Header {
+            version: h.version,
+            padding: h.padding,
+            extension: false,
+            marker: h.marker,
+            payload_type,
+            sequence_number,
+            timestamp,
+            ssrc,
+            csrc: h.csrc.clone(),
+            extension_profile: 0,
+            extensions: Vec::new(),
+            extensions_padding: 0,
+        },
+        payload: packet.payload.clone(),
+    })
+}
+
+impl<E: ?Sized> Streams<E> {
+    /// At most one key-frame request per source this often.
+    pub fn new(key_frame_interval: Duration) -> Self {
+        Streams {
+            key_frame_interval,
+            next_id: 1,
+            sources: HashMap::new(),
+            named: HashMap::new(),
+            publications: HashMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ----- sources ---------------------------------------------------------------
+
+    /// A source that feeds one publication and ends with it (a WebRTC publisher).
+    pub fn add_source(
+        &mut self,
+        stream: &str,
+        codecs: Chosen,
+        source: Box<dyn Source<E>>,
+    ) -> Result<SourceId, StreamError> {
+        if self.publications.contains_key(stream) {
+            return Err(StreamError::InUse);
+        }
+        let id = self.id();
+        self.sources.insert(
+            id,
+            SourceEntry {
+                source,
+                name: None,
+                unavailable: String::new(),
+                codecs,
+                streams: Vec::new(),
+                last_key_frame_request: None,
+                key_frame_pending: false,
+            },
+        );
+        self.open(stream, id);
+        Ok(id)
+    }
+
+    /// A named source that outlives its publications and may feed several (the
+    /// device camera and microphone; an RTMP publisher). It delivers nothing until
+    /// `set_codecs`; `unavailable` is the reason given to a publication asked of it
+    /// meanwhile. A name already registered is replaced.
+    pub fn add_named_source(
+        &mut self,
+        name: &str,
+        unavailable: &str,
+        source: Box<dyn Source<E>>,
+    ) -> SourceId {
+        if let Some(old) = self.named.get(name).copied() {
+            let streams = self
+                .sources
+                .get(&old)
+                .map(|s| s.streams.clone())
+                .unwrap_or_default();
+            self.events
+                .extend(streams.into_iter().map(|stream| Event::Closed {
+                    stream,
+                    info: "The source was replaced".into(),
+                }));
+            self.remove_source(old);
+        }
+        let id = self.id();
+        self.sources.insert(
+            id,
+            SourceEntry {
+                source,
+                name: Some(name.to_owned()),
+                unavailable: unavailable.to_owned(),
+                codecs: Chosen::default(),
+                streams: Vec::new(),
+                last_key_frame_request: None,
+                key_frame_pending: false,
+            },
+        );
+        self.named.insert(name.to_owned(), id);
+        id
+    }
+
+    pub fn has_source(&self, source: SourceId) -> bool {
+        self.sources.contains_key(&source)
+    }
+
+    pub fn named_source(&self, name: &str) -> Option<SourceId> {
+        self.named.get(name).copied()
+    }
+
+    /// What a named source delivers now (`None`: that kind is down, `info` says why).
+    /// Its publications that lose a kind close (`Event::Closed` with `info`); then
+    /// `Event::SourceChanged` tells its owner, who may publish again with what is left.
+    pub fn set_codecs(&mut self, source: SourceId, codecs: Chosen, info: &str) {
+        let Some(s) = self.sources.get_mut(&source) else {
+            return;
+        };
+        if s.codecs == codecs {
+            return;
+        }
+        let old = std::mem::replace(&mut s.codecs, codecs);
+        let lost = (old.audio.is_some() && s.codecs.audio.is_none())
+            || (old.video.is_some() && s.codecs.video.is_none());
+        let changed = s.name.clone().map(|name| Event::SourceChanged {
+            source: name,
+            audio: s.codecs.audio.is_some(),
+            video: s.codecs.video.is_some(),
+        });
+        if lost {
+            for stream in std::mem::take(&mut s.streams) {
+                self.publications.remove(&stream);
+                self.events.push_back(Event::Closed {
+                    stream,
+                    info: info.to_owned(),
+                });
+            }
+        }
+        self.events.extend(changed);
+    }
+
+    /// Removes a source and closes every publication it feeds (their sinks are
+    /// dropped; the room core ends the players).
+    pub fn remove_source(&mut self, source: SourceId) {
+        let Some(s) = self.sources.remove(&source) else {
+            return;
+        };
+        if let Some(name) = &s.name {
+            self.named.remove(name);
+        }
+        for stream in &s.streams {
+            self.publications.remove(stream);
+        }
+    }
+
+    /// Whether a source that could not take a key-frame request can now (a WebRTC
+    /// publisher's video SSRC became known): a pending request is asked at once.
+    pub fn source_ready(&mut self, edge: &mut E, now: Instant, source: SourceId) {
+        if self
+            .sources
+            .get(&source)
+            .is_some_and(|s| s.key_frame_pending)
+        {
+            self.ask_key_frame(edge, now, source);
+        }
+    }
+
+    // ----- publications ------------------------------------------------------------
+
+    fn open(&mut self, stream: &str, source: SourceId) {
+        if let Some(s) = self.sources.get_mut(&source) {
+            s.streams.push(stream.to_owned());
+        }
+        self.publications.insert(
+            stream.to_owned(),
+            Publication {
+                source,
+                sinks: Vec::new(),
+            },
+        );
+    }
+
+    /// A publication fed by a named source (a stream of the device in one room).
+    pub fn publish_from(&mut self, stream: &str, source: SourceId) -> Result<(), StreamError> {
+        if self.publications.contains_key(stream) {
+            return Err(StreamError::InUse);
+        }
+        let s = self
+            .sources
+            .get(&source)
+            .ok_or_else(|| StreamError::Unavailable("Source not found".into()))?;
+        if s.codecs.audio.is_none() && s.codecs.video.is_none() {
+            return Err(StreamError::Unavailable(s.unavailable.clone()));
+        }
+        self.open(stream, source);
+        Ok(())
+    }
+
+    /// Ends a publication; a source that fed only it (not named) goes with it.
+    pub fn unpublish(&mut self, stream: &str) {
+        let Some(p) = self.publications.remove(stream) else {
+            return;
+        };
+        let Some(s) = self.sources.get_mut(&p.source) else {
+            return;
+        };
+        s.streams.retain(|n| n != stream);
+        if s.name.is_none() {
+            self.sources.remove(&p.source);
+        }
+    }
+
+    /// The source feeding a stream.
+    pub fn source_of(&self, stream: &str) -> Option<SourceId> {
+        self.publications.get(stream).map(|p| p.source)
+    }
+
+    /// The codecs of a stream (what a sink will receive, with the source's payload
+    /// types).
+    pub fn codecs(&self, stream: &str) -> Option<&Chosen> {
+        let p = self.publications.get(stream)?;
+        self.sources.get(&p.source).map(|s| &s.codecs)
+    }
+
+    // ----- sinks -------------------------------------------------------------------
+
+    /// Attaches a sink to a stream. An active sink gets a key frame soon; an inactive
+    /// one gets nothing until `activate`.
+    pub fn attach(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        sink: Box<dyn Sink<E>>,
+        numbering: Numbering,
+        active: bool,
+    ) -> Result<SinkId, StreamError> {
+        if !self.publications.contains_key(stream) {
+            return Err(StreamError::NotFound);
+        }
+        let id = self.id();
+        if let Some(p) = self.publications.get_mut(stream) {
+            p.sinks.push(SinkEntry {
+                id,
+                sink,
+                numbering,
+                active,
+            });
+        }
+        if active {
+            self.request_key_frame(edge, now, stream);
+        }
+        Ok(id)
+    }
+
+    /// The sink is ready for packets (a player's peer is up); it gets a key frame.
+    pub fn activate(&mut self, edge: &mut E, now: Instant, stream: &str, sink: SinkId) {
+        let found = self
+            .publications
+            .get_mut(stream)
+            .and_then(|p| p.sinks.iter_mut().find(|s| s.id == sink));
+        if let Some(s) = found {
+            s.active = true;
+            self.request_key_frame(edge, now, stream);
+        }
+    }
+
+    pub fn detach(&mut self, stream: &str, sink: SinkId) {
+        if let Some(p) = self.publications.get_mut(stream) {
+            p.sinks.retain(|s| s.id != sink);
+        }
+    }
+
+    // ----- forwarding and key frames --------------------------------------------------
+
+    /// One RTP packet of a source, for every active sink of every publication it
+    /// feeds, numbered as each sink asked. Nothing here knows what the source or the
+    /// sinks are.
+    pub fn packet(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        source: SourceId,
+        kind: Kind,
+        packet: &Packet,
+    ) {
+        let Some(s) = self.sources.get(&source) else {
+            return;
+        };
+        let Some(codec) = s.codecs.get(kind) else {
+            return;
+        };
+        let mut dropped = false;
+        for stream in &s.streams {
+            let Some(p) = self.publications.get_mut(stream) else {
+                continue;
+            };
+            p.sinks.retain_mut(|sink| {
+                if !sink.active {
+                    return true;
+                }
+                let Some(out) = copy(packet, &mut sink.numbering, kind) else {
+                    return true;
+                };
+                match sink.sink.packet(edge, now, kind, codec, out) {
+                    Delivery::Taken => true,
+                    Delivery::Dropped => {
+                        dropped = true;
+                        true
+                    }
+                    Delivery::Done => false,
+                }
+            });
+        }
+        if dropped && kind == Kind::Video {
+            self.ask_key_frame(edge, now, source);
+        }
+    }
+
+    /// A sink of this stream needs a key frame (a player's PLI, a lost datagram).
+    pub fn request_key_frame(&mut self, edge: &mut E, now: Instant, stream: &str) {
+        if let Some(source) = self.source_of(stream) {
+            self.ask_key_frame(edge, now, source);
+        }
+    }
+
+    /// Asks the source for a key frame, at most once per interval: a request inside
+    /// the interval is coalesced into one when it is over, which serves everyone.
+    fn ask_key_frame(&mut self, edge: &mut E, now: Instant, source: SourceId) {
+        let interval = self.key_frame_interval;
+        let Some(s) = self.sources.get_mut(&source) else {
+            return;
+        };
+        if s.last_key_frame_request
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            s.key_frame_pending = true;
+            return;
+        }
+        s.last_key_frame_request = Some(now);
+        s.key_frame_pending = !s.source.key_frame(edge, now);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let interval = self.key_frame_interval;
+        self.sources
+            .values()
+            .filter(|s| s.key_frame_pending)
+            .filter_map(|s| s.last_key_frame_request.map(|t| t + interval))
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, edge: &mut E, now: Instant) {
+        let interval = self.key_frame_interval;
+        let due: Vec<SourceId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| {
+                s.key_frame_pending
+                    && s.last_key_frame_request
+                        .is_some_and(|t| now >= t + interval)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for source in due {
+            self.ask_key_frame(edge, now, source);
+        }
+    }
+
+    /// Every publication and source dropped (service shutdown).
+    pub fn clear(&mut self) {
+        self.publications.clear();
+        self.sources.clear();
+        self.named.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::Family;
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What a test sink got: kind, sequence number, payload type.
+    type Got = Arc<Mutex<Vec<(Kind, u16, u8)>>>;
+
+    /// A sink that records what it is given; `Done` once `budget` packets are in.
+    struct Recorder {
+        got: Got,
+        budget: usize,
+    }
+
+    impl Sink<()> for Recorder {
+        fn packet(
+            &mut self,
+            _edge: &mut (),
+            _now: Instant,
+            kind: Kind,
+            _codec: &Codec,
+            packet: Packet,
+        ) -> Delivery {
+            let mut got = self.got.lock().unwrap();
+            got.push((
+                kind,
+                packet.header.sequence_number,
+                packet.header.payload_type,
+            ));
+            if got.len() < self.budget {
+                Delivery::Taken
+            } else {
+                Delivery::Done
+            }
+        }
+    }
+
+    fn codecs() -> Chosen {
+        Chosen {
+            audio: Some(Codec {
+                family: Family::Opus,
+                payload_type: 111,
+                clock_rate: 48_000,
+                channels: 2,
+                fmtp: String::new(),
+            }),
+            video: Some(Codec {
+                family: Family::Vp8,
+                payload_type: 96,
+                clock_rate: 90_000,
+                channels: 0,
+                fmtp: String::new(),
+            }),
+        }
+    }
+
+    fn recorder(got: &Got, budget: usize) -> Box<dyn Sink<()>> {
+        Box::new(Recorder {
+            got: got.clone(),
+            budget,
+        })
+    }
+
+    fn packet(seq: u16) -> Packet {
+        let mut p = Packet::default();
+        p.header.sequence_number = seq;
+        p.header.payload_type = 96;
+        p
+    }
+
+    #[test]
+    fn a_source_feeds_sinks_without_knowing_them() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let now = Instant::now();
+        let flag = KeyFrameFlag::default();
+        let src = m
+            .add_source("room-Room system-cam", codecs(), Box::new(flag.clone()))
+            .unwrap();
+        assert_eq!(
+            m.add_source("room-Room system-cam", codecs(), Box::new(flag.clone())),
+            Err(StreamError::InUse)
+        );
+        let got = Arc::new(Mutex::new(Vec::new()));
+        m.attach(
+            &mut (),
+            now,
+            "room-Room system-cam",
+            recorder(&got, 3),
+            Numbering::AsSent,
+            true,
+        )
+        .unwrap();
+        assert!(flag.take(), "a new sink asks for a key frame");
+        assert!(!flag.take(), "once");
+        for seq in 0..5u16 {
+            m.packet(&mut (), now, src, Kind::Video, &packet(seq));
+        }
+        // The sink said it was done after three packets and was dropped.
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![
+                (Kind::Video, 0, 96),
+                (Kind::Video, 1, 96),
+                (Kind::Video, 2, 96)
+            ]
+        );
+        assert_eq!(
+            m.attach(
+                &mut (),
+                now,
+                "nope",
+                recorder(&got, 1),
+                Numbering::AsSent,
+                true
+            )
+            .unwrap_err(),
+            StreamError::NotFound
+        );
+        m.unpublish("room-Room system-cam");
+        assert!(m.codecs("room-Room system-cam").is_none());
+        assert!(
+            m.sources.is_empty(),
+            "an unnamed source ends with its stream"
+        );
+    }
+
+    #[test]
+    fn each_sink_has_its_own_numbering_and_inactive_sinks_get_nothing() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let now = Instant::now();
+        let src = m
+            .add_source("s", codecs(), Box::new(KeyFrameFlag::default()))
+            .unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let own = Numbering::Own {
+            audio: None,
+            video: Some(Renumber::new(100, 5, 1000, 0, 3000)),
+        };
+        let player = m
+            .attach(&mut (), now, "s", recorder(&got, 100), own, false)
+            .unwrap();
+        m.packet(&mut (), now, src, Kind::Video, &packet(7));
+        assert!(got.lock().unwrap().is_empty(), "not active yet");
+        m.activate(&mut (), now, "s", player);
+        m.packet(&mut (), now, src, Kind::Video, &packet(8));
+        m.packet(&mut (), now, src, Kind::Audio, &packet(9));
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![(Kind::Video, 1000, 100)],
+            "renumbered; audio has no track of this sink"
+        );
+        m.detach("s", player);
+        m.packet(&mut (), now, src, Kind::Video, &packet(10));
+        assert_eq!(got.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn key_frame_requests_are_coalesced_not_dropped() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let flag = KeyFrameFlag::default();
+        m.add_source("s", codecs(), Box::new(flag.clone())).unwrap();
+        m.request_key_frame(&mut (), t0, "s");
+        assert!(flag.take());
+        // A second request inside the interval waits for its end.
+        m.request_key_frame(&mut (), t0 + Duration::from_millis(100), "s");
+        assert!(!flag.take());
+        assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        m.handle_timeout(&mut (), t0 + Duration::from_millis(500));
+        assert!(flag.take());
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_named_source_feeds_every_stream_and_losing_a_kind_closes_them() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let now = Instant::now();
+        let flag = KeyFrameFlag::default();
+        let dev = m.add_named_source("device", "Camera off", Box::new(flag.clone()));
+        assert_eq!(m.named_source("device"), Some(dev));
+        // Nothing delivered yet: a publication is refused with the source's reason.
+        assert_eq!(
+            m.publish_from("a", dev),
+            Err(StreamError::Unavailable("Camera off".into()))
+        );
+        let all = codecs();
+        m.set_codecs(dev, all.clone(), "");
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::SourceChanged {
+                source: "device".into(),
+                audio: true,
+                video: true
+            })
+        );
+        m.publish_from("a", dev).unwrap();
+        m.publish_from("b", dev).unwrap();
+        assert_eq!(m.publish_from("b", dev), Err(StreamError::InUse));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        for stream in ["a", "b"] {
+            m.attach(
+                &mut (),
+                now,
+                stream,
+                recorder(&got, 100),
+                Numbering::AsSent,
+                true,
+            )
+            .unwrap();
+        }
+        assert!(flag.take(), "new sinks want a key frame");
+        m.packet(&mut (), now, dev, Kind::Video, &packet(7));
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![(Kind::Video, 7, 96), (Kind::Video, 7, 96)]
+        );
+        // The camera is gone: both streams close with the reason, then the change is told.
+        let audio_only = Chosen {
+            audio: all.audio.clone(),
+            video: None,
+        };
+        m.set_codecs(dev, audio_only.clone(), "Camera failed");
+        for stream in ["a", "b"] {
+            assert_eq!(
+                m.poll_event(),
+                Some(Event::Closed {
+                    stream: stream.into(),
+                    info: "Camera failed".into()
+                })
+            );
+        }
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::SourceChanged {
+                source: "device".into(),
+                audio: true,
+                video: false
+            })
+        );
+        assert!(m.codecs("a").is_none());
+        // The same state again changes nothing; the source stays registered.
+        m.set_codecs(dev, audio_only, "");
+        assert_eq!(m.poll_event(), None);
+        assert_eq!(m.named_source("device"), Some(dev));
+        // Registering the name again replaces the source and closes its streams.
+        m.set_codecs(dev, all, "");
+        m.poll_event();
+        m.publish_from("c", dev).unwrap();
+        let again = m.add_named_source("device", "Camera off", Box::new(flag));
+        assert_ne!(again, dev);
+        assert_eq!(
+            m.poll_event(),
+            Some(Event::Closed {
+                stream: "c".into(),
+                info: "The source was replaced".into()
+            })
+        );
+        assert!(m.codecs("c").is_none());
+    }
+}
