@@ -8,4 +8,5 @@
 
 pub mod flv;
 pub mod media;
+pub mod server;
 pub mod url;
