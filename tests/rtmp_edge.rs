@@ -1,0 +1,438 @@
+//! The RTMP edge against the real Debian ffmpeg and against broken clients over raw TCP,
+//! on 127.0.0.1 only: ffmpeg's publish reaches the handler as room/login, its H.264
+//! becomes RTP that decodes again (SPS/PPS before every IDR, monotonic timestamps), its
+//! AAC frames arrive with their config; every bad client is closed with the reason in
+//! the log while the publish goes on.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use huddle::config;
+use huddle::device::h264::{nal, nal_type, RtpPacket};
+use huddle::rtmp::server::{
+    self, FlvTag, Handler, PlayRequest, PublishRequest, PublisherEvent, Refusal,
+};
+use rml_rtmp::chunk_io::ChunkSerializer;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::RtmpMessage;
+use rml_rtmp::rml_amf0::Amf0Value;
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Log lines of this test process.
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!("{} {}", r.level(), r.args());
+            eprintln!("{line}");
+            LINES.lock().unwrap().push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn logged(needle: &str) -> Option<String> {
+    LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains(needle))
+        .cloned()
+}
+
+#[derive(Default)]
+struct TestHandler {
+    publishes: Mutex<Vec<(PublishRequest, mpsc::Receiver<PublisherEvent>)>>,
+}
+
+impl Handler for TestHandler {
+    async fn publish(
+        &self,
+        request: PublishRequest,
+    ) -> Result<mpsc::Sender<PublisherEvent>, Refusal> {
+        if request.login == "mallory" {
+            return Err(Refusal("mallory may not publish".into()));
+        }
+        let (tx, rx) = mpsc::channel(4096);
+        self.publishes.lock().unwrap().push((request, rx));
+        Ok(tx)
+    }
+
+    async fn play(&self, request: PlayRequest) -> Result<mpsc::Receiver<FlvTag>, Refusal> {
+        Err(Refusal(format!("no stream {}", request.stream)))
+    }
+}
+
+async fn start() -> (SocketAddr, Arc<TestHandler>) {
+    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = config::Rtmp {
+        handshake_timeout_ms: 1500,
+        idle_timeout_ms: 3000,
+        ..config::Rtmp::default()
+    };
+    let handler = Arc::new(TestHandler::default());
+    tokio::spawn(server::serve(listener, config, handler.clone()));
+    (addr, handler)
+}
+
+/// A client that completes the handshake.
+async fn handshaken(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut hs = Handshake::new(PeerType::Client);
+    let c0c1 = hs.generate_outbound_p0_and_p1().unwrap();
+    s.write_all(&c0c1).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("handshake answer")
+            .unwrap();
+        assert!(n > 0, "server closed during the handshake");
+        match hs.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                s.write_all(&response_bytes).await.unwrap()
+            }
+            HandshakeProcessResult::Completed { response_bytes, .. } => {
+                s.write_all(&response_bytes).await.unwrap();
+                return s;
+            }
+        }
+    }
+}
+
+/// Reads until the server closes (or fails after `secs`).
+async fn closed_within(s: &mut TcpStream, secs: u64) {
+    let mut buf = vec![0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, s.read(&mut buf)).await {
+            Err(_) => panic!("not closed within {secs} s"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Waits for a log line about `port` containing `reason`.
+async fn logged_close(port: u16, reason: &str) -> String {
+    let peer = format!("127.0.0.1:{port}");
+    for _ in 0..50 {
+        let found = LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(&peer) && l.contains("closed") && l.contains(reason))
+            .cloned();
+        if let Some(line) = found {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no close of {peer} logged with {reason:?}");
+}
+
+fn set_chunk_size(size: u32) -> Vec<u8> {
+    // fmt 0, csid 2, timestamp 0, length 4, type 1 (SetChunkSize), stream 0.
+    let mut v = vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0];
+    v.extend_from_slice(&size.to_be_bytes());
+    v
+}
+
+fn command(name: &str, stream_id: u32, args: Vec<Amf0Value>) -> Vec<u8> {
+    let message = RtmpMessage::Amf0Command {
+        command_name: name.into(),
+        transaction_id: 2.0,
+        command_object: Amf0Value::Null,
+        additional_arguments: args,
+    };
+    let payload = message
+        .into_message_payload(RtmpTimestamp::new(0), stream_id)
+        .unwrap();
+    ChunkSerializer::new()
+        .serialize(&payload, true, false)
+        .unwrap()
+        .bytes
+}
+
+fn connect(app: &str) -> Vec<u8> {
+    let mut props = std::collections::HashMap::new();
+    props.insert("app".to_string(), Amf0Value::Utf8String(app.into()));
+    let message = RtmpMessage::Amf0Command {
+        command_name: "connect".into(),
+        transaction_id: 1.0,
+        command_object: Amf0Value::Object(props),
+        additional_arguments: vec![],
+    };
+    let payload = message
+        .into_message_payload(RtmpTimestamp::new(0), 0)
+        .unwrap();
+    ChunkSerializer::new()
+        .serialize(&payload, true, false)
+        .unwrap()
+        .bytes
+}
+
+/// Runs one bad client: what it sends after the handshake (or instead of it), and the
+/// reason the log must name.
+/// Steps are sent 300 ms apart (rml_rtmp handles a command only once `connect` was
+/// answered, as real clients wait for it).
+async fn bad_client(
+    addr: SocketAddr,
+    handshake: bool,
+    steps: Vec<Vec<u8>>,
+    reason: &str,
+) -> String {
+    let mut s = if handshake {
+        handshaken(addr).await
+    } else {
+        TcpStream::connect(addr).await.unwrap()
+    };
+    let port = s.local_addr().unwrap().port();
+    for (i, step) in steps.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if s.write_all(step).await.is_err() {
+            break;
+        }
+    }
+    closed_within(&mut s, 5).await;
+    logged_close(port, reason).await
+}
+
+/// Rebuilds Annex-B access units from RTP (STAP-A, FU-A, single units).
+fn depacketize(packets: &[RtpPacket], out: &mut Vec<u8>) -> Vec<u8> {
+    let mut types = Vec::new();
+    let put = |unit: &[u8], out: &mut Vec<u8>, types: &mut Vec<u8>| {
+        types.push(nal_type(unit));
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(unit);
+    };
+    for p in packets {
+        let payload = &p.payload[..];
+        match nal_type(payload) {
+            nal::STAP_A => {
+                let mut rest = &payload[1..];
+                while rest.len() >= 2 {
+                    let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                    put(&rest[2..2 + len], out, &mut types);
+                    rest = &rest[2 + len..];
+                }
+            }
+            nal::FU_A => {
+                let header = payload[1];
+                if header & 0x80 != 0 {
+                    types.push(header & 0x1f);
+                    out.extend_from_slice(&[0, 0, 0, 1, (payload[0] & 0xe0) | (header & 0x1f)]);
+                }
+                out.extend_from_slice(&payload[2..]);
+            }
+            _ => put(payload, out, &mut types),
+        }
+    }
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_publishes_while_bad_clients_are_refused() {
+    let (addr, handler) = start().await;
+    let url = format!("rtmp://127.0.0.1:{}/room/alice", addr.port());
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc=size=320x240:rate=30")
+        .args(["-f", "lavfi", "-i", "sine", "-t", "3", "-c:v", "libx264"])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-profile:v",
+            "baseline",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-g", "30", "-c:a", "aac", "-f", "flv"])
+        .arg(&url)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed");
+
+    // Bad clients, all while ffmpeg publishes.
+    let publish_args = vec![
+        Amf0Value::Utf8String("alice".into()),
+        Amf0Value::Utf8String("live".into()),
+    ];
+    let connect_then_mallory = vec![
+        connect("room"),
+        command("createStream", 0, vec![]),
+        command(
+            "publish",
+            1,
+            vec![
+                Amf0Value::Utf8String("mallory".into()),
+                Amf0Value::Utf8String("live".into()),
+            ],
+        ),
+    ];
+    let cases = vec![
+        (
+            false,
+            vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()],
+            "bad handshake",
+        ),
+        (false, vec![], "no complete handshake within 1500 ms"),
+        (true, vec![vec![0xff; 64]], "malformed RTMP"),
+        (true, vec![set_chunk_size(0)], "chunk size 0 refused"),
+        (
+            true,
+            vec![set_chunk_size(1 << 31)],
+            "chunk size 2147483648 refused",
+        ),
+        (
+            true,
+            vec![command("publish", 1, publish_args)],
+            "publish before connect",
+        ),
+        (true, connect_then_mallory, "mallory may not publish"),
+    ];
+    let mut tasks = Vec::new();
+    for (handshake, send, reason) in cases {
+        tasks.push(tokio::spawn(bad_client(addr, handshake, send, reason)));
+    }
+    for t in tasks {
+        let line = timeout(Duration::from_secs(15), t)
+            .await
+            .expect("bad client bounded")
+            .expect("bad client task");
+        assert!(line.starts_with("WARN"), "{line}");
+    }
+
+    // ffmpeg finishes its 3 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = ffmpeg.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = ffmpeg.kill();
+            panic!("ffmpeg did not finish within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "ffmpeg: {status}");
+
+    let (request, mut events) = {
+        let mut publishes = handler.publishes.lock().unwrap();
+        assert_eq!(publishes.len(), 1, "one accepted publish (alice)");
+        publishes.remove(0)
+    };
+    assert_eq!(
+        (request.room.as_str(), request.login.as_str()),
+        ("room", "alice")
+    );
+    assert_eq!((request.token, request.record), (None, false));
+
+    let mut annex_b = Vec::new();
+    let mut access_units = 0;
+    let mut key_frames = 0;
+    let mut last_ts: Option<u32> = None;
+    let mut aac_frames = 0;
+    let mut audio_config = None;
+    let mut profile = None;
+    let mut ended = None;
+    while let Ok(Some(event)) = timeout(Duration::from_secs(5), events.recv()).await {
+        match event {
+            PublisherEvent::VideoConfig { profile_level_id } => profile = Some(profile_level_id),
+            PublisherEvent::Video { packets, info } => {
+                access_units += 1;
+                assert!(!info.b_frames_detected, "baseline has no B-frames");
+                assert!(packets.iter().all(|p| p.header.timestamp == info.timestamp));
+                assert!(packets.last().unwrap().header.marker);
+                if let Some(last) = last_ts {
+                    assert!(
+                        (info.timestamp.wrapping_sub(last) as i32) > 0,
+                        "timestamps increase: {last} then {}",
+                        info.timestamp
+                    );
+                }
+                last_ts = Some(info.timestamp);
+                let types = depacketize(&packets, &mut annex_b);
+                if types.contains(&nal::IDR) {
+                    key_frames += 1;
+                    assert!(info.key);
+                    assert_eq!(&types[..2], &[nal::SPS, nal::PPS], "{types:?}");
+                }
+            }
+            PublisherEvent::AudioConfig(c) => audio_config = Some(c),
+            PublisherEvent::Audio(f) => {
+                assert!(!f.data.is_empty());
+                aac_frames += 1;
+            }
+            PublisherEvent::Ended { reason } => {
+                ended = Some(reason);
+                break;
+            }
+        }
+    }
+    assert_eq!(profile.as_deref().map(|p| &p[..2]), Some("42"));
+    assert!(access_units >= 60, "{access_units} access units");
+    assert!(key_frames >= 3, "{key_frames} key frames (-g 30, 3 s)");
+    let c = audio_config.expect("AAC config");
+    assert_eq!((c.object_type, c.sample_rate, c.channels), (2, 44100, 1));
+    assert!(aac_frames >= 100, "{aac_frames} AAC frames");
+    assert!(ended.is_some(), "Ended after ffmpeg left");
+    assert!(logged("publisher \"alice\" in room \"room\": publishing").is_some());
+
+    // The RTP we produced decodes again.
+    let dir = std::env::temp_dir().join(format!("huddle-rtmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("video.h264");
+    std::fs::File::create(&file)
+        .unwrap()
+        .write_all(&annex_b)
+        .unwrap();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields: Vec<&str> = text.split(',').collect();
+    assert_eq!(&fields[..2], &["320", "240"], "{text}");
+    let frames: usize = fields[2].parse().unwrap();
+    assert_eq!(frames, access_units, "every access unit decodes");
+}
