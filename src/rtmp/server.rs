@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,6 +163,9 @@ pub const MAX_BYTES_BEFORE_REQUEST: usize = 256 << 10;
 const READ_BUFFER: usize = 16 << 10;
 /// How long the handler may take to accept or refuse.
 const HANDLER_TIMEOUT_MS: u64 = 10_000;
+/// The close reason when rml_rtmp panics on input.
+const PANIC: &str =
+    "chunk streams the RTMP library cannot parse (interleaved or inconsistent chunk headers)";
 /// RTP payload type of RTMP video handed to the stream core (rewritten per player).
 pub const VIDEO_PAYLOAD_TYPE: u8 = 96;
 
@@ -567,11 +571,15 @@ impl Connection {
                 return Err(Close::TooMuchBeforeRequest(MAX_BYTES_BEFORE_REQUEST));
             }
         }
-        let checked = guard.check(bytes);
+        // rml_rtmp 0.8's chunk deserializer panics on some malformed inputs (a new
+        // message on another chunk stream while one is partial underflows a length):
+        // a panic is a malformed-input close, and the session is dropped with it.
+        let checked = catch_unwind(AssertUnwindSafe(|| guard.check(bytes)))
+            .unwrap_or_else(|_| Err(Close::Protocol(PANIC.into())));
         self.publish_stream = guard.publishing;
         checked?;
-        let results = session
-            .handle_input(bytes)
+        let results = catch_unwind(AssertUnwindSafe(|| session.handle_input(bytes)))
+            .map_err(|_| Close::Protocol(PANIC.into()))?
             .map_err(|e| Close::Protocol(e.to_string()))?;
         self.respond(session, results, handler).await
     }
