@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use huddle::config;
 use huddle::device::h264::{nal, nal_type, RtpPacket};
+use huddle::rtmp::flv;
+use huddle::rtmp::media::FlvVideoEgress;
 use huddle::rtmp::server::{
-    self, FlvTag, Handler, PlayRequest, PublishRequest, PublisherEvent, Refusal,
+    self, FlvTag, Handler, PlayRequest, PublishRequest, PublisherEvent, Refusal, TagKind,
 };
 use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
@@ -536,4 +538,154 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
     assert_eq!(&fields[..2], &["320", "240"], "{text}");
     let frames: usize = fields[2].parse().unwrap();
     assert_eq!(frames, access_units, "every access unit decodes");
+}
+
+/// Relays one publisher to RTMP players the way the stream core will: RTP H.264 back to
+/// access units, `FlvVideoEgress` for the sequence header and the first key frame, AAC
+/// frames as FLV audio.
+#[derive(Default)]
+struct RelayHandler {
+    player: Mutex<Option<mpsc::Sender<FlvTag>>>,
+}
+
+impl RelayHandler {
+    async fn relay(self: Arc<Self>, mut events: mpsc::Receiver<PublisherEvent>) {
+        // A player starts at a key frame, and audio waits for it: ffprobe decides
+        // which streams exist from the first tags it sees.
+        let mut egress: Option<FlvVideoEgress> = None;
+        let mut started = false;
+        let mut asc: Option<[u8; 2]> = None;
+        while let Some(event) = events.recv().await {
+            let Some(player) = self.player.lock().unwrap().clone() else {
+                continue;
+            };
+            let mut tags = Vec::new();
+            let egress = egress.get_or_insert_with(FlvVideoEgress::default);
+            match event {
+                PublisherEvent::Video { packets, info } => {
+                    let mut au = Vec::new();
+                    depacketize(&packets, &mut au);
+                    let out = egress.push(&au.into());
+                    let ms = info.dts_ms as u32;
+                    if let Some(h) = out.sequence_header {
+                        tags.push((TagKind::Video, ms, h));
+                    }
+                    if let Some(f) = out.frame {
+                        if !started {
+                            started = true;
+                            if let Some(asc) = asc {
+                                tags.push((TagKind::Audio, ms, flv::aac_sequence_header(&asc)));
+                            }
+                        }
+                        tags.push((TagKind::Video, ms, f));
+                    }
+                }
+                PublisherEvent::AudioConfig(c) => {
+                    asc = flv::aac_config_bytes(c.object_type, c.sample_rate, c.channels);
+                }
+                PublisherEvent::Audio(f) if started => {
+                    tags.push((TagKind::Audio, f.time_ms as u32, flv::aac_frame(&f.data)))
+                }
+                PublisherEvent::Ended { .. } => break,
+                _ => {}
+            }
+            for (kind, timestamp_ms, data) in tags {
+                let _ = player.try_send(FlvTag {
+                    kind,
+                    timestamp_ms,
+                    data: data.into(),
+                });
+            }
+        }
+    }
+}
+
+struct Relay(Arc<RelayHandler>);
+
+impl Handler for Relay {
+    async fn publish(
+        &self,
+        _request: PublishRequest,
+    ) -> Result<mpsc::Sender<PublisherEvent>, Refusal> {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(self.0.clone().relay(rx));
+        Ok(tx)
+    }
+
+    async fn play(&self, request: PlayRequest) -> Result<mpsc::Receiver<FlvTag>, Refusal> {
+        assert_eq!(
+            (request.room.as_str(), request.stream.as_str()),
+            ("room", "alice")
+        );
+        let (tx, rx) = mpsc::channel(4096);
+        *self.0.player.lock().unwrap() = Some(tx);
+        Ok(rx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffprobe_plays_a_relayed_publish() {
+    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let relay = Arc::new(RelayHandler::default());
+    tokio::spawn(server::serve(
+        listener,
+        config::Rtmp::default(),
+        Arc::new(Relay(relay)),
+    ));
+    let url = format!("rtmp://127.0.0.1:{port}/room/alice");
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc=size=320x240:rate=30")
+        .args(["-f", "lavfi", "-i", "sine", "-t", "8", "-c:v", "libx264"])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-profile:v",
+            "baseline",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-g", "30", "-c:a", "aac", "-f", "flv"])
+        .arg(&url)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let probe = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["15", "ffprobe", "-v", "error", "-show_entries"])
+            .args([
+                "stream=codec_name,width,height,sample_rate",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    let text = String::from_utf8_lossy(&probe.stdout).to_string();
+    assert!(
+        probe.status.success(),
+        "ffprobe: {}{text}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("h264,320,240")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("aac,44100")), "{text}");
 }
