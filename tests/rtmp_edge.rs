@@ -689,3 +689,131 @@ async fn ffprobe_plays_a_relayed_publish() {
     );
     assert!(text.lines().any(|l| l.starts_with("aac,44100")), "{text}");
 }
+
+#[test]
+fn rtmp_config_keys_parse_and_validate() {
+    let path = std::path::Path::new("huddle.toml");
+    let c = config::Config::parse("", path).unwrap();
+    assert!(c.rtmp.enabled);
+    assert_eq!(c.rtmp.listen.port(), 1935);
+    let c = config::Config::parse(
+        "[rtmp]\nenabled = false\nlisten = \"127.0.0.1:1936\"\nmax_connections = 2\n",
+        path,
+    )
+    .unwrap();
+    assert!(!c.rtmp.enabled);
+    assert_eq!((c.rtmp.listen.port(), c.rtmp.max_connections), (1936, 2));
+    for (text, key) in [
+        ("[rtmp]\nmax_connections = 0\n", "rtmp.max_connections"),
+        (
+            "[rtmp]\nhandshake_timeout_ms = 0\n",
+            "rtmp.handshake_timeout_ms",
+        ),
+        ("[rtmp]\nidle_timeout_ms = 10\n", "rtmp.idle_timeout_ms"),
+        ("[rtmp]\nmax_kbps = 1\n", "rtmp.max_kbps"),
+    ] {
+        let e = config::Config::parse(text, path).unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    let e = config::Config::parse("[rtmp]\nport = 1\n", path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("port"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_and_idle_timeout() {
+    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = config::Rtmp {
+        max_connections: 1,
+        idle_timeout_ms: 800,
+        ..config::Rtmp::default()
+    };
+    tokio::spawn(server::serve(
+        listener,
+        config,
+        Arc::new(TestHandler::default()),
+    ));
+    let mut first = handshaken(addr).await;
+    let first_port = first.local_addr().unwrap().port();
+    // The second connection is closed at accept while the first is open.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let second_port = second.local_addr().unwrap().port();
+    closed_within(&mut second, 3).await;
+    let line = logged_close(second_port, "1 connections already open").await;
+    assert!(line.contains("rtmp.max_connections"), "{line}");
+    // The first, silent after its handshake, meets the idle timeout.
+    closed_within(&mut first, 3).await;
+    logged_close(first_port, "nothing received for 800 ms").await;
+    // Its slot is free again.
+    let _third = handshaken(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_continue_across_ffmpegs_timestamp_wrap() {
+    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let (addr, handler) = start().await;
+    // RTMP timestamps are 32-bit ms, but ffmpeg's FLV writer wraps them at 2^31 ms
+    // (~24.8 days): the offset makes this stream cross that wrap after ~1.5 s.
+    let url = format!("rtmp://127.0.0.1:{}/room/rollover", addr.port());
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["30", "ffmpeg", "-hide_banner", "-loglevel", "error", "-re"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=160x120:rate=30",
+                "-t",
+                "3",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-profile:v",
+                "baseline",
+            ])
+            .args(["-tune", "zerolatency", "-g", "30", "-an"])
+            .args(["-output_ts_offset", "4294965.8", "-f", "flv"])
+            .arg(&url)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "ffmpeg: {status}");
+    let mut events = {
+        let mut publishes = handler.publishes.lock().unwrap();
+        let i = publishes
+            .iter()
+            .position(|(r, _)| r.login == "rollover")
+            .expect("the publish");
+        publishes.remove(i).1
+    };
+    let mut dts = Vec::new();
+    let mut rtp = Vec::new();
+    while let Ok(Some(event)) = timeout(Duration::from_secs(5), events.recv()).await {
+        match event {
+            PublisherEvent::Video { info, .. } => {
+                dts.push(info.dts_ms);
+                rtp.push(info.timestamp);
+            }
+            PublisherEvent::Ended { .. } => break,
+            _ => {}
+        }
+    }
+    assert!(dts.len() >= 60, "{} access units", dts.len());
+    let wrap = 1i64 << 31;
+    assert!(dts[0] < wrap && *dts.last().unwrap() > wrap, "{dts:?}");
+    assert!(dts.windows(2).all(|w| w[1] > w[0]), "{dts:?}");
+    // 90 kHz steps of about one frame (33 ms) all the way through.
+    for w in rtp.windows(2) {
+        let step = w[1].wrapping_sub(w[0]);
+        assert!((2000..=4000).contains(&step), "RTP step {step}");
+    }
+}

@@ -24,8 +24,10 @@ pub enum MediaError {
 }
 
 /// RTMP's 32-bit millisecond clock unwrapped into a 64-bit one. A step back of up to
-/// 2^31 ms is a (reordered or reset) step back, anything else a forward step, so the
+/// 2^30 ms is a (reordered or reset) step back, anything else a forward step, so the
 /// rollover at 2^32 ms (and the 24-bit one rml_rtmp already extends) never jumps.
+/// ffmpeg's FLV writer wraps at 2^31 ms instead (it keeps the timestamp's top bit
+/// clear): a jump from just below 2^31 to near 0 is that wrap, not a step back.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Clock {
     last: Option<(u32, i64)>,
@@ -36,7 +38,14 @@ impl Clock {
     pub fn unwrap(&mut self, ms: u32) -> i64 {
         let now = match self.last {
             None => ms as i64,
-            Some((raw, ext)) => ext + ms.wrapping_sub(raw) as i32 as i64,
+            Some((raw, ext)) => {
+                let step = ms.wrapping_sub(raw) as i32 as i64;
+                if step < -(1 << 30) && raw < (1 << 31) && ms < (1 << 31) {
+                    ext + step + (1 << 31)
+                } else {
+                    ext + step
+                }
+            }
         };
         self.last = Some((ms, now));
         now
@@ -301,6 +310,15 @@ mod tests {
         assert_eq!(c.unwrap(5), u32::MAX as i64 + 6);
         assert_eq!(c.unwrap(3), u32::MAX as i64 + 4, "a small step back");
         assert_eq!(c.unwrap(40), u32::MAX as i64 + 41);
+        // ffmpeg's 31-bit wrap.
+        let mut c = Clock::default();
+        assert_eq!(c.unwrap((1 << 31) - 20), (1 << 31) - 20);
+        assert_eq!(c.unwrap(13), (1 << 31) + 13);
+        assert_eq!(c.unwrap(46), (1 << 31) + 46);
+        // A reset to 0 from early in the stream stays a step back.
+        let mut c = Clock::default();
+        assert_eq!(c.unwrap(5000), 5000);
+        assert_eq!(c.unwrap(0), 0);
         // The 90 kHz clock wraps on its own, continuously.
         let a = rtp_time_90k(u32::MAX as i64 + 6);
         let b = rtp_time_90k(u32::MAX as i64 + 41);

@@ -923,3 +923,146 @@ pub fn status_packet(stream_id: u32, code: &str, description: &str) -> Option<Ve
         .ok()
         .map(|p| p.bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(type_id: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        // One type-0 chunk on csid 3 (payloads here stay under the 128-byte chunk size).
+        let len = payload.len() as u32;
+        let mut v = vec![0x03, 0, 0, 0];
+        v.extend_from_slice(&len.to_be_bytes()[1..]);
+        v.push(type_id);
+        v.extend_from_slice(&stream_id.to_le_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn command(name: &str, stream_id: u32) -> Vec<u8> {
+        let mut p = vec![2];
+        p.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        p.extend_from_slice(name.as_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        message(20, stream_id, &p)
+    }
+
+    #[test]
+    fn guard_refuses_chunk_size_abuse() {
+        for (size, refused) in [
+            (0u32, true),
+            (1, false),
+            (4096, false),
+            (MAX_CHUNK_SIZE, false),
+            (MAX_CHUNK_SIZE + 1, true),
+            (1 << 31, true),
+            (u32::MAX, true),
+        ] {
+            let r = Guard::new().check(&message(1, 0, &size.to_be_bytes()));
+            assert_eq!(
+                matches!(r, Err(Close::ChunkSize(s)) if s == size),
+                refused,
+                "{size}"
+            );
+        }
+        assert!(matches!(
+            Guard::new().check(&message(1, 0, &[0, 1])),
+            Err(Close::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn guard_follows_the_command_order() {
+        let mut g = Guard::new();
+        assert!(matches!(
+            g.check(&command("publish", 1)),
+            Err(Close::BeforeConnect("publish"))
+        ));
+        let mut g = Guard::new();
+        assert!(matches!(
+            g.check(&message(9, 1, &[0x17, 1])),
+            Err(Close::BeforeConnect("video"))
+        ));
+        let mut g = Guard::new();
+        g.check(&command("connect", 0)).unwrap();
+        g.check(&command("createStream", 0)).unwrap();
+        assert!(matches!(
+            g.check(&message(8, 1, &[0xaf, 1])),
+            Err(Close::UnknownStream {
+                kind: "audio",
+                stream_id: 1
+            })
+        ));
+        let mut g = Guard::new();
+        g.check(&command("connect", 0)).unwrap();
+        g.check(&command("publish", 1)).unwrap();
+        g.check(&message(9, 1, &[0x17, 1])).unwrap();
+        assert!(matches!(
+            g.check(&message(9, 2, &[0x17, 1])),
+            Err(Close::UnknownStream {
+                kind: "video",
+                stream_id: 2
+            })
+        ));
+        assert!(matches!(
+            g.check(&command("play", 1)),
+            Err(Close::SecondRequest)
+        ));
+        assert!(matches!(
+            g.check(&command("connect", 0)),
+            Err(Close::SecondConnect)
+        ));
+        // A command without a name string.
+        assert!(matches!(
+            Guard::new().check(&message(20, 0, &[5, 0])),
+            Err(Close::Protocol(_))
+        ));
+        // Junk chunks.
+        assert!(matches!(
+            Guard::new().check(&[0xff; 16]),
+            Err(Close::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn guard_bounds_amf_messages() {
+        let mut g = Guard::new();
+        // 70 000 bytes of AMF data in 128-byte chunks.
+        let len = 70_000u32;
+        let mut v = vec![0x03, 0, 0, 0];
+        v.extend_from_slice(&len.to_be_bytes()[1..]);
+        v.extend_from_slice(&[18, 0, 0, 0, 0]);
+        let mut left = len as usize;
+        while left > 0 {
+            let n = left.min(128);
+            v.extend(std::iter::repeat_n(0u8, n));
+            left -= n;
+            if left > 0 {
+                v.push(0xc3);
+            }
+        }
+        assert!(matches!(g.check(&v), Err(Close::CommandTooLarge(70_000))));
+    }
+
+    #[test]
+    fn budget_is_per_window() {
+        let mut b = Budget::new(8); // 2000 bytes per 2 s
+        b.spend(1500).unwrap();
+        b.spend(500).unwrap();
+        assert!(matches!(b.spend(1), Err(Close::Flood(8))));
+    }
+
+    #[test]
+    fn status_packets_are_well_formed_chunks() {
+        let bytes = status_packet(1, "NetStream.Publish.Rejected", "video codec VP6").unwrap();
+        let mut d = ChunkDeserializer::new();
+        d.set_max_chunk_size(4096).unwrap();
+        let m = d.get_next_message(&bytes).unwrap().unwrap();
+        assert_eq!((m.type_id, m.message_stream_id), (20, 1));
+        let text = String::from_utf8_lossy(&m.data);
+        assert!(
+            text.contains("onStatus") && text.contains("video codec VP6"),
+            "{text}"
+        );
+    }
+}
