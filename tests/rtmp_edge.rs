@@ -339,7 +339,7 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
             "bad handshake",
         ),
         (false, vec![], "no complete handshake within 1500 ms"),
-        (true, vec![vec![0xff; 64]], "malformed RTMP"),
+        (true, vec![vec![0xff; 64]], "RTMP chunks refused"),
         (true, vec![set_chunk_size(0)], "chunk size 0 refused"),
         (
             true,
@@ -389,30 +389,42 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
                         .collect(),
                 ),
             ],
-            "AMF message of 70",
+            "message of 70041 bytes on chunk stream 6 exceeds the limit of 65536",
         ),
         (
             true,
             {
-                // A 16 MiB video message announced, then a new message on another
-                // chunk stream while it is partial (rml_rtmp 0.8 panics on this).
-                let mut v = vec![0x04, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0];
-                v.extend(std::iter::repeat_n(0u8, 4096));
+                // A message on chunk stream 5 while one on 4 is mid-way (rml_rtmp 0.8
+                // panics on this; the chunk scanner refuses it first).
+                let mut v = vec![0x04, 0, 0, 0, 0x00, 0x03, 0xe8, 18, 0, 0, 0, 0];
+                v.extend([0u8; 128]);
+                v.push(0xc4);
+                v.extend([0u8; 128]);
+                v.extend([0x05, 0, 0, 0, 0, 0, 1, 18, 0, 0, 0, 0, 5]);
                 vec![v]
             },
-            "interleaved or inconsistent chunk headers",
+            "interleaved chunk streams are not supported",
         ),
         (
             true,
             {
-                // One 16 MiB video message before any publish: 300 KiB of it, in
-                // 128-byte chunks, exceeds the pre-request budget.
-                let mut v = vec![0x04, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0];
-                for _ in 0..2400 {
-                    v.extend_from_slice(&[0u8; 128]);
-                    v.push(0xc4);
+                // Valid AMF data messages of 60 000 bytes each, no publish: the
+                // pre-request budget ends it.
+                let mut steps = vec![connect("room")];
+                for _ in 0..6 {
+                    let payload = RtmpMessage::Amf0Data {
+                        values: vec![Amf0Value::Utf8String("x".repeat(59_990))],
+                    }
+                    .into_message_payload(RtmpTimestamp::new(0), 0)
+                    .unwrap();
+                    steps.push(
+                        ChunkSerializer::new()
+                            .serialize(&payload, true, false)
+                            .unwrap()
+                            .bytes,
+                    );
                 }
-                vec![v]
+                steps
             },
             "more than 262144 bytes before a publish or play",
         ),

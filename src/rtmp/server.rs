@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, Instant};
 
+use super::chunk::{ChunkError, ChunkScanner};
 use super::media::{AacFrame, AccessUnitInfo, AudioOutcome, H264Ingest, MediaError, VideoOutcome};
 use super::url::{self, StreamPath};
 use crate::config;
@@ -139,6 +140,8 @@ pub enum Close {
     SecondRequest,
     #[error("{kind} for stream id {stream_id}, which is not published")]
     UnknownStream { kind: &'static str, stream_id: u32 },
+    #[error("RTMP chunks refused: {0}")]
+    Chunk(#[from] ChunkError),
     #[error("malformed RTMP: {0}")]
     Protocol(String),
     #[error("refused {what}: {reason}")]
@@ -155,6 +158,8 @@ pub enum Close {
 
 /// Largest chunk size a client may announce (RTMP messages are at most 16 MiB).
 pub const MAX_CHUNK_SIZE: u32 = 1 << 24;
+/// Largest message of a publisher (a key frame of a high-bitrate 1080p stream is ~1 MB).
+pub const MAX_MESSAGE_BYTES: u32 = 4 << 20;
 /// Largest AMF command or data message (connect, publish, onMetaData...).
 pub const MAX_COMMAND_BYTES: usize = 64 << 10;
 /// Bytes a client may send before its publish or play is accepted.
@@ -205,6 +210,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, config: config::Rtmp, hand
 /// The guard's view of the message stream (a second chunk deserializer over the same
 /// bytes, which sees what `ServerSession` does not report).
 struct Guard {
+    scanner: ChunkScanner,
     chunks: ChunkDeserializer,
     connected: bool,
     requested: bool,
@@ -215,6 +221,8 @@ struct Guard {
 impl Guard {
     fn new() -> Guard {
         Guard {
+            // Until a publish, only commands are expected.
+            scanner: ChunkScanner::new(MAX_COMMAND_BYTES as u32),
             chunks: ChunkDeserializer::new(),
             connected: false,
             requested: false,
@@ -224,6 +232,7 @@ impl Guard {
 
     /// Checks every complete message in `bytes`.
     fn check(&mut self, bytes: &[u8]) -> Result<(), Close> {
+        self.scanner.scan(bytes)?;
         let mut input = bytes;
         loop {
             let message = self
@@ -317,6 +326,7 @@ impl Guard {
                 self.requested = true;
                 if what == "publish" {
                     self.publishing = Some(m.message_stream_id);
+                    self.scanner.set_max_message(MAX_MESSAGE_BYTES);
                 }
             }
             _ => {}
@@ -959,11 +969,9 @@ mod tests {
             (u32::MAX, true),
         ] {
             let r = Guard::new().check(&message(1, 0, &size.to_be_bytes()));
-            assert_eq!(
-                matches!(r, Err(Close::ChunkSize(s)) if s == size),
-                refused,
-                "{size}"
-            );
+            let caught = matches!(r, Err(Close::ChunkSize(s)) if s == size)
+                || matches!(r, Err(Close::Chunk(ChunkError::ChunkSize(s))) if s == size);
+            assert_eq!(caught, refused, "{size}");
         }
         assert!(matches!(
             Guard::new().check(&message(1, 0, &[0, 1])),
@@ -1020,7 +1028,7 @@ mod tests {
         // Junk chunks.
         assert!(matches!(
             Guard::new().check(&[0xff; 16]),
-            Err(Close::Protocol(_))
+            Err(Close::Chunk(ChunkError::NoPreviousHeader(63)))
         ));
     }
 
@@ -1041,6 +1049,18 @@ mod tests {
                 v.push(0xc3);
             }
         }
+        // Before a publish the chunk scanner refuses its header already.
+        assert!(matches!(
+            g.check(&v),
+            Err(Close::Chunk(ChunkError::MessageTooLarge {
+                length: 70_000,
+                ..
+            }))
+        ));
+        // After it, media may be large but AMF still may not.
+        let mut g = Guard::new();
+        g.check(&command("connect", 0)).unwrap();
+        g.check(&command("publish", 1)).unwrap();
         assert!(matches!(g.check(&v), Err(Close::CommandTooLarge(70_000))));
     }
 
