@@ -118,15 +118,16 @@ async fn handshaken(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads until the server closes (or fails after `secs`).
-async fn closed_within(s: &mut TcpStream, secs: u64) {
+async fn closed_within(s: &mut TcpStream, secs: u64) -> Vec<u8> {
+    let mut received = Vec::new();
     let mut buf = vec![0u8; 8192];
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match timeout(left, s.read(&mut buf)).await {
             Err(_) => panic!("not closed within {secs} s"),
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => return received,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
         }
     }
 }
@@ -233,7 +234,7 @@ async fn bad_client(
     handshake: bool,
     steps: Vec<Vec<u8>>,
     reason: &str,
-) -> String {
+) -> (String, Vec<u8>) {
     let mut s = if handshake {
         handshaken(addr).await
     } else {
@@ -248,8 +249,8 @@ async fn bad_client(
             break;
         }
     }
-    closed_within(&mut s, 5).await;
-    logged_close(port, reason).await
+    let received = closed_within(&mut s, 5).await;
+    (logged_close(port, reason).await, received)
 }
 
 /// Rebuilds Annex-B access units from RTP (STAP-A, FU-A, single units).
@@ -434,11 +435,22 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
         tasks.push(tokio::spawn(bad_client(addr, handshake, send, reason)));
     }
     for t in tasks {
-        let line = timeout(Duration::from_secs(15), t)
+        let (line, received) = timeout(Duration::from_secs(15), t)
             .await
             .expect("bad client bounded")
             .expect("bad client task");
         assert!(line.starts_with("WARN"), "{line}");
+        // Refused publishers also get the reason as an RTMP onStatus.
+        for status in ["mallory may not publish", "video codec On2 VP6", "(hvc1)"] {
+            if line.contains(status) {
+                assert!(
+                    received
+                        .windows(status.len())
+                        .any(|w| w == status.as_bytes()),
+                    "no onStatus with {status:?}"
+                );
+            }
+        }
     }
 
     // ffmpeg finishes its 3 s.
