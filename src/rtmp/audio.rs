@@ -146,12 +146,7 @@ impl AacToOpus {
     }
 
     fn check_bus(&self) -> Result<(), AudioError> {
-        while let Some(msg) = self.bus.pop() {
-            if let gst::MessageView::Error(e) = msg.view() {
-                return Err(AudioError::Gst(e.error().to_string()));
-            }
-        }
-        Ok(())
+        check_bus(&self.bus)
     }
 }
 
@@ -159,6 +154,124 @@ impl Drop for AacToOpus {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// One AAC frame for RTMP players, with its presentation time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AacOut {
+    pub data: Bytes,
+    pub pts: Duration,
+}
+
+/// An Opus → AAC transcoder for one played stream (shared by its RTMP players):
+/// `opusdec ! audioconvert ! audioresample ! voaacenc` (1 % of a core, against 3.6 % for
+/// avenc_aac in the recipe's measurements), AAC-LC 48 kHz stereo, raw frames.
+pub struct OpusToAac {
+    pipeline: gst::Pipeline,
+    src: gstreamer_app::AppSrc,
+    sink: gstreamer_app::AppSink,
+    bus: gst::Bus,
+}
+
+const OPUS_TO_AAC: &str = "appsrc name=opus format=time is-live=true max-bytes=262144 block=false \
+    caps=audio/x-opus,channel-mapping-family=0,rate=48000,channels=2 ! \
+    opusdec ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2 ! \
+    voaacenc bitrate=128000 ! audio/mpeg,stream-format=raw ! \
+    appsink name=aac sync=false max-buffers=64 drop=false";
+
+impl OpusToAac {
+    pub fn new() -> Result<OpusToAac, AudioError> {
+        gst::init().map_err(gst_err)?;
+        let pipeline = gst::parse::launch(OPUS_TO_AAC)
+            .map_err(gst_err)?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| AudioError::Gst("not a pipeline".into()))?;
+        let src = pipeline
+            .by_name("opus")
+            .and_then(|e| e.downcast::<gstreamer_app::AppSrc>().ok())
+            .ok_or_else(|| AudioError::Gst("no appsrc".into()))?;
+        let sink = pipeline
+            .by_name("aac")
+            .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
+            .ok_or_else(|| AudioError::Gst("no appsink".into()))?;
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| AudioError::Gst("no bus".into()))?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(gst_err(e));
+        }
+        Ok(OpusToAac {
+            pipeline,
+            src,
+            sink,
+            bus,
+        })
+    }
+
+    /// Pushes one Opus packet with its presentation time.
+    pub fn push(&self, packet: &[u8], pts: Duration) -> Result<(), AudioError> {
+        check_bus(&self.bus)?;
+        let mut buffer = gst::Buffer::from_slice(packet.to_vec());
+        if let Some(b) = buffer.get_mut() {
+            b.set_pts(gst::ClockTime::from_nseconds(pts.as_nanos() as u64));
+        }
+        self.src.push_buffer(buffer).map_err(gst_err)?;
+        Ok(())
+    }
+
+    pub fn finish(&self) {
+        let _ = self.src.end_of_stream();
+    }
+
+    /// The AudioSpecificConfig for the FLV sequence header (`flv::aac_sequence_header`),
+    /// known once the encoder has started.
+    pub fn audio_specific_config(&self) -> Option<Vec<u8>> {
+        let caps = self.sink.static_pad("sink")?.current_caps()?;
+        let s = caps.structure(0)?;
+        let buffer = s.get::<gst::Buffer>("codec_data").ok()?;
+        let map = buffer.map_readable().ok()?;
+        Some(map.to_vec())
+    }
+
+    /// The next AAC frame, waiting up to `timeout` (`Err` at the end or on an error).
+    pub fn pull(&self, timeout: Duration) -> Result<Option<AacOut>, AudioError> {
+        check_bus(&self.bus)?;
+        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_nseconds(ns)) else {
+            if self.sink.is_eos() {
+                return Err(AudioError::Gst("end of stream".into()));
+            }
+            return Ok(None);
+        };
+        let Some(buffer) = sample.buffer_owned() else {
+            return Ok(None);
+        };
+        let pts = buffer
+            .pts()
+            .map(|t| Duration::from_nanos(t.nseconds()))
+            .unwrap_or_default();
+        let data = buffer
+            .into_mapped_buffer_readable()
+            .map(Bytes::from_owner)
+            .map_err(|_| AudioError::Gst("cannot map an AAC buffer".into()))?;
+        Ok(Some(AacOut { data, pts }))
+    }
+}
+
+impl Drop for OpusToAac {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn check_bus(bus: &gst::Bus) -> Result<(), AudioError> {
+    while let Some(msg) = bus.pop() {
+        if let gst::MessageView::Error(e) = msg.view() {
+            return Err(AudioError::Gst(e.error().to_string()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -239,6 +352,45 @@ mod tests {
         }
         let rms = (energy / samples as f64).sqrt();
         assert!(rms > 3000.0, "RMS {rms}: the tone did not survive");
+    }
+
+    #[test]
+    fn opus_becomes_aac_with_a_config_for_the_sequence_header() {
+        let frames = aac_tone(60);
+        let mut to_opus = AacToOpus::new(flv::parse_aac_config(&[0x12, 0x08]).unwrap()).unwrap();
+        for (i, f) in frames.iter().enumerate() {
+            to_opus.push(f, (i as i64 * 1024 * 1000) / 44100).unwrap();
+        }
+        to_opus.finish();
+        let to_aac = OpusToAac::new().unwrap();
+        let mut opus = 0;
+        while let Ok(Some(p)) = to_opus.pull(Duration::from_secs(5)) {
+            to_aac.push(&p.data, p.pts).unwrap();
+            opus += 1;
+        }
+        to_aac.finish();
+        let mut aac = Vec::new();
+        while let Ok(Some(f)) = to_aac.pull(Duration::from_secs(5)) {
+            aac.push(f);
+        }
+        // ~1.39 s: ~65 AAC frames of 1024 samples at 48 kHz.
+        assert!(opus >= 60, "{opus} Opus packets");
+        assert!((55..=75).contains(&aac.len()), "{} AAC frames", aac.len());
+        let asc = to_aac.audio_specific_config().expect("codec_data");
+        let c = flv::parse_aac_config(&asc).unwrap();
+        assert_eq!((c.object_type, c.sample_rate, c.channels), (2, 48000, 2));
+        assert!(aac.windows(2).all(|w| w[1].pts > w[0].pts));
+        // And back: the AAC decodes with the advertised config.
+        let mut again = AacToOpus::new(c).unwrap();
+        for f in &aac {
+            again.push(&f.data, f.pts.as_millis() as i64).unwrap();
+        }
+        again.finish();
+        let mut back = 0;
+        while let Ok(Some(_)) = again.pull(Duration::from_secs(5)) {
+            back += 1;
+        }
+        assert!(back >= 55, "{back} Opus packets after the round trip");
     }
 
     #[test]
