@@ -5,6 +5,7 @@
 //! - `sfu`: the WebRTC SFU (one UDP port, forwarding without transcoding).
 //! - `server`: the I/O edge (HTTP, WebSocket sessions, the task driving the core).
 //! - `device`: the device's camera and microphone as a participant of its rooms.
+//! - `rtmp`: the RTMP edge (publishers as sources, players as sinks).
 //! - `config`, `logging`, `service` (sd_notify): the system edge.
 
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod device;
 pub mod logging;
 pub mod media;
 pub mod rooms;
+pub mod rtmp;
 pub mod server;
 pub mod service;
 pub mod sfu;

@@ -36,6 +36,7 @@ pub struct Config {
     pub rooms: Rooms,
     pub media: Media,
     pub records: Records,
+    pub rtmp: Rtmp,
     pub device: Device,
     pub auth: Auth,
     pub log: Log,
@@ -196,6 +197,36 @@ impl Default for Records {
     fn default() -> Self {
         Records {
             dir: PathBuf::from("records"),
+        }
+    }
+}
+
+/// The RTMP edge (`rtmp::server`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rtmp {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// The whole RTMP handshake (C0..C2) must arrive within this.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Concurrent RTMP connections; more are closed at accept.
+    pub max_connections: usize,
+    /// The byte budget of one connection: more than this many kbit in any second
+    /// (averaged over 2 s) closes it as a flood.
+    pub max_kbps: u32,
+}
+
+impl Default for Rtmp {
+    fn default() -> Self {
+        Rtmp {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            handshake_timeout_ms: 5000,
+            idle_timeout_ms: 15000,
+            max_connections: 16,
+            max_kbps: 40000,
         }
     }
 }
@@ -428,6 +459,21 @@ preferred_video_codec = "h264"
 # unless absolute).
 dir = "records"
 
+[rtmp]
+# RTMP publishers and players: rtmp://<device>[:port]/<room>/<login>[?token=<jwt>].
+# (Being built: this version does not start the RTMP listener yet.)
+enabled = true
+listen = "0.0.0.0:1935"
+# The RTMP handshake must complete within this.
+handshake_timeout_ms = 5000
+# A connection that sends nothing for this long is closed.
+idle_timeout_ms = 15000
+# Concurrent RTMP connections (publishers and players).
+max_connections = 16
+# Per-connection byte budget: a client sending more than this (kbit/s, over 2 s)
+# is closed as a flood.
+max_kbps = 40000
+
 [device]
 # A board profile (rpi4, rpi5, rk3588, imx8mp, x86_64) merged under this file: its
 # keys are the defaults, this file overrides them. `huddle --board NAME` wins over it.
@@ -647,6 +693,11 @@ impl Config {
                 format!("'{bad}' is not an origin: write scheme://host[:port] or \"*\""),
             ));
         }
+        let rt = &self.rtmp;
+        at_least("rtmp.handshake_timeout_ms", rt.handshake_timeout_ms, 100)?;
+        at_least("rtmp.idle_timeout_ms", rt.idle_timeout_ms, 100)?;
+        at_least("rtmp.max_connections", rt.max_connections as u64, 1)?;
+        at_least("rtmp.max_kbps", rt.max_kbps.into(), 100)?;
         let r = &self.rooms;
         at_least("rooms.max_participants", r.max_participants as u64, 1)?;
         at_least("rooms.max_rooms", r.max_rooms as u64, 1)?;

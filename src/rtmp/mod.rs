@@ -1,0 +1,16 @@
+//! The RTMP edge: publishers (OBS, ffmpeg, encoders) as sources of a room's streams,
+//! players and pushes as sinks.
+//!
+//! - `audio`: AAC → Opus through GStreamer for publishers' audio.
+//! - `chunk`: a pure chunk-header scanner in front of rml_rtmp (message size, interleaving).
+//! - `flv`: FLV tag bodies (H.264/AVCC, AAC) both ways, pure and fuzz-friendly.
+//! - `url`: the room, login/stream, token and record flag of an RTMP URL.
+//! - `media`: FLV H.264 into RTP through the device packetizer, timestamps, B-frames.
+//! - `server`: the tokio connection tasks around rml_rtmp's `ServerSession`.
+
+pub mod audio;
+pub mod chunk;
+pub mod flv;
+pub mod media;
+pub mod server;
+pub mod url;
