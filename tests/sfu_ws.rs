@@ -1283,8 +1283,13 @@ async fn forged_stun_does_not_take_over_a_peers_address() {
     let sent = spray.await.expect("spray task");
     let after = rtp_in(&mut bob_pc, Duration::from_secs(1)).await;
     assert!(sent >= 200, "the forger sent only {sent} datagrams");
+    // A hijacked route drops the player to ~2 % (measured without the integrity check).
+    // Under CPU emulation (the aarch64 suite under qemu) the verification of ~1,600
+    // forged MACs costs real time: there the player need only keep a fifth of its rate.
+    let emulated = std::env::var("HUDDLE_TEST_EXEC_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
+    let tenths = if emulated { 2 } else { 8 };
     assert!(
-        during * 10 >= before * 8 && after * 10 >= before * 8,
+        during * 10 >= before * tenths && after * 10 >= before * tenths,
         "bob-pc's packets per second: {before} before, {during} during, {after} after {sent} forged requests"
     );
     let mut buf = [0u8; 2048];
