@@ -1381,6 +1381,32 @@ fn the_device_login_is_reserved() {
     h.connect(4, "Room system 2");
     let out = h.join(4, "r");
     assert_eq!(to(&out, 4)[0], accepted("join-r"));
+    // A local participant of another edge (an RTMP publisher) is under the rules of
+    // every client: not the device's login either.
+    h.core.connect_edge(h.now, 200, "rtmp-200");
+    h.cmd(
+        200,
+        Command::Connect(ConnectInfo {
+            login: Some("room system".into()),
+            ..Default::default()
+        }),
+    );
+    let out = h.join(200, "r");
+    assert_eq!(to(&out, 200), vec![failed("join-r", reserved)]);
+    // Nor a login already in the room.
+    h.core.connect_edge(h.now, 201, "rtmp-201");
+    h.cmd(
+        201,
+        Command::Connect(ConnectInfo {
+            login: Some("Room system 2".into()),
+            ..Default::default()
+        }),
+    );
+    let out = h.join(201, "r");
+    assert_eq!(
+        to(&out, 201),
+        vec![failed("join-r", "Room already has user with such login")]
+    );
 }
 
 #[test]
