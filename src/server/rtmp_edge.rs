@@ -210,7 +210,7 @@ impl Handler for RtmpEdge {
         };
         if let Some(why) = refused {
             // The reason, never the token.
-            info!("{who} ({peer}): refused: {why}");
+            info!("{who} ({peer}): refused: {}", escaped(&why));
             return Err(Refusal(why));
         }
         if record {
