@@ -681,9 +681,12 @@ impl Core {
         else {
             return;
         };
+        // A local participant (the device, an RTMP publisher) has no pings to miss: it
+        // is there as long as its edge says so.
         let silent_for = self
             .sessions
             .get(&other)
+            .filter(|s| !s.local)
             .map(|s| now.saturating_duration_since(s.last_seen))
             .unwrap_or_default();
         if silent_for > self.cfg.ping_interval * 3 / 2 {

@@ -1407,6 +1407,28 @@ fn the_device_login_is_reserved() {
         to(&out, 201),
         vec![failed("join-r", "Room already has user with such login")]
     );
+    // An edge participant that has said nothing for long is not a silent namesake to
+    // evict: a browser with its login is refused.
+    h.core.connect_edge(h.now, 202, "rtmp-202");
+    h.cmd(
+        202,
+        Command::Connect(ConnectInfo {
+            login: Some("obs".into()),
+            ..Default::default()
+        }),
+    );
+    let out = h.join(202, "r");
+    assert_eq!(to(&out, 202)[0], accepted("join-r"));
+    h.advance(Duration::from_secs(600));
+    h.connect(5, "obs");
+    let out = h.join(5, "r");
+    assert_eq!(
+        to(&out, 5),
+        vec![failed("join-r", "Room already has user with such login")]
+    );
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Close { session: 202, .. })));
 }
 
 #[test]

@@ -92,6 +92,27 @@ impl RtmpEdge {
     }
 }
 
+/// Disconnects a local session on drop unless disarmed (`to_core = None`).
+struct PendingSession {
+    to_core: Option<mpsc::Sender<ToCore>>,
+    session: SessionId,
+}
+
+impl Drop for PendingSession {
+    fn drop(&mut self) {
+        if let Some(to_core) = self.to_core.take() {
+            let session = self.session;
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                to_core.try_send(ToCore::Disconnect { session })
+            {
+                tokio::spawn(async move {
+                    let _ = to_core.send(ToCore::Disconnect { session }).await;
+                });
+            }
+        }
+    }
+}
+
 fn who(room: &str, login: &str) -> String {
     format!(
         "rtmp publisher {} in room {}",
@@ -241,6 +262,13 @@ impl Handler for RtmpEdge {
         let (close_tx, close) = oneshot::channel();
         let (changed_tx, changed) = mpsc::channel(8);
         let gone = || Refusal("The service is stopping".into());
+        // Until the participant task owns the session: a publish cancelled on the way
+        // (the connection's handler timeout) must not leave a member behind, since a
+        // local session has no pings to time it out.
+        let mut pending = PendingSession {
+            to_core: Some(self.to_core.clone()),
+            session,
+        };
         self.to_core
             .send(ToCore::ConnectLocal {
                 session,
@@ -286,9 +314,9 @@ impl Handler for RtmpEdge {
         .unwrap_or_else(|_| Err("The room service did not answer in time".into()));
         if let Err(why) = joined {
             info!("{who} ({peer}): cannot join: {}", escaped(&why));
-            let _ = self.to_core.send(ToCore::Disconnect { session }).await;
             return Err(Refusal(why));
         }
+        pending.to_core = None;
         info!("{who} ({peer}): joined as session {session}");
         let member = Member {
             who,
