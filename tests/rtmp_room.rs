@@ -337,3 +337,24 @@ async fn an_rtmp_port_in_use_is_named_with_its_key() {
     );
     assert!(e.contains("set [rtmp] listen to another address"), "{e}");
 }
+
+/// A server stopping while an RTMP publisher streams: shutdown completes, the encoder's
+/// connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_live_rtmp_publisher_completes() {
+    let room = "studio";
+    let server = start_server(|_| {}).await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(server.local_addr(), "alice").await;
+    assert!(alice.join(room).await.is_empty());
+    let child = ffmpeg(&format!("rtmp://127.0.0.1:{port}/{room}/obs"), 30);
+    events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("shutdown within 10 s");
+    let status = finish(child, Duration::from_secs(20)).await;
+    assert!(
+        !status.success(),
+        "ffmpeg's connection was closed: {status}"
+    );
+}
