@@ -192,10 +192,10 @@ fn stream_name(room: &str, login: &str) -> String {
 
 /// The SDP description of the publisher's H.264 (`profile-level-id` from the avcC).
 fn video_codec(profile_level_id: &str) -> Option<Codec> {
-    let value = u32::from_str_radix(profile_level_id, 16).ok()?;
-    if profile_level_id.len() != 6 {
+    if profile_level_id.len() != 6 || !profile_level_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
+    let value = u32::from_str_radix(profile_level_id, 16).ok()?;
     let [_, profile, constraints, level] = value.to_be_bytes();
     let mut codec = h264_codec(ProfileLevel {
         profile,
@@ -591,5 +591,30 @@ fn transcode(
     }
     if dropped > 0 {
         info!("{who}: {dropped} Opus packets dropped (media engine busy)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Family;
+
+    #[test]
+    fn the_video_codec_comes_from_the_profile_level_id() {
+        let c = video_codec("42c01f").expect("constrained baseline");
+        assert_eq!(
+            c.family,
+            Family::H264 {
+                profile: 0x42,
+                constraints: 0xc0
+            }
+        );
+        assert_eq!(c.payload_type, VIDEO_PAYLOAD_TYPE);
+        assert_eq!(c.clock_rate, 90_000);
+        assert!(c.fmtp.contains("profile-level-id=42c01f"), "{}", c.fmtp);
+        assert!(c.fmtp.contains("packetization-mode=1"), "{}", c.fmtp);
+        for bad in ["", "42c0", "42c01f00", "zzzzzz", "+42c01"] {
+            assert_eq!(video_codec(bad), None, "{bad:?}");
+        }
     }
 }
