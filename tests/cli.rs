@@ -150,7 +150,7 @@ fn signal_right_at_readiness_exits_cleanly() {
         "ready",
         "[http]\nlisten = \"127.0.0.1:0\"\ntls = false\n\
          [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
-         [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
+         [device]\ncamera = \"none\"\nmicrophone = \"none\"\n[rtmp]\nenabled = false\n",
     );
     for run in 0..RUNS {
         let signal = if run % 2 == 0 {
@@ -215,7 +215,7 @@ fn a_port_in_use_is_named_once_with_the_key_that_moves_it() {
         &format!(
             "[http]\nlisten = \"127.0.0.1:{port}\"\ntls = false\n\
              [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
-             [device]\ncamera = \"none\"\nmicrophone = \"none\"\n"
+             [device]\ncamera = \"none\"\nmicrophone = \"none\"\n[rtmp]\nenabled = false\n"
         ),
     );
     let out = huddle(&["--config", config.path()]);

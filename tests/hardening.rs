@@ -495,7 +495,7 @@ fn accept_at_the_fd_limit_backs_off() {
             "[http]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\ntls_dir = \"{}\"\n\
              max_connections_per_address = 1000\nconnection_rate_per_address = 10000\n\
              [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
-             [device]\ncamera = \"none\"\nmicrophone = \"none\"\n",
+             [device]\ncamera = \"none\"\nmicrophone = \"none\"\n[rtmp]\nenabled = false\n",
             dir.display()
         ),
     );

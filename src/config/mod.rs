@@ -460,8 +460,8 @@ preferred_video_codec = "h264"
 dir = "records"
 
 [rtmp]
-# RTMP publishers and players: rtmp://<device>[:port]/<room>/<login>[?token=<jwt>].
-# (Being built: this version does not start the RTMP listener yet.)
+# RTMP publishers: rtmp://<device>[:port]/<room>/<login>[?token=<jwt>] joins <room>
+# as <login> and publishes <room>-<login> (playing over RTMP is not there yet).
 enabled = true
 listen = "0.0.0.0:1935"
 # The RTMP handshake must complete within this.

@@ -268,7 +268,18 @@ impl Core {
         let mut s = Session::new(session, now, self.cfg.ping_interval, rate);
         s.local = true;
         s.source = source.to_owned();
+        s.reserved_ok = true;
         self.sessions.insert(session, s);
+    }
+
+    /// A local participant of another edge (an RTMP publisher): like `connect_local`,
+    /// but under the rules of every client for its login (the reserved device login
+    /// is refused).
+    pub fn connect_edge(&mut self, now: Instant, session: SessionId, source: &str) {
+        self.connect_local(now, session, source);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.reserved_ok = false;
+        }
     }
 
     /// The socket is gone (closed, errored). Runs the disconnect cleanup.
@@ -670,9 +681,12 @@ impl Core {
         else {
             return;
         };
+        // A local participant (the device, an RTMP publisher) has no pings to miss: it
+        // is there as long as its edge says so.
         let silent_for = self
             .sessions
             .get(&other)
+            .filter(|s| !s.local)
             .map(|s| now.saturating_duration_since(s.last_seen))
             .unwrap_or_default();
         if silent_for > self.cfg.ping_interval * 3 / 2 {
@@ -1282,7 +1296,7 @@ impl Core {
             .ok_or("Login is required: connect with custom.login")?;
         self.check_name("Login", login)?;
         if let Some(reserved) = self.cfg.reserved_login.as_deref() {
-            if !s.local && same_login(login, reserved) {
+            if !s.reserved_ok && same_login(login, reserved) {
                 return Err(format!(
                     "Login '{}' is reserved for the device: connect with another login",
                     reserved.trim()

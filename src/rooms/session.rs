@@ -30,6 +30,9 @@ pub(crate) struct Session {
     pub local: bool,
     /// The named media source a local participant's streams are fed from.
     pub source: String,
+    /// May use the reserved (device) login: the device's own participant only, not a
+    /// local participant of another edge (an RTMP publisher).
+    pub reserved_ok: bool,
 }
 
 impl Session {
@@ -44,6 +47,7 @@ impl Session {
             endpoints: HashMap::new(),
             local: false,
             source: String::new(),
+            reserved_ok: false,
         }
     }
 

@@ -1381,6 +1381,54 @@ fn the_device_login_is_reserved() {
     h.connect(4, "Room system 2");
     let out = h.join(4, "r");
     assert_eq!(to(&out, 4)[0], accepted("join-r"));
+    // A local participant of another edge (an RTMP publisher) is under the rules of
+    // every client: not the device's login either.
+    h.core.connect_edge(h.now, 200, "rtmp-200");
+    h.cmd(
+        200,
+        Command::Connect(ConnectInfo {
+            login: Some("room system".into()),
+            ..Default::default()
+        }),
+    );
+    let out = h.join(200, "r");
+    assert_eq!(to(&out, 200), vec![failed("join-r", reserved)]);
+    // Nor a login already in the room.
+    h.core.connect_edge(h.now, 201, "rtmp-201");
+    h.cmd(
+        201,
+        Command::Connect(ConnectInfo {
+            login: Some("Room system 2".into()),
+            ..Default::default()
+        }),
+    );
+    let out = h.join(201, "r");
+    assert_eq!(
+        to(&out, 201),
+        vec![failed("join-r", "Room already has user with such login")]
+    );
+    // An edge participant that has said nothing for long is not a silent namesake to
+    // evict: a browser with its login is refused.
+    h.core.connect_edge(h.now, 202, "rtmp-202");
+    h.cmd(
+        202,
+        Command::Connect(ConnectInfo {
+            login: Some("obs".into()),
+            ..Default::default()
+        }),
+    );
+    let out = h.join(202, "r");
+    assert_eq!(to(&out, 202)[0], accepted("join-r"));
+    h.advance(Duration::from_secs(600));
+    h.connect(5, "obs");
+    let out = h.join(5, "r");
+    assert_eq!(
+        to(&out, 5),
+        vec![failed("join-r", "Room already has user with such login")]
+    );
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Close { session: 202, .. })));
 }
 
 #[test]

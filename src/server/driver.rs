@@ -25,6 +25,17 @@ pub enum ToCore {
         outbound: mpsc::Sender<ServerMessage>,
         close: oneshot::Sender<CloseReason>,
     },
+    /// A socket-less participant of another edge (an RTMP publisher): the core's
+    /// messages go to `outbound` like a socket session's; its streams are fed by the
+    /// media engine's named `source`, whose changes (`MediaEvent::SourceChanged`:
+    /// audio, video) go to `source_changed`.
+    ConnectLocal {
+        session: SessionId,
+        source: String,
+        outbound: mpsc::Sender<ServerMessage>,
+        close: oneshot::Sender<CloseReason>,
+        source_changed: mpsc::Sender<(bool, bool)>,
+    },
     Command {
         session: SessionId,
         command: Command,
@@ -40,6 +51,8 @@ pub enum ToCore {
 struct SessionHandle {
     outbound: mpsc::Sender<ServerMessage>,
     close: oneshot::Sender<CloseReason>,
+    /// A local session's named source and who hears of its changes.
+    source: Option<(String, mpsc::Sender<(bool, bool)>)>,
 }
 
 /// A publish or play the media engine could not even queue.
@@ -102,6 +115,14 @@ pub(crate) async fn run(
                             core.command(now(), DEVICE_SESSION, command);
                         }
                     }
+                    MediaEvent::SourceChanged { source, audio, video } => {
+                        let owner = parties.sessions.values().find_map(|h| {
+                            h.source.as_ref().filter(|(name, _)| *name == source)
+                        });
+                        if let Some((_, tell)) = owner {
+                            let _ = tell.try_send((audio, video));
+                        }
+                    }
                     event => core.media_event(now(), event),
                 }
                 drain(&mut core, &mut parties, &sfu);
@@ -132,10 +153,32 @@ pub(crate) async fn run(
                 outbound,
                 close,
             } => {
-                parties
-                    .sessions
-                    .insert(session, SessionHandle { outbound, close });
+                parties.sessions.insert(
+                    session,
+                    SessionHandle {
+                        outbound,
+                        close,
+                        source: None,
+                    },
+                );
                 core.connect(now(), session);
+            }
+            ToCore::ConnectLocal {
+                session,
+                source,
+                outbound,
+                close,
+                source_changed,
+            } => {
+                core.connect_edge(now(), session, &source);
+                parties.sessions.insert(
+                    session,
+                    SessionHandle {
+                        outbound,
+                        close,
+                        source: Some((source, source_changed)),
+                    },
+                );
             }
             ToCore::Command { session, command } => {
                 if let (Some(hang), Command::Join { room, .. }) = (&hang_room, &command) {

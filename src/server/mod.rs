@@ -8,6 +8,7 @@
 mod driver;
 mod http;
 mod listener;
+mod rtmp_edge;
 mod session;
 pub mod tls;
 
@@ -41,21 +42,22 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthError),
     // The OS error is part of the message, not a `source`: printed as a chain, it
     // would appear twice.
-    #[error("cannot listen on {addr} ([http] {key}): {why}{}", bind_hint(*addr, key, why))]
+    #[error("cannot listen on {addr} ([{table}] {key}): {why}{}", bind_hint(*addr, table, key, why))]
     Bind {
         addr: SocketAddr,
+        table: &'static str,
         key: &'static str,
         why: std::io::Error,
     },
 }
 
-fn bind_hint(addr: SocketAddr, key: &str, e: &std::io::Error) -> String {
+fn bind_hint(addr: SocketAddr, table: &str, key: &str, e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
             " (ports below 1024 need CAP_NET_BIND_SERVICE: install systemd/port-below-1024.conf as a drop-in of huddle.service)".into()
         }
         std::io::ErrorKind::AddrInUse => format!(
-            " (another program, or another huddle, uses port {}: stop it or set [http] {key} to another address)",
+            " (another program, or another huddle, uses port {}: stop it or set [{table}] {key} to another address)",
             addr.port()
         ),
         _ => String::new(),
@@ -87,6 +89,10 @@ pub struct Server {
     addr: Option<SocketAddr>,
     /// HTTPS, if on.
     tls_addr: Option<SocketAddr>,
+    /// RTMP, if on.
+    rtmp_addr: Option<SocketAddr>,
+    /// The RTMP accept loop, if on (aborted at shutdown).
+    rtmp: Option<JoinHandle<()>>,
     certificate: Option<Arc<tls::DeviceCert>>,
     media_port: u16,
     media_peers: Arc<AtomicUsize>,
@@ -123,9 +129,15 @@ impl std::fmt::Display for Unhealthy {
 
 async fn bind(
     addr: SocketAddr,
+    table: &'static str,
     key: &'static str,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
-    let err = |why| StartError::Bind { addr, key, why };
+    let err = |why| StartError::Bind {
+        addr,
+        table,
+        key,
+        why,
+    };
     let listener = TcpListener::bind(addr).await.map_err(err)?;
     let bound = listener.local_addr().map_err(err)?;
     Ok((listener, bound))
@@ -135,11 +147,15 @@ impl Server {
     /// Binds `[http] listen` and `tls_listen`, the media port, and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let plain = match config.http.plain {
-            true => Some(bind(config.http.listen, "listen").await?),
+            true => Some(bind(config.http.listen, "http", "listen").await?),
             false => None,
         };
         let secure = match config.http.tls {
-            true => Some(bind(config.http.tls_listen, "tls_listen").await?),
+            true => Some(bind(config.http.tls_listen, "http", "tls_listen").await?),
+            false => None,
+        };
+        let rtmp = match config.rtmp.enabled {
+            true => Some(bind(config.rtmp.listen, "rtmp", "listen").await?),
             false => None,
         };
 
@@ -168,6 +184,7 @@ impl Server {
         };
         let authority = Arc::new(crate::auth::Authority::new(&config.auth)?);
         let core = Core::new(config.core());
+        let sources = sfu.sources();
         // Probing cameras and GStreamer's plugin registry may take a moment.
         // Registered before any request can reach the media task.
         let device = match sfu.add_source(crate::device::SOURCE, crate::device::UNAVAILABLE) {
@@ -206,13 +223,31 @@ impl Server {
             &config.http.allowed_origins,
             &advertised,
         ));
+        let next_session = Arc::new(AtomicU64::new(1));
+        let mut rtmp_addr = None;
+        let mut rtmp_task = None;
+        if let Some((listener, bound)) = rtmp {
+            let edge = rtmp_edge::RtmpEdge::new(
+                authority.clone(),
+                to_core.clone(),
+                sources,
+                next_session.clone(),
+            );
+            rtmp_task = Some(tokio::spawn(crate::rtmp::server::serve(
+                listener,
+                config.rtmp.clone(),
+                Arc::new(edge),
+            )));
+            info!("listening on rtmp://{bound}/<room>/<login> (RTMP publishers)");
+            rtmp_addr = Some(bound);
+        }
         let shared = Shared {
             admission: admission.clone(),
             origins,
             config: Arc::new(config),
             to_core: to_core.clone(),
             stats: stats_rx.clone(),
-            next_session: Arc::new(AtomicU64::new(1)),
+            next_session,
             media_peers,
             authority,
             alive: alive_tx,
@@ -248,6 +283,8 @@ impl Server {
         Ok(Server {
             addr,
             tls_addr,
+            rtmp_addr,
+            rtmp: rtmp_task,
             certificate,
             media_port,
             media_peers: shared_peers,
@@ -274,6 +311,11 @@ impl Server {
     /// The HTTPS/WSS address, if HTTPS is on.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The RTMP address, if `[rtmp] enabled`.
+    pub fn rtmp_addr(&self) -> Option<SocketAddr> {
+        self.rtmp_addr
     }
 
     /// Re-reads the certificate files (SIGHUP); sessions are not touched.
@@ -308,6 +350,9 @@ impl Server {
         }
         if self.listeners.iter().any(JoinHandle::is_finished) {
             return Err(Unhealthy::Dead("an HTTP listener task ended".into()));
+        }
+        if self.rtmp.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Err(Unhealthy::Dead("the RTMP listener task ended".into()));
         }
         if let Some(device) = &self.device {
             device.check().map_err(|t| match t {
@@ -347,6 +392,10 @@ impl Server {
     pub async fn shutdown(mut self) {
         info!("shutting down");
         let _ = self.shutdown.send(true);
+        // No new RTMP connections; running publishers leave when the core stops.
+        if let Some(rtmp) = self.rtmp.take() {
+            rtmp.abort();
+        }
         if let Some(device) = self.device.take() {
             let _ = tokio::task::spawn_blocking(move || device.stop()).await;
         }

@@ -137,6 +137,14 @@ impl SourceFeed {
         self.tx.try_send(SourceInput::Packet(kind, packet)).is_ok()
     }
 
+    /// `state` from async code: waits for room in the queue without blocking a thread.
+    pub async fn announce(&self, audio: Option<Codec>, video: Option<Codec>, info: String) -> bool {
+        self.tx
+            .send(SourceInput::State { audio, video, info })
+            .await
+            .is_ok()
+    }
+
     /// Whether a player asked for a key frame since the last call.
     pub fn take_key_frame_request(&self) -> bool {
         self.key_frame.take()
@@ -145,6 +153,26 @@ impl SourceFeed {
     /// Asks for a key frame (a dropped packet broke the picture).
     pub fn want_key_frame(&self) {
         self.key_frame.set();
+    }
+}
+
+/// Registers named sources of other edges (`Sfu::add_source`) from any task.
+#[derive(Clone)]
+pub struct Sources {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Sources {
+    /// See `Sfu::add_source`.
+    pub fn add_source(&self, name: &str, unavailable: &str) -> Option<SourceFeed> {
+        let (feed, inputs, key_frame) = SourceFeed::channel();
+        let command = Command::AddSource {
+            name: name.to_owned(),
+            unavailable: unavailable.to_owned(),
+            inputs,
+            key_frame,
+        };
+        self.commands.try_send(command).ok().map(|()| feed)
     }
 }
 
@@ -237,14 +265,14 @@ impl Sfu {
     /// delivers nothing. Registered in request order: a request queued after this one
     /// finds the source. `None` when the task's queue is full or the task is gone.
     pub fn add_source(&self, name: &str, unavailable: &str) -> Option<SourceFeed> {
-        let (feed, inputs, key_frame) = SourceFeed::channel();
-        let command = Command::AddSource {
-            name: name.to_owned(),
-            unavailable: unavailable.to_owned(),
-            inputs,
-            key_frame,
-        };
-        self.commands.try_send(command).ok().map(|()| feed)
+        self.sources().add_source(name, unavailable)
+    }
+
+    /// A handle that registers named sources from other tasks (the RTMP edge).
+    pub fn sources(&self) -> Sources {
+        Sources {
+            commands: self.commands.clone(),
+        }
     }
 
     /// A liveness probe of the task.

@@ -103,7 +103,9 @@ ${http}[media]
 udp_port = 0
 advertise_ips = ["127.0.0.1"]
 [device]
-${device}${extra}${logLevel ? `[log]\nlevel = "${logLevel}"\n` : ''}`;
+${device}[rtmp]
+listen = "127.0.0.1:0"
+${extra}${logLevel ? `[log]\nlevel = "${logLevel}"\n` : ''}`;
 
 const LISTENING_HTTP = /listening on http:\/\/(127\.0\.0\.1:\d+)/;
 const LISTENING_HTTPS = /listening on https:\/\/(127\.0\.0\.1:\d+) \(WebSocket signalling on wss:\/\/127\.0\.0\.1:\d+\/\)/;

@@ -103,7 +103,8 @@ impl Running {
             &format!(
                 "[http]\n{http}\n\
                  [media]\nudp_port = 0\nadvertise_ips = [\"127.0.0.1\"]\n\
-                 [device]\ncamera = \"none\"\nmicrophone = \"none\"\n"
+                 [device]\ncamera = \"none\"\nmicrophone = \"none\"\n\
+                 [rtmp]\nlisten = \"127.0.0.1:0\"\n"
             ),
         );
         let mut command = huddle_command();

@@ -1,0 +1,360 @@
+//! An RTMP publisher (Debian's ffmpeg) is a room participant: a WebSocket member sees
+//! it join and publish `<room>-<login>`, a WebRTC player receives its H.264 (SPS/PPS
+//! before the IDR) and its audio as Opus, and when ffmpeg ends its stream is
+//! unpublished and it leaves. In token mode a publish without a token never joins.
+//! Everything on 127.0.0.1 (the server's `[rtmp] listen` is 127.0.0.1:0).
+
+mod common;
+#[path = "common/webrtc_client.rs"]
+mod webrtc_client;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use serde_json::{json, Value};
+
+use common::*;
+use huddle::auth::{mint, Claims, Rooms};
+use huddle::device::h264::{self, nal};
+use webrtc_client::*;
+
+const SECRET: &str = "rtmp room test secret";
+
+/// ffmpeg publishing `seconds` of a test pattern and a tone to `url`.
+fn ffmpeg(url: &str, seconds: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine", "-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .args(["-profile:v", "baseline", "-tune", "zerolatency", "-g", "30"])
+        .args(["-c:a", "aac", "-f", "flv"])
+        .arg(url)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed")
+}
+
+/// Waits (bounded) for ffmpeg to end; its exit status.
+async fn finish(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for ffmpeg") {
+            return status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ffmpeg did not finish within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Room events (`OnDataEvent` payloads) of `room` until one named `until`; other
+/// frames (stream statuses of a player) are skipped.
+async fn events_until(ws: &mut Client, room: &str, until: &str, limit: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = ws.recv_within(left).await else {
+            panic!("no {until} within {limit:?}; room events: {seen:?}");
+        };
+        if v["message"] != "OnDataEvent" {
+            continue;
+        }
+        let p = v["data"][0]["payload"].clone();
+        if p["roomName"] != room {
+            continue;
+        }
+        let done = p["name"] == until;
+        seen.push(p);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// The answer, then PLAYING, for the play of `stream`.
+async fn play(ws: &mut Client, pc: &mut RtcClient, room: &str, stream: &str) {
+    let offer = pc.create_offer().await;
+    ws.send_json(stream_request(
+        false,
+        "m-play",
+        stream,
+        room,
+        &offer,
+        (true, true),
+    ))
+    .await;
+    let mut answered = false;
+    loop {
+        let v = ws.recv().await;
+        match v["message"].as_str() {
+            Some("setRemoteSDP") => {
+                let sdp = v["data"][1].as_str().expect("answer text");
+                pc.apply_answer(sdp).await;
+                answered = true;
+            }
+            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
+            Some("notifyStreamStatusEvent") => {
+                assert_eq!(v["data"][0]["status"], "PLAYING", "{v}");
+                assert!(answered, "the answer comes before PLAYING");
+                break;
+            }
+            _ => panic!("unexpected frame while playing {stream}: {v}"),
+        }
+    }
+    pc.wait_connected(Duration::from_secs(5)).await;
+}
+
+fn starts_idr(p: &rtc::rtp::Packet) -> bool {
+    let t = h264::nal_type(&p.payload);
+    t == nal::IDR
+        || (t == nal::FU_A
+            && p.payload
+                .get(1)
+                .is_some_and(|h| h & 0x9f == 0x80 | nal::IDR))
+}
+
+/// Whether the packet carries an SPS (alone or first in a STAP-A).
+fn carries_sps(p: &rtc::rtp::Packet) -> bool {
+    match h264::nal_type(&p.payload) {
+        t if t == nal::SPS => true,
+        t if t == nal::STAP_A => p.payload.get(3).map(|b| b & 0x1f) == Some(nal::SPS),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtmp_publisher_is_a_room_participant_with_h264_and_opus() {
+    let room = "studio";
+    let server = start_server(|_| {}).await;
+    let rtmp = server.rtmp_addr().expect("[rtmp] is on in tests");
+    assert!(rtmp.ip().is_loopback(), "tests never listen on 0.0.0.0");
+    let addr = server.local_addr();
+    let mut alice = Client::connect(addr, "alice").await;
+    assert!(alice.join(room).await.is_empty());
+
+    let child = ffmpeg(&format!("rtmp://127.0.0.1:{}/{room}/obs", rtmp.port()), 6);
+    let joined = events_until(&mut alice, room, "JOINED", Duration::from_secs(10)).await;
+    assert_eq!(joined.last().unwrap()["info"], "obs", "{joined:?}");
+    let published = events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+    let stream = format!("{room}-obs");
+    assert_eq!(
+        published.last().unwrap()["info"],
+        json!({"login": "obs", "name": stream}),
+        "{published:?}"
+    );
+    // A later joiner finds it in STATE.
+    let mut bob = Client::connect(addr, "bob").await;
+    let state = bob.join(room).await;
+    assert!(
+        state
+            .iter()
+            .any(|e| e["login"] == "obs" && e["name"] == stream.as_str()),
+        "{state:?}"
+    );
+    events_until(&mut alice, room, "JOINED", Duration::from_secs(5)).await;
+
+    let codecs = [
+        (RtpCodecKind::Audio, opus(111)),
+        (RtpCodecKind::Video, h264(106)),
+    ];
+    let mut pc = RtcClient::player("alice-pc", &codecs).await;
+    play(&mut alice, &mut pc, room, &stream).await;
+    let (got, _) = pc
+        .collect_rtp(
+            &[RtpCodecKind::Video, RtpCodecKind::Audio],
+            40,
+            Duration::from_secs(10),
+        )
+        .await;
+    let (video, audio) = (&got[0].1, &got[1].1);
+    assert!(
+        video.len() >= 40 && audio.len() >= 40,
+        "video {} audio {}",
+        video.len(),
+        audio.len()
+    );
+    assert!(video.iter().all(|p| p.header.payload_type == 106));
+    assert!(audio.iter().all(|p| p.header.payload_type == 111));
+    let at = video
+        .iter()
+        .position(starts_idr)
+        .expect("an IDR reaches the player");
+    assert!(
+        video[..at].iter().any(carries_sps),
+        "SPS/PPS come before the IDR"
+    );
+    assert!(
+        audio
+            .iter()
+            .all(|p| !p.payload.is_empty() && p.payload.len() < 1000),
+        "Opus packets"
+    );
+    // Audio timestamps advance by 20 ms (960 at 48 kHz) per packet.
+    let steps: Vec<u32> = audio
+        .windows(2)
+        .map(|w| w[1].header.timestamp.wrapping_sub(w[0].header.timestamp))
+        .collect();
+    assert!(
+        steps.iter().filter(|s| **s == 960).count() * 10 >= steps.len() * 8,
+        "{steps:?}"
+    );
+
+    let status = finish(child, Duration::from_secs(30)).await;
+    assert!(status.success(), "ffmpeg: {status}");
+    let end = events_until(&mut alice, room, "LEFT", Duration::from_secs(10)).await;
+    let names: Vec<&str> = end.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["UNPUBLISHED", "LEFT"], "{end:?}");
+    assert_eq!(end[0]["info"], json!({"login": "obs", "name": stream}));
+    assert_eq!(end[1]["info"], "obs");
+    let end = events_until(&mut bob, room, "LEFT", Duration::from_secs(5)).await;
+    assert!(end.iter().any(|p| p["name"] == "UNPUBLISHED"), "{end:?}");
+    assert_eq!(server.stats().participants, 2);
+    pc.close().await;
+    alice.close().await;
+    bob.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_refuses_an_rtmp_publish_without_a_token() {
+    let room = "daily";
+    let server = start_server(|c| {
+        c.auth.mode = huddle::config::AuthMode::Token;
+        c.auth.secret = SECRET.into();
+    })
+    .await;
+    let rtmp = server.rtmp_addr().expect("[rtmp] is on in tests");
+    let token = |sub: &str| {
+        mint(
+            &Claims {
+                sub: sub.into(),
+                rooms: Rooms::List(vec![room.into()]),
+                publish: true,
+                exp: huddle::auth::now_unix() + 3600,
+                admin: false,
+            },
+            SECRET,
+            None,
+        )
+        .expect("mint")
+    };
+    let mut alice = Client::open(server.local_addr(), "alice").await;
+    let mut frame = connection_frame(Some("alice"));
+    frame["data"][0]["custom"]["token"] = json!(token("alice"));
+    alice.send_json(frame).await;
+    alice.expect_message("getUserData").await;
+    assert!(alice.join(room).await.is_empty());
+
+    // No token: refused before it is anybody.
+    let child = ffmpeg(&format!("rtmp://127.0.0.1:{}/{room}/obs", rtmp.port()), 2);
+    let status = finish(child, Duration::from_secs(30)).await;
+    assert!(!status.success(), "ffmpeg's publish is refused");
+    alice.sync().await;
+    assert_eq!(server.stats().participants, 1);
+
+    // With a token for that login, it joins.
+    let url = format!(
+        "rtmp://127.0.0.1:{}/{room}/obs?token={}",
+        rtmp.port(),
+        token("obs")
+    );
+    let child = ffmpeg(&url, 2);
+    let joined = events_until(&mut alice, room, "JOINED", Duration::from_secs(10)).await;
+    assert_eq!(joined.last().unwrap()["info"], "obs");
+    let _ = finish(child, Duration::from_secs(30)).await;
+    events_until(&mut alice, room, "LEFT", Duration::from_secs(10)).await;
+    alice.close().await;
+    server.shutdown().await;
+}
+
+/// OBS reconnects before its old socket is gone: the new publish of the same
+/// room/login replaces the old one (it leaves, the new one joins and publishes). Room
+/// limits apply as for browsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republish_replaces_the_stale_publisher_and_a_full_room_refuses() {
+    let room = "studio";
+    let server = start_server(|c| c.rooms.max_participants = 2).await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(server.local_addr(), "alice").await;
+    assert!(alice.join(room).await.is_empty());
+    let url = format!("rtmp://127.0.0.1:{port}/{room}/obs");
+    let mut first = ffmpeg(&url, 20);
+    events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+
+    let second = ffmpeg(&url, 3);
+    let events = events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+    let names: Vec<&str> = events.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["UNPUBLISHED", "LEFT", "JOINED", "PUBLISHED"],
+        "{events:?}"
+    );
+    // The replaced connection is closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while first.try_wait().expect("wait for ffmpeg").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replaced ffmpeg is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // alice and obs fill the room: another publisher is refused.
+    let carol = ffmpeg(&format!("rtmp://127.0.0.1:{port}/{room}/carol"), 2);
+    let status = finish(carol, Duration::from_secs(30)).await;
+    assert!(!status.success(), "a full room refuses the publish");
+    assert_eq!(server.stats().participants, 2);
+
+    assert!(finish(second, Duration::from_secs(30)).await.success());
+    let end = events_until(&mut alice, room, "LEFT", Duration::from_secs(10)).await;
+    let names: Vec<&str> = end.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["UNPUBLISHED", "LEFT"], "{end:?}");
+    alice.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_rtmp_port_in_use_is_named_with_its_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = test_config();
+    c.rtmp.listen = taken.local_addr().unwrap();
+    let e = match huddle::server::Server::start(c).await {
+        Ok(_) => panic!("the RTMP port is taken"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.starts_with(&format!(
+            "cannot listen on {} ([rtmp] listen): ",
+            taken.local_addr().unwrap()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("set [rtmp] listen to another address"), "{e}");
+}
+
+/// A server stopping while an RTMP publisher streams: shutdown completes, the encoder's
+/// connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_live_rtmp_publisher_completes() {
+    let room = "studio";
+    let server = start_server(|_| {}).await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(server.local_addr(), "alice").await;
+    assert!(alice.join(room).await.is_empty());
+    let child = ffmpeg(&format!("rtmp://127.0.0.1:{port}/{room}/obs"), 30);
+    events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("shutdown within 10 s");
+    let status = finish(child, Duration::from_secs(20)).await;
+    assert!(
+        !status.success(),
+        "ffmpeg's connection was closed: {status}"
+    );
+}
