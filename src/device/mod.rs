@@ -338,7 +338,7 @@ fn deliver(
                     announced = true;
                 }
                 for packet in out.drain(..) {
-                    if !shared.feed.packet(kind, packet) {
+                    if !shared.feed.packet(kind, packet) && !shared.feed.is_closed() {
                         dropped += 1;
                         if kind == Kind::Video {
                             shared.feed.want_key_frame();

@@ -396,12 +396,14 @@ impl Server {
         if let Some(rtmp) = self.rtmp.take() {
             rtmp.abort();
         }
-        if let Some(device) = self.device.take() {
-            let _ = tokio::task::spawn_blocking(move || device.stop()).await;
-        }
         let _ = self.to_core.send(ToCore::Shutdown).await;
         if let Err(e) = self.driver.await {
             warn!("room core task ended abnormally: {e}");
+        }
+        // The rooms are closed and their streams ended: the device's sources stop
+        // without failing a stream (no "media source ended" warning on every stop).
+        if let Some(device) = self.device.take() {
+            let _ = tokio::task::spawn_blocking(move || device.stop()).await;
         }
         for listener in self.listeners {
             if let Err(e) = listener.await {

@@ -137,6 +137,12 @@ impl SourceFeed {
         self.tx.try_send(SourceInput::Packet(kind, packet)).is_ok()
     }
 
+    /// Whether the SFU task is gone (the service is stopping): nothing is delivered
+    /// any more, and that is no loss to report.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// `state` from async code: waits for room in the queue without blocking a thread.
     pub async fn announce(&self, audio: Option<Codec>, video: Option<Codec>, info: String) -> bool {
         self.tx
