@@ -104,7 +104,7 @@ impl AacToOpus {
 
     /// Pushes one raw AAC frame with its (unwrapped) RTMP time in ms.
     pub fn push(&mut self, frame: &[u8], time_ms: i64) -> Result<(), AudioError> {
-        self.check_bus()?;
+        check_bus(&self.bus)?;
         let origin = *self.origin_ms.get_or_insert(time_ms);
         let mut buffer = gst::Buffer::from_slice(frame.to_vec());
         if let Some(b) = buffer.get_mut() {
@@ -123,30 +123,8 @@ impl AacToOpus {
     /// The next Opus packet, waiting up to `timeout`; `Ok(None)` when none is ready,
     /// `Err` at the end of the stream or on a pipeline error.
     pub fn pull(&self, timeout: Duration) -> Result<Option<OpusPacket>, AudioError> {
-        self.check_bus()?;
-        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_nseconds(ns)) else {
-            if self.sink.is_eos() {
-                return Err(AudioError::Gst("end of stream".into()));
-            }
-            return Ok(None);
-        };
-        let Some(buffer) = sample.buffer_owned() else {
-            return Ok(None);
-        };
-        let pts = buffer
-            .pts()
-            .map(|t| Duration::from_nanos(t.nseconds()))
-            .unwrap_or_default();
-        let data = buffer
-            .into_mapped_buffer_readable()
-            .map(Bytes::from_owner)
-            .map_err(|_| AudioError::Gst("cannot map an Opus buffer".into()))?;
-        Ok(Some(OpusPacket { data, pts }))
-    }
-
-    fn check_bus(&self) -> Result<(), AudioError> {
-        check_bus(&self.bus)
+        let pulled = pull_buffer(&self.bus, &self.sink, timeout, "Opus")?;
+        Ok(pulled.map(|(data, pts)| OpusPacket { data, pts }))
     }
 }
 
@@ -236,26 +214,8 @@ impl OpusToAac {
 
     /// The next AAC frame, waiting up to `timeout` (`Err` at the end or on an error).
     pub fn pull(&self, timeout: Duration) -> Result<Option<AacOut>, AudioError> {
-        check_bus(&self.bus)?;
-        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_nseconds(ns)) else {
-            if self.sink.is_eos() {
-                return Err(AudioError::Gst("end of stream".into()));
-            }
-            return Ok(None);
-        };
-        let Some(buffer) = sample.buffer_owned() else {
-            return Ok(None);
-        };
-        let pts = buffer
-            .pts()
-            .map(|t| Duration::from_nanos(t.nseconds()))
-            .unwrap_or_default();
-        let data = buffer
-            .into_mapped_buffer_readable()
-            .map(Bytes::from_owner)
-            .map_err(|_| AudioError::Gst("cannot map an AAC buffer".into()))?;
-        Ok(Some(AacOut { data, pts }))
+        let pulled = pull_buffer(&self.bus, &self.sink, timeout, "AAC")?;
+        Ok(pulled.map(|(data, pts)| AacOut { data, pts }))
     }
 }
 
@@ -263,6 +223,37 @@ impl Drop for OpusToAac {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// The next buffer of `sink` and its PTS, waiting up to `timeout` (`Ok(None)`: none
+/// ready; `Err` at the end of the stream or on a pipeline error on `bus`). `what` names
+/// the format in errors.
+fn pull_buffer(
+    bus: &gst::Bus,
+    sink: &gstreamer_app::AppSink,
+    timeout: Duration,
+    what: &str,
+) -> Result<Option<(Bytes, Duration)>, AudioError> {
+    check_bus(bus)?;
+    let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_nseconds(ns)) else {
+        if sink.is_eos() {
+            return Err(AudioError::Gst("end of stream".into()));
+        }
+        return Ok(None);
+    };
+    let Some(buffer) = sample.buffer_owned() else {
+        return Ok(None);
+    };
+    let pts = buffer
+        .pts()
+        .map(|t| Duration::from_nanos(t.nseconds()))
+        .unwrap_or_default();
+    let data = buffer
+        .into_mapped_buffer_readable()
+        .map(Bytes::from_owner)
+        .map_err(|_| AudioError::Gst(format!("cannot map an {what} buffer")))?;
+    Ok(Some((data, pts)))
 }
 
 fn check_bus(bus: &gst::Bus) -> Result<(), AudioError> {
