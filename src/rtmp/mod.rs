@@ -6,10 +6,12 @@
 //! - `flv`: FLV tag bodies (H.264/AVCC, AAC) both ways, pure and fuzz-friendly.
 //! - `url`: the room, login/stream, token and record flag of an RTMP URL.
 //! - `media`: FLV H.264 into RTP through the device packetizer, timestamps, B-frames.
+//! - `egress`: a room stream's RTP (H.264, Opus) into FLV tags for players and pushes.
 //! - `server`: the tokio connection tasks around rml_rtmp's `ServerSession`.
 
 pub mod audio;
 pub mod chunk;
+pub mod egress;
 pub mod flv;
 pub mod media;
 pub mod server;
