@@ -445,7 +445,8 @@ impl TrackClock {
     pub fn map(&mut self, rtp: u32, arrival_ms: u64) -> u64 {
         let (anchor_rtp, anchor_ms) = match self.anchor {
             Some(anchor) => {
-                self.last_unwrapped += i64::from(rtp.wrapping_sub(self.last_rtp) as i32);
+                let step = i64::from(rtp.wrapping_sub(self.last_rtp) as i32);
+                self.last_unwrapped = self.last_unwrapped.saturating_add(step);
                 anchor
             }
             None => {
@@ -460,7 +461,12 @@ impl TrackClock {
             }
         };
         self.last_rtp = rtp;
-        let ms = anchor_ms + ((self.last_unwrapped - anchor_rtp) * 1000).div_euclid(self.rate);
+        // Saturating: a hostile source could step 2^31 ticks per packet for hours.
+        let delta = self
+            .last_unwrapped
+            .saturating_sub(anchor_rtp)
+            .saturating_mul(1000);
+        let ms = anchor_ms.saturating_add(delta.div_euclid(self.rate));
         self.last_ms = self.last_ms.max(ms);
         self.last_ms as u64
     }
