@@ -73,6 +73,8 @@ pub const MAX_ACCESS_UNIT: usize = 4 << 20;
 const WINDOW: usize = 16;
 /// Packets held behind a gap before the gap counts as a loss.
 const REORDER_DEPTH: usize = 4;
+/// A packet further behind than this means the sender's numbering restarted.
+const RESTART: usize = 256;
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 
 /// One Annex-B access unit (4-byte start codes) and its RTP timestamp.
@@ -170,7 +172,7 @@ impl H264Depacketizer {
         let seq = h.sequence_number;
         let next = *self.next_seq.get_or_insert(seq);
         let ahead = seq.wrapping_sub(next) as i16;
-        if ahead < 0 {
+        if ahead < 0 && usize::from(ahead.unsigned_abs()) <= RESTART {
             // Late (its place was already given up) or a duplicate.
         } else if ahead == 0 {
             self.take(h.timestamp, h.marker, &packet.payload, out);
@@ -191,7 +193,8 @@ impl H264Depacketizer {
                 self.skip_gap(out);
             }
         } else {
-            // Far ahead: everything held comes before it.
+            // Far ahead (everything held comes before it), or far behind: the
+            // sender's numbering restarted.
             while self.held_count > 0 {
                 self.skip_gap(out);
             }
@@ -219,10 +222,13 @@ impl H264Depacketizer {
             .flatten()
             .map(|held| held.seq)
             .min_by_key(|seq| seq.wrapping_sub(next));
-        if let Some(seq) = earliest {
-            self.lose();
-            self.next_seq = Some(seq);
-            self.drain(out);
+        match earliest {
+            Some(seq) => {
+                self.lose();
+                self.next_seq = Some(seq);
+                self.drain(out);
+            }
+            None => self.held_count = 0,
         }
     }
 
@@ -1124,6 +1130,20 @@ mod tests {
         assert_eq!(pushed.iter().filter(|p| **p == Pushed::Lost).count(), 1);
         let times: Vec<u32> = out.iter().map(|au| au.timestamp).collect();
         assert_eq!(times, vec![0, 3000, 9000, 12000], "the second P is broken");
+    }
+
+    #[test]
+    fn a_restarted_sequence_is_followed_after_a_loss() {
+        let aus = gop();
+        let mut p = Packetizer::new(102, 0x4000_0000, 200);
+        let first = packetize(&mut p, &aus[..3], 0).concat();
+        let mut second = packetize(&mut p, &aus[3..], 9000).concat();
+        renumber(&mut second, 0x4000 - 1000);
+        let mut d = H264Depacketizer::new();
+        let (out, pushed) = push_all(&mut d, &[first, second].concat());
+        assert_eq!(pushed.iter().filter(|p| **p == Pushed::Lost).count(), 1);
+        let times: Vec<u32> = out.iter().map(|au| au.timestamp).collect();
+        assert_eq!(times, vec![0, 3000, 6000, 9000, 12000]);
     }
 
     #[test]
