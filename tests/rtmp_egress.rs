@@ -413,3 +413,77 @@ async fn an_audio_only_stream_passes_audio_at_once() {
     let last = tags.last().unwrap().timestamp_ms;
     assert!((900..1100).contains(&last), "last AAC frame at {last} ms");
 }
+
+/// A player that does not read: the egress keeps taking packets (the source never
+/// waits), asks for a key frame, and resumes the player on one, header first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_player_never_holds_the_source_up() {
+    const SPS: &[u8] = &[0x67, 0x42, 0xc0, 0x1e, 0xda, 0x02, 0x80];
+    const PPS: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
+    let video_only = Chosen {
+        audio: None,
+        video: Some(h264_codec()),
+    };
+    let (packet_tx, packet_rx) = mpsc::channel(8);
+    let (tag_tx, mut tag_rx) = mpsc::channel(4);
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    let egress = tokio::spawn(egress::run(video_only, packet_rx, tag_tx, move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }));
+    let mut packetizer = Packetizer::new(102, 9, 1200);
+    let feed = |packetizer: &mut Packetizer, range: std::ops::Range<u32>| {
+        let mut packets = Vec::new();
+        for i in range {
+            let mut au = vec![0, 0, 0, 1];
+            if i % 30 == 0 {
+                for set in [SPS, PPS] {
+                    au.extend_from_slice(set);
+                    au.extend_from_slice(&[0, 0, 0, 1]);
+                }
+                au.extend_from_slice(&[0x65, 0x88, 1, 2, 3]);
+            } else {
+                au.extend_from_slice(&[0x41, 0x9a, 1, 2, 3]);
+            }
+            packetizer.packetize(&Bytes::from(au), i * 3000, &mut packets);
+        }
+        packets
+    };
+    // Fast enough that the player's queue of 4 overflows at once.
+    for p in feed(&mut packetizer, 0..100) {
+        tokio::time::timeout(Duration::from_secs(2), packet_tx.send((Kind::Video, p)))
+            .await
+            .expect("the egress takes packets while the player does not read")
+            .unwrap();
+    }
+    let mut first = Vec::new();
+    while let Ok(tag) = tag_rx.try_recv() {
+        first.push(tag);
+    }
+    assert_eq!(first.len(), 4, "what the queue held");
+    assert_eq!(&first[0].data[..2], &[0x17, 0]);
+    // 600 ms later the player reads again; the next IDR (frame 120) restarts it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for p in feed(&mut packetizer, 100..125) {
+        packet_tx.send((Kind::Video, p)).await.unwrap();
+        while let Ok(tag) = tag_rx.try_recv() {
+            first.push(tag);
+        }
+    }
+    drop(packet_tx);
+    egress.await.unwrap().unwrap();
+    while let Some(tag) = tag_rx.recv().await {
+        first.push(tag);
+    }
+    assert!(requests.load(Ordering::Relaxed) >= 2, "asked again");
+    let resumed: Vec<(u8, u8, u32)> = first[4..]
+        .iter()
+        .map(|t| (t.data[0], t.data[1], t.timestamp_ms))
+        .collect();
+    assert_eq!(
+        &resumed[..2],
+        &[(0x17, 0, 4000), (0x17, 1, 4000)],
+        "{resumed:?}"
+    );
+    assert!(resumed[2..].iter().all(|t| t.0 == 0x27), "{resumed:?}");
+}
