@@ -7,10 +7,14 @@
 //! - `url`: the room, login/stream, token and record flag of an RTMP URL.
 //! - `media`: FLV H.264 into RTP through the device packetizer, timestamps, B-frames.
 //! - `server`: the tokio connection tasks around rml_rtmp's `ServerSession`.
+//! - `client`: a publishing client around rml_rtmp's `ClientSession` (URL, redaction).
+//! - `push`: a stream's tags sent to another RTMP server, reconnecting with backoff.
 
 pub mod audio;
 pub mod chunk;
+pub mod client;
 pub mod flv;
 pub mod media;
+pub mod push;
 pub mod server;
 pub mod url;
