@@ -268,6 +268,8 @@ pub enum ClientErrorKind {
 /// An `onStatus`/`_error` seen on the wire (rml_rtmp reports only the code).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Status {
+    /// `onStatus` or `_error`.
+    command: String,
     level: String,
     code: String,
     description: String,
@@ -275,7 +277,8 @@ struct Status {
 
 impl Status {
     fn is_error(&self) -> bool {
-        self.level == "error"
+        self.command == "_error"
+            || self.level == "error"
             || (self.level.is_empty()
                 && ["Fail", "Reject", "BadName", "Denied"]
                     .iter()
@@ -336,19 +339,16 @@ impl StatusReader {
 }
 
 fn status_of(command: &str, arguments: &[Amf0Value]) -> Status {
-    let mut status = Status::default();
-    if command == "_error" {
-        status.level = "error".into();
-    }
+    let mut status = Status {
+        command: command.into(),
+        ..Status::default()
+    };
     if let Some(Amf0Value::Object(properties)) = arguments.first() {
         let text = |name: &str| match properties.get(name) {
             Some(Amf0Value::Utf8String(s)) => s.clone(),
             _ => String::new(),
         };
-        let level = text("level");
-        if !level.is_empty() {
-            status.level = level;
-        }
+        status.level = text("level");
         status.code = text("code");
         status.description = text("description");
     }
@@ -665,17 +665,28 @@ impl Publisher {
 
     /// Events after the publish: an error status ends it, the rest is bookkeeping.
     fn event(&mut self, event: ClientSessionEvent) -> Result<(), ClientErrorKind> {
-        if let ClientSessionEvent::UnhandleableOnStatusCode { code } = &event {
-            let status = match &self.statuses.last {
-                Some(s) if &s.code == code => s.clone(),
-                _ => Status {
-                    code: code.clone(),
-                    ..Status::default()
-                },
-            };
-            if status.is_error() {
-                return Err(ClientErrorKind::Status(status.reason()));
+        let status = match &event {
+            ClientSessionEvent::UnhandleableOnStatusCode { code } => {
+                match self.statuses.last.take() {
+                    Some(s) if &s.code == code => s,
+                    _ => Status {
+                        code: code.clone(),
+                        ..Status::default()
+                    },
+                }
             }
+            // An `_error` for a transaction rml_rtmp does not track (Huddle's and
+            // rml_rtmp's servers refuse a publish that way).
+            ClientSessionEvent::UnknownTransactionResultReceived { .. } => {
+                match self.statuses.last.take() {
+                    Some(s) if s.command == "_error" => s,
+                    _ => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        if status.is_error() {
+            return Err(ClientErrorKind::Status(status.reason()));
         }
         Ok(())
     }
@@ -815,6 +826,12 @@ mod tests {
         );
         assert!(!s.is_error());
         assert!(status_of("_error", &[]).is_error());
+        let s = status_of(
+            "_error",
+            &status_object("_error", "NetStream.Publish.Rejected", "room full is full"),
+        );
+        assert!(s.is_error());
+        assert_eq!(s.reason(), "room full is full (NetStream.Publish.Rejected)");
         let bare = Status {
             code: "NetStream.Publish.Rejected".into(),
             ..Status::default()

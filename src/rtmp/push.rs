@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::client::{Publisher, Target, TargetError, Timeouts};
+use super::client::{ClientError, Publisher, Target, TargetError, Timeouts};
 use super::server::{FlvTag, TagKind};
 use crate::config;
 use crate::device::supervisor::{HEALTHY_AFTER, RETRY_MAX};
@@ -158,7 +158,7 @@ impl Push {
 
 /// Why a connection (or the wait for the next one) ended.
 enum Outcome {
-    Failed(String),
+    Failed(ClientError),
     Stopped,
     StreamEnded,
 }
@@ -195,7 +195,7 @@ async fn run(
     };
     let reason = task.run().await;
     info!("{}: ended: {reason}", task.who);
-    task.status.send_replace(PushStatus::Ended { reason });
+    task.set(PushStatus::Ended { reason });
 }
 
 /// Resolves when a stop was asked for or the handle is gone.
@@ -204,10 +204,19 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 impl Task {
+    /// Publishes a status (subscribers are woken only by a change).
+    fn set(&self, status: PushStatus) {
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+
     async fn run(&mut self) -> String {
         let mut logged: Option<String> = None;
         loop {
-            self.status.send_replace(PushStatus::Connecting {
+            self.set(PushStatus::Connecting {
                 attempt: self.backoff.failures + 1,
             });
             let outcome = self.connection(&mut logged).await;
@@ -216,19 +225,22 @@ impl Task {
                 Outcome::StreamEnded => return "the stream ended".into(),
                 Outcome::Failed(error) => error,
             };
+            // The log line names the target already; the status carries it.
+            let reason = error.kind.to_string();
+            let error = error.to_string();
             self.gate.disconnected();
             let (attempt, next_in) = self.backoff.failed(Instant::now());
-            if logged.as_deref() != Some(error.as_str()) {
+            if logged.as_deref() != Some(reason.as_str()) {
                 warn!(
-                    "{}: {error}; retrying in {} ms",
+                    "{}: {reason}; retrying in {} ms",
                     self.who,
                     next_in.as_millis()
                 );
-                logged = Some(error.clone());
+                logged = Some(reason);
             } else {
                 debug!("{}: attempt {attempt} failed the same way", self.who);
             }
-            self.status.send_replace(PushStatus::Retrying {
+            self.set(PushStatus::Retrying {
                 error,
                 attempt,
                 next_in,
@@ -268,7 +280,7 @@ impl Task {
                 _ = stopped(&mut self.stop) => return Outcome::Stopped,
                 r = &mut connect => match r {
                     Ok(p) => break p,
-                    Err(e) => return Outcome::Failed(e.to_string()),
+                    Err(e) => return Outcome::Failed(e),
                 },
                 tag = self.tags.recv() => match tag {
                     None => return Outcome::StreamEnded,
@@ -282,12 +294,12 @@ impl Task {
         self.backoff.live(since);
         *logged = None;
         info!("{}: live", self.who);
-        self.status.send_replace(PushStatus::Live { since });
         let mut asked = Instant::now();
         (self.key_frame)();
+        self.set(PushStatus::Live { since });
         for tag in self.gate.connected() {
             if let Err(e) = publisher.send(&tag).await {
-                return Outcome::Failed(e.to_string());
+                return Outcome::Failed(e);
             }
         }
         loop {
@@ -301,7 +313,7 @@ impl Task {
                 }
                 r = publisher.receive() => {
                     if let Err(e) = r {
-                        return Outcome::Failed(e.to_string());
+                        return Outcome::Failed(e);
                     }
                     None
                 }
@@ -332,7 +344,7 @@ impl Task {
                 } => r,
             };
             if let Err(e) = sent {
-                return Outcome::Failed(e.to_string());
+                return Outcome::Failed(e);
             }
         }
     }
