@@ -372,6 +372,8 @@ async fn a_push_records_in_an_ffmpeg_target() {
     assert_eq!(errors, "", "decode errors");
     assert!((170..=181).contains(&frames), "{frames} frames");
     eprintln!("out1: {streams:?}, {duration} s, {frames} frames");
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    let _ = std::fs::remove_file(&out);
     assert!(
         logged(&format!("127.0.0.1:{port}"))
             .iter()
@@ -486,6 +488,9 @@ async fn a_push_comes_back_after_its_target_restarts() {
     assert!(frames > 90, "{frames} frames");
     assert!((3.0..=6.5).contains(&duration), "duration {duration}");
     eprintln!("out2b: {streams:?}, {duration} s, {frames} frames, statuses {kinds:?}");
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    let _ = std::fs::remove_file(&out_a);
+    let _ = std::fs::remove_file(&out_b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,8 @@ use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::rml_amf0::Amf0Value;
 use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    PublishRequestType, StreamMetadata,
 };
 use rml_rtmp::time::RtmpTimestamp;
 use thiserror::Error;
@@ -424,7 +425,10 @@ impl Publisher {
             Err(_) => Err(fail(ClientErrorKind::PublishTimeout(
                 timeouts.publish.as_millis(),
             ))),
-            Ok(r) => r.map_err(fail).map(|()| publisher),
+            Ok(r) => {
+                r.map_err(|k| publisher.error(k))?;
+                Ok(publisher)
+            }
         }
     }
 
@@ -446,6 +450,16 @@ impl Publisher {
                 .publish_audio_data(tag.data.clone(), time, false),
         }
         .map_err(|e| self.error(ClientErrorKind::Protocol(e.to_string())))?;
+        self.queue(vec![packet]);
+        self.flush().await
+    }
+
+    /// Sends `@setDataFrame onMetaData` (stamped by rml_rtmp with its session clock).
+    pub async fn send_metadata(&mut self, metadata: &StreamMetadata) -> Result<(), ClientError> {
+        let packet = self
+            .session
+            .publish_metadata(metadata)
+            .map_err(|e| self.error(ClientErrorKind::Protocol(e.to_string())))?;
         self.queue(vec![packet]);
         self.flush().await
     }
@@ -616,7 +630,12 @@ impl Publisher {
                 });
             }
             let bytes = self.buf[..n].to_vec();
-            events = self.input(&bytes)?;
+            // rml_rtmp fails on a refused createStream: a refused publish.
+            events = self.input(&bytes).map_err(|e| match e {
+                ClientErrorKind::Status(r) if connected => ClientErrorKind::PublishRefused(r),
+                ClientErrorKind::Status(r) => ClientErrorKind::ConnectRefused(r),
+                e => e,
+            })?;
         }
     }
 

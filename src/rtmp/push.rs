@@ -17,13 +17,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::client::{ClientError, Publisher, Target, TargetError, Timeouts};
+use super::flv;
 use super::server::{FlvTag, TagKind};
 use crate::config;
 use crate::device::supervisor::{HEALTHY_AFTER, RETRY_MAX};
 use crate::logging::escaped;
+use rml_rtmp::sessions::StreamMetadata;
 
 /// How often a push still waiting for a key frame asks the source again.
 const KEY_FRAME_REPEAT: Duration = Duration::from_secs(3);
+/// How long a clean stop may take before the connection is just dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One push: which stream goes where. Reusable: each [`spawn`](Push::spawn) starts
 /// an independent task.
@@ -198,6 +202,15 @@ async fn run(
     task.set(PushStatus::Ended { reason });
 }
 
+/// Ends the publish cleanly, within `CLOSE_TIMEOUT`.
+async fn close(who: &str, publisher: Publisher) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, publisher.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!("{who}: close: {e}"),
+        Err(_) => debug!("{who}: close: timed out"),
+    }
+}
+
 /// Resolves when a stop was asked for or the handle is gone.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -297,6 +310,9 @@ impl Task {
         let mut asked = Instant::now();
         (self.key_frame)();
         self.set(PushStatus::Live { since });
+        if let Err(e) = publisher.send_metadata(&self.gate.metadata()).await {
+            return Outcome::Failed(e);
+        }
         for tag in self.gate.connected() {
             if let Err(e) = publisher.send(&tag).await {
                 return Outcome::Failed(e);
@@ -306,9 +322,7 @@ impl Task {
             let tag = tokio::select! {
                 biased;
                 _ = stopped(&mut self.stop) => {
-                    if let Err(e) = publisher.close().await {
-                        debug!("{}: close: {e}", self.who);
-                    }
+                    close(&self.who, publisher).await;
                     return Outcome::Stopped;
                 }
                 r = publisher.receive() => {
@@ -319,9 +333,7 @@ impl Task {
                 }
                 tag = self.tags.recv() => match tag {
                     None => {
-                        if let Err(e) = publisher.close().await {
-                            debug!("{}: close: {e}", self.who);
-                        }
+                        close(&self.who, publisher).await;
                         return Outcome::StreamEnded;
                     }
                     Some(tag) => Some(tag),
@@ -399,6 +411,28 @@ impl Gate {
 
     fn disconnected(&mut self) {
         self.connected = false;
+    }
+
+    /// `onMetaData` from the cached sequence headers: codecs and the AAC format.
+    fn metadata(&self) -> StreamMetadata {
+        let mut m = StreamMetadata::new();
+        m.encoder = Some(format!("Huddle {}", crate::VERSION));
+        if let Some(&b0) = self.video_header.as_ref().and_then(|t| t.data.first()) {
+            m.video_codec_id = Some((b0 & 0x0f).into());
+        }
+        if let Some(t) = &self.audio_header {
+            if let Some(&b0) = t.data.first() {
+                m.audio_codec_id = Some((b0 >> 4).into());
+            }
+            if let Ok(c) = flv::parse_aac_config(t.data.get(2..).unwrap_or(&[])) {
+                m.audio_sample_rate = Some(c.sample_rate);
+                if (1..=2).contains(&c.channels) {
+                    m.audio_channels = Some(c.channels.into());
+                    m.audio_is_stereo = Some(c.channels == 2);
+                }
+            }
+        }
+        m
     }
 
     /// Whether video is being dropped until a key frame.
@@ -600,6 +634,22 @@ mod tests {
             g.tag(tag(TagKind::Video, 22, INTER)),
         ];
         assert_eq!(times(&out), vec![Some(0), Some(33)]);
+    }
+
+    #[test]
+    fn metadata_comes_from_the_sequence_headers() {
+        let mut g = Gate::default();
+        let m = g.metadata();
+        assert_eq!((m.video_codec_id, m.audio_codec_id), (None, None));
+        g.tag(tag(TagKind::Video, 0, AVC_HEADER));
+        g.tag(tag(TagKind::Audio, 0, AAC_HEADER));
+        let m = g.metadata();
+        assert_eq!((m.video_codec_id, m.audio_codec_id), (Some(7), Some(10)));
+        assert_eq!(m.audio_sample_rate, Some(44100));
+        assert_eq!(
+            (m.audio_channels, m.audio_is_stereo),
+            (Some(1), Some(false))
+        );
     }
 
     #[test]
