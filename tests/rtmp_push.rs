@@ -676,3 +676,58 @@ async fn another_huddle_takes_a_push_or_refuses_it_with_a_reason() {
     .expect("the other Huddle sees the end");
     eprintln!("other Huddle: {seen:?}; ended: {ended}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_target_times_out_in_the_handshake() {
+    init_log();
+    // Accepts TCP connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            held.push(socket);
+        }
+    });
+    let mut push = Push::new(
+        "s",
+        &format!("rtmp://{addr}/live/k"),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    push.timeouts.handshake = Duration::from_millis(300);
+    let (_tx, rx) = mpsc::channel(16);
+    let handle = push.spawn(rx, || {});
+    let mut status = handle.subscribe();
+    let s = until(&mut status, 5, "Retrying", |s| {
+        matches!(s, PushStatus::Retrying { .. })
+    })
+    .await;
+    let PushStatus::Retrying { error, .. } = &s else {
+        unreachable!()
+    };
+    assert!(
+        error.ends_with("no RTMP handshake within 300 ms"),
+        "{error}"
+    );
+    // Stopped while connecting again.
+    until(&mut status, 5, "Connecting", |s| {
+        matches!(s, PushStatus::Connecting { attempt: 2 })
+    })
+    .await;
+    let start = Instant::now();
+    while accepted.load(Ordering::Relaxed) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "no second attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.stop();
+    timeout(Duration::from_secs(1), handle.join())
+        .await
+        .expect("stop() ends a connecting push at once");
+}
