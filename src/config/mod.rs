@@ -216,6 +216,38 @@ pub struct Rtmp {
     /// The byte budget of one connection: more than this many kbit in any second
     /// (averaged over 2 s) closes it as a flood.
     pub max_kbps: u32,
+    /// `[[rtmp.push]]`: streams sent to other RTMP servers (`rtmp::push`).
+    pub push: Vec<RtmpPush>,
+}
+
+/// One `[[rtmp.push]]` entry. `Debug` hides the URL's stream key.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtmpPush {
+    /// The name of the stream to send.
+    pub stream: String,
+    /// `rtmp://host[:port]/app/streamkey`.
+    pub url: String,
+    /// The first retry delay after a failure; doubles up to 30 s.
+    #[serde(default = "default_push_retry_ms")]
+    pub retry_ms: u64,
+}
+
+fn default_push_retry_ms() -> u64 {
+    1000
+}
+
+impl std::fmt::Debug for RtmpPush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = crate::rtmp::client::Target::parse(&self.url)
+            .map(|t| t.redacted())
+            .unwrap_or_else(|_| "(invalid)".into());
+        f.debug_struct("RtmpPush")
+            .field("stream", &self.stream)
+            .field("url", &url)
+            .field("retry_ms", &self.retry_ms)
+            .finish()
+    }
 }
 
 impl Default for Rtmp {
@@ -227,6 +259,7 @@ impl Default for Rtmp {
             idle_timeout_ms: 15000,
             max_connections: 16,
             max_kbps: 40000,
+            push: Vec::new(),
         }
     }
 }
@@ -473,6 +506,15 @@ max_connections = 16
 # Per-connection byte budget: a client sending more than this (kbit/s, over 2 s)
 # is closed as a flood.
 max_kbps = 40000
+# Pushes: a stream sent to another RTMP server (YouTube Live, a CDN, another
+# Huddle), one [[rtmp.push]] table each. `stream` names the stream, `url` is
+# rtmp://host[:port]/app/streamkey (rtmp:// only, no rtmps://; the key is never
+# logged), `retry_ms` the first retry delay after a failure (doubling up to 30 s, from
+# the start again after 10 s live). None by default.
+# [[rtmp.push]]
+# stream = "stream-name"
+# url = "rtmp://a.rtmp.youtube.com/live2/xxxx-xxxx-xxxx-xxxx"
+# retry_ms = 1000
 
 [device]
 # A board profile (rpi4, rpi5, rk3588, imx8mp, x86_64) merged under this file: its
@@ -698,6 +740,27 @@ impl Config {
         at_least("rtmp.idle_timeout_ms", rt.idle_timeout_ms, 100)?;
         at_least("rtmp.max_connections", rt.max_connections as u64, 1)?;
         at_least("rtmp.max_kbps", rt.max_kbps.into(), 100)?;
+        for (i, push) in rt.push.iter().enumerate() {
+            let which = |why: String| format!("entry {} ({why})", i + 1);
+            if push.stream.trim().is_empty() {
+                return Err(invalid(
+                    "[[rtmp.push]] stream",
+                    which("must name a stream".into()),
+                ));
+            }
+            if let Err(e) = crate::rtmp::client::Target::parse(&push.url) {
+                return Err(invalid(
+                    "[[rtmp.push]] url",
+                    which(format!("stream {:?}: {e}", push.stream)),
+                ));
+            }
+            if push.retry_ms < 100 {
+                return Err(invalid(
+                    "[[rtmp.push]] retry_ms",
+                    which(format!("must be at least 100, got {}", push.retry_ms)),
+                ));
+            }
+        }
         let r = &self.rooms;
         at_least("rooms.max_participants", r.max_participants as u64, 1)?;
         at_least("rooms.max_rooms", r.max_rooms as u64, 1)?;
@@ -931,6 +994,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_room"), "{e}");
+    }
+
+    #[test]
+    fn rtmp_pushes_parse_and_validate() {
+        let c = parse(
+            "[rtmp]
+[[rtmp.push]]
+stream = \"room1-alice\"
+url = \"rtmp://a.rtmp.youtube.com/live2/secret-key\"
+[[rtmp.push]]
+stream = \"room1-bob\"
+url = \"rtmp://127.0.0.1:19350/live/bob\"
+retry_ms = 250
+",
+        )
+        .unwrap();
+        assert_eq!(c.rtmp.push.len(), 2);
+        assert_eq!(c.rtmp.push[0].retry_ms, 1000);
+        assert_eq!(c.rtmp.push[1].retry_ms, 250);
+        assert!(!format!("{c:?}").contains("secret-key"));
+        for (entry, key, needle) in [
+            (
+                "stream = \"\"\nurl = \"rtmp://h/a/k\"",
+                "[[rtmp.push]] stream",
+                "entry 1",
+            ),
+            (
+                "stream = \"s\"\nurl = \"rtmps://h/a/topsecret\"",
+                "[[rtmp.push]] url",
+                "rtmps://",
+            ),
+            (
+                "stream = \"s\"\nurl = \"rtmp://h/app\"",
+                "[[rtmp.push]] url",
+                "stream key",
+            ),
+            (
+                "stream = \"s\"\nurl = \"rtmp://h/a/k\"\nretry_ms = 5",
+                "[[rtmp.push]] retry_ms",
+                "100",
+            ),
+        ] {
+            let e = parse(&format!("[[rtmp.push]]\n{entry}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(needle), "{e}");
+            assert!(!e.contains("topsecret"), "{e}");
+        }
+        let e = parse("[[rtmp.push]]\nstream = \"s\"\nurl = \"rtmp://h/a/k\"\nretry = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retry"), "{e}");
+        let e = parse("[[rtmp.push]]\nurl = \"rtmp://h/a/k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stream"), "{e}");
     }
 
     #[test]

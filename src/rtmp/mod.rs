@@ -8,11 +8,15 @@
 //! - `media`: FLV H.264 into RTP through the device packetizer, timestamps, B-frames.
 //! - `egress`: a room stream's RTP (H.264, Opus) into FLV tags for players and pushes.
 //! - `server`: the tokio connection tasks around rml_rtmp's `ServerSession`.
+//! - `client`: a publishing client around rml_rtmp's `ClientSession` (URL, redaction).
+//! - `push`: a stream's tags sent to another RTMP server, reconnecting with backoff.
 
 pub mod audio;
 pub mod chunk;
+pub mod client;
 pub mod egress;
 pub mod flv;
 pub mod media;
+pub mod push;
 pub mod server;
 pub mod url;
