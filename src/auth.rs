@@ -118,6 +118,15 @@ impl Authority {
         }
     }
 
+    /// The login a valid token was issued for (`sub`): who an RTMP player is, since
+    /// its URL names only the room and the stream.
+    pub fn subject(&self, token: &str) -> Option<String> {
+        if self.mode == AuthMode::Open || token.is_empty() {
+            return None;
+        }
+        self.verify(token).ok().map(|c| c.sub)
+    }
+
     /// Whether a request carrying this bearer token may see the device's details:
     /// always in open mode; in token mode only with a valid token with `admin: true`.
     pub fn admin(&self, bearer: Option<&str>) -> bool {

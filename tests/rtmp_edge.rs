@@ -66,7 +66,7 @@ impl Handler for TestHandler {
         request: PublishRequest,
     ) -> Result<mpsc::Sender<PublisherEvent>, Refusal> {
         if request.login == "mallory" {
-            return Err(Refusal("mallory may not publish".into()));
+            return Err(Refusal::new("mallory may not publish"));
         }
         let (tx, rx) = mpsc::channel(4096);
         self.publishes.lock().unwrap().push((request, rx));
@@ -74,7 +74,7 @@ impl Handler for TestHandler {
     }
 
     async fn play(&self, request: PlayRequest) -> Result<mpsc::Receiver<FlvTag>, Refusal> {
-        Err(Refusal(format!("no stream {}", request.stream)))
+        Err(Refusal::new(format!("no stream {}", request.stream)))
     }
 }
 

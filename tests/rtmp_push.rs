@@ -5,6 +5,8 @@
 //! promptly; another Huddle accepts a push or refuses it with a reason that reaches
 //! the push's status.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -561,7 +563,7 @@ impl Handler for Target {
         request: PublishRequest,
     ) -> Result<mpsc::Sender<PublisherEvent>, Refusal> {
         if request.room != "open" {
-            return Err(Refusal(format!("room {} is full", request.room)));
+            return Err(Refusal::new(format!("room {} is full", request.room)));
         }
         let (tx, rx) = mpsc::channel(4096);
         *self.0.events.lock().unwrap() = Some(rx);
@@ -569,7 +571,7 @@ impl Handler for Target {
     }
 
     async fn play(&self, _: PlayRequest) -> Result<mpsc::Receiver<FlvTag>, Refusal> {
-        Err(Refusal("no".into()))
+        Err(Refusal::new("no"))
     }
 }
 
@@ -730,4 +732,95 @@ async fn a_silent_target_times_out_in_the_handshake() {
     timeout(Duration::from_secs(1), handle.join())
         .await
         .expect("stop() ends a connecting push at once");
+}
+
+/// ffmpeg publishing `seconds` of a test pattern and a tone into a room over RTMP.
+fn room_publisher(url: &str, seconds: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine", "-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .args(["-profile:v", "baseline", "-tune", "zerolatency", "-g", "30"])
+        .args(["-c:a", "aac", "-f", "flv"])
+        .arg(url)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed")
+}
+
+/// The whole service: `[[rtmp.push]]` sends a room stream (an RTMP publisher's, so
+/// H.264 RTP depacketized again and Opus transcoded to AAC) to an ffmpeg target
+/// while it is published; the target is killed and restarted and the push resumes
+/// on a key frame; when the publisher stops, the push ends and the target's file is
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_pushes_a_room_stream_and_resumes_after_the_target_restarts() {
+    init_log();
+    let port = free_port();
+    let first = temp_dir().join("service1.flv");
+    let second = temp_dir().join("service2.flv");
+    let server = common::start_server(|c| {
+        c.rtmp.push = vec![config::RtmpPush {
+            stream: "studio-obs".into(),
+            url: format!("rtmp://127.0.0.1:{port}/live/key"),
+            retry_ms: 200,
+        }];
+    })
+    .await;
+    let rtmp = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let ffmpeg = target(port, &first).await;
+    let publisher = room_publisher(&format!("rtmp://127.0.0.1:{rtmp}/studio/obs"), 14);
+
+    // ~5 s into the first target, then it dies; a new one takes the rest.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let _ = Command::new("kill")
+        .args(["-INT", &ffmpeg.id().to_string()])
+        .status();
+    // Interrupted, ffmpeg still finishes its file (its exit status says "interrupted").
+    let _ = finished(ffmpeg, 15).await;
+    let restarted = target(port, &second).await;
+    let output = finished(restarted, 30).await;
+    assert!(
+        output.status.success(),
+        "second target: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = finished(publisher, 15).await;
+
+    for (file, least, most) in [(&first, 3.0, 7.0), (&second, 4.0, 9.0)] {
+        let (streams, duration) = probe(file);
+        let codecs: Vec<&str> = streams.iter().filter_map(|s| s.split(',').next()).collect();
+        assert!(
+            codecs.contains(&"h264") && codecs.contains(&"aac"),
+            "{streams:?}"
+        );
+        assert!(
+            (least..=most).contains(&duration),
+            "{}: duration {duration}",
+            file.display()
+        );
+        let (errors, frames) = decode(file);
+        assert_eq!(errors, "", "{}: decode errors", file.display());
+        assert!(
+            frames as f64 >= (duration - 1.0) * 25.0,
+            "{frames} frames in {duration} s"
+        );
+        eprintln!(
+            "{}: {streams:?}, {duration} s, {frames} frames",
+            file.display()
+        );
+        let _ = std::fs::remove_file(file);
+    }
+    assert!(
+        !logged("push of stream \"studio-obs\"").is_empty(),
+        "the push is logged"
+    );
+    assert!(
+        logged(&format!("127.0.0.1:{port}"))
+            .iter()
+            .all(|l| !l.contains("/key")),
+        "the key is never logged"
+    );
+    server.shutdown().await;
 }

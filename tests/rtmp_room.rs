@@ -361,3 +361,317 @@ async fn shutdown_with_a_live_rtmp_publisher_completes() {
         "ffmpeg's connection was closed: {status}"
     );
 }
+
+/// Runs an ffmpeg-family tool (bounded): its exit status, stdout and stderr.
+async fn run_tool(program: &str, args: &[&str], limit: Duration) -> (bool, String, String) {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg is installed");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let waited = tokio::time::timeout(
+        limit,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await;
+    let Ok(out) = waited else {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        panic!("{program} {args:?} did not finish within {limit:?}");
+    };
+    let out = out.expect("join").expect("wait for the tool");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The audio and video codecs ffprobe finds at `url` (empty when it cannot open it;
+/// ffmpeg's RTMP client also lists a data stream for RTMP's own data messages).
+async fn probe(url: &str) -> Vec<String> {
+    let (_, out, _) = run_tool(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,codec_type",
+            "-of",
+            "json",
+            url,
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let mut names: Vec<String> = v["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["codec_type"] == "audio" || s["codec_type"] == "video")
+        .filter_map(|s| s["codec_name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Video frames ffmpeg decodes from `url` in `seconds` (framemd5 lines of stream 0),
+/// and its error output.
+async fn decode(url: &str, seconds: u32) -> (usize, String) {
+    let t = seconds.to_string();
+    let (_, out, err) = run_tool(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-v",
+            "error",
+            "-i",
+            url,
+            "-t",
+            &t,
+            "-map",
+            "0:v",
+            "-f",
+            "framemd5",
+            "-",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    let frames = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with('0'))
+        .count();
+    (frames, err)
+}
+
+/// ffprobe and ffmpeg play an RTMP publisher's stream back over RTMP: H.264 and AAC,
+/// decodable from its first frame; a player is a member of the room while it plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtmp_player_gets_a_room_stream_as_h264_and_aac() {
+    let room = "studio";
+    let server = start_server(|_| {}).await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(server.local_addr(), "alice").await;
+    assert!(alice.join(room).await.is_empty());
+    let publisher = ffmpeg(&format!("rtmp://127.0.0.1:{port}/{room}/obs"), 20);
+    events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+
+    let url = format!("rtmp://127.0.0.1:{port}/{room}/{room}-obs");
+    assert_eq!(probe(&url).await, ["aac", "h264"]);
+    let events = events_until(&mut alice, room, "LEFT", Duration::from_secs(10)).await;
+    let names: Vec<&str> = events.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["JOINED", "LEFT"], "{events:?}");
+    assert!(
+        events[0]["info"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("RTMP player ")),
+        "{events:?}"
+    );
+
+    let (frames, errors) = decode(&url, 4).await;
+    assert!(frames >= 60, "{frames} frames decoded; {errors}");
+    assert!(errors.trim().is_empty(), "decoding errors: {errors}");
+    events_until(&mut alice, room, "LEFT", Duration::from_secs(10)).await;
+    assert_eq!(server.stats().participants, 2, "alice and the publisher");
+
+    // No such stream: refused before anyone sees the player.
+    assert!(probe(&format!("rtmp://127.0.0.1:{port}/{room}/nope"))
+        .await
+        .is_empty());
+    alice.sync().await;
+    // A stream of another room: the room core refuses the play (the player has
+    // joined that room, and leaves it).
+    assert!(probe(&format!("rtmp://127.0.0.1:{port}/other/{room}-obs"))
+        .await
+        .is_empty());
+    alice.sync().await;
+    assert_eq!(server.stats().participants, 2, "nobody stays behind");
+
+    let mut publisher = publisher;
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    alice.close().await;
+    server.shutdown().await;
+}
+
+/// FLV has no VP8: a VP8 stream is refused with the reason. In token mode a player
+/// needs a token for the room, and joins under its login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_players_of_vp8_streams_and_without_tokens_are_refused() {
+    let room = "daily";
+    let server = start_server(|c| {
+        c.auth.mode = huddle::config::AuthMode::Token;
+        c.auth.secret = SECRET.into();
+    })
+    .await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let token = |sub: &str, publish: bool| {
+        mint(
+            &Claims {
+                sub: sub.into(),
+                rooms: Rooms::List(vec![room.into()]),
+                publish,
+                exp: huddle::auth::now_unix() + 3600,
+                admin: false,
+            },
+            SECRET,
+            None,
+        )
+        .expect("mint")
+    };
+    let mut alice = Client::open(server.local_addr(), "alice").await;
+    let mut frame = connection_frame(Some("alice"));
+    frame["data"][0]["custom"]["token"] = json!(token("alice", true));
+    alice.send_json(frame).await;
+    alice.expect_message("getUserData").await;
+    assert!(alice.join(room).await.is_empty());
+    let mut pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (RtpCodecKind::Audio, opus(111), 0x1111_1111),
+            (RtpCodecKind::Video, vp8(96), 0x2222_2222),
+        ],
+    )
+    .await;
+    let offer = pc.create_offer().await;
+    let stream = format!("{room}-alice");
+    alice
+        .send_json(stream_request(
+            true,
+            "m-pub",
+            &stream,
+            room,
+            &offer,
+            (true, true),
+        ))
+        .await;
+    loop {
+        let v = alice.recv().await;
+        match v["message"].as_str() {
+            Some("setRemoteSDP") => pc.apply_answer(v["data"][1].as_str().unwrap()).await,
+            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PUBLISHING" => break,
+            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
+            _ => panic!("unexpected frame while publishing: {v}"),
+        }
+    }
+
+    let url = format!("rtmp://127.0.0.1:{port}/{room}/{stream}");
+    // No token, a token for another room's holder without rights: refused.
+    assert!(probe(&url).await.is_empty());
+    let bad = format!("{url}?token=not.a.jwt");
+    assert!(probe(&bad).await.is_empty());
+    alice.sync().await;
+    assert_eq!(server.stats().participants, 1);
+    // A valid token: the viewer joins the room, and the VP8 stream is refused.
+    let (ok, _, err) = run_tool(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            &format!("{url}?token={}", token("viewer", false)),
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(!ok, "a VP8 stream cannot be played over RTMP");
+    assert!(
+        err.contains("StreamNotFound") || err.contains("VP8"),
+        "{err}"
+    );
+    alice.sync().await;
+    assert_eq!(server.stats().participants, 1, "refused before joining");
+    pc.close().await;
+    alice.close().await;
+    server.shutdown().await;
+}
+
+/// A publisher of audio alone (a podcast encoder, `ffmpeg -vn`) publishes too: a
+/// WebRTC player gets its Opus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_only_rtmp_publisher_publishes() {
+    let room = "radio";
+    let server = start_server(|_| {}).await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(server.local_addr(), "alice").await;
+    assert!(alice.join(room).await.is_empty());
+    let mut child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args([
+            "-f", "lavfi", "-i", "sine", "-t", "8", "-c:a", "aac", "-f", "flv",
+        ])
+        .arg(format!("rtmp://127.0.0.1:{port}/{room}/podcast"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed");
+    let published = events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+    let stream = format!("{room}-podcast");
+    assert_eq!(published.last().unwrap()["info"]["name"], stream.as_str());
+    let mut pc = RtcClient::player("alice-pc", &[(RtpCodecKind::Audio, opus(111))]).await;
+    play(&mut alice, &mut pc, room, &stream).await;
+    let (got, _) = pc
+        .collect_rtp(&[RtpCodecKind::Audio], 50, Duration::from_secs(10))
+        .await;
+    assert!(got[0].1.len() >= 50, "{} Opus packets", got[0].1.len());
+    let _ = child.kill();
+    let _ = child.wait();
+    pc.close().await;
+    alice.close().await;
+    server.shutdown().await;
+}
+
+/// H.264 with B-frames would play out of order in browsers: the publish is refused
+/// with the reason (NetStream.Publish.Rejected), it never publishes, and a baseline
+/// publisher after it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtmp_publisher_with_b_frames_is_refused_with_the_reason() {
+    let room = "studio";
+    let server = start_server(|_| {}).await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(server.local_addr(), "alice").await;
+    assert!(alice.join(room).await.is_empty());
+    let url = format!("rtmp://127.0.0.1:{port}/{room}/obs");
+    let (ok, _, err) = run_tool(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-profile:v",
+            "main",
+            "-bf",
+            "2",
+            "-g",
+            "30",
+            "-f",
+            "flv",
+            &url,
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!ok, "the B-frame publish is refused: {err}");
+    let events = events_until(&mut alice, room, "LEFT", Duration::from_secs(10)).await;
+    let names: Vec<&str> = events.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["JOINED", "LEFT"], "{events:?}");
+
+    let child = ffmpeg(&url, 2);
+    events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+    assert!(finish(child, Duration::from_secs(30)).await.success());
+    alice.close().await;
+    server.shutdown().await;
+}

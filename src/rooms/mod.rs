@@ -127,6 +127,14 @@ pub enum MediaRequest {
         stream: String,
         source: String,
     },
+    /// A play of a local participant of another edge (an RTMP player): the media
+    /// engine attaches the named `sink` it stands for to the stream, no SDP involved.
+    PlayExternal {
+        session: SessionId,
+        media_session_id: String,
+        stream: String,
+        sink: String,
+    },
 }
 
 /// What the media engine reports back about a media session.
@@ -948,7 +956,12 @@ impl Core {
                 self.cfg.max_players
             ));
         }
-        if req.sdp.trim().is_empty() {
+        let local = self
+            .sessions
+            .get(&session)
+            .filter(|s| s.local)
+            .map(|s| s.source.clone());
+        if req.sdp.trim().is_empty() && local.is_none() {
             return Err("Missing SDP offer".into());
         }
         let deadline = Some(now + self.cfg.media_timeout);
@@ -968,12 +981,21 @@ impl Core {
                 Endpoint::Play(req.name.clone()),
             );
         }
-        self.outputs.push_back(Output::Media(MediaRequest::Play {
-            session,
-            media_session_id: req.media_session_id.clone(),
-            stream: req.name.clone(),
-            sdp: req.sdp.clone(),
-        }));
+        let request = match local {
+            Some(sink) => MediaRequest::PlayExternal {
+                session,
+                media_session_id: req.media_session_id.clone(),
+                stream: req.name.clone(),
+                sink,
+            },
+            None => MediaRequest::Play {
+                session,
+                media_session_id: req.media_session_id.clone(),
+                stream: req.name.clone(),
+                sdp: req.sdp.clone(),
+            },
+        };
+        self.outputs.push_back(Output::Media(request));
         Ok(())
     }
 

@@ -28,7 +28,8 @@ pub(crate) struct Session {
     /// A participant inside the service (the device's camera and microphone): no
     /// socket, so no pings, no rate limit, and its streams are fed by `source`.
     pub local: bool,
-    /// The named media source a local participant's streams are fed from.
+    /// A local participant's name in the media engine: the named source its streams
+    /// are fed from, the named sink its plays go to (an RTMP player).
     pub source: String,
     /// May use the reserved (device) login: the device's own participant only, not a
     /// local participant of another edge (an RTMP publisher).

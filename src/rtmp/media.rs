@@ -21,6 +21,10 @@ pub enum MediaError {
     NoVideoConfig,
     #[error("AAC frame before the AAC sequence header")]
     NoAudioConfig,
+    /// Browsers' WebRTC decoders do not reorder frames: B-frames would play out of
+    /// order (stutter), and Huddle does not transcode video.
+    #[error("H.264 with B-frames (composition time {0} ms) cannot be forwarded to browsers: set B-frames to 0 in the encoder (OBS: x264 options bframes=0, or profile baseline)")]
+    BFrames(i32),
 }
 
 /// RTMP's 32-bit millisecond clock unwrapped into a 64-bit one. A step back of up to

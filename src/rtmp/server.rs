@@ -61,7 +61,28 @@ pub struct PlayRequest {
 
 /// Why a request was refused; the text goes to the log and the RTMP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal(pub String);
+pub struct Refusal {
+    pub reason: String,
+    /// The stream cannot be played at all (unknown, or in a codec FLV cannot carry):
+    /// `NetStream.Play.StreamNotFound` rather than `NetStream.Play.Failed`.
+    pub not_found: bool,
+}
+
+impl Refusal {
+    pub fn new(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            not_found: false,
+        }
+    }
+
+    pub fn not_found(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            not_found: true,
+        }
+    }
+}
 
 /// What a publisher sends, in order. The channel closing (or `Ended`) ends the stream.
 #[derive(Debug)]
@@ -671,7 +692,7 @@ impl Connection {
                 .await
                 .map_err(|_| Close::HandlerTimeout(HANDLER_TIMEOUT_MS))?;
                 match answer {
-                    Err(Refusal(reason)) => {
+                    Err(Refusal { reason, .. }) => {
                         self.refuse(
                             session,
                             request_id,
@@ -733,9 +754,13 @@ impl Connection {
                 .await
                 .map_err(|_| Close::HandlerTimeout(HANDLER_TIMEOUT_MS))?;
                 match answer {
-                    Err(Refusal(reason)) => {
-                        self.refuse(session, request_id, "NetStream.Play.Failed", "play", reason)
-                            .await
+                    Err(Refusal { reason, not_found }) => {
+                        let code = if not_found {
+                            "NetStream.Play.StreamNotFound"
+                        } else {
+                            "NetStream.Play.Failed"
+                        };
+                        self.refuse(session, request_id, code, "play", reason).await
                     }
                     Ok(tags) => {
                         self.role = Role::Player {
@@ -822,11 +847,7 @@ impl Connection {
             VideoOutcome::EndOfSequence => return Ok(()),
             VideoOutcome::AccessUnit(info) => {
                 if info.b_frames_detected {
-                    warn!(
-                        "{}: the stream has B-frames (composition time {} ms): WebRTC players see reordered timestamps; set B-frames to 0 in the encoder",
-                        self.who(),
-                        info.composition_time
-                    );
+                    return Err(Close::Media(MediaError::BFrames(info.composition_time)));
                 }
                 let Role::Publisher { skip_to_key, .. } = &mut self.role else {
                     return Ok(());

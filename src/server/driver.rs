@@ -308,6 +308,11 @@ fn refused(request: MediaRequest) -> Option<MediaEvent> {
             session,
             media_session_id,
             ..
+        }
+        | MediaRequest::PlayExternal {
+            session,
+            media_session_id,
+            ..
         } => Some(MediaEvent::Failed {
             session,
             media_session_id,

@@ -9,6 +9,7 @@ mod driver;
 mod http;
 mod listener;
 mod rtmp_edge;
+mod rtmp_push;
 mod session;
 pub mod tls;
 
@@ -93,6 +94,8 @@ pub struct Server {
     rtmp_addr: Option<SocketAddr>,
     /// The RTMP accept loop, if on (aborted at shutdown).
     rtmp: Option<JoinHandle<()>>,
+    /// `[[rtmp.push]]`.
+    pushes: Option<rtmp_push::Pushes>,
     certificate: Option<Arc<tls::DeviceCert>>,
     media_port: u16,
     media_peers: Arc<AtomicUsize>,
@@ -184,7 +187,7 @@ impl Server {
         };
         let authority = Arc::new(crate::auth::Authority::new(&config.auth)?);
         let core = Core::new(config.core());
-        let sources = sfu.sources();
+        let endpoints = sfu.endpoints();
         // Probing cameras and GStreamer's plugin registry may take a moment.
         // Registered before any request can reach the media task.
         let device = match sfu.add_source(crate::device::SOURCE, crate::device::UNAVAILABLE) {
@@ -224,13 +227,14 @@ impl Server {
             &advertised,
         ));
         let next_session = Arc::new(AtomicU64::new(1));
+        let pushes = rtmp_push::Pushes::start(&endpoints, &config.rtmp.push);
         let mut rtmp_addr = None;
         let mut rtmp_task = None;
         if let Some((listener, bound)) = rtmp {
             let edge = rtmp_edge::RtmpEdge::new(
                 authority.clone(),
                 to_core.clone(),
-                sources,
+                endpoints,
                 next_session.clone(),
             );
             rtmp_task = Some(tokio::spawn(crate::rtmp::server::serve(
@@ -285,6 +289,7 @@ impl Server {
             tls_addr,
             rtmp_addr,
             rtmp: rtmp_task,
+            pushes: Some(pushes),
             certificate,
             media_port,
             media_peers: shared_peers,
@@ -404,6 +409,10 @@ impl Server {
         // without failing a stream (no "media source ended" warning on every stop).
         if let Some(device) = self.device.take() {
             let _ = tokio::task::spawn_blocking(move || device.stop()).await;
+        }
+        // The media engine is gone with the core: the pushes' streams have ended.
+        if let Some(pushes) = self.pushes.take() {
+            pushes.stop().await;
         }
         for listener in self.listeners {
             if let Err(e) = listener.await {

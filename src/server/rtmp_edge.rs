@@ -6,7 +6,13 @@
 //! to Opus on a thread of its own (`rtmp::audio::AacToOpus`).
 //!
 //! A publish of a room/login that already has an RTMP publisher replaces it (OBS
-//! reconnects before its old socket is gone). Playing is not wired yet.
+//! reconnects before its old socket is gone).
+//!
+//! An RTMP player is a member of the room as well (under its token's login, else
+//! "RTMP player <n>"): its play goes through the room core like a browser's (the
+//! stream must be in the room; limits and tokens apply) and the media engine attaches
+//! the named sink `rtmp-<session>` to the stream (`Endpoints::add_sink`); the RTP is
+//! turned into FLV tags by `rtmp::egress` (H.264 depacketized, Opus → AAC).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,17 +30,19 @@ use crate::device::camera::h264_codec;
 use crate::device::h264::{ProfileLevel, RtpPacket};
 use crate::device::microphone::{opus_codec, OPUS_PAYLOAD_TYPE};
 use crate::logging::escaped;
+use crate::media::StreamError;
 use crate::media::{Codec, Kind};
 use crate::rooms::{
     CloseReason, Command, ConnectInfo, ServerMessage, SessionId, StreamRef, StreamRequest,
 };
 use crate::rtmp::audio::AacToOpus;
+use crate::rtmp::egress;
 use crate::rtmp::flv::AacConfig;
 use crate::rtmp::media::AacFrame;
 use crate::rtmp::server::{
     FlvTag, Handler, PlayRequest, PublishRequest, PublisherEvent, Refusal, VIDEO_PAYLOAD_TYPE,
 };
-use crate::sfu::task::{SourceFeed, Sources};
+use crate::sfu::task::{Attachment, Endpoints, SourceFeed};
 
 /// How long the room core may take to answer a join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +50,10 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a replaced publisher may take to leave its room.
 const REPLACE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the room core and the media engine may take to start a play.
+const PLAY_TIMEOUT: Duration = Duration::from_secs(5);
+/// FLV tags queued toward a player's connection (~2 s of 30 fps video with audio).
+const PLAYER_TAGS: usize = 256;
 /// How long the media engine may take to take the source's codecs.
 const SOURCE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Publisher events queued toward the participant task (~1 s of 30 fps video).
@@ -66,7 +78,7 @@ type Publishers = Arc<Mutex<HashMap<(String, String), Running>>>;
 pub(crate) struct RtmpEdge {
     pub authority: Arc<Authority>,
     pub to_core: mpsc::Sender<ToCore>,
-    pub sources: Sources,
+    pub endpoints: Endpoints,
     pub next_session: Arc<AtomicU64>,
     publishers: Publishers,
 }
@@ -75,13 +87,13 @@ impl RtmpEdge {
     pub fn new(
         authority: Arc<Authority>,
         to_core: mpsc::Sender<ToCore>,
-        sources: Sources,
+        endpoints: Endpoints,
         next_session: Arc<AtomicU64>,
     ) -> RtmpEdge {
         RtmpEdge {
             authority,
             to_core,
-            sources,
+            endpoints,
             next_session,
             publishers: Arc::default(),
         }
@@ -130,8 +142,8 @@ struct Member {
     to_core: mpsc::Sender<ToCore>,
     outbound: mpsc::Receiver<ServerMessage>,
     close: oneshot::Receiver<CloseReason>,
+    /// What the member's named source delivers now (a publisher's).
     changed: mpsc::Receiver<(bool, bool)>,
-    feed: SourceFeed,
 }
 
 impl Member {
@@ -232,7 +244,7 @@ impl Handler for RtmpEdge {
         if let Some(why) = refused {
             // The reason, never the token.
             info!("{who} ({peer}): refused: {}", escaped(&why));
-            return Err(Refusal(why));
+            return Err(Refusal::new(why));
         }
         if record {
             info!("{who}: ?record=true is not supported for RTMP publishers yet (ignored)");
@@ -253,18 +265,145 @@ impl Handler for RtmpEdge {
         }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let source = format!("rtmp-{session}");
-        let busy = || Refusal("Media engine overloaded, try again".into());
         let feed = self
-            .sources
+            .endpoints
             .add_source(&source, NO_MEDIA)
             .ok_or_else(busy)?;
+        let member = self
+            .join(who, peer, session, source, (room, login), access)
+            .await?;
+        let (events_tx, events) = mpsc::channel(EVENTS);
+        let (stop_tx, stop) = oneshot::channel();
+        let publishers = self.publishers.clone();
+        let mine = key.clone();
+        let task = tokio::spawn(async move {
+            run(member, feed, events, stop).await;
+            if let Ok(mut map) = publishers.lock() {
+                if map.get(&mine).is_some_and(|r| r.session == session) {
+                    map.remove(&mine);
+                }
+            }
+        });
+        let running = Running {
+            session,
+            stop: stop_tx,
+            task,
+        };
+        if let Ok(mut map) = self.publishers.lock() {
+            if let Some(other) = map.insert(key, running) {
+                // Two publishes raced past each other: the older one goes.
+                let _ = other.stop.send(());
+            }
+        }
+        Ok(events_tx)
+    }
+
+    async fn play(&self, request: PlayRequest) -> Result<mpsc::Receiver<FlvTag>, Refusal> {
+        let PlayRequest {
+            peer,
+            room,
+            stream,
+            token,
+        } = request;
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        // The player is a member of the room like anyone watching it: under the
+        // login its token was issued for, else a name of its own.
+        let login = token
+            .as_deref()
+            .and_then(|t| self.authority.subject(t))
+            .unwrap_or_else(|| format!("RTMP player {session}"));
+        let who = format!(
+            "rtmp player {} of {} in room {}",
+            escaped(&login),
+            escaped(&stream),
+            escaped(&room)
+        );
+        let access = self.authority.check(Some(&login), token.as_deref());
+        if let Access::Refused(why) = &access {
+            info!("{who} ({peer}): refused: {}", escaped(why));
+            return Err(Refusal::new(why.clone()));
+        }
+        // What cannot be played is refused before the player joins (the room sees
+        // nothing): a stream nobody publishes, or one FLV cannot carry.
+        let Some(codecs) = self.endpoints.codecs(&stream).await else {
+            info!("{who} ({peer}): refused: no such stream");
+            return Err(Refusal::not_found(StreamError::NotFound.to_string()));
+        };
+        if let Err(why) = egress::check(&codecs) {
+            info!("{who} ({peer}): refused: {}", escaped(&why));
+            return Err(Refusal::not_found(why));
+        }
+        let name = format!("rtmp-{session}");
+        let mut attachments = self.endpoints.add_sink(&name).ok_or_else(busy)?;
+        let mut member = self
+            .join(who, peer, session, name, (room.clone(), login), access)
+            .await?;
+        let media_session_id = format!("rtmp-play-{session}");
+        let request = StreamRequest {
+            media_session_id: media_session_id.clone(),
+            name: stream.clone(),
+            room: Some(room),
+            sdp: String::new(),
+            has_audio: true,
+            has_video: true,
+            record: false,
+        };
+        let attached = if member.command(Command::Play(request)).await {
+            tokio::time::timeout(
+                PLAY_TIMEOUT,
+                attachment(&mut attachments, &mut member.outbound, &media_session_id),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Refusal::new("The media engine did not answer in time")))
+        } else {
+            Err(gone())
+        };
+        let checked = attached.and_then(|a| match egress::check(&a.codecs) {
+            Ok(()) => Ok(a),
+            Err(why) => Err(Refusal::not_found(why)),
+        });
+        let attachment = match checked {
+            Ok(a) => a,
+            Err(refusal) => {
+                info!("{}: refused: {}", member.who, escaped(&refusal.reason));
+                member.leave(None).await;
+                return Err(refusal);
+            }
+        };
+        info!("{}: playing ({})", member.who, attachment.codecs.describe());
+        let (tags_tx, tags) = mpsc::channel(PLAYER_TAGS);
+        tokio::spawn(play(member, media_session_id, attachment, tags_tx));
+        Ok(tags)
+    }
+}
+
+fn busy() -> Refusal {
+    Refusal::new("Media engine overloaded, try again")
+}
+
+fn gone() -> Refusal {
+    Refusal::new("The service is stopping")
+}
+
+impl RtmpEdge {
+    /// A socket-less session of the room core for an RTMP client: connected as
+    /// `login` with its `access`, a member of `room` once the join is confirmed.
+    /// `name` is its endpoint in the media engine (a source or a sink).
+    async fn join(
+        &self,
+        who: String,
+        peer: std::net::SocketAddr,
+        session: SessionId,
+        name: String,
+        (room, login): (String, String),
+        access: Access,
+    ) -> Result<Member, Refusal> {
         let (outbound_tx, mut outbound) = mpsc::channel(256);
         let (close_tx, close) = oneshot::channel();
         let (changed_tx, changed) = mpsc::channel(8);
-        let gone = || Refusal("The service is stopping".into());
-        // Until the participant task owns the session: a publish cancelled on the way
-        // (the connection's handler timeout) must not leave a member behind, since a
-        // local session has no pings to time it out.
+        // Until the join is confirmed: a request cancelled on the way (the
+        // connection's handler timeout) must not leave a member behind, since a local
+        // session has no pings to time it out.
         let mut pending = PendingSession {
             to_core: Some(self.to_core.clone()),
             session,
@@ -272,7 +411,7 @@ impl Handler for RtmpEdge {
         self.to_core
             .send(ToCore::ConnectLocal {
                 session,
-                source,
+                source: name,
                 outbound: outbound_tx,
                 close: close_tx,
                 source_changed: changed_tx,
@@ -314,11 +453,11 @@ impl Handler for RtmpEdge {
         .unwrap_or_else(|_| Err("The room service did not answer in time".into()));
         if let Err(why) = joined {
             info!("{who} ({peer}): cannot join: {}", escaped(&why));
-            return Err(Refusal(why));
+            return Err(Refusal::new(why));
         }
         pending.to_core = None;
         info!("{who} ({peer}): joined as session {session}");
-        let member = Member {
+        Ok(Member {
             who,
             session,
             room,
@@ -327,51 +466,86 @@ impl Handler for RtmpEdge {
             outbound,
             close,
             changed,
-            feed,
-        };
-        let (events_tx, events) = mpsc::channel(EVENTS);
-        let (stop_tx, stop) = oneshot::channel();
-        let publishers = self.publishers.clone();
-        let mine = key.clone();
-        let task = tokio::spawn(async move {
-            run(member, events, stop).await;
-            if let Ok(mut map) = publishers.lock() {
-                if map.get(&mine).is_some_and(|r| r.session == session) {
-                    map.remove(&mine);
+        })
+    }
+}
+
+/// The player's attachment once the room core has let it play, or the reason it
+/// did not (the core's FAILED status: "Stream not found" is a not-found refusal).
+async fn attachment(
+    attachments: &mut mpsc::Receiver<Attachment>,
+    outbound: &mut mpsc::Receiver<ServerMessage>,
+    media_session_id: &str,
+) -> Result<Attachment, Refusal> {
+    loop {
+        tokio::select! {
+            a = attachments.recv() => return a.ok_or_else(gone),
+            message = outbound.recv() => match message {
+                None => return Err(gone()),
+                Some(ServerMessage::StreamStatus(status))
+                    if status.media_session_id == media_session_id
+                        && status.status.is_terminal() =>
+                {
+                    return Err(if status.info == StreamError::NotFound.to_string() {
+                        Refusal::not_found(status.info)
+                    } else {
+                        Refusal::new(status.info)
+                    });
                 }
-            }
-        });
-        let running = Running {
-            session,
-            stop: stop_tx,
-            task,
-        };
-        if let Ok(mut map) = self.publishers.lock() {
-            if let Some(other) = map.insert(key, running) {
-                // Two publishes raced past each other: the older one goes.
-                let _ = other.stop.send(());
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// An RTMP player's life: the stream's RTP into FLV tags for the connection
+/// (`rtmp::egress`) until the stream ends (the room core stops the play), the
+/// player leaves (the connection drops the tags' receiver) or the room service
+/// closes the member; then the room is left.
+async fn play(
+    mut member: Member,
+    media_session_id: String,
+    attachment: Attachment,
+    tags: mpsc::Sender<FlvTag>,
+) {
+    let key_frame = attachment.key_frame.clone();
+    let egress = egress::run(attachment.codecs, attachment.packets, tags, move || {
+        key_frame.request()
+    });
+    tokio::pin!(egress);
+    let reason = loop {
+        tokio::select! {
+            ended = &mut egress => break match ended {
+                Ok(egress::Ended::SourceEnded) => "the stream ended".to_string(),
+                Ok(egress::Ended::PlayerLeft) => "the player left".to_string(),
+                Err(e) => e.to_string(),
+            },
+            message = member.outbound.recv() => match message {
+                None => break "the room service is gone".to_string(),
+                Some(ServerMessage::StreamStatus(status))
+                    if status.media_session_id == media_session_id
+                        && status.status.is_terminal() =>
+                {
+                    break format!("the play ended: {}", status.info);
+                }
+                Some(_) => {}
+            },
+            reason = &mut member.close => {
+                let why = reason.map(|r| format!("{r:?}")).unwrap_or_default();
+                info!("{}: closed by the room service ({why})", member.who);
+                return;
             }
         }
-        Ok(events_tx)
-    }
-
-    async fn play(&self, request: PlayRequest) -> Result<mpsc::Receiver<FlvTag>, Refusal> {
-        info!(
-            "rtmp player {} of {} in room {}: refused: playing over RTMP is not supported yet",
-            request.peer,
-            escaped(&request.stream),
-            escaped(&request.room)
-        );
-        Err(Refusal(
-            "Playing over RTMP is not supported yet: use the web page".into(),
-        ))
-    }
+    };
+    info!("{}: leaving the room: {}", member.who, escaped(&reason));
+    member.leave(None).await;
 }
 
 /// The participant's life: media from the connection into the source, the stream
 /// published once the media engine has the source's codecs, the room left at the end.
 async fn run(
     mut member: Member,
+    feed: SourceFeed,
     mut events: mpsc::Receiver<PublisherEvent>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -382,9 +556,8 @@ async fn run(
     let mut announced: Option<(bool, Option<Codec>)> = None;
     let mut announced_at: Option<tokio::time::Instant> = None;
     let mut published = false;
-    let mut b_frames_logged = false;
     let reason = loop {
-        if member.feed.take_key_frame_request() {
+        if feed.take_key_frame_request() {
             // RTMP has no way to ask a publisher for a key frame: players wait for the
             // next one (the encoder's key frame interval, see README).
             debug!("{}: a player asked for a key frame", member.who);
@@ -408,30 +581,31 @@ async fn run(
                 }
                 Some(PublisherEvent::AudioConfig(config)) => {
                     if audio.as_ref().is_none_or(|a| a.config != config) {
-                        audio = AudioBridge::start(config, member.feed.clone(), &member.who);
+                        audio = AudioBridge::start(config, feed.clone(), &member.who);
                     }
                 }
                 Some(PublisherEvent::Audio(frame)) => {
-                    if let Some(bridge) = &audio {
-                        bridge.push(frame);
+                    let Some(bridge) = &audio else { continue };
+                    // A publisher without video (no AVC sequence header before its
+                    // first audio frame) is announced with its audio alone.
+                    let now = (true, None);
+                    if video.is_none() && announced.as_ref() != Some(&now) {
+                        if !feed.announce(Some(opus_codec()), None, String::new()).await {
+                            break "the media engine is gone".to_string();
+                        }
+                        announced = Some(now);
+                        announced_at = Some(tokio::time::Instant::now());
                     }
+                    bridge.push(frame);
                 }
-                Some(PublisherEvent::Video { packets, info }) => {
-                    if info.b_frames_detected && !b_frames_logged {
-                        b_frames_logged = true;
-                        warn!(
-                            "{}: the stream has B-frames: WebRTC players may stutter (set the encoder to baseline or disable B-frames)",
-                            member.who
-                        );
-                    }
+                Some(PublisherEvent::Video { packets, .. }) => {
                     let Some(codec) = &video else { continue };
                     // What the source delivers is announced with the first video (the
                     // sequence headers of both kinds come before any frame).
                     let now = (audio.is_some(), Some(codec.clone()));
                     if announced.as_ref() != Some(&now) {
                         let audio_codec = audio.as_ref().map(|_| opus_codec());
-                        if !member
-                            .feed
+                        if !feed
                             .announce(audio_codec, now.1.clone(), String::new())
                             .await
                         {
@@ -441,8 +615,8 @@ async fn run(
                         announced_at = Some(tokio::time::Instant::now());
                     }
                     for packet in packets {
-                        if !member.feed.packet(Kind::Video, packet) {
-                            member.feed.want_key_frame();
+                        if !feed.packet(Kind::Video, packet) {
+                            feed.want_key_frame();
                         }
                     }
                 }

@@ -192,6 +192,12 @@ pub struct Engine {
     media: Streams<Peers>,
     /// Publications fed by named sources, and whose media session they are.
     external: HashMap<String, (SessionId, String)>,
+    /// Sinks of other edges attached for a media session (an RTMP player): the
+    /// stream and the sink, detached when the session closes it.
+    external_players: HashMap<(SessionId, String), (String, SinkId)>,
+    /// Streams opened since the last `take_opened` (sinks waiting for a stream name
+    /// attach to them).
+    opened: Vec<String>,
     /// Video codecs each session's browser offered: what it can decode.
     decoders: HashMap<SessionId, Vec<Family>>,
     events: VecDeque<MediaEvent>,
@@ -234,6 +240,8 @@ impl Engine {
             by_media: HashMap::new(),
             media: Streams::new(interval),
             external: HashMap::new(),
+            external_players: HashMap::new(),
+            opened: Vec::new(),
             decoders: HashMap::new(),
             events: VecDeque::new(),
             rtp: Vec::new(),
@@ -378,12 +386,27 @@ impl Engine {
                     self.external.remove(&stream);
                     self.media.unpublish(&stream);
                 }
+                let key = (session, media_session_id);
+                if let Some((stream, sink)) = self.external_players.remove(&key) {
+                    self.media.detach(&stream, sink);
+                }
+                let (session, media_session_id) = key;
                 if let Some(id) = self.by_media.remove(&(session, media_session_id)) {
                     self.close(id);
                 }
             }
             MediaRequest::SessionClosed { session } => {
                 self.decoders.remove(&session);
+            }
+            // The SFU task attaches the named sink (`play_external`); one that reaches
+            // the engine has none.
+            MediaRequest::PlayExternal {
+                session,
+                media_session_id,
+                stream,
+                sink,
+            } => {
+                self.play_external(now, session, media_session_id, &stream, Err(&sink));
             }
         }
     }
@@ -397,6 +420,8 @@ impl Engine {
         self.by_media.clear();
         self.media.clear();
         self.external.clear();
+        self.external_players.clear();
+        self.opened.clear();
     }
 
     // ----- named sources of other edges ------------------------------------------
@@ -451,6 +476,77 @@ impl Engine {
         self.media.codecs(stream)
     }
 
+    /// Streams opened since the last call (for sinks that wait for a stream name).
+    pub fn take_opened(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.opened)
+    }
+
+    /// Attaches a sink of another edge to a stream (an RTMP push waiting for it): it
+    /// gets the source's packets as sent, from a key frame on, until the stream ends.
+    /// The stream's codecs, or why not.
+    pub fn attach_external(
+        &mut self,
+        now: Instant,
+        stream: &str,
+        sink: Box<dyn Sink<Peers>>,
+    ) -> Result<(Chosen, SinkId), StreamError> {
+        let codecs = self
+            .media
+            .codecs(stream)
+            .cloned()
+            .ok_or(StreamError::NotFound)?;
+        let id = self
+            .media
+            .attach(&mut self.peers, now, stream, sink, Numbering::AsSent, true)?;
+        Ok((codecs, id))
+    }
+
+    /// A media session playing a stream into a sink of another edge (an RTMP
+    /// player, `MediaRequest::PlayExternal`): `Up` once attached (the core says
+    /// PLAYING), `Failed` with the reason otherwise (`Err`: no sink by that name).
+    /// The stream's codecs when attached.
+    pub fn play_external(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        media_session_id: String,
+        stream: &str,
+        sink: Result<Box<dyn Sink<Peers>>, &str>,
+    ) -> Option<Chosen> {
+        let attached = match sink {
+            Ok(sink) => self
+                .attach_external(now, stream, sink)
+                .map_err(|e| e.to_string()),
+            Err(name) => Err(format!("No media sink {}", crate::logging::escaped(name))),
+        };
+        match attached {
+            Ok((codecs, sink)) => {
+                self.external_players.insert(
+                    (session, media_session_id.clone()),
+                    (stream.to_owned(), sink),
+                );
+                self.events.push_back(MediaEvent::Up {
+                    session,
+                    media_session_id,
+                });
+                Some(codecs)
+            }
+            Err(info) => {
+                self.events.push_back(MediaEvent::Failed {
+                    session,
+                    media_session_id,
+                    info,
+                });
+                None
+            }
+        }
+    }
+
+    /// A sink of another edge lost a key frame (a gap it cannot repair).
+    pub fn request_key_frame(&mut self, now: Instant, stream: &str) {
+        self.media.request_key_frame(&mut self.peers, now, stream);
+    }
+
     fn publish_external(
         &mut self,
         session: SessionId,
@@ -467,6 +563,7 @@ impl Engine {
         };
         match result {
             Ok(()) => {
+                self.opened.push(stream.clone());
                 self.external
                     .insert(stream, (session, media_session_id.clone()));
                 self.events.push_back(MediaEvent::Up {
@@ -552,6 +649,7 @@ impl Engine {
         let source = Box::new(PublisherSource { peer: id });
         match self.media.add_source(stream, chosen, source) {
             Ok(source) => {
+                self.opened.push(stream.to_owned());
                 if let Some(Role::Publish { source: slot, .. }) =
                     self.peers.map.get_mut(&id).map(|p| &mut p.role)
                 {

@@ -15,9 +15,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::codecs::{Codec, Kind};
-use super::engine::{Engine, EngineConfig};
+use super::engine::{Engine, EngineConfig, Peers};
 use crate::config::Media;
-use crate::media::{KeyFrameFlag, SourceId};
+use std::collections::HashMap;
+
+use crate::media::{Chosen, Delivery, KeyFrameFlag, Sink, SourceId};
 use crate::rooms::{MediaEvent, MediaRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,27 @@ enum Command {
         unavailable: String,
         inputs: mpsc::Receiver<SourceInput>,
         key_frame: KeyFrameFlag,
+    },
+    /// A named sink of another edge (an RTMP player): `MediaRequest::PlayExternal`
+    /// naming it attaches it to the stream; each attachment is sent to `attachments`.
+    AddSink {
+        name: String,
+        attachments: mpsc::Sender<Attachment>,
+    },
+    /// A sink waiting for a stream name (an RTMP push): attached to the stream now if
+    /// it is published, and to every later publication of that name.
+    Watch {
+        stream: String,
+        attachments: mpsc::Sender<Attachment>,
+    },
+    /// A sink of another edge needs a key frame of this stream.
+    KeyFrame {
+        stream: String,
+    },
+    /// The codecs of a stream, if it is published.
+    Codecs {
+        stream: String,
+        reply: tokio::sync::oneshot::Sender<Option<Chosen>>,
     },
     /// Liveness probe: answered when the task comes round its loop.
     Heartbeat(tokio::sync::oneshot::Sender<()>),
@@ -162,13 +185,73 @@ impl SourceFeed {
     }
 }
 
-/// Registers named sources of other edges (`Sfu::add_source`) from any task.
+/// Packets of one stream queued toward a sink of another edge: about a second of
+/// 720p video with its audio. A full queue drops (and asks the source for a key frame).
+const SINK_QUEUE: usize = 512;
+/// Attachments queued toward one named sink or watcher.
+const ATTACHMENTS: usize = 4;
+
+/// One stream a sink of another edge is attached to: its codecs (the source's, with
+/// its payload types) and its RTP packets as the source sent them, from a key frame
+/// on. `packets` ends when the stream does.
+#[derive(Debug)]
+pub struct Attachment {
+    pub stream: String,
+    pub codecs: Chosen,
+    pub packets: mpsc::Receiver<(Kind, rtc::rtp::Packet)>,
+    pub key_frame: KeyFrameRequest,
+}
+
+/// A sink's way to ask the stream's source for a key frame (it lost one on its side).
+#[derive(Debug, Clone)]
+pub struct KeyFrameRequest {
+    commands: mpsc::Sender<Command>,
+    stream: String,
+}
+
+impl KeyFrameRequest {
+    pub fn request(&self) {
+        let stream = self.stream.clone();
+        let _ = self.commands.try_send(Command::KeyFrame { stream });
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+/// The stream core's sink for an edge in another task: packets go into a bounded
+/// queue, never waiting (full: dropped, the core asks for a key frame).
+struct ChannelSink {
+    tx: mpsc::Sender<(Kind, rtc::rtp::Packet)>,
+}
+
+impl Sink<Peers> for ChannelSink {
+    fn packet(
+        &mut self,
+        _peers: &mut Peers,
+        _now: Instant,
+        kind: Kind,
+        _codec: &Codec,
+        packet: rtc::rtp::Packet,
+    ) -> Delivery {
+        match self.tx.try_send((kind, packet)) {
+            Ok(()) => Delivery::Taken,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Done,
+        }
+    }
+}
+
+/// Registers named sources and sinks of other edges from any task (the RTMP edge).
 #[derive(Clone)]
-pub struct Sources {
+pub struct Endpoints {
     commands: mpsc::Sender<Command>,
 }
 
-impl Sources {
+impl Endpoints {
     /// See `Sfu::add_source`.
     pub fn add_source(&self, name: &str, unavailable: &str) -> Option<SourceFeed> {
         let (feed, inputs, key_frame) = SourceFeed::channel();
@@ -179,6 +262,130 @@ impl Sources {
             key_frame,
         };
         self.commands.try_send(command).ok().map(|()| feed)
+    }
+
+    /// A named sink (an RTMP player's): each `MediaRequest::PlayExternal` naming it
+    /// delivers an `Attachment` here. It is forgotten when the receiver is dropped.
+    /// `None` when the task's queue is full or the task is gone.
+    pub fn add_sink(&self, name: &str) -> Option<mpsc::Receiver<Attachment>> {
+        let (attachments, rx) = mpsc::channel(ATTACHMENTS);
+        let command = Command::AddSink {
+            name: name.to_owned(),
+            attachments,
+        };
+        self.commands.try_send(command).ok().map(|()| rx)
+    }
+
+    /// The codecs of a published stream (`None`: not published, or the task is gone),
+    /// for an edge that refuses what it cannot carry before anyone sees it.
+    pub async fn codecs(&self, stream: &str) -> Option<Chosen> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = Command::Codecs {
+            stream: stream.to_owned(),
+            reply,
+        };
+        self.commands.send(command).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// A sink waiting for a stream name (an RTMP push): one `Attachment` for the
+    /// publication of that name now, if any, and for each later one. It is forgotten
+    /// when the receiver is dropped.
+    pub async fn watch(&self, stream: &str) -> Option<mpsc::Receiver<Attachment>> {
+        let (attachments, rx) = mpsc::channel(ATTACHMENTS);
+        let command = Command::Watch {
+            stream: stream.to_owned(),
+            attachments,
+        };
+        self.commands.send(command).await.ok().map(|()| rx)
+    }
+}
+
+/// The sinks of other edges the task knows: named ones (players) and those waiting
+/// for a stream name (pushes).
+#[derive(Default)]
+struct ExternalSinks {
+    named: HashMap<String, mpsc::Sender<Attachment>>,
+    watchers: Vec<(String, mpsc::Sender<Attachment>)>,
+}
+
+impl ExternalSinks {
+    fn attachment(
+        commands: &mpsc::Sender<Command>,
+        stream: &str,
+    ) -> (ChannelSink, impl FnOnce(Chosen) -> Attachment) {
+        let (tx, packets) = mpsc::channel(SINK_QUEUE);
+        let key_frame = KeyFrameRequest {
+            commands: commands.clone(),
+            stream: stream.to_owned(),
+        };
+        let stream = stream.to_owned();
+        let make = move |codecs| Attachment {
+            stream,
+            codecs,
+            packets,
+            key_frame,
+        };
+        (ChannelSink { tx }, make)
+    }
+
+    /// Attaches the watchers of `stream` to it.
+    fn opened(&mut self, engine: &mut Engine, commands: &mpsc::Sender<Command>, stream: &str) {
+        self.watchers.retain(|(_, tx)| !tx.is_closed());
+        for (_, tx) in self.watchers.iter().filter(|(s, _)| s == stream) {
+            Self::attach_watcher(engine, commands, stream, tx);
+        }
+    }
+
+    fn attach_watcher(
+        engine: &mut Engine,
+        commands: &mpsc::Sender<Command>,
+        stream: &str,
+        tx: &mpsc::Sender<Attachment>,
+    ) {
+        let (sink, make) = Self::attachment(commands, stream);
+        if let Ok((codecs, _)) = engine.attach_external(now(), stream, Box::new(sink)) {
+            if tx.try_send(make(codecs)).is_err() {
+                warn!(
+                    "a sink waiting for stream {} does not take it",
+                    crate::logging::escaped(stream)
+                );
+            }
+        }
+    }
+
+    fn play(
+        &mut self,
+        engine: &mut Engine,
+        commands: &mpsc::Sender<Command>,
+        request: MediaRequest,
+    ) {
+        let MediaRequest::PlayExternal {
+            session,
+            media_session_id,
+            stream,
+            sink,
+        } = request
+        else {
+            return engine.request(now(), request);
+        };
+        let Some(tx) = self.named.get(&sink).filter(|tx| !tx.is_closed()) else {
+            self.named.remove(&sink);
+            engine.play_external(now(), session, media_session_id, &stream, Err(&sink));
+            return;
+        };
+        let (channel, make) = Self::attachment(commands, &stream);
+        let codecs = engine.play_external(
+            now(),
+            session,
+            media_session_id,
+            &stream,
+            Ok(Box::new(channel)),
+        );
+        if let Some(codecs) = codecs {
+            // The receiver gone meanwhile: the sink is done at its first packet.
+            let _ = tx.try_send(make(codecs));
+        }
     }
 }
 
@@ -242,7 +449,13 @@ impl Sfu {
         );
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(engine, socket, inbox, events, peers.clone()));
+        let task = tokio::spawn(run(
+            engine,
+            socket,
+            (inbox, commands.downgrade()),
+            events,
+            peers.clone(),
+        ));
         let list: Vec<String> = advertise.iter().map(ToString::to_string).collect();
         info!(
             "media on UDP port {port}, advertised as {}",
@@ -271,12 +484,13 @@ impl Sfu {
     /// delivers nothing. Registered in request order: a request queued after this one
     /// finds the source. `None` when the task's queue is full or the task is gone.
     pub fn add_source(&self, name: &str, unavailable: &str) -> Option<SourceFeed> {
-        self.sources().add_source(name, unavailable)
+        self.endpoints().add_source(name, unavailable)
     }
 
-    /// A handle that registers named sources from other tasks (the RTMP edge).
-    pub fn sources(&self) -> Sources {
-        Sources {
+    /// A handle that registers named sources and sinks from other tasks (the RTMP
+    /// edge).
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
             commands: self.commands.clone(),
         }
     }
@@ -299,7 +513,7 @@ impl Sfu {
             Ok(()) => Ok(()),
             Err(e) => match e.into_inner() {
                 Command::Request(r) => Err(Box::new(r)),
-                Command::AddSource { .. } | Command::Heartbeat(_) | Command::Shutdown => Ok(()),
+                _ => Ok(()),
             },
         }
     }
@@ -391,15 +605,24 @@ async fn next_input(
 async fn run(
     mut engine: Engine,
     socket: UdpSocket,
-    mut inbox: mpsc::Receiver<Command>,
+    (mut inbox, commands): (mpsc::Receiver<Command>, mpsc::WeakSender<Command>),
     events: mpsc::Sender<MediaEvent>,
     peers: Arc<AtomicUsize>,
 ) {
+    // Weak: the task still ends when every handle is gone. Attachments' key-frame
+    // requests come back through it.
+    let mut sinks = ExternalSinks::default();
     let mut feeds: Vec<(SourceId, mpsc::Receiver<SourceInput>)> = Vec::new();
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut buf = vec![0u8; DATAGRAM];
     let fault_panic = fault_panic_on_request();
     loop {
+        let opened = engine.take_opened();
+        if let (false, Some(commands)) = (opened.is_empty(), commands.upgrade()) {
+            for stream in opened {
+                sinks.opened(&mut engine, &commands, &stream);
+            }
+        }
         while let Some(t) = engine.poll_transmit() {
             match socket.try_send_to(&t.data, target(v6, t.to)) {
                 Ok(_) => {}
@@ -455,7 +678,27 @@ async fn run(
                     if fault_panic {
                         panic!("fault injection: the media task panics");
                     }
-                    engine.request(now(), request)
+                    match commands.upgrade() {
+                        Some(commands) => sinks.play(&mut engine, &commands, request),
+                        None => engine.request(now(), request),
+                    }
+                }
+                Some(Command::AddSink { name, attachments }) => {
+                    sinks.named.retain(|_, tx| !tx.is_closed());
+                    sinks.named.insert(name, attachments);
+                }
+                Some(Command::Watch { stream, attachments }) => {
+                    sinks.watchers.retain(|(_, tx)| !tx.is_closed());
+                    if engine.codecs(&stream).is_some() {
+                        if let Some(commands) = commands.upgrade() {
+                            ExternalSinks::attach_watcher(&mut engine, &commands, &stream, &attachments);
+                        }
+                    }
+                    sinks.watchers.push((stream, attachments));
+                }
+                Some(Command::KeyFrame { stream }) => engine.request_key_frame(now(), &stream),
+                Some(Command::Codecs { stream, reply }) => {
+                    let _ = reply.send(engine.codecs(&stream).cloned());
                 }
                 Some(Command::AddSource { name, unavailable, inputs, key_frame }) => {
                     let source = engine.add_external(&name, &unavailable, Box::new(key_frame));

@@ -106,3 +106,64 @@ test('a browser sees an RTMP publisher join its room and decodes its H.264 and a
   assert.ok(server.stderrLines.some((l) => l.includes('rtmp publisher "obs" in room "stage"') && l.includes('joined as session')),
     'the log names the RTMP publisher');
 });
+
+// Runs ffprobe/ffmpeg (bounded); resolves { code, stdout, stderr }.
+function tool(cmd, args, limitMs) {
+  return new Promise((resolve) => {
+    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = [];
+    const err = [];
+    proc.stdout.setEncoding('utf8');
+    proc.stderr.setEncoding('utf8');
+    proc.stdout.on('data', (d) => out.push(d));
+    proc.stderr.on('data', (d) => err.push(d));
+    const timer = setTimeout(() => proc.kill('SIGKILL'), limitMs);
+    proc.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: out.join(''), stderr: err.join('') });
+    });
+  });
+}
+
+test('ffprobe and ffmpeg play a browser\'s stream over RTMP as H.264 and AAC', { timeout: 90_000 }, async (t) => {
+  const server = await startHuddle({ dir: e2e.tmpDir, config: huddleConfig(), startTimeout: SERVER_START_TIMEOUT_MS });
+  diag.server = server;
+  try {
+    const rtmp = server.stderrLines.map((l) => LISTENING_RTMP.exec(l)).find(Boolean)?.[1];
+    assert.ok(rtmp, `the server logs its RTMP address:\n${server.startupLog}`);
+    const open = () => SdkPage.openChromium(browser, 'alice', {
+      origin: staticServer.origin, ready: MEDIA_PAGE_READY, diag, stepTimeout: STEP_TIMEOUT_MS,
+      viewport: { width: 700, height: 500 }, frameLimit: 600,
+    });
+    await diag.withPages([open], async (alice) => {
+      await alice.call('connect', `ws://${server.addr}/`, alice.label);
+      await alice.waitFor('session ESTABLISHED', (e) => e.type === 'ESTABLISHED');
+      await alice.call('join', ROOM, {});
+      await alice.waitFor('STATE', (e) => e.type === 'STATE');
+      const pub = await alice.waitFor('own stream PUBLISHING', (e) => e.type === 'PUBLISH_STATUS');
+      assert.equal(pub.status, 'PUBLISHING', JSON.stringify(pub));
+      const url = `rtmp://${rtmp}/${ROOM}/${encodeURIComponent(pub.name)}`;
+
+      const probe = await tool('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_name,codec_type,width,height', '-of', 'json', url], 30_000);
+      t.diagnostic(`ffprobe: ${probe.stdout.replace(/\s+/g, ' ')} ${probe.stderr}`);
+      assert.equal(probe.code, 0, `ffprobe over RTMP: ${probe.stderr}`);
+      // ffmpeg's RTMP client also lists a data stream for RTMP's own data messages.
+      const codecs = JSON.parse(probe.stdout).streams
+        .filter((s) => s.codec_type === 'audio' || s.codec_type === 'video').map((s) => s.codec_name).sort();
+      assert.deepEqual(codecs, ['aac', 'h264']);
+      const player = await alice.waitFor('the RTMP player JOINED', (e) => e.type === 'JOINED');
+      assert.match(player.login, /^RTMP player /);
+
+      const decode = await tool('ffmpeg', ['-hide_banner', '-v', 'error', '-i', url, '-t', '4', '-map', '0:v', '-f', 'framemd5', '-'], 40_000);
+      const frames = decode.stdout.split('\n').filter((l) => /^0,/.test(l)).length;
+      t.diagnostic(`ffmpeg decoded ${frames} frames of the browser's stream; errors: ${decode.stderr.trim() || 'none'}`);
+      assert.equal(decode.code, 0, decode.stderr);
+      assert.ok(frames >= 60, `${frames} frames decoded`);
+      assert.equal(decode.stderr.trim(), '', 'no decoding errors');
+      assertPageClean(alice, { errorsHint: `\n${diag.text()}` });
+      assert.equal(await alice.call('leave'), 'resolved');
+    });
+  } finally {
+    await server.stop({ timeout: SERVER_STOP_TIMEOUT_MS });
+  }
+});
