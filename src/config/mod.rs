@@ -213,6 +213,8 @@ pub struct Rtmp {
     pub idle_timeout_ms: u64,
     /// Concurrent RTMP connections; more are closed at accept.
     pub max_connections: usize,
+    /// Concurrent RTMP connections from one client address.
+    pub max_connections_per_address: usize,
     /// The byte budget of one connection: more than this many kbit in any second
     /// (averaged over 2 s) closes it as a flood.
     pub max_kbps: u32,
@@ -258,6 +260,7 @@ impl Default for Rtmp {
             handshake_timeout_ms: 5000,
             idle_timeout_ms: 15000,
             max_connections: 16,
+            max_connections_per_address: 8,
             max_kbps: 40000,
             push: Vec::new(),
         }
@@ -494,15 +497,18 @@ dir = "records"
 
 [rtmp]
 # RTMP publishers: rtmp://<device>[:port]/<room>/<login>[?token=<jwt>] joins <room>
-# as <login> and publishes <room>-<login> (playing over RTMP is not there yet).
+# as <login> and publishes <room>-<login> (H.264 without B-frames, AAC or none).
+# RTMP players: rtmp://<device>[:port]/<room>/<stream>[?token=<jwt>] plays a stream
+# of the room (H.264 + AAC) as a member of it.
 enabled = true
 listen = "0.0.0.0:1935"
 # The RTMP handshake must complete within this.
 handshake_timeout_ms = 5000
 # A connection that sends nothing for this long is closed.
 idle_timeout_ms = 15000
-# Concurrent RTMP connections (publishers and players).
+# Concurrent RTMP connections (publishers and players), in all and from one address.
 max_connections = 16
+max_connections_per_address = 8
 # Per-connection byte budget: a client sending more than this (kbit/s, over 2 s)
 # is closed as a flood.
 max_kbps = 40000
@@ -739,6 +745,11 @@ impl Config {
         at_least("rtmp.handshake_timeout_ms", rt.handshake_timeout_ms, 100)?;
         at_least("rtmp.idle_timeout_ms", rt.idle_timeout_ms, 100)?;
         at_least("rtmp.max_connections", rt.max_connections as u64, 1)?;
+        at_least(
+            "rtmp.max_connections_per_address",
+            rt.max_connections_per_address as u64,
+            1,
+        )?;
         at_least("rtmp.max_kbps", rt.max_kbps.into(), 100)?;
         for (i, push) in rt.push.iter().enumerate() {
             let which = |why: String| format!("entry {} ({why})", i + 1);

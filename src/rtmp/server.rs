@@ -199,6 +199,7 @@ pub const VIDEO_PAYLOAD_TYPE: u8 = 96;
 pub async fn serve<H: Handler>(listener: TcpListener, config: config::Rtmp, handler: Arc<H>) {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let addresses = Arc::new(PerAddress::default());
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -216,15 +217,61 @@ pub async fn serve<H: Handler>(listener: TcpListener, config: config::Rtmp, hand
             drop(socket);
             continue;
         };
+        let Some(counted) = addresses.admit(peer.ip(), config.max_connections_per_address) else {
+            warn!(
+                "rtmp {peer}: closed: {} connections from this address already open (rtmp.max_connections_per_address)",
+                config.max_connections_per_address
+            );
+            drop(socket);
+            continue;
+        };
         let config = config.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _counted = counted;
             let _ = socket.set_nodelay(true);
             let mut connection = Connection::new(socket, peer, config);
             let result = connection.run(&*handler).await;
             connection.end(result).await;
         });
+    }
+}
+
+/// Open connections per client address.
+#[derive(Debug, Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One counted connection of an address; uncounted when dropped.
+struct Counted {
+    addresses: Arc<PerAddress>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<Counted> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(ip).or_insert(0);
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(Counted {
+            addresses: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut map = self.addresses.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -958,6 +1005,26 @@ pub fn status_packet(stream_id: u32, code: &str, description: &str) -> Option<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_counted_per_address_until_dropped() {
+        let addresses = Arc::new(PerAddress::default());
+        let a: std::net::IpAddr = [192, 0, 2, 1].into();
+        let b: std::net::IpAddr = [192, 0, 2, 2].into();
+        let first = addresses.admit(a, 2).expect("first");
+        let second = addresses.admit(a, 2).expect("second");
+        assert!(addresses.admit(a, 2).is_none(), "a third from one address");
+        let other = addresses
+            .admit(b, 2)
+            .expect("another address is counted apart");
+        drop(second);
+        let again = addresses.admit(a, 2).expect("a slot is free again");
+        drop((first, again, other));
+        assert!(
+            addresses.0.lock().unwrap().is_empty(),
+            "nothing left counted"
+        );
+    }
 
     fn message(type_id: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
         // One type-0 chunk on csid 3 (payloads here stay under the 128-byte chunk size).
