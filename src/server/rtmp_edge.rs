@@ -104,7 +104,8 @@ impl RtmpEdge {
     }
 }
 
-/// Disconnects a local session on drop unless disarmed (`to_core = None`).
+/// Disconnects a local session on drop unless disarmed (`to_core = None`): a local
+/// session has no pings to time it out, so one must never be left behind.
 struct PendingSession {
     to_core: Option<mpsc::Sender<ToCore>>,
     session: SessionId,
@@ -144,6 +145,9 @@ struct Member {
     close: oneshot::Receiver<CloseReason>,
     /// What the member's named source delivers now (a publisher's).
     changed: mpsc::Receiver<(bool, bool)>,
+    /// Disconnects the session if the member is dropped without leaving (a play
+    /// request cancelled by the connection's handler timeout).
+    guard: PendingSession,
 }
 
 impl Member {
@@ -195,6 +199,7 @@ impl Member {
                 session: self.session,
             })
             .await;
+        self.guard.to_core = None;
     }
 }
 
@@ -401,10 +406,9 @@ impl RtmpEdge {
         let (outbound_tx, mut outbound) = mpsc::channel(256);
         let (close_tx, close) = oneshot::channel();
         let (changed_tx, changed) = mpsc::channel(8);
-        // Until the join is confirmed: a request cancelled on the way (the
-        // connection's handler timeout) must not leave a member behind, since a local
-        // session has no pings to time it out.
-        let mut pending = PendingSession {
+        // A request cancelled on the way (the connection's handler timeout) must not
+        // leave a member behind: the guard goes with the member until it leaves.
+        let pending = PendingSession {
             to_core: Some(self.to_core.clone()),
             session,
         };
@@ -455,9 +459,9 @@ impl RtmpEdge {
             info!("{who} ({peer}): cannot join: {}", escaped(&why));
             return Err(Refusal::new(why));
         }
-        pending.to_core = None;
         info!("{who} ({peer}): joined as session {session}");
         Ok(Member {
+            guard: pending,
             who,
             session,
             room,
