@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod logging;
 pub mod media;
+pub mod record;
 pub mod rooms;
 pub mod rtmp;
 pub mod server;

@@ -19,7 +19,7 @@ use super::engine::{Engine, EngineConfig, Peers};
 use crate::config::Media;
 use std::collections::HashMap;
 
-use crate::media::{Chosen, Delivery, KeyFrameFlag, Sink, SourceId};
+use crate::media::{Chosen, Delivery, KeyFrameFlag, Sink, SourceId, StreamError};
 use crate::rooms::{MediaEvent, MediaRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,11 @@ enum Command {
     /// A sink of another edge needs a key frame of this stream.
     KeyFrame {
         stream: String,
+    },
+    /// A sink of another edge attached to a stream now (a recorder).
+    Attach {
+        stream: String,
+        reply: tokio::sync::oneshot::Sender<Result<Attachment, StreamError>>,
     },
     /// The codecs of a stream, if it is published.
     Codecs {
@@ -286,6 +291,19 @@ impl Endpoints {
         };
         self.commands.send(command).await.ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// A sink attached to a published stream now (a recorder): its packets from a key
+    /// frame on, until the stream ends.
+    pub async fn attach(&self, stream: &str) -> Result<Attachment, StreamError> {
+        let gone = || StreamError::Unavailable("The media engine is gone".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = Command::Attach {
+            stream: stream.to_owned(),
+            reply,
+        };
+        self.commands.send(command).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// A sink waiting for a stream name (an RTMP push): one `Attachment` for the
@@ -697,6 +715,18 @@ async fn run(
                     sinks.watchers.push((stream, attachments));
                 }
                 Some(Command::KeyFrame { stream }) => engine.request_key_frame(now(), &stream),
+                Some(Command::Attach { stream, reply }) => {
+                    let attached = match commands.upgrade() {
+                        Some(commands) => {
+                            let (sink, make) = ExternalSinks::attachment(&commands, &stream);
+                            engine
+                                .attach_external(now(), &stream, Box::new(sink))
+                                .map(|(codecs, _)| make(codecs))
+                        }
+                        None => Err(StreamError::Unavailable("The media engine is stopping".into())),
+                    };
+                    let _ = reply.send(attached);
+                }
                 Some(Command::Codecs { stream, reply }) => {
                     let _ = reply.send(engine.codecs(&stream).cloned());
                 }
