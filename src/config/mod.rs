@@ -191,12 +191,62 @@ pub enum VideoCodec {
 #[serde(deny_unknown_fields, default)]
 pub struct Records {
     pub dir: PathBuf,
+    /// A fragment (moof + mdat, synced to disk) at least this often: the most a crash
+    /// or a power cut loses.
+    pub fragment_ms: u64,
+    /// Run with `<mixed file> <room>` after a room's mix is written; empty: none.
+    pub on_room_record_hook: String,
+    /// A hook still running after this is killed.
+    pub hook_timeout_ms: u64,
+    /// Finished records older than this are deleted (0: kept).
+    pub max_age_days: u64,
+    /// The oldest finished records are deleted while the directory holds more (0: no
+    /// limit).
+    pub max_total_mb: u64,
+    pub mixer: Mixer,
 }
 
 impl Default for Records {
     fn default() -> Self {
         Records {
             dir: PathBuf::from("records"),
+            fragment_ms: 500,
+            on_room_record_hook: String::new(),
+            hook_timeout_ms: 60_000,
+            max_age_days: 0,
+            max_total_mb: 0,
+            mixer: Mixer::default(),
+        }
+    }
+}
+
+/// `[records.mixer]`: how a recorded room's streams are mixed into one file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mixer {
+    /// Mix the video (a grid of the streams present at each moment).
+    pub video: bool,
+    /// Mix the audio of every stream.
+    pub audio: bool,
+    /// Each tile labelled with its participant's login.
+    pub show_names: bool,
+    pub width: u32,
+    pub height: u32,
+    pub frame_rate: u32,
+    /// The video encoder (an ffmpeg encoder name: libx264, or a board's h264_v4l2m2m).
+    pub encoder: String,
+}
+
+impl Default for Mixer {
+    fn default() -> Self {
+        Mixer {
+            video: true,
+            audio: true,
+            show_names: true,
+            width: 1280,
+            height: 720,
+            frame_rate: 30,
+            encoder: "libx264".into(),
         }
     }
 }
@@ -292,6 +342,8 @@ pub struct Device {
     pub stall_timeout_ms: u64,
     /// First retry delay after a source failed; doubles up to 30 s.
     pub retry_ms: u64,
+    /// Record the device's streams (as `record: true` does for a browser's).
+    pub record: bool,
 }
 
 impl Default for Device {
@@ -312,6 +364,7 @@ impl Default for Device {
             join_new_rooms: true,
             stall_timeout_ms: 5000,
             retry_ms: 1000,
+            record: false,
         }
     }
 }
@@ -494,6 +547,30 @@ preferred_video_codec = "h264"
 # Where stream and room recordings are written (relative to the working directory
 # unless absolute).
 dir = "records"
+# Fragmented MP4: a fragment is written and synced at least this often, the most a
+# crash or a power cut can lose.
+fragment_ms = 500
+# Run after a recorded room's mix is written, as <hook> <mixed file> <room>; killed
+# after hook_timeout_ms. Empty: none.
+on_room_record_hook = ""
+hook_timeout_ms = 60000
+# Retention: finished records older than max_age_days are deleted, and the oldest
+# finished ones while the directory holds more than max_total_mb (0: no limit).
+max_age_days = 0
+max_total_mb = 0
+
+[records.mixer]
+# A finalized recorded room is mixed offline into <room>-<start>-mix.mp4: a grid of
+# the video streams present at each moment, each labelled with its login, and the
+# audio of everyone; at idle priority, after the meeting.
+video = true
+audio = true
+show_names = true
+width = 1280
+height = 720
+frame_rate = 30
+# An ffmpeg video encoder: libx264, or a board's hardware one (h264_v4l2m2m).
+encoder = "libx264"
 
 [rtmp]
 # RTMP publishers: rtmp://<device>[:port]/<room>/<login>[?token=<jwt>] joins <room>
@@ -558,6 +635,8 @@ join_new_rooms = true
 stall_timeout_ms = 5000
 # After a camera or microphone failed: first retry delay, doubling up to 30 s.
 retry_ms = 1000
+# Record the device's streams in [records] dir, like a browser's `record: true`.
+record = false
 
 [auth]
 # "open": anyone who reaches the device may join any room. "token": the Room API
@@ -801,6 +880,16 @@ impl Config {
         at_least("media.ice_timeout_ms", self.media.ice_timeout_ms, 100)?;
         if self.records.dir.as_os_str().is_empty() {
             return Err(invalid("records.dir", "must not be empty".into()));
+        }
+        let rec = &self.records;
+        at_least("records.fragment_ms", rec.fragment_ms, 100)?;
+        at_least("records.hook_timeout_ms", rec.hook_timeout_ms, 100)?;
+        let m = &rec.mixer;
+        at_least("records.mixer.width", m.width.into(), 16)?;
+        at_least("records.mixer.height", m.height.into(), 16)?;
+        at_least("records.mixer.frame_rate", m.frame_rate.into(), 1)?;
+        if m.encoder.trim().is_empty() {
+            return Err(invalid("records.mixer.encoder", "must not be empty".into()));
         }
         let d = &self.device;
         if d.camera.is_empty() {
