@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     clock_ticks_per_sec, count_warning, http_address, loadavg, machine, process_ticks, rss_kib,
-    spawn, start_huddle, start_player, thread_ticks, write_doc, Player, Proc, STEP,
+    spawn, start_huddle, start_player, status_kib, thread_ticks, write_doc, Player, Proc, STEP,
 };
 
 const WARMUP: Duration = Duration::from_secs(3);
@@ -346,7 +346,8 @@ impl Cpu {
 
     fn group(&self, g: Group) -> f64 {
         let cpu = self.names.iter().filter(|(n, _)| group(n) == g);
-        self.pct(cpu.map(|(_, v)| v.1).sum())
+        // + 0.0: an empty sum is -0.0.
+        self.pct(cpu.map(|(_, v)| v.1).sum::<f64>() + 0.0)
     }
 
     /// "name ×n cpu %" per thread name, busiest first.
@@ -354,7 +355,10 @@ impl Cpu {
         let mut v: Vec<_> = self.names.iter().collect();
         v.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
         v.iter()
-            .map(|(n, (count, cpu))| format!("`{n}` ×{count} {:.2} %", self.pct(*cpu)))
+            .map(|(n, (count, cpu))| match count {
+                0 => format!("{n} {:.1} %", self.pct(*cpu)),
+                _ => format!("`{n}` ×{count} {:.1} %", self.pct(*cpu)),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -450,14 +454,15 @@ async fn run(case: Case, source: &Path, ticks: f64) -> Outcome {
 // ---------------------------------------------------------------------------------
 // RSS per session
 
-/// Server RSS (KiB): with nothing, after 1 and `SESSIONS` RTMP publishers, after 1 and
-/// `SESSIONS` RTMP players.
-async fn rss_run(source: &Path) -> [u64; 5] {
+/// Server (VmRSS, RssAnon) in KiB: with nothing, after 1 and `SESSIONS` RTMP
+/// publishers, after 1 and `SESSIONS` RTMP players.
+async fn rss_run(source: &Path) -> [(u64, u64); 5] {
     let mut server = Server::start("rss");
     eprintln!("RSS: server pid {}", server.proc.pid);
     let pid = server.proc.pid;
+    let read = || (rss_kib(pid), status_kib(pid, "RssAnon"));
     tokio::time::sleep(SETTLE).await;
-    let mut rss = [rss_kib(pid); 5];
+    let mut rss = [read(); 5];
     let rooms: Vec<String> = (0..SESSIONS).map(|i| format!("{ROOM}{i}")).collect();
     let mut procs = Vec::new();
     for (step, range) in [(1, 0..1), (2, 1..SESSIONS)] {
@@ -466,7 +471,7 @@ async fn rss_run(source: &Path) -> [u64; 5] {
         }
         server.wait(true, range.len()).await;
         tokio::time::sleep(SETTLE).await;
-        rss[step] = rss_kib(pid);
+        rss[step] = read();
     }
     for (step, range) in [(3, 0..1), (4, 1..SESSIONS)] {
         for (i, room) in rooms[range.clone()].iter().enumerate() {
@@ -474,7 +479,7 @@ async fn rss_run(source: &Path) -> [u64; 5] {
         }
         server.wait(false, range.len()).await;
         tokio::time::sleep(SETTLE).await;
-        rss[step] = rss_kib(pid);
+        rss[step] = read();
     }
     for p in &mut procs {
         p.check_running();
@@ -483,7 +488,7 @@ async fn rss_run(source: &Path) -> [u64; 5] {
         p.stop(false);
     }
     server.proc.stop(true);
-    eprintln!("  RSS (KiB): {rss:?}");
+    eprintln!("  (RSS, RssAnon) in KiB: {rss:?}");
     rss
 }
 
@@ -492,7 +497,7 @@ async fn rss_run(source: &Path) -> [u64; 5] {
 
 fn table(rows: &[Outcome]) -> String {
     let mut s = String::from(
-        "| case | server CPU, % of one core (of which kernel) | tokio workers + main `huddle` | AAC → Opus threads | Opus → AAC threads | other threads | per WebRTC player: video kbps, video pkt/s, audio pkt/s | server RSS at the end | bench process (WebRTC players) CPU |\n\
+        "| case | server CPU, % of one core (of which kernel) | tokio workers + main `huddle` | AAC → Opus threads | Opus → AAC threads | other threads | per WebRTC player: video payload kbps, video pkt/s, audio pkt/s | server RSS at the end | bench process (WebRTC players) CPU |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
@@ -550,7 +555,7 @@ fn notes(rows: &[Outcome]) -> Vec<String> {
         for n in RTMP_PLAYERS.iter().copied().filter(|&n| n > 0) {
             let Some(r) = find(true, 0, n) else { continue };
             notes.push(format!(
-                "Per RTMP player (0 → {n} players): {:.1} % of one core in all, of which \
+                "Per RTMP player (0 → {n}): {:.1} % of one core in all, of which \
                  Opus → AAC threads {:.1} %, tokio workers {:.1} %.",
                 (total(r) - total(base)) / n as f64,
                 (r.cpu.group(Group::OpusAac) - base.cpu.group(Group::OpusAac)) / n as f64,
@@ -559,11 +564,7 @@ fn notes(rows: &[Outcome]) -> Vec<String> {
         }
     }
     for r in rows {
-        notes.push(format!(
-            "Threads, {}: {}.",
-            r.case.label.replace("**", ""),
-            r.cpu.by_name()
-        ));
+        notes.push(format!("Threads, {}: {}.", r.case.label, r.cpu.by_name()));
     }
     for r in rows.iter().filter(|r| r.incidents > 0 || r.warnings > 0) {
         notes.push(format!(
@@ -574,39 +575,43 @@ fn notes(rows: &[Outcome]) -> Vec<String> {
     notes
 }
 
-fn rss_table(rss: &[u64; 5]) -> String {
+fn rss_table(rss: &[(u64, u64); 5]) -> String {
     let n = SESSIONS;
-    let kib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
-    let per = |from: u64, to: u64, k: usize| (to as f64 - from as f64) / k as f64;
-    let mut s = String::from("| server with | RSS | added | per session |\n|---|---:|---:|---:|\n");
+    let mut s = String::from(
+        "| server with | RSS (of which anonymous) | added | per session |\n|---|---:|---:|---:|\n",
+    );
     let rows = [
-        ("nothing (started, idle)".to_string(), rss[0], None),
-        ("1 RTMP publisher".to_string(), rss[1], Some((rss[0], 1))),
+        ("nothing (started, idle)".to_string(), None),
+        ("1 RTMP publisher".to_string(), Some((0, 1))),
         (
             format!("{n} RTMP publishers (a room each)"),
-            rss[2],
-            Some((rss[1], n - 1)),
+            Some((1, n - 1)),
         ),
-        (
-            format!("{n} publishers + 1 RTMP player"),
-            rss[3],
-            Some((rss[2], 1)),
-        ),
+        (format!("{n} publishers + 1 RTMP player"), Some((2, 1))),
         (
             format!("{n} publishers + {n} RTMP players (one each)"),
-            rss[4],
-            Some((rss[3], n - 1)),
+            Some((3, n - 1)),
         ),
     ];
-    for (what, v, from) in rows {
+    for (i, (what, from)) in rows.into_iter().enumerate() {
+        let (v, a) = rss[i];
         let (added, each) = match from {
-            Some((f, k)) => (
-                format!("{:+.0} KiB", v as f64 - f as f64),
-                format!("{:.0} KiB", per(f, v, k)),
-            ),
-            None => ("".into(), "".into()),
+            Some((f, k)) => {
+                let d = |x: u64, y: u64| y as f64 - x as f64;
+                let (dv, da) = (d(rss[f].0, v), d(rss[f].1, a));
+                (
+                    format!("{dv:+.0} KiB ({da:+.0} KiB)"),
+                    format!("{:.0} KiB ({:.0} KiB)", dv / k as f64, da / k as f64),
+                )
+            }
+            None => (String::new(), String::new()),
         };
-        let _ = writeln!(s, "| {what} | {} | {added} | {each} |", kib(v));
+        let _ = writeln!(
+            s,
+            "| {what} | {:.1} MiB ({:.1} MiB) | {added} | {each} |",
+            v as f64 / 1024.0,
+            a as f64 / 1024.0
+        );
     }
     s
 }
@@ -651,7 +656,11 @@ fn main() {
         },
     ];
     cases.extend(RTMP_PLAYERS.iter().map(|&n| Case {
-        label: format!("RTMP publisher, video + AAC → {n} RTMP players"),
+        label: match n {
+            0 => "RTMP publisher, video + AAC, nobody watching".into(),
+            1 => "RTMP publisher, video + AAC → 1 RTMP player".into(),
+            _ => format!("RTMP publisher, video + AAC → {n} RTMP players"),
+        },
         audio: true,
         webrtc: 0,
         rtmp: n,

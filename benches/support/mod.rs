@@ -96,14 +96,19 @@ pub fn loadavg() -> String {
 
 /// VmRSS of `pid`, KiB.
 pub fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A KiB field of `/proc/PID/status` (`VmRSS`, `RssAnon`, ...).
+pub fn status_kib(pid: i32, field: &str) -> u64 {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{path}: no VmRSS"))
+        .unwrap_or_else(|| panic!("{path}: no {field}"))
 }
 
 pub fn clock_ticks_per_sec() -> f64 {
