@@ -30,12 +30,15 @@ test-browser:
 	HUDDLE_BIN=$(CURDIR)/target/debug/huddle HUDDLE_E2E_REQUIRE_FIREFOX=1 node --test tests/browser/*.test.mjs
 
 ## Benchmarks, figures into docs/benchmarks.md: the SFU (one publisher -> 1, 10, 30
-## players) and the device's own stream (test pattern + tone: encoder vs Huddle's CPU;
-## its gst-launch-1.0 references need gstreamer1.0-tools).
+## players), the device's own stream (test pattern + tone: encoder vs Huddle's CPU;
+## its gst-launch-1.0 references need gstreamer1.0-tools) and the RTMP edge (an ffmpeg
+## publisher to WebRTC and RTMP players: video path, AAC <-> Opus, RSS per session;
+## ffmpeg and avdec_aac from gstreamer1.0-libav).
 bench: deps-build
-	scripts/install-deps.sh packages gstreamer1.0-tools
+	scripts/install-deps.sh packages gstreamer1.0-tools gstreamer1.0-libav ffmpeg
 	$(CARGO) bench --locked --bench sfu
 	$(CARGO) bench --locked --bench device
+	$(CARGO) bench --locked --bench rtmp
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

@@ -39,14 +39,11 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use support::{
-    clock_ticks_per_sec, command_output, count_warning, http_address, process_ticks, rss_kib,
-    spawn, stat_fields, write_doc, Proc, AUDIO, STEP, VIDEO,
+    clock_ticks_per_sec, command_output, count_warning, http_address, loadavg, process_ticks,
+    rss_kib, spawn, thread_ticks, write_doc, Proc, AUDIO, STEP, VIDEO,
 };
-use webrtc_client::{Media, RtcClient};
 
 /// Capture sizes; the player case runs at the first.
 const SIZES: &[(u32, u32)] = &[(1280, 720), (640, 360)];
@@ -63,26 +60,6 @@ const LOGIN: &str = "Room system";
 // ---------------------------------------------------------------------------------
 // /proc
 
-/// Every live thread of `pid`: tid -> (name, utime + stime).
-fn thread_ticks(pid: i32) -> HashMap<u32, (String, u64)> {
-    let dir = format!("/proc/{pid}/task");
-    let mut out = HashMap::new();
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
-        let Ok(entry) = entry else { continue };
-        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        let path = format!("{dir}/{tid}/stat");
-        // A thread that ended since read_dir: its time is in the process's total.
-        let Ok(stat) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let (name, (u, s)) = stat_fields(&stat, &path);
-        out.insert(tid, (name, u + s));
-    }
-    out
-}
-
 /// Busy clock ticks of the whole machine (every CPU), from the `cpu` line of /proc/stat.
 fn machine_busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
@@ -98,12 +75,6 @@ fn machine_busy_ticks() -> u64 {
     // user nice system idle iowait irq softirq steal (guest is inside user).
     assert!(f.len() >= 8, "/proc/stat: short cpu line {line:?}");
     f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 struct Snapshot {
@@ -398,92 +369,6 @@ fn pattern_alone(pipeline: &str, encoder: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------
-// One WebRTC player of the device's stream
-
-/// What the player received.
-#[derive(Default)]
-struct Counts {
-    video_bytes: AtomicU64,
-    video_packets: AtomicU64,
-    /// RTP packets with the marker bit: pictures.
-    video_frames: AtomicU64,
-    audio_packets: AtomicU64,
-    /// Stream stopped/failed, socket ended.
-    incidents: Arc<AtomicU64>,
-}
-
-impl Counts {
-    fn get(&self) -> [u64; 4] {
-        [
-            self.video_bytes.load(Ordering::Relaxed),
-            self.video_packets.load(Ordering::Relaxed),
-            self.video_frames.load(Ordering::Relaxed),
-            self.audio_packets.load(Ordering::Relaxed),
-        ]
-    }
-}
-
-struct Player {
-    stop: watch::Sender<bool>,
-    counts: Arc<Counts>,
-    media: JoinHandle<RtcClient>,
-    session: JoinHandle<()>,
-}
-
-async fn start_player(addr: SocketAddr) -> Player {
-    let (ws, mut pc) = support::play(addr, "viewer", ROOM, &format!("{ROOM}-{LOGIN}")).await;
-    let (stop_tx, stop) = watch::channel(false);
-    let counts = Arc::new(Counts::default());
-    let media = {
-        let (counts, mut stop) = (counts.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let m = tokio::select! {
-                    _ = stop.changed() => break,
-                    m = pc.next_media(Duration::from_secs(1)) => m,
-                };
-                match m {
-                    Some(Media::Rtp { kind, packet }) if kind == VIDEO => {
-                        let len = packet.payload.len() as u64;
-                        counts.video_bytes.fetch_add(len, Ordering::Relaxed);
-                        counts.video_packets.fetch_add(1, Ordering::Relaxed);
-                        if packet.header.marker {
-                            counts.video_frames.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Some(Media::Rtp { .. }) => {
-                        counts.audio_packets.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Media::Ended { .. }) => {
-                        counts.incidents.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-            }
-            pc
-        })
-    };
-    // The signalling session: pongs, and stream status changes counted as incidents.
-    let session = ws.keep_alive(stop, Arc::clone(&counts.incidents));
-    Player {
-        stop: stop_tx,
-        counts,
-        media,
-        session,
-    }
-}
-
-impl Player {
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        if let Ok(Ok(pc)) = tokio::time::timeout(STEP, self.media).await {
-            pc.close().await;
-        }
-        let _ = tokio::time::timeout(STEP, self.session).await;
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // Runs
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -537,7 +422,9 @@ async fn run(kind: Kind, size: (u32, u32), pipelines: &mut Pipelines, ticks: f64
                 );
             }
             let player = if kind == Kind::HuddlePlayer {
-                Some(start_player(h.http).await)
+                Some(
+                    support::start_player(h.http, "viewer", ROOM, &format!("{ROOM}-{LOGIN}")).await,
+                )
             } else {
                 None
             };

@@ -1,12 +1,17 @@
-//! What the benchmarks (`benches/sfu.rs`, `benches/device.rs`) share: `/proc`
-//! readings, the `huddle` child process, a Room API client over WebSocket, a WebRTC
-//! player, the machine's description and the marked sections of
+//! What the benchmarks (`benches/sfu.rs`, `benches/device.rs`, `benches/rtmp.rs`)
+//! share: `/proc` readings (per process and per thread), the `huddle` child process,
+//! a Room API client over WebSocket, a WebRTC player (and one that counts what it
+//! receives), the machine's description and the marked sections of
 //! `docs/benchmarks.md`.
 //!
 //! Each bench includes it with `mod support;` (a folder with a `mod.rs`, so Cargo
 //! does not take it for a bench target of its own); it expects the bench to include
 //! `tests/common/webrtc_client.rs` as `webrtc_client` at its root.
 
+// Each bench uses a part of it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::webrtc_client::{h264, opus, stream_request, RtcClient};
+use crate::webrtc_client::{h264, opus, stream_request, Media, RtcClient};
 
 /// Any one start-up, signalling or connection step.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -62,16 +67,48 @@ pub fn process_ticks(pid: &str) -> (u64, u64) {
     stat_fields(&stat, &path).1
 }
 
+/// Every live thread of `pid`: tid -> (name, utime + stime).
+pub fn thread_ticks(pid: i32) -> HashMap<u32, (String, u64)> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let Ok(entry) = entry else { continue };
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = format!("{dir}/{tid}/stat");
+        // A thread that ended since read_dir: its time is in the process's total.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let (name, (u, s)) = stat_fields(&stat, &path);
+        out.insert(tid, (name, u + s));
+    }
+    out
+}
+
+/// The load average (1, 5, 15 min).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// VmRSS of `pid`, KiB.
 pub fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A KiB field of `/proc/PID/status` (`VmRSS`, `RssAnon`, ...).
+pub fn status_kib(pid: i32, field: &str) -> u64 {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{path}: no VmRSS"))
+        .unwrap_or_else(|| panic!("{path}: no {field}"))
 }
 
 pub fn clock_ticks_per_sec() -> f64 {
@@ -141,7 +178,6 @@ pub fn spawn(
 
 impl Proc {
     /// Still running? Panics with its stderr if not.
-    #[allow(dead_code)] // the device bench's
     pub fn check_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             let log = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
@@ -453,6 +489,95 @@ pub async fn play(addr: SocketAddr, login: &str, room: &str, stream: &str) -> (W
     ws.wait_status(&msid, "PLAYING").await;
     pc.wait_connected(STEP).await;
     (ws, pc)
+}
+
+// ---------------------------------------------------------------------------------
+// A WebRTC player that counts what it receives
+
+/// What the player received.
+#[derive(Default)]
+pub struct Counts {
+    pub video_bytes: AtomicU64,
+    pub video_packets: AtomicU64,
+    /// RTP packets with the marker bit: pictures.
+    pub video_frames: AtomicU64,
+    pub audio_packets: AtomicU64,
+    /// Stream stopped/failed, socket ended.
+    pub incidents: Arc<AtomicU64>,
+}
+
+impl Counts {
+    /// Video bytes, video packets, pictures, audio packets.
+    pub fn get(&self) -> [u64; 4] {
+        [
+            self.video_bytes.load(Ordering::Relaxed),
+            self.video_packets.load(Ordering::Relaxed),
+            self.video_frames.load(Ordering::Relaxed),
+            self.audio_packets.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// A playing [`play`]er whose media a task counts until [`Player::stop`].
+pub struct Player {
+    stop: watch::Sender<bool>,
+    pub counts: Arc<Counts>,
+    media: JoinHandle<RtcClient>,
+    session: JoinHandle<()>,
+}
+
+/// [`play`]s `stream` in `room` as `login` and counts what arrives.
+pub async fn start_player(addr: SocketAddr, login: &str, room: &str, stream: &str) -> Player {
+    let (ws, mut pc) = play(addr, login, room, stream).await;
+    let (stop_tx, stop) = watch::channel(false);
+    let counts = Arc::new(Counts::default());
+    let media = {
+        let (counts, mut stop) = (counts.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    _ = stop.changed() => break,
+                    m = pc.next_media(Duration::from_secs(1)) => m,
+                };
+                match m {
+                    Some(Media::Rtp { kind, packet }) if kind == VIDEO => {
+                        let len = packet.payload.len() as u64;
+                        counts.video_bytes.fetch_add(len, Ordering::Relaxed);
+                        counts.video_packets.fetch_add(1, Ordering::Relaxed);
+                        if packet.header.marker {
+                            counts.video_frames.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(Media::Rtp { .. }) => {
+                        counts.audio_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Media::Ended { .. }) => {
+                        counts.incidents.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+            pc
+        })
+    };
+    // The signalling session: pongs, and stream status changes counted as incidents.
+    let session = ws.keep_alive(stop, Arc::clone(&counts.incidents));
+    Player {
+        stop: stop_tx,
+        counts,
+        media,
+        session,
+    }
+}
+
+impl Player {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Ok(Ok(pc)) = tokio::time::timeout(STEP, self.media).await {
+            pc.close().await;
+        }
+        let _ = tokio::time::timeout(STEP, self.session).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------
