@@ -41,6 +41,34 @@ pub fn plain_name(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
+/// A regular file with a valid sidecar as listed.
+fn listed(path: &Path, name: &str, metadata: &std::fs::Metadata, live: &Live) -> Option<Listed> {
+    if !metadata.file_type().is_file() {
+        return None;
+    }
+    let meta = catalog::load::<RecordMeta>(&catalog::sidecar(path)).ok()?;
+    if meta.name != name {
+        return None;
+    }
+    let in_progress = meta.ended.is_none() && live.contains(name);
+    Some(Listed {
+        meta,
+        size: metadata.len(),
+        modified: metadata.modified().ok(),
+        in_progress,
+    })
+}
+
+/// The record `name` of `dir` if `scan` lists it (without reading the whole directory).
+pub fn find(dir: &Path, name: &str, live: &Live) -> Option<Listed> {
+    if !name.ends_with(".mp4") || !plain_name(name) {
+        return None;
+    }
+    let path = dir.join(name);
+    let metadata = std::fs::symlink_metadata(&path).ok()?;
+    listed(&path, name, &metadata, live)
+}
+
 /// The records of `dir`, newest first (by `started`, then by name). A directory that does
 /// not exist (nothing recorded yet) holds none.
 pub fn scan(dir: &Path, live: &Live) -> io::Result<Vec<Listed>> {
@@ -62,23 +90,9 @@ pub fn scan(dir: &Path, live: &Live) -> io::Result<Vec<Listed>> {
         let Ok(metadata) = entry.metadata() else {
             continue;
         };
-        if !metadata.file_type().is_file() {
-            continue;
+        if let Some(listed) = listed(&entry.path(), &name, &metadata, live) {
+            out.push(listed);
         }
-        let path = entry.path();
-        let Ok(meta) = catalog::load::<RecordMeta>(&catalog::sidecar(&path)) else {
-            continue;
-        };
-        if meta.name != name {
-            continue;
-        }
-        let in_progress = meta.ended.is_none() && live.contains(&name);
-        out.push(Listed {
-            meta,
-            size: metadata.len(),
-            modified: metadata.modified().ok(),
-            in_progress,
-        });
     }
     out.sort_by(|a, b| {
         b.meta

@@ -152,11 +152,9 @@ fn held_by_rooms(dir: &Path) -> HashSet<String> {
                 held.extend(m.streams.into_iter().map(|s| s.file));
             }
             Ok(_) => {}
-            Err(e) => {
-                // An unreadable manifest may hold anything: keep every record then.
-                warn!("records: {}: {e}; retention skipped", path.display());
-                held.insert(String::from("*"));
-            }
+            // Manifests are replaced whole (`catalog::store`), never seen half-written:
+            // one that does not parse cannot be mixed either, so it holds nothing.
+            Err(e) => warn!("records: {}: not a room manifest: {e}", path.display()),
         }
     }
     held
@@ -165,7 +163,6 @@ fn held_by_rooms(dir: &Path) -> HashSet<String> {
 /// The entries of the records directory now.
 pub fn entries(dir: &Path, live: &Live) -> std::io::Result<Vec<Entry>> {
     let held = held_by_rooms(dir);
-    let all_held = held.contains("*");
     Ok(listing::scan(dir, live)?
         .into_iter()
         .map(|l| Entry {
@@ -174,7 +171,7 @@ pub fn entries(dir: &Path, live: &Live) -> std::io::Result<Vec<Entry>> {
                 None => l.modified,
             },
             live: live.contains(l.name()),
-            held: all_held || held.contains(l.name()),
+            held: held.contains(l.name()),
             size: l.size,
             name: l.meta.name,
         })

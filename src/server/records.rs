@@ -127,25 +127,27 @@ fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "Not found\n")
 }
 
-/// Who may read which records, or the 401.
-fn reader(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<Reader, Response> {
+/// Who may read which records, or the 401 (boxed: a refusal is the rare path).
+fn reader(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<Reader, Box<Response>> {
     let token = token(headers, uri);
     shared.authority.reader(token.as_deref()).map_err(|why| {
         debug!("records: request refused: {why}");
-        (
-            StatusCode::UNAUTHORIZED,
-            [
-                (header::CACHE_CONTROL, "no-store"),
-                (header::WWW_AUTHENTICATE, "Bearer"),
-            ],
-            format!("Restricted access: {why}\n"),
+        Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::CACHE_CONTROL, "no-store"),
+                    (header::WWW_AUTHENTICATE, "Bearer"),
+                ],
+                format!("Restricted access: {why}\n"),
+            )
+                .into_response(),
         )
-            .into_response()
     })
 }
 
-/// The records `reader` may see, newest first.
-async fn visible(shared: &Shared, reader: &Reader) -> Result<Vec<Listed>, Response> {
+/// The records `reader` may see, newest first; on failure the 500.
+async fn visible(shared: &Shared, reader: &Reader) -> Result<Vec<Listed>, Box<Response>> {
     let dir = shared.config.records.dir.clone();
     let live = shared.live.clone();
     let scan = tokio::task::spawn_blocking(move || listing::scan(&dir, &live)).await;
@@ -159,12 +161,15 @@ async fn visible(shared: &Shared, reader: &Reader) -> Result<Vec<Listed>, Respon
                 "records: cannot read {}: {e}",
                 shared.config.records.dir.display()
             );
-            Err(text(
+            Err(Box::new(text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Cannot read the records directory\n",
-            ))
+            )))
         }
-        Err(_) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, "Internal error\n")),
+        Err(_) => Err(Box::new(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error\n",
+        ))),
     }
 }
 
@@ -186,11 +191,11 @@ fn wants_json(headers: &HeaderMap) -> bool {
 pub(crate) async fn list(State(shared): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
     let reader = match reader(&shared, &headers, &uri) {
         Ok(r) => r,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let records = match visible(&shared, &reader).await {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let vary = [
         (header::CACHE_CONTROL, "no-store"),
@@ -268,11 +273,11 @@ fn page(records: &[Listed], link_suffix: &str) -> String {
             (false, None) if l.meta.ended.is_none() => "cut short".to_owned(),
             (false, None) => "–".to_owned(),
         };
-        let _ = write!(
+        let _ = writeln!(
             rows,
             "<tr><td><a href=\"{url}\">{name}</a></td><td>{room}</td><td>{what}</td>\
              <td>{started}</td><td>{length}</td><td class=\"n\">{size}</td>\
-             <td><a href=\"{url}\" download>Download</a></td></tr>\n",
+             <td><a href=\"{url}\" download>Download</a></td></tr>",
             name = html_escape(l.name()),
             room = html_escape(&l.meta.room),
             started = html_escape(&l.meta.started),
@@ -431,25 +436,20 @@ pub(crate) async fn download(
 ) -> Response {
     let reader = match reader(&shared, &headers, &uri) {
         Ok(r) => r,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
-    if !listing::plain_name(&name) || !name.ends_with(".mp4") {
-        return not_found();
-    }
-    let records = match visible(&shared, &reader).await {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    if !records.iter().any(|l| l.name() == name) {
-        return not_found();
-    }
     let dir = shared.config.records.dir.clone();
     let opened = {
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || open(&dir, &name)).await
+        let (name, live) = (name.clone(), shared.live.clone());
+        tokio::task::spawn_blocking(move || match listing::find(&dir, &name, &live) {
+            Some(listed) if reader.allows(&listed.meta.room) => open(&dir, &name).map(Some),
+            _ => Ok(None),
+        })
+        .await
     };
     let (file, len) = match opened {
-        Ok(Ok(opened)) => opened,
+        Ok(Ok(Some(opened))) => opened,
+        Ok(Ok(None)) => return not_found(),
         Ok(Err(e)) => {
             debug!("records: cannot open a listed record: {e}");
             return not_found();
