@@ -42,6 +42,24 @@ impl Rooms {
     }
 }
 
+/// What a reader of the records may see (`Authority::reader`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reader {
+    /// Open mode or an admin token.
+    All,
+    /// The records of these rooms.
+    Rooms(Rooms),
+}
+
+impl Reader {
+    pub fn allows(&self, room: &str) -> bool {
+        match self {
+            Reader::All => true,
+            Reader::Rooms(rooms) => rooms.allows(room),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -137,6 +155,23 @@ impl Authority {
             .filter(|t| !t.is_empty())
             .and_then(|t| self.verify(t).ok())
             .is_some_and(|c| c.admin)
+    }
+
+    /// Which records a request carrying this token may list and download: everything in
+    /// open mode and with an admin token, the records of its rooms with another valid
+    /// token; otherwise why not (never containing the token).
+    pub fn reader(&self, token: Option<&str>) -> Result<Reader, String> {
+        if self.mode == AuthMode::Open {
+            return Ok(Reader::All);
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err("a token is required".into());
+        };
+        let claims = self.verify(token)?;
+        Ok(match claims.admin {
+            true => Reader::All,
+            false => Reader::Rooms(claims.rooms),
+        })
     }
 
     /// The claims of a valid token, or why it is not valid. Only the keys of the
@@ -414,6 +449,40 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn record_readers_see_their_rooms_or_all() {
+        let a = authority();
+        let exp = now_unix() + 60;
+        let room = token(
+            "alice",
+            Rooms::List(vec!["daily".into()]),
+            false,
+            exp,
+            "s3cret",
+        );
+        let reader = a.reader(Some(&room)).unwrap();
+        assert!(reader.allows("daily") && !reader.allows("other"));
+        let admin = mint(
+            &Claims {
+                sub: "ops".into(),
+                rooms: Rooms::List(vec![]),
+                publish: false,
+                exp,
+                admin: true,
+            },
+            "s3cret",
+            None,
+        )
+        .unwrap();
+        assert_eq!(a.reader(Some(&admin)), Ok(Reader::All));
+        assert!(a.reader(None).is_err());
+        assert!(a.reader(Some("")).is_err());
+        let expired = token("alice", Rooms::Any("*".into()), true, exp - 7200, "s3cret");
+        assert!(a.reader(Some(&expired)).unwrap_err().contains("expired"));
+        let open = Authority::new(&Auth::default()).unwrap();
+        assert_eq!(open.reader(None), Ok(Reader::All));
     }
 
     #[test]

@@ -3,5 +3,14 @@
 //! the offline mix of a finalized room, and the catalog the HTTP listing reads.
 //!
 //! - `catalog`: file names, sidecars (`RecordMeta`) and room manifests (`RoomManifest`).
+//! - `live`: the names of the record files being written now (`Live`, shared with the
+//!   recorder, the HTTP listing and retention).
+//! - `listing`: the records of the directory (regular `*.mp4` files with a valid sidecar),
+//!   newest first, as `GET /client/records` lists them.
+//! - `retention`: `[records] max_age_days` / `max_total_mb`: the plan (pure) and the task
+//!   that deletes finished records.
 
 pub mod catalog;
+pub mod listing;
+pub mod live;
+pub mod retention;

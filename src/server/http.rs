@@ -1,5 +1,6 @@
 //! HTTP routes: the WebSocket upgrade (on any path, as the Flashphoner SDK connects
-//! to the root), the device's page and `/health`.
+//! to the root), the device's page, `/health` and the records (`/client/records`, see
+//! `records`).
 //!
 //! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
 //! page on some other site a LAN user visits must not drive the device's rooms.
@@ -15,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use log::info;
 
-use super::{session, Shared};
+use super::{records, session, Shared};
 use crate::logging::escaped;
 
 /// Every route, for plain HTTP and HTTPS alike.
@@ -26,6 +27,11 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/app.js", get(asset))
         .route("/room-api.js", get(asset))
         .route("/style.css", get(asset))
+        .route(records::PREFIX, get(records::list))
+        .route(
+            &format!("{}/{{name}}", records::PREFIX),
+            get(records::download),
+        )
         .fallback(get(other_path))
         .with_state(shared)
 }

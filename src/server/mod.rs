@@ -8,6 +8,7 @@
 mod driver;
 mod http;
 mod listener;
+mod records;
 mod rtmp_edge;
 mod rtmp_push;
 mod session;
@@ -82,6 +83,8 @@ pub(crate) struct Shared {
     pub admission: Arc<listener::Admission>,
     /// Which web pages may open the signalling WebSocket.
     pub origins: Arc<http::OriginPolicy>,
+    /// The record files being written now.
+    pub live: Arc<crate::record::live::Live>,
 }
 
 /// A running service.
@@ -96,6 +99,10 @@ pub struct Server {
     rtmp: Option<JoinHandle<()>>,
     /// `[[rtmp.push]]`.
     pushes: Option<rtmp_push::Pushes>,
+    /// The record files being written now (filled by the recorder).
+    live_records: Arc<crate::record::live::Live>,
+    /// The retention task, when `[records] max_age_days` or `max_total_mb` is set.
+    retention: Option<JoinHandle<()>>,
     certificate: Option<Arc<tls::DeviceCert>>,
     media_port: u16,
     media_peers: Arc<AtomicUsize>,
@@ -245,7 +252,15 @@ impl Server {
             info!("listening on rtmp://{bound}/<room>/<login> (RTMP publishers)");
             rtmp_addr = Some(bound);
         }
+        let live_records = Arc::new(crate::record::live::Live::new());
+        let retention = crate::record::retention::spawn(
+            config.records.dir.clone(),
+            live_records.clone(),
+            config.records.max_age_days,
+            config.records.max_total_mb,
+        );
         let shared = Shared {
+            live: live_records.clone(),
             admission: admission.clone(),
             origins,
             config: Arc::new(config),
@@ -290,6 +305,8 @@ impl Server {
             rtmp_addr,
             rtmp: rtmp_task,
             pushes: Some(pushes),
+            live_records,
+            retention,
             certificate,
             media_port,
             media_peers: shared_peers,
@@ -321,6 +338,13 @@ impl Server {
     /// The RTMP address, if `[rtmp] enabled`.
     pub fn rtmp_addr(&self) -> Option<SocketAddr> {
         self.rtmp_addr
+    }
+
+    /// The names of the record files being written now: the recorder inserts a file when
+    /// it opens it and removes it when it is finalized; the records listing and retention
+    /// read it.
+    pub fn live_records(&self) -> Arc<crate::record::live::Live> {
+        self.live_records.clone()
     }
 
     /// Re-reads the certificate files (SIGHUP); sessions are not touched.
@@ -400,6 +424,9 @@ impl Server {
         // No new RTMP connections; running publishers leave when the core stops.
         if let Some(rtmp) = self.rtmp.take() {
             rtmp.abort();
+        }
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
         }
         let _ = self.to_core.send(ToCore::Shutdown).await;
         if let Err(e) = self.driver.await {
