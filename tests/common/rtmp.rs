@@ -153,11 +153,17 @@ pub fn video(stream_id: u32, data: &[u8]) -> Vec<u8> {
     chunks(message, stream_id)
 }
 
-/// An AMF0 data message of one string of `len` bytes on `stream_id`.
+/// An AMF0 data message on `stream_id` of strings of `len` bytes in all (60 000 at
+/// the most each: AMF0 strings are shorter than 64 KiB); each string adds 3 bytes.
 pub fn amf_data(stream_id: u32, len: usize) -> Vec<u8> {
-    let message = RtmpMessage::Amf0Data {
-        values: vec![Amf0Value::Utf8String("x".repeat(len))],
-    };
+    let mut values = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(60_000);
+        values.push(Amf0Value::Utf8String("x".repeat(n)));
+        left -= n;
+    }
+    let message = RtmpMessage::Amf0Data { values };
     chunks(message, stream_id)
 }
 
