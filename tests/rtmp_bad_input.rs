@@ -9,23 +9,25 @@
 //! left behind.
 
 mod common;
+#[path = "common/room_media.rs"]
+mod room_media;
 #[path = "common/webrtc_client.rs"]
 mod webrtc_client;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rml_rtmp::rml_amf0::Amf0Value;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::json;
 
 use common::rtmp::{
-    amf_data, bad_client, capture_logs, command, connect, events_until, ffmpeg, play, publish,
-    publishing, sent_text, set_chunk_size, video,
+    amf_data, bad_client, capture_logs, command, connect, events_until, ffmpeg, huge_command,
+    interleaved_chunks, play, publish, publishing, sent_text, set_chunk_size, video,
 };
 use common::*;
-use huddle::auth::{mint, Claims, Rooms};
+use huddle::auth::Rooms;
 use huddle::server::Server;
+use room_media::*;
 use webrtc_client::*;
 
 const SECRET: &str = "rtmp bad input test secret";
@@ -41,18 +43,7 @@ const IDLE_MS: u64 = 1500;
 
 /// A token for `sub`: every room, publishing allowed.
 fn token(sub: &str) -> String {
-    mint(
-        &Claims {
-            sub: sub.into(),
-            rooms: Rooms::Any("*".into()),
-            publish: true,
-            exp: huddle::auth::now_unix() + 3600,
-            admin: false,
-        },
-        SECRET,
-        None,
-    )
-    .expect("mint")
+    common::token(SECRET, sub, Rooms::Any("*".into()), true)
 }
 
 /// A WebSocket session of `login` with its token.
@@ -292,16 +283,7 @@ fn cases() -> Vec<Case> {
         case(
             "a huge AMF command",
             true,
-            vec![
-                connect(BAD_ROOM),
-                command(
-                    "releaseStream",
-                    0,
-                    (0..5)
-                        .map(|_| Amf0Value::Utf8String("x".repeat(14_000)))
-                        .collect(),
-                ),
-            ],
+            vec![connect(BAD_ROOM), huge_command()],
             "exceeds the limit of 65536",
         ),
         case(
@@ -329,14 +311,7 @@ fn cases() -> Vec<Case> {
         case(
             "interleaved chunk streams (rml_rtmp panics on them)",
             true,
-            {
-                let mut v = vec![0x04, 0, 0, 0, 0x00, 0x03, 0xe8, 18, 0, 0, 0, 0];
-                v.extend([0u8; 128]);
-                v.push(0xc4);
-                v.extend([0u8; 128]);
-                v.extend([0x05, 0, 0, 0, 0, 0, 1, 18, 0, 0, 0, 0, 5]);
-                vec![v]
-            },
+            vec![interleaved_chunks()],
             "interleaved chunk streams are not supported",
         ),
         Case {
@@ -502,6 +477,51 @@ fn cases() -> Vec<Case> {
             publishing(BAD_ROOM, &with_token(&"k".repeat(300)), vec![]),
             "refused publish: Login is too long",
         ),
+        Case {
+            status: Some("NetStream.Play.Failed"),
+            ..case(
+                "a play under a login already in the room",
+                true,
+                vec![
+                    connect(MEDIA_ROOM),
+                    command("createStream", 0, vec![]),
+                    play(&live_stream("w-bob")),
+                ],
+                "refused play: Room already has user with such login",
+            )
+        },
+        Case {
+            status: Some("does not allow publishing"),
+            ..case(
+                "a publish with a token that does not allow publishing",
+                true,
+                publishing(
+                    BAD_ROOM,
+                    &format!(
+                        "nora?token={}",
+                        common::token(SECRET, "nora", Rooms::Any("*".into()), false)
+                    ),
+                    vec![],
+                ),
+                "refused publish: Restricted access: the token does not allow publishing",
+            )
+        },
+        Case {
+            status: Some("NetStream.Publish.Rejected"),
+            ..case(
+                "a publish with a token for another room",
+                true,
+                publishing(
+                    BAD_ROOM,
+                    &format!(
+                        "olga?token={}",
+                        common::token(SECRET, "olga", Rooms::List(vec![STAGE.into()]), true)
+                    ),
+                    vec![],
+                ),
+                "refused publish: Restricted access: the token does not allow room",
+            )
+        },
         Case {
             status: Some("NetStream.Publish.BadName"),
             ..case(

@@ -194,30 +194,12 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
         ),
         (
             true,
-            vec![
-                connect("room"),
-                command(
-                    "releaseStream",
-                    0,
-                    (0..5)
-                        .map(|_| Amf0Value::Utf8String("x".repeat(14_000)))
-                        .collect(),
-                ),
-            ],
+            vec![connect("room"), huge_command()],
             "message of 70041 bytes on chunk stream 6 exceeds the limit of 65536",
         ),
         (
             true,
-            {
-                // A message on chunk stream 5 while one on 4 is mid-way (rml_rtmp 0.8
-                // panics on this; the chunk scanner refuses it first).
-                let mut v = vec![0x04, 0, 0, 0, 0x00, 0x03, 0xe8, 18, 0, 0, 0, 0];
-                v.extend([0u8; 128]);
-                v.push(0xc4);
-                v.extend([0u8; 128]);
-                v.extend([0x05, 0, 0, 0, 0, 0, 1, 18, 0, 0, 0, 0, 5]);
-                vec![v]
-            },
+            vec![interleaved_chunks()],
             "interleaved chunk streams are not supported",
         ),
         (

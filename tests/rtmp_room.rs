@@ -5,6 +5,8 @@
 //! Everything on 127.0.0.1 (the server's `[rtmp] listen` is 127.0.0.1:0).
 
 mod common;
+#[path = "common/room_media.rs"]
+mod room_media;
 #[path = "common/webrtc_client.rs"]
 mod webrtc_client;
 
@@ -16,8 +18,9 @@ use serde_json::{json, Value};
 
 use common::rtmp::{events_until, ffmpeg, finish};
 use common::*;
-use huddle::auth::{mint, Claims, Rooms};
+use huddle::auth::Rooms;
 use huddle::device::h264::{self, nal};
+use room_media::*;
 use webrtc_client::*;
 
 const SECRET: &str = "rtmp room test secret";
@@ -145,20 +148,7 @@ async fn token_mode_refuses_an_rtmp_publish_without_a_token() {
     })
     .await;
     let rtmp = server.rtmp_addr().expect("[rtmp] is on in tests");
-    let token = |sub: &str| {
-        mint(
-            &Claims {
-                sub: sub.into(),
-                rooms: Rooms::List(vec![room.into()]),
-                publish: true,
-                exp: huddle::auth::now_unix() + 3600,
-                admin: false,
-            },
-            SECRET,
-            None,
-        )
-        .expect("mint")
-    };
+    let token = |sub: &str| token(SECRET, sub, Rooms::List(vec![room.into()]), true);
     let mut alice = Client::open(server.local_addr(), "alice").await;
     let mut frame = connection_frame(Some("alice"));
     frame["data"][0]["custom"]["token"] = json!(token("alice"));
@@ -421,20 +411,8 @@ async fn rtmp_players_of_vp8_streams_and_without_tokens_are_refused() {
     })
     .await;
     let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
-    let token = |sub: &str, publish: bool| {
-        mint(
-            &Claims {
-                sub: sub.into(),
-                rooms: Rooms::List(vec![room.into()]),
-                publish,
-                exp: huddle::auth::now_unix() + 3600,
-                admin: false,
-            },
-            SECRET,
-            None,
-        )
-        .expect("mint")
-    };
+    let token =
+        |sub: &str, publish: bool| token(SECRET, sub, Rooms::List(vec![room.into()]), publish);
     let mut alice = Client::open(server.local_addr(), "alice").await;
     let mut frame = connection_frame(Some("alice"));
     frame["data"][0]["custom"]["token"] = json!(token("alice", true));

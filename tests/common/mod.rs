@@ -512,3 +512,19 @@ impl Healthy {
         self.b.sync().await;
     }
 }
+
+/// An HS256 token of `sub` for `rooms` (`publish` rights), valid for an hour.
+pub fn token(secret: &str, sub: &str, rooms: huddle::auth::Rooms, publish: bool) -> String {
+    huddle::auth::mint(
+        &huddle::auth::Claims {
+            sub: sub.into(),
+            rooms,
+            publish,
+            exp: huddle::auth::now_unix() + 3600,
+            admin: false,
+        },
+        secret,
+        None,
+    )
+    .expect("mint")
+}

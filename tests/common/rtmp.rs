@@ -25,14 +25,14 @@ use tokio::time::timeout;
 
 use super::Client;
 
-/// Log lines (Info and above) of this test process.
+/// Log lines of Huddle in this test process.
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 struct Capture;
 
 impl log::Log for Capture {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Info
+        m.level() <= log::max_level()
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) && r.target().starts_with("huddle") {
@@ -44,9 +44,26 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
-/// Installs the capture as this process's logger (once; later calls do nothing).
+/// Installs the capture of Info lines and above as this process's logger (once; later
+/// calls do nothing).
 pub fn capture_logs() {
-    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    capture_logs_at(log::LevelFilter::Info);
+}
+
+/// Installs the capture of lines at `level` and above (once for the process).
+pub fn capture_logs_at(level: log::LevelFilter) {
+    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(level));
+}
+
+/// Every captured line containing `needle`.
+pub fn logged_all(needle: &str) -> Vec<String> {
+    LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
 }
 
 /// The first captured line containing `needle`.
@@ -165,6 +182,25 @@ pub fn amf_data(stream_id: u32, len: usize) -> Vec<u8> {
     }
     let message = RtmpMessage::Amf0Data { values };
     chunks(message, stream_id)
+}
+
+/// A `releaseStream` of 70 041 bytes of AMF (over the 64 KiB command limit).
+pub fn huge_command() -> Vec<u8> {
+    let args = (0..5)
+        .map(|_| Amf0Value::Utf8String("x".repeat(14_000)))
+        .collect();
+    command("releaseStream", 0, args)
+}
+
+/// A message on chunk stream 5 while one on 4 is mid-way (rml_rtmp 0.8 panics on
+/// this; the server's chunk scanner refuses it first).
+pub fn interleaved_chunks() -> Vec<u8> {
+    let mut v = vec![0x04, 0, 0, 0, 0x00, 0x03, 0xe8, 18, 0, 0, 0, 0];
+    v.extend([0u8; 128]);
+    v.push(0xc4);
+    v.extend([0u8; 128]);
+    v.extend([0x05, 0, 0, 0, 0, 0, 1, 18, 0, 0, 0, 0, 5]);
+    v
 }
 
 /// `publish` of `name` (the stream key, a query may follow) on stream id 1.
