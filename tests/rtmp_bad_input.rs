@@ -21,12 +21,15 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::json;
 
 use common::rtmp::{
-    amf_data, bad_client, capture_logs, command, connect, events_until, ffmpeg, huge_command,
-    interleaved_chunks, play, publish, publishing, sent_text, set_chunk_size, video,
+    amf_data, bad_client, capture_logs, chunks, command, connect, events_until, ffmpeg,
+    huge_command, interleaved_chunks, logged_all, play, publish, publishing, sent_text,
+    set_chunk_size, video,
 };
 use common::*;
 use huddle::auth::Rooms;
+use huddle::rtmp::server::MAX_CONFIG_CHANGES;
 use huddle::server::Server;
+use rml_rtmp::messages::RtmpMessage;
 use room_media::*;
 use webrtc_client::*;
 
@@ -248,6 +251,22 @@ fn truncated_amf() -> Vec<u8> {
 fn cases() -> Vec<Case> {
     let with_token = |login: &str| format!("{login}?token={}", token(login));
     let live_stream = |login: &str| format!("{MEDIA_ROOM}-w-alice?token={}", token(login));
+    // 44.1 kHz mono and 48 kHz stereo AAC-LC sequence headers, 1000 times each.
+    let aac_churn: Vec<u8> = (0..2000)
+        .flat_map(|i| {
+            let asc = if i % 2 == 0 {
+                [0x12, 0x08]
+            } else {
+                [0x11, 0x90]
+            };
+            chunks(
+                RtmpMessage::AudioData {
+                    data: vec![0xaf, 0, asc[0], asc[1]].into(),
+                },
+                1,
+            )
+        })
+        .collect();
     let flood: Vec<u8> = (0..40).flat_map(|_| amf_data(1, 60_000)).collect();
     vec![
         case(
@@ -341,13 +360,21 @@ fn cases() -> Vec<Case> {
             )
         },
         case(
+            "AAC sequence headers changing without end",
+            true,
+            publishing(BAD_ROOM, &with_token("zed"), vec![aac_churn]),
+            &format!(
+                "the audio configuration (sequence header) changed more than {MAX_CONFIG_CHANGES} times"
+            ),
+        ),
+        case(
             "audio for a stream id nobody publishes",
             true,
             vec![
                 connect(BAD_ROOM),
                 command("createStream", 0, vec![]),
-                common::rtmp::chunks(
-                    rml_rtmp::messages::RtmpMessage::AudioData {
+                chunks(
+                    RtmpMessage::AudioData {
                         data: vec![0xaf, 1, 0].into(),
                     },
                     1,
@@ -590,5 +617,11 @@ async fn every_bad_rtmp_client_is_closed_and_the_service_stays_healthy() {
         }
         world.check(c.name, c.visits_media_room).await;
     }
+    // Changing sequence headers were not a log line each.
+    let configs = logged_all("publisher \"zed\" in room \"bad\": AAC object type").len();
+    assert!(
+        (1..=MAX_CONFIG_CHANGES as usize + 1).contains(&configs),
+        "{configs} AAC configuration lines"
+    );
     world.stop().await;
 }
