@@ -359,6 +359,41 @@ fn cases() -> Vec<Case> {
                 "Enhanced RTMP video (hvc1) is not supported",
             )
         },
+        Case {
+            status: Some("configurationVersion"),
+            ..case(
+                "a malformed AVC sequence header",
+                true,
+                publishing(
+                    BAD_ROOM,
+                    &with_token("avc"),
+                    vec![video(1, &[0x17, 0, 0, 0, 0, 2, 0x42, 0xc0, 0x1f, 0xff, 0xe1])],
+                ),
+                "media refused: bad AVCDecoderConfigurationRecord",
+            )
+        },
+        Case {
+            status: Some("NetStream.Publish.Rejected"),
+            ..case(
+                "an H.264 frame whose NAL unit runs past its end",
+                true,
+                publishing(
+                    BAD_ROOM,
+                    &with_token("nal"),
+                    vec![
+                        video(
+                            1,
+                            &[
+                                0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1f, 0xff, 0xe1, 0, 4, 0x67,
+                                0x42, 0xc0, 0x1f, 1, 0, 2, 0x68, 0xce,
+                            ],
+                        ),
+                        video(1, &[0x17, 1, 0, 0, 0, 0, 0, 0, 50, 0x65, 1, 2]),
+                    ],
+                ),
+                "runs past the end of the access unit",
+            )
+        },
         case(
             "AAC sequence headers changing without end",
             true,
