@@ -1,12 +1,15 @@
 //! Bad RTMP input against the whole service (token mode, everything on 127.0.0.1):
 //! broken handshakes, junk after the handshake, chunk-size abuse, huge and malformed
-//! AMF, media for unknown stream ids, publish before connect, two publishes on one
-//! connection, a flood, a play of a missing stream, a bad URL and token refusals.
+//! AMF, interleaved chunk streams, unsupported or malformed media, sequence headers
+//! changing without end, media for unknown stream ids, publish before connect, two
+//! publishes (or a play and a publish) on one connection, a silent publisher, a flood,
+//! a play of a missing stream, logins already in the room, names too long, bad
+//! percent-encoding and token refusals.
 //! Each bad client is closed with the reason in the log (and, for refused requests, in
-//! an RTMP `onStatus`); after each one a healthy ffmpeg publish still reaches a room
-//! (a WebSocket member sees it PUBLISHED), a WebRTC player still receives a browser's
-//! H.264 and Opus through the SFU, a chat pair still chats, and no room member is
-//! left behind.
+//! an RTMP `onStatus`); after each one nobody it brought into a room stays, a healthy
+//! ffmpeg publish still reaches a room (a WebSocket member sees it PUBLISHED, then
+//! UNPUBLISHED and LEFT), a WebRTC player still receives a browser's H.264 and Opus
+//! through the SFU, and a chat pair still chats.
 
 mod common;
 #[path = "common/room_media.rs"]
