@@ -8,42 +8,12 @@ mod common;
 mod webrtc_client;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
-
-const HEALTHY_ROOM: &str = "healthy";
-
-struct Healthy {
-    a: Client,
-    b: Client,
-    rounds: u32,
-}
-
-impl Healthy {
-    async fn start(addr: SocketAddr) -> Healthy {
-        let mut a = Client::connect(addr, "h-alice").await;
-        a.join(HEALTHY_ROOM).await;
-        let mut b = Client::connect(addr, "h-bob").await;
-        assert_eq!(b.join(HEALTHY_ROOM).await, vec![json!("h-alice")]);
-        a.expect_event_in(HEALTHY_ROOM, "JOINED").await;
-        Healthy { a, b, rounds: 0 }
-    }
-
-    /// Both members still chat both ways and received nothing else meanwhile.
-    async fn check(&mut self, case: &str) {
-        self.rounds += 1;
-        let text = format!("still fine after {case} (#{})", self.rounds);
-        chat_ok(&mut self.a, &mut self.b, HEALTHY_ROOM, &text).await;
-        chat_ok(&mut self.b, &mut self.a, HEALTHY_ROOM, &text).await;
-        self.a.sync().await;
-        self.b.sync().await;
-    }
-}
 
 /// A frame that cannot be understood gets a `fail` naming the problem; the socket
 /// stays usable (it can still establish a session afterwards).

@@ -4,6 +4,8 @@
 //! room without a stream while everyone else is served.
 
 mod common;
+#[path = "common/room_media.rs"]
+mod room_media;
 #[path = "common/webrtc_client.rs"]
 mod webrtc_client;
 
@@ -14,42 +16,10 @@ use serde_json::json;
 
 use common::*;
 use huddle::device::h264::{self, nal};
+use room_media::*;
 use webrtc_client::*;
 
 const DEVICE: &str = "Room system";
-
-/// The answer, then PLAYING, for `msid` (PENDING skipped).
-async fn play(ws: &mut Client, pc: &mut RtcClient, room: &str, stream: &str) {
-    let offer = pc.create_offer().await;
-    ws.send_json(stream_request(
-        false,
-        "m-play",
-        stream,
-        room,
-        &offer,
-        (true, true),
-    ))
-    .await;
-    let mut answered = false;
-    loop {
-        let v = ws.recv().await;
-        match v["message"].as_str() {
-            Some("setRemoteSDP") => {
-                let sdp = v["data"][1].as_str().expect("answer text");
-                pc.apply_answer(sdp).await;
-                answered = true;
-            }
-            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
-            Some("notifyStreamStatusEvent") => {
-                assert_eq!(v["data"][0]["status"], "PLAYING", "{v}");
-                assert!(answered, "the answer comes before PLAYING");
-                break;
-            }
-            _ => panic!("unexpected frame while playing {stream}: {v}"),
-        }
-    }
-    pc.wait_connected(Duration::from_secs(5)).await;
-}
 
 #[tokio::test]
 async fn a_player_receives_the_devices_h264_and_opus() {
@@ -92,7 +62,7 @@ async fn a_player_receives_the_devices_h264_and_opus() {
         (RtpCodecKind::Video, h264(106)),
     ];
     let mut pc = RtcClient::player("alice-pc", &codecs).await;
-    play(&mut alice, &mut pc, room, &stream).await;
+    play_in_room(&mut alice, &mut pc, room, &stream).await;
     let (got, _) = pc
         .collect_rtp(
             &[RtpCodecKind::Video, RtpCodecKind::Audio],

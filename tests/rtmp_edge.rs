@@ -4,6 +4,8 @@
 //! AAC frames arrive with their config; every bad client is closed with the reason in
 //! the log while the publish goes on.
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -17,43 +19,12 @@ use huddle::rtmp::media::FlvVideoEgress;
 use huddle::rtmp::server::{
     self, FlvTag, Handler, PlayRequest, PublishRequest, PublisherEvent, Refusal, TagKind,
 };
-use rml_rtmp::chunk_io::ChunkSerializer;
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::rml_amf0::Amf0Value;
-use rml_rtmp::time::RtmpTimestamp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// Log lines of this test process.
-static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let line = format!("{} {}", r.level(), r.args());
-            eprintln!("{line}");
-            LINES.lock().unwrap().push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn logged(needle: &str) -> Option<String> {
-    LINES
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains(needle))
-        .cloned()
-}
+use common::rtmp::*;
 
 #[derive(Default)]
 struct TestHandler {
@@ -79,7 +50,7 @@ impl Handler for TestHandler {
 }
 
 async fn start() -> (SocketAddr, Arc<TestHandler>) {
-    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    capture_logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = config::Rtmp {
@@ -90,167 +61,6 @@ async fn start() -> (SocketAddr, Arc<TestHandler>) {
     let handler = Arc::new(TestHandler::default());
     tokio::spawn(server::serve(listener, config, handler.clone()));
     (addr, handler)
-}
-
-/// A client that completes the handshake.
-async fn handshaken(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut hs = Handshake::new(PeerType::Client);
-    let c0c1 = hs.generate_outbound_p0_and_p1().unwrap();
-    s.write_all(&c0c1).await.unwrap();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .expect("handshake answer")
-            .unwrap();
-        assert!(n > 0, "server closed during the handshake");
-        match hs.process_bytes(&buf[..n]).unwrap() {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                s.write_all(&response_bytes).await.unwrap()
-            }
-            HandshakeProcessResult::Completed { response_bytes, .. } => {
-                s.write_all(&response_bytes).await.unwrap();
-                return s;
-            }
-        }
-    }
-}
-
-/// Reads until the server closes (or fails after `secs`).
-async fn closed_within(s: &mut TcpStream, secs: u64) -> Vec<u8> {
-    let mut received = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, s.read(&mut buf)).await {
-            Err(_) => panic!("not closed within {secs} s"),
-            Ok(Ok(0)) | Ok(Err(_)) => return received,
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Waits for a log line about `port` containing `reason`.
-async fn logged_close(port: u16, reason: &str) -> String {
-    let peer = format!("127.0.0.1:{port}");
-    for _ in 0..50 {
-        let found = LINES
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(&peer) && l.contains("closed") && l.contains(reason))
-            .cloned();
-        if let Some(line) = found {
-            return line;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no close of {peer} logged with {reason:?}");
-}
-
-fn set_chunk_size(size: u32) -> Vec<u8> {
-    // fmt 0, csid 2, timestamp 0, length 4, type 1 (SetChunkSize), stream 0.
-    let mut v = vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0];
-    v.extend_from_slice(&size.to_be_bytes());
-    v
-}
-
-fn command(name: &str, stream_id: u32, args: Vec<Amf0Value>) -> Vec<u8> {
-    let message = RtmpMessage::Amf0Command {
-        command_name: name.into(),
-        transaction_id: 2.0,
-        command_object: Amf0Value::Null,
-        additional_arguments: args,
-    };
-    let payload = message
-        .into_message_payload(RtmpTimestamp::new(0), stream_id)
-        .unwrap();
-    ChunkSerializer::new()
-        .serialize(&payload, true, false)
-        .unwrap()
-        .bytes
-}
-
-fn video(stream_id: u32, data: &[u8]) -> Vec<u8> {
-    let payload = RtmpMessage::VideoData {
-        data: data.to_vec().into(),
-    }
-    .into_message_payload(RtmpTimestamp::new(0), stream_id)
-    .unwrap();
-    ChunkSerializer::new()
-        .serialize(&payload, true, false)
-        .unwrap()
-        .bytes
-}
-
-fn publish(name: &str) -> Vec<u8> {
-    command(
-        "publish",
-        1,
-        vec![
-            Amf0Value::Utf8String(name.into()),
-            Amf0Value::Utf8String("live".into()),
-        ],
-    )
-}
-
-/// connect, createStream, publish `name`, then `then`.
-fn publishing(name: &str, then: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    let mut steps = vec![
-        connect("room"),
-        command("createStream", 0, vec![]),
-        publish(name),
-    ];
-    steps.extend(then);
-    steps
-}
-
-fn connect(app: &str) -> Vec<u8> {
-    let mut props = std::collections::HashMap::new();
-    props.insert("app".to_string(), Amf0Value::Utf8String(app.into()));
-    let message = RtmpMessage::Amf0Command {
-        command_name: "connect".into(),
-        transaction_id: 1.0,
-        command_object: Amf0Value::Object(props),
-        additional_arguments: vec![],
-    };
-    let payload = message
-        .into_message_payload(RtmpTimestamp::new(0), 0)
-        .unwrap();
-    ChunkSerializer::new()
-        .serialize(&payload, true, false)
-        .unwrap()
-        .bytes
-}
-
-/// Runs one bad client: what it sends after the handshake (or instead of it), and the
-/// reason the log must name.
-/// Steps are sent 300 ms apart (rml_rtmp handles a command only once `connect` was
-/// answered, as real clients wait for it).
-async fn bad_client(
-    addr: SocketAddr,
-    handshake: bool,
-    steps: Vec<Vec<u8>>,
-    reason: &str,
-) -> (String, Vec<u8>) {
-    let mut s = if handshake {
-        handshaken(addr).await
-    } else {
-        TcpStream::connect(addr).await.unwrap()
-    };
-    let port = s.local_addr().unwrap().port();
-    for (i, step) in steps.iter().enumerate() {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        if s.write_all(step).await.is_err() {
-            break;
-        }
-    }
-    let received = closed_within(&mut s, 5).await;
-    (logged_close(port, reason).await, received)
 }
 
 /// Rebuilds Annex-B access units from RTP (STAP-A, FU-A, single units).
@@ -355,22 +165,26 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
         (true, connect_then_mallory, "mallory may not publish"),
         (
             true,
-            publishing("bob", vec![video(1, &[0x24, 0, 1, 2])]),
+            publishing("room", "bob", vec![video(1, &[0x24, 0, 1, 2])]),
             "media refused: video codec On2 VP6 (FLV codec id 4) is not supported",
         ),
         (
             true,
-            publishing("eve", vec![video(1, &[0x90, b'h', b'v', b'c', b'1', 0])]),
+            publishing(
+                "room",
+                "eve",
+                vec![video(1, &[0x90, b'h', b'v', b'c', b'1', 0])],
+            ),
             "Enhanced RTMP video (hvc1) is not supported",
         ),
         (
             true,
-            publishing("carol", vec![publish("carol2")]),
+            publishing("room", "carol", vec![publish("carol2")]),
             "a second publish or play on one connection",
         ),
         (
             true,
-            publishing("dave", vec![video(7, &[0x17, 0, 0, 0, 0])]),
+            publishing("room", "dave", vec![video(7, &[0x17, 0, 0, 0, 0])]),
             "video for stream id 7, which is not published",
         ),
         (
@@ -380,30 +194,12 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
         ),
         (
             true,
-            vec![
-                connect("room"),
-                command(
-                    "releaseStream",
-                    0,
-                    (0..5)
-                        .map(|_| Amf0Value::Utf8String("x".repeat(14_000)))
-                        .collect(),
-                ),
-            ],
+            vec![connect("room"), huge_command()],
             "message of 70041 bytes on chunk stream 6 exceeds the limit of 65536",
         ),
         (
             true,
-            {
-                // A message on chunk stream 5 while one on 4 is mid-way (rml_rtmp 0.8
-                // panics on this; the chunk scanner refuses it first).
-                let mut v = vec![0x04, 0, 0, 0, 0x00, 0x03, 0xe8, 18, 0, 0, 0, 0];
-                v.extend([0u8; 128]);
-                v.push(0xc4);
-                v.extend([0u8; 128]);
-                v.extend([0x05, 0, 0, 0, 0, 0, 1, 18, 0, 0, 0, 0, 5]);
-                vec![v]
-            },
+            vec![interleaved_chunks()],
             "interleaved chunk streams are not supported",
         ),
         (
@@ -413,17 +209,7 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
                 // pre-request budget ends it.
                 let mut steps = vec![connect("room")];
                 for _ in 0..6 {
-                    let payload = RtmpMessage::Amf0Data {
-                        values: vec![Amf0Value::Utf8String("x".repeat(59_990))],
-                    }
-                    .into_message_payload(RtmpTimestamp::new(0), 0)
-                    .unwrap();
-                    steps.push(
-                        ChunkSerializer::new()
-                            .serialize(&payload, true, false)
-                            .unwrap()
-                            .bytes,
-                    );
+                    steps.push(amf_data(0, 59_990));
                 }
                 steps
             },
@@ -443,12 +229,7 @@ async fn ffmpeg_publishes_while_bad_clients_are_refused() {
         // Refused publishers also get the reason as an RTMP onStatus.
         for status in ["mallory may not publish", "video codec On2 VP6", "(hvc1)"] {
             if line.contains(status) {
-                assert!(
-                    received
-                        .windows(status.len())
-                        .any(|w| w == status.as_bytes()),
-                    "no onStatus with {status:?}"
-                );
+                assert!(sent_text(&received, status), "no onStatus with {status:?}");
             }
         }
     }
@@ -649,7 +430,7 @@ impl Handler for Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffprobe_plays_a_relayed_publish() {
-    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    capture_logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let relay = Arc::new(RelayHandler::default());
@@ -747,7 +528,7 @@ fn rtmp_config_keys_parse_and_validate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_and_idle_timeout() {
-    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    capture_logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = config::Rtmp {
@@ -777,7 +558,7 @@ async fn connection_cap_and_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timestamps_continue_across_ffmpegs_timestamp_wrap() {
-    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+    capture_logs();
     let (addr, handler) = start().await;
     // RTMP timestamps are 32-bit ms, but ffmpeg's FLV writer wraps them at 2^31 ms
     // (~24.8 days): the offset makes this stream cross that wrap after ~1.5 s.

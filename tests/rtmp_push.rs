@@ -24,37 +24,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
-/// Log lines of this test process.
-static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Debug
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) && r.target().starts_with("huddle") {
-            let line = format!("{} {}", r.level(), r.args());
-            eprintln!("{line}");
-            LINES.lock().unwrap().push(line);
-        }
-    }
-    fn flush(&self) {}
-}
+use common::rtmp::{capture_logs_at, ffmpeg as room_publisher, logged_all};
 
 fn init_log() {
-    let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Debug));
-}
-
-fn logged(needle: &str) -> Vec<String> {
-    LINES
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains(needle))
-        .cloned()
-        .collect()
+    capture_logs_at(log::LevelFilter::Debug);
 }
 
 fn temp_dir() -> PathBuf {
@@ -377,7 +350,7 @@ async fn a_push_records_in_an_ffmpeg_target() {
     assert_eq!(streams.len(), 2, "{streams:?}");
     let _ = std::fs::remove_file(&out);
     assert!(
-        logged(&format!("127.0.0.1:{port}"))
+        logged_all(&format!("127.0.0.1:{port}"))
             .iter()
             .all(|l| !l.contains("/key")),
         "the key is never logged"
@@ -543,7 +516,7 @@ async fn an_unreachable_target_is_retried_and_stopped_promptly() {
         }
     );
     // One warning for the failure, not one per attempt; no key in any line.
-    let lines = logged(&format!("127.0.0.1:{port}/"));
+    let lines = logged_all(&format!("127.0.0.1:{port}/"));
     let warnings = lines.iter().filter(|l| l.starts_with("WARN")).count();
     assert_eq!(warnings, 1, "{lines:#?}");
     assert!(lines.iter().all(|l| !l.contains("topsecret")), "{lines:#?}");
@@ -734,21 +707,6 @@ async fn a_silent_target_times_out_in_the_handshake() {
         .expect("stop() ends a connecting push at once");
 }
 
-/// ffmpeg publishing `seconds` of a test pattern and a tone into a room over RTMP.
-fn room_publisher(url: &str, seconds: u32) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine", "-t", &seconds.to_string()])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
-        .args(["-profile:v", "baseline", "-tune", "zerolatency", "-g", "30"])
-        .args(["-c:a", "aac", "-f", "flv"])
-        .arg(url)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("ffmpeg is installed")
-}
-
 /// The whole service: `[[rtmp.push]]` sends a room stream (an RTMP publisher's, so
 /// H.264 RTP depacketized again and Opus transcoded to AAC) to an ffmpeg target
 /// while it is published; the target is killed and restarted and the push resumes
@@ -813,11 +771,11 @@ async fn the_service_pushes_a_room_stream_and_resumes_after_the_target_restarts(
         let _ = std::fs::remove_file(file);
     }
     assert!(
-        !logged("push of stream \"studio-obs\"").is_empty(),
+        !logged_all("push of stream \"studio-obs\"").is_empty(),
         "the push is logged"
     );
     assert!(
-        logged(&format!("127.0.0.1:{port}"))
+        logged_all(&format!("127.0.0.1:{port}"))
             .iter()
             .all(|l| !l.contains("/key")),
         "the key is never logged"

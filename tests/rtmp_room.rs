@@ -5,110 +5,25 @@
 //! Everything on 127.0.0.1 (the server's `[rtmp] listen` is 127.0.0.1:0).
 
 mod common;
+#[path = "common/room_media.rs"]
+mod room_media;
 #[path = "common/webrtc_client.rs"]
 mod webrtc_client;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::{json, Value};
 
+use common::rtmp::{events_until, ffmpeg, finish};
 use common::*;
-use huddle::auth::{mint, Claims, Rooms};
+use huddle::auth::Rooms;
 use huddle::device::h264::{self, nal};
+use room_media::*;
 use webrtc_client::*;
 
 const SECRET: &str = "rtmp room test secret";
-
-/// ffmpeg publishing `seconds` of a test pattern and a tone to `url`.
-fn ffmpeg(url: &str, seconds: u32) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine", "-t", &seconds.to_string()])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
-        .args(["-profile:v", "baseline", "-tune", "zerolatency", "-g", "30"])
-        .args(["-c:a", "aac", "-f", "flv"])
-        .arg(url)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("ffmpeg is installed")
-}
-
-/// Waits (bounded) for ffmpeg to end; its exit status.
-async fn finish(mut child: Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for ffmpeg") {
-            return status;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ffmpeg did not finish within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Room events (`OnDataEvent` payloads) of `room` until one named `until`; other
-/// frames (stream statuses of a player) are skipped.
-async fn events_until(ws: &mut Client, room: &str, until: &str, limit: Duration) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(v) = ws.recv_within(left).await else {
-            panic!("no {until} within {limit:?}; room events: {seen:?}");
-        };
-        if v["message"] != "OnDataEvent" {
-            continue;
-        }
-        let p = v["data"][0]["payload"].clone();
-        if p["roomName"] != room {
-            continue;
-        }
-        let done = p["name"] == until;
-        seen.push(p);
-        if done {
-            return seen;
-        }
-    }
-}
-
-/// The answer, then PLAYING, for the play of `stream`.
-async fn play(ws: &mut Client, pc: &mut RtcClient, room: &str, stream: &str) {
-    let offer = pc.create_offer().await;
-    ws.send_json(stream_request(
-        false,
-        "m-play",
-        stream,
-        room,
-        &offer,
-        (true, true),
-    ))
-    .await;
-    let mut answered = false;
-    loop {
-        let v = ws.recv().await;
-        match v["message"].as_str() {
-            Some("setRemoteSDP") => {
-                let sdp = v["data"][1].as_str().expect("answer text");
-                pc.apply_answer(sdp).await;
-                answered = true;
-            }
-            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
-            Some("notifyStreamStatusEvent") => {
-                assert_eq!(v["data"][0]["status"], "PLAYING", "{v}");
-                assert!(answered, "the answer comes before PLAYING");
-                break;
-            }
-            _ => panic!("unexpected frame while playing {stream}: {v}"),
-        }
-    }
-    pc.wait_connected(Duration::from_secs(5)).await;
-}
 
 fn starts_idr(p: &rtc::rtp::Packet) -> bool {
     let t = h264::nal_type(&p.payload);
@@ -164,7 +79,7 @@ async fn an_rtmp_publisher_is_a_room_participant_with_h264_and_opus() {
         (RtpCodecKind::Video, h264(106)),
     ];
     let mut pc = RtcClient::player("alice-pc", &codecs).await;
-    play(&mut alice, &mut pc, room, &stream).await;
+    play_in_room(&mut alice, &mut pc, room, &stream).await;
     let (got, _) = pc
         .collect_rtp(
             &[RtpCodecKind::Video, RtpCodecKind::Audio],
@@ -233,20 +148,7 @@ async fn token_mode_refuses_an_rtmp_publish_without_a_token() {
     })
     .await;
     let rtmp = server.rtmp_addr().expect("[rtmp] is on in tests");
-    let token = |sub: &str| {
-        mint(
-            &Claims {
-                sub: sub.into(),
-                rooms: Rooms::List(vec![room.into()]),
-                publish: true,
-                exp: huddle::auth::now_unix() + 3600,
-                admin: false,
-            },
-            SECRET,
-            None,
-        )
-        .expect("mint")
-    };
+    let token = |sub: &str| token(SECRET, sub, Rooms::List(vec![room.into()]), true);
     let mut alice = Client::open(server.local_addr(), "alice").await;
     let mut frame = connection_frame(Some("alice"));
     frame["data"][0]["custom"]["token"] = json!(token("alice"));
@@ -509,20 +411,8 @@ async fn rtmp_players_of_vp8_streams_and_without_tokens_are_refused() {
     })
     .await;
     let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
-    let token = |sub: &str, publish: bool| {
-        mint(
-            &Claims {
-                sub: sub.into(),
-                rooms: Rooms::List(vec![room.into()]),
-                publish,
-                exp: huddle::auth::now_unix() + 3600,
-                admin: false,
-            },
-            SECRET,
-            None,
-        )
-        .expect("mint")
-    };
+    let token =
+        |sub: &str, publish: bool| token(SECRET, sub, Rooms::List(vec![room.into()]), publish);
     let mut alice = Client::open(server.local_addr(), "alice").await;
     let mut frame = connection_frame(Some("alice"));
     frame["data"][0]["custom"]["token"] = json!(token("alice", true));
@@ -537,27 +427,15 @@ async fn rtmp_players_of_vp8_streams_and_without_tokens_are_refused() {
         ],
     )
     .await;
-    let offer = pc.create_offer().await;
     let stream = format!("{room}-alice");
-    alice
-        .send_json(stream_request(
-            true,
-            "m-pub",
-            &stream,
-            room,
-            &offer,
-            (true, true),
-        ))
-        .await;
-    loop {
-        let v = alice.recv().await;
-        match v["message"].as_str() {
-            Some("setRemoteSDP") => pc.apply_answer(v["data"][1].as_str().unwrap()).await,
-            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PUBLISHING" => break,
-            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
-            _ => panic!("unexpected frame while publishing: {v}"),
-        }
-    }
+    start_stream(
+        &mut alice,
+        &mut pc,
+        true,
+        ("m-pub", room, &stream),
+        (true, true),
+    )
+    .await;
 
     let url = format!("rtmp://127.0.0.1:{port}/{room}/{stream}");
     // No token, a token for another room's holder without rights: refused.
@@ -611,7 +489,7 @@ async fn an_audio_only_rtmp_publisher_publishes() {
     let stream = format!("{room}-podcast");
     assert_eq!(published.last().unwrap()["info"]["name"], stream.as_str());
     let mut pc = RtcClient::player("alice-pc", &[(RtpCodecKind::Audio, opus(111))]).await;
-    play(&mut alice, &mut pc, room, &stream).await;
+    play_in_room(&mut alice, &mut pc, room, &stream).await;
     let (got, _) = pc
         .collect_rtp(&[RtpCodecKind::Audio], 50, Duration::from_secs(10))
         .await;

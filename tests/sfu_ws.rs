@@ -15,7 +15,6 @@ use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use webrtc::media_stream::track_local::TrackLocal;
 
 use common::*;
 use webrtc_client::*;
@@ -326,13 +325,6 @@ fn assert_answer_pt(what: &str, sdp: &str, kind: &str, pt: u8) {
 // ---------------------------------------------------------------------------------
 // Media
 
-/// `len` bytes that differ per packet: the packet index first, then a pattern.
-fn body(index: usize, len: usize) -> Vec<u8> {
-    let mut b = vec![(index >> 8) as u8, index as u8];
-    b.extend((0..len.saturating_sub(2)).map(|i| ((index * 131 + i * 7) % 251) as u8));
-    b
-}
-
 /// 50 H.264 packets from `(seq, ts)` on: STAP-A (SPS+PPS), an IDR in 4 FU-A fragments,
 /// 15 P frames in 3 FU-A fragments each.
 fn h264_packets(pt: u8, (mut seq, ts0): (u16, u32)) -> Vec<Packet> {
@@ -394,67 +386,6 @@ fn opus_packets(pt: u8, n: usize, (seq, ts): (u16, u32)) -> Vec<Packet> {
             )
         })
         .collect()
-}
-
-/// Where a publisher's RTP streams are: next (sequence number, timestamp) per kind.
-#[derive(Debug, Clone, Copy)]
-struct Position {
-    video: (u16, u32),
-    audio: (u16, u32),
-}
-
-/// A browser sends media from the moment it is connected: this does too, one video
-/// packet (a P frame) and one Opus packet every 20 ms, until stopped.
-struct Camera {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Position>,
-}
-
-impl Camera {
-    async fn start(pc: &RtcClient, from: Position) -> Camera {
-        let video = Arc::clone(&pc.send_track(VIDEO).track);
-        let audio = Arc::clone(&pc.send_track(AUDIO).track);
-        let (vpt, apt) = (pc.negotiated_pt(VIDEO).await, pc.negotiated_pt(AUDIO).await);
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut at = from;
-            let limit = Instant::now() + Duration::from_secs(20);
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let mut n = 0usize;
-            while !*stopped.borrow() && Instant::now() < limit {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopped.changed() => break,
-                }
-                let mut v = vec![0x41];
-                v.extend(body(n, 900));
-                let (seq, ts) = at.video;
-                let _ = video
-                    .write_rtp(rtp_packet(vpt, PUB_VIDEO_SSRC, seq, ts, true, v))
-                    .await;
-                at.video = (seq.wrapping_add(1), ts.wrapping_add(1800));
-                let mut a = vec![0xfc];
-                a.extend(body(n, 80));
-                let (seq, ts) = at.audio;
-                let _ = audio
-                    .write_rtp(rtp_packet(apt, PUB_AUDIO_SSRC, seq, ts, false, a))
-                    .await;
-                at.audio = (seq.wrapping_add(1), ts.wrapping_add(960));
-                n += 1;
-            }
-            at
-        });
-        Camera { stop, task }
-    }
-
-    /// Stops it; returns where the streams continue.
-    async fn stop(self) -> Position {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(2), self.task)
-            .await
-            .expect("camera task stops")
-            .expect("camera task")
-    }
 }
 
 /// `n` VP8 packets: a key frame start, then continuation / inter frames.

@@ -159,6 +159,10 @@ pub enum Close {
     SecondConnect,
     #[error("a second publish or play on one connection")]
     SecondRequest,
+    #[error(
+        "the {0} configuration (sequence header) changed more than {MAX_CONFIG_CHANGES} times"
+    )]
+    ConfigChanges(&'static str),
     #[error("{kind} for stream id {stream_id}, which is not published")]
     UnknownStream { kind: &'static str, stream_id: u32 },
     #[error("RTMP chunks refused: {0}")]
@@ -183,6 +187,10 @@ pub const MAX_CHUNK_SIZE: u32 = 1 << 24;
 pub const MAX_MESSAGE_BYTES: u32 = 4 << 20;
 /// Largest AMF command or data message (connect, publish, onMetaData...).
 pub const MAX_COMMAND_BYTES: usize = 64 << 10;
+/// How often a publisher's sequence headers may change (audio and video together):
+/// each change restarts the AAC transcoder and is a log line, encoders change them
+/// once in a long while (a new resolution), never without end.
+pub const MAX_CONFIG_CHANGES: u32 = 16;
 /// Bytes a client may send before its publish or play is accepted.
 pub const MAX_BYTES_BEFORE_REQUEST: usize = 256 << 10;
 /// Size of one socket read (and so of one rml_rtmp input).
@@ -468,6 +476,47 @@ struct Connection {
     received: usize,
     /// The message stream id of the publish (for an `onStatus` on a media refusal).
     publish_stream: Option<u32>,
+    headers: SequenceHeaders,
+}
+
+/// A publisher's last sequence headers and how often they changed.
+#[derive(Debug, Default)]
+struct SequenceHeaders {
+    video: Option<String>,
+    audio: Option<super::flv::AacConfig>,
+    changes: u32,
+}
+
+impl SequenceHeaders {
+    /// Whether `new` (video: the profile-level-id) differs from the last one.
+    fn video(&mut self, new: &str) -> Result<bool, Close> {
+        let last = self.video.replace(new.to_owned());
+        self.count(last.as_deref(), Some(new), "video")
+    }
+
+    /// Whether `new` differs from the last AAC configuration.
+    fn audio(&mut self, new: super::flv::AacConfig) -> Result<bool, Close> {
+        let last = self.audio.replace(new);
+        self.count(last.as_ref(), Some(&new), "audio")
+    }
+
+    fn count<T: PartialEq>(
+        &mut self,
+        last: Option<T>,
+        new: Option<T>,
+        what: &'static str,
+    ) -> Result<bool, Close> {
+        if last == new {
+            return Ok(false);
+        }
+        if last.is_some() {
+            self.changes += 1;
+            if self.changes > MAX_CONFIG_CHANGES {
+                return Err(Close::ConfigChanges(what));
+            }
+        }
+        Ok(true)
+    }
 }
 
 impl Connection {
@@ -479,6 +528,7 @@ impl Connection {
             role: Role::None,
             received: 0,
             publish_stream: None,
+            headers: SequenceHeaders::default(),
         }
     }
 
@@ -888,7 +938,9 @@ impl Connection {
         let mut packets = Vec::new();
         let event = match video.push(&data, ms, &mut packets)? {
             VideoOutcome::Config { profile_level_id } => {
-                info!("{}: H.264 {profile_level_id}", self.who());
+                if self.headers.video(&profile_level_id)? {
+                    info!("{}: H.264 {profile_level_id}", self.who());
+                }
                 PublisherEvent::VideoConfig { profile_level_id }
             }
             VideoOutcome::EndOfSequence => return Ok(()),
@@ -929,6 +981,10 @@ impl Connection {
         };
         let event = match audio.push(&data, ms)? {
             AudioOutcome::Config(c) => {
+                if !self.headers.audio(c)? {
+                    // The same again (some encoders repeat it): nothing changes.
+                    return Ok(());
+                }
                 info!(
                     "{}: AAC object type {}, {} Hz, {} channels",
                     self.who(),
@@ -1150,6 +1206,40 @@ mod tests {
         g.check(&command("connect", 0)).unwrap();
         g.check(&command("publish", 1)).unwrap();
         assert!(matches!(g.check(&v), Err(Close::CommandTooLarge(70_000))));
+    }
+
+    #[test]
+    fn sequence_headers_may_repeat_but_not_change_without_end() {
+        let aac = |sample_rate| crate::rtmp::flv::AacConfig {
+            object_type: 2,
+            sample_rate,
+            channels: 2,
+        };
+        let mut h = SequenceHeaders::default();
+        assert!(h.video("42c01f").unwrap());
+        assert!(h.audio(aac(44100)).unwrap());
+        // Repeats (with every key frame, for some encoders) are no change.
+        for _ in 0..100 {
+            assert!(!h.video("42c01f").unwrap());
+            assert!(!h.audio(aac(44100)).unwrap());
+        }
+        // Changes are counted across audio and video.
+        for i in 0..MAX_CONFIG_CHANGES / 2 {
+            assert!(h
+                .video(if i % 2 == 0 { "64001f" } else { "42c01f" })
+                .unwrap());
+            assert!(h
+                .audio(aac(if i % 2 == 0 { 48000 } else { 44100 }))
+                .unwrap());
+        }
+        assert!(matches!(
+            h.audio(aac(32000)),
+            Err(Close::ConfigChanges("audio"))
+        ));
+        assert_eq!(
+            Close::ConfigChanges("audio").to_string(),
+            "the audio configuration (sequence header) changed more than 16 times"
+        );
     }
 
     #[test]

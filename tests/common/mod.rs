@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod rtmp;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -471,4 +473,58 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         "GET {path}: chunked bodies are not handled by this helper: {head}"
     );
     (status, headers, body.to_owned())
+}
+
+/// The room of the `Healthy` pair.
+pub const HEALTHY_ROOM: &str = "healthy";
+
+/// Two members chatting in a room of their own, checked after every bad case of a
+/// test (strictly: they must not even receive a stray event).
+pub struct Healthy {
+    pub a: Client,
+    pub b: Client,
+    pub rounds: u32,
+}
+
+impl Healthy {
+    /// "h-alice" and "h-bob", connected without a token.
+    pub async fn start(addr: SocketAddr) -> Healthy {
+        let a = Client::connect(addr, "h-alice").await;
+        let b = Client::connect(addr, "h-bob").await;
+        Healthy::pair(a, b).await
+    }
+
+    /// `a` and `b` (connected sessions) join `HEALTHY_ROOM`.
+    pub async fn pair(mut a: Client, mut b: Client) -> Healthy {
+        a.join(HEALTHY_ROOM).await;
+        assert_eq!(b.join(HEALTHY_ROOM).await, vec![json!(a.name)]);
+        a.expect_event_in(HEALTHY_ROOM, "JOINED").await;
+        Healthy { a, b, rounds: 0 }
+    }
+
+    /// Both members still chat both ways and received nothing else meanwhile.
+    pub async fn check(&mut self, case: &str) {
+        self.rounds += 1;
+        let text = format!("still fine after {case} (#{})", self.rounds);
+        chat_ok(&mut self.a, &mut self.b, HEALTHY_ROOM, &text).await;
+        chat_ok(&mut self.b, &mut self.a, HEALTHY_ROOM, &text).await;
+        self.a.sync().await;
+        self.b.sync().await;
+    }
+}
+
+/// An HS256 token of `sub` for `rooms` (`publish` rights), valid for an hour.
+pub fn token(secret: &str, sub: &str, rooms: huddle::auth::Rooms, publish: bool) -> String {
+    huddle::auth::mint(
+        &huddle::auth::Claims {
+            sub: sub.into(),
+            rooms,
+            publish,
+            exp: huddle::auth::now_unix() + 3600,
+            admin: false,
+        },
+        secret,
+        None,
+    )
+    .expect("mint")
 }

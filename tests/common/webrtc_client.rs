@@ -646,3 +646,84 @@ impl RtcClient {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.pc.close()).await;
     }
 }
+
+/// Payload bytes of packet `index`: its index, then a pattern.
+pub fn body(index: usize, len: usize) -> Vec<u8> {
+    let mut b = vec![(index >> 8) as u8, index as u8];
+    b.extend((0..len.saturating_sub(2)).map(|i| ((index * 131 + i * 7) % 251) as u8));
+    b
+}
+
+/// Where a publisher's RTP streams are: next (sequence number, timestamp) per kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Position {
+    pub video: (u16, u32),
+    pub audio: (u16, u32),
+}
+
+/// A browser sends media from the moment it is connected: this does too, one video
+/// packet (a P frame) and one Opus packet every 20 ms on the publisher's send tracks,
+/// until stopped (or for `limit` at the most).
+pub struct Camera {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Position>,
+}
+
+impl Camera {
+    pub async fn start(pc: &RtcClient, from: Position) -> Camera {
+        Camera::start_for(pc, from, Duration::from_secs(20)).await
+    }
+
+    pub async fn start_for(pc: &RtcClient, from: Position, limit: Duration) -> Camera {
+        let (video_kind, audio_kind) = (RtpCodecKind::Video, RtpCodecKind::Audio);
+        let (vssrc, assrc) = (
+            pc.send_track(video_kind).ssrc,
+            pc.send_track(audio_kind).ssrc,
+        );
+        let video = Arc::clone(&pc.send_track(video_kind).track);
+        let audio = Arc::clone(&pc.send_track(audio_kind).track);
+        let (vpt, apt) = (
+            pc.negotiated_pt(video_kind).await,
+            pc.negotiated_pt(audio_kind).await,
+        );
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut at = from;
+            let limit = tokio::time::Instant::now() + limit;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut n = 0usize;
+            while !*stopped.borrow() && tokio::time::Instant::now() < limit {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let mut v = vec![0x41];
+                v.extend(body(n, 900));
+                let (seq, ts) = at.video;
+                let _ = video
+                    .write_rtp(rtp_packet(vpt, vssrc, seq, ts, true, v))
+                    .await;
+                at.video = (seq.wrapping_add(1), ts.wrapping_add(1800));
+                let mut a = vec![0xfc];
+                a.extend(body(n, 80));
+                let (seq, ts) = at.audio;
+                let _ = audio
+                    .write_rtp(rtp_packet(apt, assrc, seq, ts, false, a))
+                    .await;
+                at.audio = (seq.wrapping_add(1), ts.wrapping_add(960));
+                n += 1;
+            }
+            at
+        });
+        Camera { stop, task }
+    }
+
+    /// Stops it; returns where the streams continue.
+    pub async fn stop(self) -> Position {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(2), self.task)
+            .await
+            .expect("camera task stops")
+            .expect("camera task")
+    }
+}
