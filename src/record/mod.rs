@@ -3,5 +3,9 @@
 //! the offline mix of a finalized room, and the catalog the HTTP listing reads.
 //!
 //! - `catalog`: file names, sidecars (`RecordMeta`) and room manifests (`RoomManifest`).
+//! - `mix`: the offline room mix (ffmpeg grid + mixed audio) and its `Mixer` service.
+//! - `hook`: bounded child processes and the room record hook run after a mix.
 
 pub mod catalog;
+pub mod hook;
+pub mod mix;
