@@ -213,6 +213,9 @@ pub struct Graph {
     pub audio_out: Option<String>,
 }
 
+/// A tile's place over one interval: (start ms, end ms, x, y).
+type Placement = (u64, u64, u32, u32);
+
 /// `gte(t,a)*lt(t,b)+...` over `ranges`.
 fn union_expr(ranges: &[(u64, u64)]) -> String {
     ranges
@@ -262,8 +265,7 @@ pub fn build_graph(inputs: &[MixInput], spec: &GraphSpec) -> Graph {
         let mut last = "bg".to_string();
         let mut overlays = 0;
         for (k, &(input, _)) in with_video.iter().enumerate() {
-            // (tile size) -> [(start, end, x, y)]
-            let mut sizes: Vec<((u32, u32), Vec<(u64, u64, u32, u32)>)> = Vec::new();
+            let mut sizes: Vec<((u32, u32), Vec<Placement>)> = Vec::new();
             for cut in &cuts {
                 let Some(pos) = cut.present.iter().position(|&p| p == k) else {
                     continue;
