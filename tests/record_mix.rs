@@ -329,6 +329,31 @@ fn a_late_joiner_gets_a_tile_and_the_hook_runs() {
     let (right, top) = (mean(&f, 80, 160, 20, 70), mean(&f, 0, 160, 0, 15));
     assert!(!is_red(right) && !is_black(top), "{right:?} {top:?}");
 
+    // A/V sync of the late joiner: his tile and his 880 Hz tone both start at 3 s and
+    // end at 9 s (within a frame or two); alice's 440 Hz never stops.
+    for (t, red) in [(2.9, false), (3.1, true), (8.9, true), (9.1, false)] {
+        let f = frame_at(&out, t);
+        let right = mean(&f, 85, 155, 30, 60);
+        assert_eq!(is_red(right), red, "t={t}: {right:?}");
+    }
+    let bob_tone = silences(&out, 880);
+    println!("880 Hz silences: {bob_tone:?}");
+    assert_eq!(bob_tone.len(), 4, "{bob_tone:?}");
+    assert!(bob_tone[0] == ("start", 0.0), "{bob_tone:?}");
+    assert!(
+        bob_tone[1].0 == "end" && (bob_tone[1].1 - 3.0).abs() < 0.1,
+        "{bob_tone:?}"
+    );
+    assert!(
+        bob_tone[2].0 == "start" && (bob_tone[2].1 - 9.0).abs() < 0.1,
+        "{bob_tone:?}"
+    );
+    let alice_tone = silences(&out, 440);
+    assert!(
+        alice_tone.iter().all(|(_, t)| *t > 9.9),
+        "alice's tone has gaps: {alice_tone:?}"
+    );
+
     // The sidecar and the hook.
     let meta: RecordMeta = catalog::load(&catalog::sidecar(&out)).unwrap();
     assert_eq!(meta.kind, RecordKind::Mix);
@@ -496,9 +521,11 @@ fn missing_files_fail_the_mix_and_touch_nothing_else() {
     // One file missing: a mix of what is there.
     let partial = room(&dir, "partial", MixState::Pending);
     std::fs::remove_file(dir.join("partial-bob.mp4")).unwrap();
-    let mut mixer_config = config::Mixer::default();
-    mixer_config.width = 320;
-    mixer_config.height = 180;
+    let mixer_config = config::Mixer {
+        width: 320,
+        height: 180,
+        ..config::Mixer::default()
+    };
     let out = mix::mix_room(&partial, &mixer_config, &never).unwrap();
     assert_eq!(
         catalog::load::<RoomManifest>(&partial).unwrap().mix,
@@ -569,4 +596,33 @@ fn living_in_group(pgid: i32) -> Vec<i32> {
         }
     }
     living
+}
+
+/// The silences of the `freq` Hz band of a file's audio: `("start" | "end", seconds)`.
+fn silences(file: &Path, freq: u32) -> Vec<(&'static str, f64)> {
+    let band = format!("bandpass=f={freq}:width_type=h:w=200");
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-i"])
+        .arg(file)
+        .arg("-af")
+        .arg(format!("{band},{band},silencedetect=n=-40dB:d=0.2"))
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stderr).replace('\r', "\n");
+    let mut found = Vec::new();
+    for line in text.lines() {
+        for (key, kind) in [("silence_start: ", "start"), ("silence_end: ", "end")] {
+            if let Some(rest) = line.split(key).nth(1) {
+                let value = rest.split_whitespace().next().unwrap_or("");
+                found.push((kind, value.parse::<f64>().unwrap()));
+            }
+        }
+    }
+    found
 }
