@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use huddle::config;
 use huddle::record::catalog::{self, MixState, RecordKind, RecordMeta, RoomManifest, RoomStream};
+use huddle::record::hook::{self, HookOutcome};
 use huddle::record::mix::{self, Mixer};
 
 /// Log lines of this test process.
@@ -625,4 +626,52 @@ fn silences(file: &Path, freq: u32) -> Vec<(&'static str, f64)> {
         }
     }
     found
+}
+
+#[test]
+fn hook_outcomes() {
+    init_log();
+    let dir = test_dir("hooks");
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let file = dir.join("x-mix.mp4");
+    assert_eq!(
+        hook::run_room_hook("", &file, "r", Duration::from_secs(1), &never),
+        HookOutcome::None
+    );
+    let missing = dir.join("no-such-hook");
+    let outcome = hook::run_room_hook(
+        missing.to_str().unwrap(),
+        &file,
+        "r",
+        Duration::from_secs(1),
+        &never,
+    );
+    assert!(matches!(outcome, HookOutcome::NotStarted(_)), "{outcome:?}");
+    assert!(logged("could not start"));
+    // A hook with its own arguments, failing: its status is reported.
+    let script = hook_script(&dir, "[ \"$1\" = --flag ] && exit 3; exit 0");
+    let outcome = hook::run_room_hook(
+        &format!("{} --flag", script.display()),
+        &file,
+        "r",
+        Duration::from_secs(5),
+        &never,
+    );
+    match outcome {
+        HookOutcome::Exited(status) => assert_eq!(status.code(), Some(3)),
+        other => panic!("{other:?}"),
+    }
+    // Killed promptly at its timeout.
+    let script = hook_script(&dir, "sleep 100");
+    let t0 = Instant::now();
+    let outcome = hook::run_room_hook(
+        script.to_str().unwrap(),
+        &file,
+        "r",
+        Duration::from_millis(300),
+        &never,
+    );
+    assert_eq!(outcome, HookOutcome::Killed);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -34,7 +34,8 @@ pub(crate) fn kill_group(child: &mut Child) {
 /// Waits for a child (started in its own process group) at most `timeout`, polling
 /// `stop`; kills its group when either runs out.
 pub(crate) fn wait_bounded(child: &mut Child, timeout: Duration, stop: &AtomicBool) -> Waited {
-    let deadline = Instant::now() + timeout;
+    // A deadline past what an Instant can hold: none.
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Waited::Exited(status),
@@ -50,11 +51,12 @@ pub(crate) fn wait_bounded(child: &mut Child, timeout: Duration, stop: &AtomicBo
             return Waited::Stopped;
         }
         let now = Instant::now();
-        if now >= deadline {
+        let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now));
+        if left.is_zero() {
             kill_group(child);
             return Waited::TimedOut;
         }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

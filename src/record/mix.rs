@@ -181,6 +181,13 @@ fn secs(ms: i64) -> String {
     format!("{sign}{}.{:03}", ms / 1000, ms % 1000)
 }
 
+/// `PTS+3.000/TB`, `PTS-0.007/TB`: timestamps shifted by `ms`.
+fn pts_plus(ms: i64) -> String {
+    let sign = if ms < 0 { '-' } else { '+' };
+    let abs = ms.unsigned_abs();
+    format!("PTS{sign}{}.{:03}/TB", abs / 1000, abs % 1000)
+}
+
 /// One usable input file of the mix, in the order of the `-i` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MixInput {
@@ -280,12 +287,7 @@ pub fn build_graph(inputs: &[MixInput], spec: &GraphSpec) -> Graph {
             if sizes.is_empty() {
                 continue;
             }
-            let shift = inputs[input].shift_ms;
-            let shift = if shift < 0 {
-                format!("PTS-{}/TB", secs(-shift))
-            } else {
-                format!("PTS+{}/TB", secs(shift))
-            };
+            let shift = pts_plus(inputs[input].shift_ms);
             let branch = |j: usize| format!("v{input}s{j}");
             let mut line = format!("[{input}:v]setpts={shift}");
             if sizes.len() > 1 {
@@ -349,12 +351,7 @@ pub fn build_graph(inputs: &[MixInput], spec: &GraphSpec) -> Graph {
         if !with_audio.is_empty() {
             let mut mix = String::new();
             for &i in &with_audio {
-                let shift = inputs[i].shift_ms;
-                let shift = if shift < 0 {
-                    format!("PTS-{}/TB", secs(-shift))
-                } else {
-                    format!("PTS+{}/TB", secs(shift))
-                };
+                let shift = pts_plus(inputs[i].shift_ms);
                 lines.push(format!(
                     "[{i}:a]asetpts={shift},aresample=async=1:first_pts=0,aformat=sample_fmts=fltp:sample_rates=48000:channel_layouts=stereo[a{i}]"
                 ));
@@ -485,7 +482,13 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let h: u64 = t.next()?.parse().ok()?;
     let mi: u64 = t.next()?.parse().ok()?;
     let s: u64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || mi > 59
+        || s > 60
+    {
         return None;
     }
     let ms: u64 = if frac.is_empty() {
@@ -524,7 +527,7 @@ pub fn finalize_interrupted(manifest_path: &Path) -> Result<RoomManifest, String
                     0
                 }
             };
-            stream.end_ms = Some(stream.start_ms + length);
+            stream.end_ms = Some(stream.start_ms.saturating_add(length));
         }
     }
     let duration = manifest
@@ -537,7 +540,8 @@ pub fn finalize_interrupted(manifest_path: &Path) -> Result<RoomManifest, String
     manifest.duration_ms = Some(duration);
     if manifest.ended.is_none() {
         manifest.ended = parse_rfc3339(&manifest.started)
-            .map(|t| catalog::rfc3339(t + Duration::from_millis(duration)));
+            .and_then(|t| t.checked_add(Duration::from_millis(duration)))
+            .map(catalog::rfc3339);
     }
     if manifest.mix == MixState::Recording {
         info!(
@@ -701,7 +705,9 @@ fn make_mix(
         }
         inputs.push(MixInput {
             login: stream.login.clone(),
-            shift_ms: stream.start_ms as i64 - probe.start_ms,
+            shift_ms: i64::try_from(stream.start_ms)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(probe.start_ms),
             video: useful_video.then_some((stream.start_ms, end)),
             audio: useful_audio,
         });
@@ -818,7 +824,7 @@ fn run_ffmpeg(
     }
     command.arg("-filter_complex_script").arg(script);
     if let Some(v) = &graph.video_out {
-        let gop = mixer.frame_rate.max(1) * 2;
+        let gop = mixer.frame_rate.max(1).saturating_mul(2);
         command.args(["-map", v, "-c:v", &mixer.encoder]);
         if mixer.encoder == "libx264" {
             command.args(["-preset", "ultrafast"]);
@@ -907,8 +913,9 @@ fn log_progress(reader: impl BufRead, duration_ms: u64, room: &str) {
     }
 }
 
-/// The room mix service: one worker thread at idle priority mixing finalized rooms in
-/// turn, then running the room record hook.
+/// The room mix service: one worker thread mixing finalized rooms in turn (each mix an
+/// ffmpeg process at idle priority: `chrt --idle 0`, `nice -n 19`, one thread, killed
+/// after `timeout_for(duration)`), then running the room record hook.
 pub struct Mixer {
     tx: Option<mpsc::Sender<PathBuf>>,
     stop: Arc<AtomicBool>,
