@@ -675,3 +675,89 @@ fn hook_outcomes() {
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A speed figure for a longer room (run with `--ignored --nocapture`): 60 s, four
+/// participants joining at 0, 10, 20, 30 s (1 → 2 → 3 → 4 tiles), labels, 1280x720.
+#[test]
+#[ignore]
+fn speed_of_a_minute_with_four() {
+    init_log();
+    let dir = test_dir("speed");
+    let mut streams = Vec::new();
+    for i in 0..4u64 {
+        let file = format!("p{i}.mp4");
+        let secs = (60 - i * 10).to_string();
+        let video = if i % 2 == 0 {
+            "testsrc2=size=640x360:rate=30".to_string()
+        } else {
+            format!(
+                "color=c=0x{:06x}:size=640x360:rate=30",
+                0x20_40_80 * (i + 1)
+            )
+        };
+        let sine = format!("sine=frequency={}:sample_rate=48000", 300 + 150 * i);
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            &video,
+            "-f",
+            "lavfi",
+            "-i",
+            &sine,
+            "-t",
+            &secs,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "30",
+            "-c:a",
+            "libopus",
+            "-ac",
+            "2",
+            "-movflags",
+            FRAG,
+            dir.join(&file).to_str().unwrap(),
+        ]);
+        streams.push(RoomStream {
+            stream: format!("s{i}"),
+            login: format!("user {i}"),
+            file,
+            start_ms: i * 10_000,
+            end_ms: Some(60_000),
+        });
+    }
+    let manifest = RoomManifest {
+        room: "speed".into(),
+        started: "2026-12-02T10:15:00.000Z".into(),
+        ended: Some("2026-12-02T10:16:00.000Z".into()),
+        duration_ms: Some(60_000),
+        streams,
+        mix: MixState::Pending,
+        mix_file: "speed-mix.mp4".into(),
+        mix_error: None,
+    };
+    let path = dir.join("speed.room.json");
+    catalog::store(&path, &manifest).unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let t0 = Instant::now();
+    let out = mix::mix_room(&path, &config::Mixer::default(), &never).unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    println!(
+        "60 s, 4 inputs, 1280x720: {wall:.1} s wall = {:.2}x real time",
+        60.0 / wall
+    );
+    let streams = streams_of(&out);
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    if std::env::var_os("HUDDLE_KEEP_MIX").is_some() {
+        println!("kept {}", out.display());
+    } else {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
