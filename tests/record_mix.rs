@@ -69,19 +69,24 @@ fn ffmpeg(args: &[&str]) {
 
 const FRAG: &str = "+frag_keyframe+empty_moov+default_base_moof";
 
-/// The two stream recordings, made once: alice (testsrc2, 440 Hz, 10 s) and bob (red,
-/// 880 Hz, 6 s).
+/// The two stream recordings, made once (kept in the target's temp dir across runs):
+/// alice (testsrc2, 440 Hz, 10 s) and bob (red, 880 Hz, 6 s).
 fn sources() -> &'static (PathBuf, PathBuf) {
     static SOURCES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     SOURCES.get_or_init(|| {
-        let dir = test_dir("sources");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("record_mix-sources");
+        std::fs::create_dir_all(&dir).unwrap();
         let alice = dir.join("alice.mp4");
         let bob = dir.join("bob.mp4");
         for (file, video, freq, secs) in [
             (&alice, "testsrc2=size=640x360:rate=30", 440, "10"),
             (&bob, "color=c=red:size=640x360:rate=30", 880, "6"),
         ] {
+            if file.exists() {
+                continue;
+            }
             let sine = format!("sine=frequency={freq}:sample_rate=48000");
+            let part = file.with_extension("part.mp4");
             ffmpeg(&[
                 "-f",
                 "lavfi",
@@ -107,8 +112,9 @@ fn sources() -> &'static (PathBuf, PathBuf) {
                 "2",
                 "-movflags",
                 FRAG,
-                file.to_str().unwrap(),
+                part.to_str().unwrap(),
             ]);
+            std::fs::rename(&part, file).unwrap();
         }
         (alice, bob)
     })
