@@ -9,8 +9,12 @@
 //!   newest first, as `GET /client/records` lists them.
 //! - `retention`: `[records] max_age_days` / `max_total_mb`: the plan (pure) and the task
 //!   that deletes finished records.
+//! - `mix`: the offline room mix (ffmpeg grid + mixed audio) and its `Mixer` service.
+//! - `hook`: bounded child processes and the room record hook run after a mix.
 
 pub mod catalog;
+pub mod hook;
 pub mod listing;
 pub mod live;
+pub mod mix;
 pub mod retention;
