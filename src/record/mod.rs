@@ -8,3 +8,4 @@
 
 pub mod catalog;
 pub mod fmp4;
+pub mod recorder;

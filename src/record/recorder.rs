@@ -1,0 +1,921 @@
+//! One stream's RTP into fragmented MP4 files (see `fmp4`), without decoding.
+//!
+//! - [`start`] writes the sidecar of the first file (`meta.name` in `dir`, chosen by the
+//!   caller with `catalog::unique_name`) and creates the file, then runs a tokio task
+//!   and one writer thread per recording. The task drains the packet channel (the
+//!   SFU's side is a bounded queue fed with `try_send`, so it never waits for us),
+//!   stamps each packet's arrival and hands it to the writer through a bounded std
+//!   channel with `try_send`: when the writer falls behind, packets are dropped and
+//!   counted (a warning on the first and every 500th); the depacketizer sees the
+//!   sequence gap and the video resumes at the next key frame. The writer thread
+//!   depacketizes (H.264 through `rtmp::egress::H264Depacketizer`, VP8 here), maps time,
+//!   muxes and writes. A thread per recording (not a pool): each one spends its time
+//!   in `sync_data`, a device records a handful of streams, and a slow disk for one
+//!   file never delays another's fsync.
+//! - Time: both tracks run on `rtmp::egress::TrackClock`s anchored at arrival on the
+//!   recording's one origin, so audio and video stay in sync without RTCP and a gap
+//!   (a muted publisher, lost packets) stays a gap: the audio fragment is cut and the
+//!   next `tfdt` jumps. File time 0 is the first video key frame (or the first audio
+//!   packet of an audio-only stream); audio from before it is dropped.
+//! - Fragments: one at least every `fragment` of media (and after `fragment` without
+//!   packets), cut before a video key frame once half of that has passed; each is
+//!   written with `write_all` and `sync_data`, so a crash or a power cut loses at most
+//!   the fragment being built.
+//! - Segments: a new picture size (a key frame whose SPS or VP8 header has other
+//!   dimensions) closes the file (it stays valid, its sidecar gets `ended`) and goes on
+//!   in `catalog::segment_name` (`<name>-part2.mp4`, …) with its own sidecar.
+//! - Faults: a write or fsync error (a full disk) stops the recording: the file is cut
+//!   back to the end of its last complete fragment (`set_len`), its sidecar gets
+//!   `error`, a warning names the file and the reason; the packet channel is then
+//!   closed (the SFU's `try_send` fails, forwarding goes on). Nothing here panics on
+//!   what the network, the disk or the packets hold.
+//! - G.711 audio (PCMU/PCMA) has no ISO BMFF sample entry: a stream with video is
+//!   recorded without it, an audio-only one is refused.
+//!
+//! `key_frame` asks the source for a key frame (at start and after a loss, at most every
+//! 500 ms); it is called from the writer thread.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use log::warn;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::catalog::{self, RecordMeta};
+use super::fmp4::{vp8_key_frame_size, Fmp4Writer, SpsInfo, TrackConfig};
+use crate::device::h264::{nal, nal_type, nal_units, RtpPacket};
+use crate::media::codec::{Chosen, Family, Kind};
+use crate::rtmp::egress::{H264Depacketizer, KeyFrameRequests, Pushed, TrackClock};
+
+/// Packets queued toward the writer thread (~2 s of a 2 Mbit/s stream with audio).
+const QUEUE: usize = 512;
+/// An audio packet this much later than the end of the previous one starts a new
+/// fragment, so the gap is a jump of `tfdt`.
+const AUDIO_GAP_MS: u64 = 100;
+/// Largest VP8 frame taken.
+const MAX_FRAME: usize = 4 << 20;
+
+/// Where a recording is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordStatus {
+    /// The file being written (the last one once stopped).
+    pub file: String,
+    /// Bytes written to disk (complete fragments), all segments.
+    pub bytes: u64,
+    /// Media time recorded, all segments.
+    pub duration_ms: u64,
+    /// When the first recorded media arrived (file time 0 of the first file): the
+    /// stream's start on a room's timeline.
+    pub first_media: Option<SystemTime>,
+    /// Why the recording stopped early.
+    pub error: Option<String>,
+    /// Packets dropped because the writer could not keep up.
+    pub dropped: u64,
+}
+
+/// What a finished recording left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// File names in the records directory, in order (segments after the first).
+    pub files: Vec<String>,
+    pub bytes: u64,
+    pub duration_ms: u64,
+    pub first_media: Option<SystemTime>,
+    pub error: Option<String>,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    /// Nothing in the stream can be recorded (the reason).
+    #[error("cannot record: {0}")]
+    Unsupported(String),
+    #[error("cannot write {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot start the writer thread: {0}")]
+    Thread(io::Error),
+}
+
+/// A running recording.
+#[derive(Debug)]
+pub struct RecorderHandle {
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<RecordStatus>,
+    done: oneshot::Receiver<RecordSummary>,
+}
+
+impl RecorderHandle {
+    /// Ends the recording: the last fragment is written and the sidecar finalized
+    /// (see [`RecorderHandle::finished`]). Dropping the handle does not stop it.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Bytes, duration, first media time and error, updated after each fragment.
+    pub fn status(&self) -> watch::Receiver<RecordStatus> {
+        self.status.clone()
+    }
+
+    /// Waits for the end (the stream ended, `stop`, or a write error).
+    pub async fn finished(self) -> RecordSummary {
+        let last = self.status.borrow().clone();
+        self.done.await.unwrap_or(RecordSummary {
+            files: vec![last.file],
+            bytes: last.bytes,
+            duration_ms: last.duration_ms,
+            first_media: last.first_media,
+            error: Some("the writer thread stopped".into()),
+            dropped: last.dropped,
+        })
+    }
+}
+
+/// Records a stream: see the module documentation. `meta.name` is the first file's
+/// name in `dir`; `fragment` is the longest media time in one fragment.
+pub fn start(
+    dir: &Path,
+    meta: RecordMeta,
+    codecs: Chosen,
+    packets: mpsc::Receiver<(Kind, RtpPacket)>,
+    key_frame: impl FnMut() + Send + 'static,
+    fragment: Duration,
+) -> Result<RecorderHandle, RecordError> {
+    start_with(Disk, dir, meta, codecs, packets, key_frame, fragment)
+}
+
+/// Where segment files go: the disk, or a failing double in tests.
+pub(crate) trait Storage: Send + 'static {
+    type File: SegmentFile;
+    fn create(&mut self, path: &Path) -> io::Result<Self::File>;
+}
+
+pub(crate) trait SegmentFile: Send + 'static {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
+    fn sync_data(&mut self) -> io::Result<()>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+pub(crate) struct Disk;
+
+impl Storage for Disk {
+    type File = std::fs::File;
+
+    fn create(&mut self, path: &Path) -> io::Result<std::fs::File> {
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    }
+}
+
+impl SegmentFile for std::fs::File {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        io::Write::write_all(self, data)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        std::fs::File::sync_data(self)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        std::fs::File::set_len(self, len)?;
+        io::Seek::seek(self, io::SeekFrom::Start(len)).map(|_| ())
+    }
+}
+
+struct Msg {
+    kind: Kind,
+    packet: RtpPacket,
+    /// ms since the recording started.
+    arrival_ms: u64,
+}
+
+pub(crate) fn start_with<S: Storage>(
+    mut storage: S,
+    dir: &Path,
+    meta: RecordMeta,
+    codecs: Chosen,
+    mut packets: mpsc::Receiver<(Kind, RtpPacket)>,
+    key_frame: impl FnMut() + Send + 'static,
+    fragment: Duration,
+) -> Result<RecorderHandle, RecordError> {
+    let video = match codecs.video.as_ref().map(|c| c.family) {
+        Some(Family::H264 { .. }) => Some(Video::H264(Box::default())),
+        Some(Family::Vp8) => Some(Video::Vp8(Vp8Depacketizer::new())),
+        _ => None,
+    };
+    let opus = codecs
+        .audio
+        .as_ref()
+        .filter(|c| c.family == Family::Opus)
+        .map(|c| c.channels.clamp(1, 2) as u8);
+    if video.is_none() && opus.is_none() {
+        return Err(RecordError::Unsupported(format!(
+            "{}: only H.264, VP8 and Opus are recorded",
+            codecs.describe()
+        )));
+    }
+    if let Some(audio) = codecs.audio.as_ref().filter(|c| c.family != Family::Opus) {
+        warn!(
+            "recording {}: {} audio has no MP4 form, recording video only",
+            meta.name,
+            audio.family.name()
+        );
+    }
+    let path = dir.join(&meta.name);
+    let io_error = |path: &Path, source| RecordError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    catalog::store(&catalog::sidecar(&path), &meta)
+        .map_err(|e| io_error(&catalog::sidecar(&path), e))?;
+    let file = storage.create(&path).map_err(|e| io_error(&path, e))?;
+
+    let (stop, mut stop_rx) = watch::channel(false);
+    let (status_tx, status) = watch::channel(RecordStatus {
+        file: meta.name.clone(),
+        ..RecordStatus::default()
+    });
+    let (done_tx, done) = oneshot::channel();
+    let (tx, rx) = std_mpsc::sync_channel::<Msg>(QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let fragment_ms = (fragment.as_millis() as u64).max(1);
+    let recording = Recording {
+        dir: dir.to_owned(),
+        storage,
+        first: meta,
+        first_file: Some(file),
+        started_wall: SystemTime::now(),
+        has_video: video.is_some(),
+        video,
+        opus,
+        video_clock: TrackClock::new(codecs.video.as_ref().map_or(90_000, |c| c.clock_rate)),
+        audio_clock: TrackClock::new(48_000),
+        last_audio_seq: None,
+        requests: KeyFrameRequests::default(),
+        key_frame: Box::new(key_frame),
+        segment: None,
+        files: Vec::new(),
+        buf: Vec::new(),
+        units: Vec::new(),
+        closed_bytes: 0,
+        closed_ms: 0,
+        first_media: None,
+        error: None,
+        status: status_tx,
+        dropped: dropped.clone(),
+        fragment_ms,
+        last_write: Instant::now(),
+        stopped: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("record".into())
+        .spawn(move || {
+            let summary = recording.run(rx, fragment);
+            let _ = done_tx.send(summary);
+        })
+        .map_err(RecordError::Thread)?;
+    drop(thread);
+    let name = status.borrow().file.clone();
+    tokio::spawn(async move {
+        let mut stop_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                changed = stop_rx.changed(), if stop_open => match changed {
+                    Ok(()) if *stop_rx.borrow() => break,
+                    Ok(()) => {}
+                    Err(_) => stop_open = false,
+                },
+                packet = packets.recv() => {
+                    let Some((kind, packet)) = packet else { break };
+                    let arrival_ms = started.elapsed().as_millis() as u64;
+                    match tx.try_send(Msg { kind, packet, arrival_ms }) {
+                        Ok(()) => {}
+                        Err(std_mpsc::TrySendError::Full(_)) => {
+                            let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n == 1 || n.is_multiple_of(500) {
+                                warn!(
+                                    "recording {name}: the writer falls behind, {n} packets \
+                                     dropped (video resumes at a key frame)"
+                                );
+                            }
+                        }
+                        // The writer stopped (a write error): drop what comes.
+                        Err(std_mpsc::TrySendError::Disconnected(_)) => break,
+                    }
+                }
+            }
+        }
+        // Dropping `tx` ends the writer once it has taken what is queued.
+    });
+    Ok(RecorderHandle { stop, status, done })
+}
+
+enum Video {
+    H264(Box<H264Depacketizer>),
+    Vp8(Vp8Depacketizer),
+}
+
+/// The file being written.
+struct Segment<F> {
+    meta: RecordMeta,
+    path: PathBuf,
+    file: F,
+    mux: Fmp4Writer,
+    /// Bytes on disk up to the end of the last complete fragment.
+    written: u64,
+    /// The media time on disk, in ms.
+    written_ms: u64,
+    /// Recording time (ms) of file time 0.
+    base_ms: u64,
+    video: Option<usize>,
+    audio: Option<usize>,
+}
+
+impl<F> Segment<F> {
+    /// The media time of the file so far, in ms.
+    fn duration_ms(&self) -> u64 {
+        (0..self.mux.track_count())
+            .filter_map(|t| {
+                let scale = u64::from(self.mux.config(t)?.timescale());
+                Some(self.mux.end_time(t)? * 1000 / scale)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The writer thread's state.
+struct Recording<S: Storage> {
+    dir: PathBuf,
+    storage: S,
+    /// The first file's sidecar (a template for the segments).
+    first: RecordMeta,
+    /// The first file, created at start, until its first media.
+    first_file: Option<S::File>,
+    started_wall: SystemTime,
+    has_video: bool,
+    video: Option<Video>,
+    /// Channels of an Opus track.
+    opus: Option<u8>,
+    video_clock: TrackClock,
+    audio_clock: TrackClock,
+    last_audio_seq: Option<u16>,
+    requests: KeyFrameRequests,
+    key_frame: Box<dyn FnMut() + Send>,
+    segment: Option<Segment<S::File>>,
+    files: Vec<String>,
+    buf: Vec<u8>,
+    units: Vec<crate::rtmp::egress::AccessUnit>,
+    closed_bytes: u64,
+    closed_ms: u64,
+    first_media: Option<SystemTime>,
+    error: Option<String>,
+    status: watch::Sender<RecordStatus>,
+    dropped: Arc<AtomicU64>,
+    fragment_ms: u64,
+    /// When the last fragment was written.
+    last_write: Instant,
+    /// A write failed: nothing more is written.
+    stopped: bool,
+}
+
+impl<S: Storage> Recording<S> {
+    fn run(mut self, rx: std_mpsc::Receiver<Msg>, fragment: Duration) -> RecordSummary {
+        if self.has_video {
+            self.requests.want();
+            self.requests
+                .poll(Instant::now(), true, &mut self.key_frame.as_mut());
+        }
+        while !self.stopped {
+            match rx.recv_timeout(fragment) {
+                Ok(msg) => self.packet(msg),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if self.last_write.elapsed() >= fragment {
+                self.flush();
+            }
+        }
+        drop(rx);
+        self.finish()
+    }
+
+    fn packet(&mut self, msg: Msg) {
+        match msg.kind {
+            Kind::Video => self.video_packet(&msg.packet, msg.arrival_ms),
+            Kind::Audio => self.audio_packet(&msg.packet, msg.arrival_ms),
+        }
+    }
+
+    fn video_packet(&mut self, packet: &RtpPacket, arrival_ms: u64) {
+        let Some(video) = self.video.as_mut() else {
+            return;
+        };
+        self.video_clock.map(packet.header.timestamp, arrival_ms);
+        let mut units = std::mem::take(&mut self.units);
+        let (pushed, waiting) = match video {
+            Video::H264(d) => {
+                let pushed = d.push(packet, &mut units);
+                (pushed, d.waiting_for_key_frame())
+            }
+            Video::Vp8(d) => {
+                let mut frames = Vec::new();
+                let pushed = d.push(packet, |data, timestamp, key| {
+                    frames.push((data.to_vec(), timestamp, key))
+                });
+                for (data, timestamp, key) in frames {
+                    units.push(crate::rtmp::egress::AccessUnit {
+                        data: data.into(),
+                        timestamp,
+                        key,
+                    });
+                }
+                (pushed, d.waiting)
+            }
+        };
+        if pushed == Pushed::Lost {
+            self.requests.want();
+        }
+        for au in units.drain(..) {
+            let ms = self.video_clock.map(au.timestamp, arrival_ms);
+            self.video_frame(&au.data, au.key, ms);
+        }
+        self.units = units;
+        let waiting = waiting || self.segment.is_none();
+        self.requests
+            .poll(Instant::now(), waiting, &mut self.key_frame.as_mut());
+    }
+
+    /// The track config a key frame describes.
+    fn video_config(&self, data: &[u8]) -> Option<TrackConfig> {
+        match self.video.as_ref()? {
+            Video::H264(_) => {
+                let (mut sps, mut pps) = (None, None);
+                for unit in nal_units(data) {
+                    match nal_type(unit) {
+                        nal::SPS => sps = Some(unit),
+                        nal::PPS => pps = Some(unit),
+                        _ => {}
+                    }
+                }
+                let (sps, pps) = (sps?, pps?);
+                let info = SpsInfo::parse(sps)?;
+                Some(TrackConfig::H264 {
+                    sps: sps.to_vec(),
+                    pps: pps.to_vec(),
+                    width: u16::try_from(info.width).ok()?,
+                    height: u16::try_from(info.height).ok()?,
+                })
+            }
+            Video::Vp8(_) => {
+                let (width, height) = vp8_key_frame_size(data)?;
+                Some(TrackConfig::Vp8 { width, height })
+            }
+        }
+    }
+
+    fn video_frame(&mut self, data: &[u8], key: bool, ms: u64) {
+        if self.stopped {
+            return;
+        }
+        if key {
+            let config = self.video_config(data);
+            let current = self.segment.as_ref().and_then(|s| {
+                s.video
+                    .and_then(|t| s.mux.config(t))
+                    .and_then(|c| c.dimensions())
+            });
+            match (config, current) {
+                (Some(config), None) => {
+                    self.open(ms, Some(config));
+                }
+                (Some(config), Some(dimensions)) if config.dimensions() != Some(dimensions) => {
+                    self.close();
+                    if !self.stopped {
+                        self.open(ms, Some(config));
+                    }
+                }
+                (None, None) => {
+                    // A key frame without parameter sets: wait for the next one.
+                    self.requests.want();
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let Some(segment) = self.segment.as_ref() else {
+            return;
+        };
+        let Some(track) = segment.video else { return };
+        let Some(since) = ms.checked_sub(segment.base_ms) else {
+            return;
+        };
+        self.cut_if_due(since, key);
+        let is_h264 = matches!(self.video, Some(Video::H264(_)));
+        if let Some(segment) = self.segment.as_mut() {
+            if is_h264 {
+                segment.mux.push_annex_b(track, since * 90, key, data);
+            } else {
+                segment.mux.push(track, since * 90, key, data);
+            }
+        }
+    }
+
+    fn audio_packet(&mut self, packet: &RtpPacket, arrival_ms: u64) {
+        if self.opus.is_none() || self.stopped {
+            return;
+        }
+        let seq = packet.header.sequence_number;
+        if self
+            .last_audio_seq
+            .is_some_and(|last| (seq.wrapping_sub(last) as i16) <= 0)
+        {
+            return; // late or duplicated
+        }
+        self.last_audio_seq = Some(seq);
+        let ms = self.audio_clock.map(packet.header.timestamp, arrival_ms);
+        if packet.payload.is_empty() {
+            return;
+        }
+        if self.segment.is_none() {
+            if self.has_video {
+                return; // audio starts with the first picture
+            }
+            self.open(ms, None);
+        }
+        let Some(segment) = self.segment.as_ref() else {
+            return;
+        };
+        let Some(track) = segment.audio else { return };
+        let Some(since) = ms.checked_sub(segment.base_ms) else {
+            return;
+        };
+        let gap = segment
+            .mux
+            .end_time(track)
+            .is_some_and(|end| since * 48 > end + AUDIO_GAP_MS * 48);
+        if gap {
+            self.flush();
+        }
+        self.cut_if_due(since, false);
+        if let Some(segment) = self.segment.as_mut() {
+            segment.mux.push(track, since * 48, true, &packet.payload);
+        }
+    }
+
+    /// Writes the pending fragment before a sample at `since` (file ms) when due.
+    fn cut_if_due(&mut self, since: u64, key: bool) {
+        let Some(segment) = self.segment.as_ref() else {
+            return;
+        };
+        let Some(first) = segment.mux.pending_since_ms() else {
+            return;
+        };
+        let elapsed = since.saturating_sub(first);
+        if elapsed >= self.fragment_ms || (key && elapsed >= self.fragment_ms / 2) {
+            self.flush();
+        }
+    }
+
+    /// Starts a file at recording time `base_ms`.
+    fn open(&mut self, base_ms: u64, video: Option<TrackConfig>) {
+        let when = self.started_wall + Duration::from_millis(base_ms);
+        let (meta, file) = match self.first_file.take() {
+            Some(file) => (self.first.clone(), file),
+            None => {
+                let n = self.files.len() as u32 + 1;
+                let name = catalog::segment_name(&self.dir, &self.first.name, n);
+                let meta = RecordMeta {
+                    name,
+                    started: catalog::rfc3339(when),
+                    ended: None,
+                    duration_ms: None,
+                    error: None,
+                    ..self.first.clone()
+                };
+                let path = self.dir.join(&meta.name);
+                if let Err(e) = catalog::store(&catalog::sidecar(&path), &meta) {
+                    self.fail_before(&meta.name, &e);
+                    return;
+                }
+                match self.storage.create(&path) {
+                    Ok(file) => (meta, file),
+                    Err(e) => {
+                        self.fail_before(&meta.name, &e);
+                        return;
+                    }
+                }
+            }
+        };
+        self.first_media.get_or_insert(when);
+        let mut tracks = Vec::new();
+        let video_track = video.map(|config| {
+            tracks.push(config);
+            tracks.len() - 1
+        });
+        let audio_track = self.opus.map(|channels| {
+            tracks.push(TrackConfig::Opus { channels });
+            tracks.len() - 1
+        });
+        let mux = Fmp4Writer::new(tracks);
+        self.files.push(meta.name.clone());
+        self.segment = Some(Segment {
+            path: self.dir.join(&meta.name),
+            meta,
+            file,
+            mux,
+            written: 0,
+            written_ms: 0,
+            base_ms,
+            video: video_track,
+            audio: audio_track,
+        });
+        self.buf.clear();
+        if let Some(segment) = self.segment.as_ref() {
+            segment.mux.init_segment(&mut self.buf);
+        }
+        self.write_buf();
+    }
+
+    /// A segment could not even be created.
+    fn fail_before(&mut self, name: &str, e: &io::Error) {
+        warn!("recording {name}: {e}; the recording stopped");
+        self.error = Some(e.to_string());
+        self.stopped = true;
+        self.publish();
+    }
+
+    /// Writes the pending samples as one fragment.
+    fn flush(&mut self) {
+        self.last_write = Instant::now();
+        let Some(segment) = self.segment.as_mut() else {
+            return;
+        };
+        self.buf.clear();
+        if segment.mux.fragment(&mut self.buf) {
+            self.write_buf();
+        }
+    }
+
+    /// Writes `buf` (an init segment or a fragment) and syncs it, or stops.
+    fn write_buf(&mut self) {
+        let Some(segment) = self.segment.as_mut() else {
+            return;
+        };
+        let result = segment
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| segment.file.sync_data());
+        match result {
+            Ok(()) => {
+                segment.written += self.buf.len() as u64;
+                segment.written_ms = segment.duration_ms();
+                self.publish();
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// A write failed: cut the file back to its last fragment, note the error, stop.
+    fn fail(&mut self, e: io::Error) {
+        self.stopped = true;
+        let reason = e.to_string();
+        self.error = Some(reason.clone());
+        let Some(mut segment) = self.segment.take() else {
+            return;
+        };
+        let cut = segment
+            .file
+            .set_len(segment.written)
+            .and_then(|()| segment.file.sync_data());
+        let cut = match cut {
+            Ok(()) => String::new(),
+            Err(e) => format!(" (cutting it back failed: {e})"),
+        };
+        warn!(
+            "recording {}: writing failed: {reason}; the recording stopped, the file is \
+             kept up to its last complete fragment ({} bytes){cut}",
+            segment.path.display(),
+            segment.written
+        );
+        let duration_ms = segment.written_ms;
+        self.end_segment(segment, duration_ms, Some(reason));
+    }
+
+    /// Closes the file being written (its last fragment flushed).
+    fn close(&mut self) {
+        self.flush();
+        if let Some(segment) = self.segment.take() {
+            let duration_ms = segment.duration_ms();
+            self.end_segment(segment, duration_ms, None);
+        }
+    }
+
+    fn end_segment(
+        &mut self,
+        mut segment: Segment<S::File>,
+        duration_ms: u64,
+        error: Option<String>,
+    ) {
+        segment.meta.ended = Some(catalog::rfc3339(SystemTime::now()));
+        segment.meta.duration_ms = Some(duration_ms);
+        segment.meta.error = error;
+        self.closed_bytes += segment.written;
+        self.closed_ms += duration_ms;
+        let sidecar = catalog::sidecar(&segment.path);
+        if let Err(e) = catalog::store(&sidecar, &segment.meta) {
+            warn!("recording {}: {e}", sidecar.display());
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let (file, bytes, ms) = match &self.segment {
+            Some(s) => (s.meta.name.clone(), s.written, s.written_ms),
+            None => (
+                self.files
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| self.first.name.clone()),
+                0,
+                0,
+            ),
+        };
+        self.status.send_replace(RecordStatus {
+            file,
+            bytes: self.closed_bytes + bytes,
+            duration_ms: self.closed_ms + ms,
+            first_media: self.first_media,
+            error: self.error.clone(),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        });
+    }
+
+    fn finish(mut self) -> RecordSummary {
+        if !self.stopped {
+            self.close();
+        }
+        if self.files.is_empty() {
+            // No media came: the empty first file keeps a finished sidecar.
+            let mut meta = self.first.clone();
+            meta.ended = Some(catalog::rfc3339(SystemTime::now()));
+            meta.duration_ms = Some(0);
+            meta.error = self.error.clone();
+            let sidecar = catalog::sidecar(&self.dir.join(&meta.name));
+            if let Err(e) = catalog::store(&sidecar, &meta) {
+                warn!("recording {}: {e}", sidecar.display());
+            }
+            self.files.push(meta.name);
+        }
+        self.publish();
+        RecordSummary {
+            files: self.files,
+            bytes: self.closed_bytes,
+            duration_ms: self.closed_ms,
+            first_media: self.first_media,
+            error: self.error,
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// RTP VP8 (RFC 7741) into frames: a frame ends with the marker bit or a timestamp
+/// change; a sequence gap drops the frame and everything up to the next key frame.
+#[derive(Debug)]
+pub(crate) struct Vp8Depacketizer {
+    buf: Vec<u8>,
+    timestamp: Option<u32>,
+    next_seq: Option<u16>,
+    broken: bool,
+    gap: bool,
+    pub(crate) waiting: bool,
+}
+
+impl Vp8Depacketizer {
+    pub(crate) fn new() -> Vp8Depacketizer {
+        Vp8Depacketizer {
+            buf: Vec::new(),
+            timestamp: None,
+            next_seq: None,
+            broken: false,
+            gap: true,
+            waiting: true,
+        }
+    }
+
+    /// Takes one packet; a completed frame goes to `emit(data, timestamp, key)`.
+    pub(crate) fn push(
+        &mut self,
+        packet: &RtpPacket,
+        mut emit: impl FnMut(&[u8], u32, bool),
+    ) -> Pushed {
+        let h = &packet.header;
+        let mut lost = false;
+        if let Some(next) = self.next_seq {
+            let ahead = h.sequence_number.wrapping_sub(next) as i16;
+            if ahead < 0 {
+                return self.state(false); // late or duplicated
+            }
+            lost = ahead > 0;
+        }
+        self.next_seq = Some(h.sequence_number.wrapping_add(1));
+        let was_waiting = self.waiting;
+        if lost {
+            self.broken = true;
+            self.gap = true;
+            self.waiting = true;
+        }
+        if self.timestamp.is_some_and(|t| t != h.timestamp) {
+            self.finish(&mut emit);
+        }
+        let (start, data) = descriptor(&packet.payload);
+        if self.timestamp.is_none() {
+            self.timestamp = Some(h.timestamp);
+            self.broken = self.gap && !start;
+            self.buf.clear();
+        }
+        self.gap = false;
+        match data {
+            Some(data) if !self.broken => {
+                self.buf.extend_from_slice(data);
+                if self.buf.len() > MAX_FRAME {
+                    self.broken = true;
+                    self.waiting = true;
+                    lost = true;
+                }
+            }
+            None => {
+                self.broken = true;
+                self.waiting = true;
+                lost = true;
+            }
+            _ => {}
+        }
+        if h.marker {
+            self.finish(&mut emit);
+        }
+        self.state(lost && !was_waiting)
+    }
+
+    fn state(&self, lost_now: bool) -> Pushed {
+        if lost_now {
+            Pushed::Lost
+        } else if self.waiting {
+            Pushed::Waiting
+        } else {
+            Pushed::Ok
+        }
+    }
+
+    fn finish(&mut self, emit: &mut impl FnMut(&[u8], u32, bool)) {
+        let Some(timestamp) = self.timestamp.take() else {
+            return;
+        };
+        if !self.broken && !self.buf.is_empty() {
+            let key = self.buf[0] & 1 == 0;
+            if key || !self.waiting {
+                self.waiting = false;
+                emit(&self.buf, timestamp, key);
+            }
+        }
+        self.buf.clear();
+        self.broken = false;
+    }
+}
+
+/// The VP8 payload descriptor: whether the packet starts a frame (S=1, PID 0) and the
+/// VP8 data after it; `None` data for a broken descriptor.
+fn descriptor(payload: &[u8]) -> (bool, Option<&[u8]>) {
+    let Some(&b0) = payload.first() else {
+        return (false, None);
+    };
+    let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
+    let mut at = 1;
+    if b0 & 0x80 != 0 {
+        let Some(&x) = payload.get(1) else {
+            return (start, None);
+        };
+        at = 2;
+        if x & 0x80 != 0 {
+            let Some(&id) = payload.get(at) else {
+                return (start, None);
+            };
+            at += if id & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            at += 1;
+        }
+        if x & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    (start, payload.get(at..).filter(|d| !d.is_empty()))
+}
