@@ -22,7 +22,7 @@
 //!   written with `write_all` and `sync_data`, so a crash or a power cut loses at most
 //!   the fragment being built.
 //! - Segments: a new picture size (a key frame whose SPS or VP8 header has other
-//!   dimensions) closes the file (it stays valid, its sidecar gets `ended`) and goes on
+//!   dimensions, or an SPS with another H.264 profile than the `avcC`'s) closes the file (it stays valid, its sidecar gets `ended`) and goes on
 //!   in `catalog::segment_name` (`<name>-part2.mp4`, …) with its own sidecar.
 //! - Faults: a write or fsync error (a full disk) stops the recording: the file is cut
 //!   back to the end of its last complete fragment (`set_len`), its sidecar gets
@@ -488,16 +488,19 @@ impl<S: Storage> Recording<S> {
         }
         if key {
             let config = self.video_config(data);
-            let current = self.segment.as_ref().and_then(|s| {
-                s.video
-                    .and_then(|t| s.mux.config(t))
-                    .and_then(|c| c.dimensions())
-            });
+            let current = self
+                .segment
+                .as_ref()
+                .and_then(|s| s.video.and_then(|t| s.mux.config(t)));
+            let changed = match (&config, current) {
+                (Some(new), Some(old)) => !same_picture(new, old),
+                _ => false,
+            };
             match (config, current) {
                 (Some(config), None) => {
                     self.open(ms, Some(config));
                 }
-                (Some(config), Some(dimensions)) if config.dimensions() != Some(dimensions) => {
+                (Some(config), Some(_)) if changed => {
                     self.close();
                     if !self.stopped {
                         self.open(ms, Some(config));
@@ -787,6 +790,16 @@ impl<S: Storage> Recording<S> {
     }
 }
 
+/// Whether a key frame's config fits the file being written: the same picture size
+/// (and for H.264 the same profile, which the `avcC` announces).
+fn same_picture(new: &TrackConfig, old: &TrackConfig) -> bool {
+    let profile = |c: &TrackConfig| match c {
+        TrackConfig::H264 { sps, .. } => sps.get(1).copied(),
+        _ => None,
+    };
+    new.dimensions() == old.dimensions() && profile(new) == profile(old)
+}
+
 /// RTP VP8 (RFC 7741) into frames: a frame ends with the marker bit or a timestamp
 /// change; a sequence gap drops the frame and everything up to the next key frame.
 #[derive(Debug)]
@@ -918,4 +931,435 @@ fn descriptor(payload: &[u8]) -> (bool, Option<&[u8]>) {
         }
     }
     (start, payload.get(at..).filter(|d| !d.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::h264::Packetizer;
+    use crate::media::codec::Codec;
+    use crate::record::catalog::RecordKind;
+    use crate::record::fmp4::tests::{boxes, PPS, SPS_360};
+    use bytes::Bytes;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    /// Files in memory; writes past `limit` bytes fail like a full disk (after writing
+    /// what fits, as a real short write does).
+    type Shared = Arc<Mutex<Vec<u8>>>;
+
+    #[derive(Clone)]
+    struct Memory {
+        files: Arc<Mutex<Vec<(PathBuf, Shared)>>>,
+        limit: usize,
+        syncs: Arc<AtomicUsize>,
+    }
+
+    struct MemFile {
+        data: Arc<Mutex<Vec<u8>>>,
+        limit: usize,
+        syncs: Arc<AtomicUsize>,
+    }
+
+    impl Storage for Memory {
+        type File = MemFile;
+        fn create(&mut self, path: &Path) -> io::Result<MemFile> {
+            let data = Arc::new(Mutex::new(Vec::new()));
+            self.files
+                .lock()
+                .unwrap()
+                .push((path.to_owned(), data.clone()));
+            Ok(MemFile {
+                data,
+                limit: self.limit,
+                syncs: self.syncs.clone(),
+            })
+        }
+    }
+
+    impl SegmentFile for MemFile {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            let mut data = self.data.lock().unwrap();
+            let room = self.limit.saturating_sub(data.len());
+            data.extend_from_slice(&buf[..buf.len().min(room)]);
+            if buf.len() > room {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            Ok(())
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            self.data.lock().unwrap().resize(len as usize, 0);
+            Ok(())
+        }
+    }
+
+    static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    struct Capture;
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            if record.level() <= log::Level::Warn {
+                LOGGED.lock().unwrap().push(record.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("huddle-recorder-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn meta(name: &str) -> RecordMeta {
+        RecordMeta {
+            name: format!("{name}.mp4"),
+            kind: RecordKind::Stream,
+            room: "room".into(),
+            stream: Some(name.into()),
+            login: None,
+            started: catalog::rfc3339(SystemTime::now()),
+            ended: None,
+            duration_ms: None,
+            error: None,
+        }
+    }
+
+    fn codec(family: Family, clock_rate: u32) -> Codec {
+        Codec {
+            family,
+            payload_type: 100,
+            clock_rate,
+            channels: 2,
+            fmtp: String::new(),
+        }
+    }
+
+    fn h264() -> Codec {
+        codec(
+            Family::H264 {
+                profile: 0x42,
+                constraints: 0xc0,
+            },
+            90_000,
+        )
+    }
+
+    /// A picture of `len` bytes: an IDR with parameter sets, or a P slice.
+    fn picture(key: bool, len: usize, n: usize) -> Bytes {
+        let mut au = Vec::new();
+        if key {
+            for unit in [SPS_360, PPS] {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(unit);
+            }
+        }
+        au.extend_from_slice(&[0, 0, 0, 1, if key { 0x65 } else { 0x41 }, 0x88]);
+        au.extend((0..len).map(|k| ((k + n) % 250) as u8 + 1));
+        Bytes::from(au)
+    }
+
+    fn audio_packet(seq: u16, timestamp: u32) -> RtpPacket {
+        let mut p = RtpPacket::default();
+        p.header.sequence_number = seq;
+        p.header.timestamp = timestamp;
+        p.payload = Bytes::from_static(&[0xfc, 1, 2, 3, 4, 5, 6, 7]);
+        p
+    }
+
+    /// `seconds` of 30 fps video (a key frame a second) and 20 ms audio, sent as fast
+    /// as the recorder takes them (times come from RTP after the arrival anchor).
+    async fn feed(tx: &mpsc::Sender<(Kind, RtpPacket)>, seconds: usize, video: bool) {
+        let mut p = Packetizer::new(100, 7, 1200);
+        let mut out = Vec::new();
+        for slot in 0..seconds * 50 {
+            let t_ms = slot * 20;
+            let frame = t_ms * 30 / 1000;
+            if video && (t_ms * 30) % 1000 < 600 && (slot == 0 || (t_ms - 20) * 30 / 1000 != frame)
+            {
+                out.clear();
+                p.packetize(
+                    &picture(frame % 30 == 0, 600, frame),
+                    frame as u32 * 3000,
+                    &mut out,
+                );
+                for packet in out.drain(..) {
+                    if tx.send((Kind::Video, packet)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if tx
+                .send((
+                    Kind::Audio,
+                    audio_packet(slot as u16, 1000 + slot as u32 * 960),
+                ))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if slot % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_stops_at_the_last_complete_fragment() {
+        let _ = log::set_logger(&Capture).map(|()| log::set_max_level(log::LevelFilter::Info));
+        let dir = dir("enospc");
+        let storage = Memory {
+            files: Arc::default(),
+            limit: 40_000,
+            syncs: Arc::default(),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let codecs = Chosen {
+            audio: Some(codec(Family::Opus, 48_000)),
+            video: Some(h264()),
+        };
+        let handle = start_with(
+            storage.clone(),
+            &dir,
+            meta("full"),
+            codecs,
+            rx,
+            || {},
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let status = handle.status();
+        feed(&tx, 10, true).await;
+        let summary = handle.finished().await;
+        assert!(
+            tx.is_closed(),
+            "the packet channel is closed after the failure"
+        );
+        let error = summary.error.clone().expect("an error");
+        assert!(error.contains("No space left"), "{error}");
+        assert_eq!(status.borrow().error.as_deref(), Some(error.as_str()));
+        let files = storage.files.lock().unwrap();
+        assert_eq!(files.len(), 1);
+        let data = files[0].1.lock().unwrap().clone();
+        assert_eq!(data.len() as u64, summary.bytes);
+        assert!(
+            data.len() > 10_000 && data.len() <= 40_000,
+            "{}",
+            data.len()
+        );
+        // Whole boxes only: ftyp, moov, then complete moof + mdat pairs.
+        let kinds: Vec<[u8; 4]> = boxes(&data).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(&kinds[..2], &[*b"ftyp", *b"moov"]);
+        assert!(
+            kinds.len() >= 4 && kinds.len().is_multiple_of(2),
+            "{}",
+            kinds.len()
+        );
+        assert_eq!(kinds.last(), Some(b"mdat"));
+        assert!(storage.syncs.load(Ordering::Relaxed) >= kinds.len() / 2);
+        let side: RecordMeta = catalog::load(&catalog::sidecar(&dir.join("full.mp4"))).unwrap();
+        assert_eq!(side.error.as_deref(), Some(error.as_str()));
+        assert!(side.ended.is_some());
+        assert_eq!(side.duration_ms, Some(summary.duration_ms));
+        assert!(summary.duration_ms >= 1000, "{}", summary.duration_ms);
+        let logged = LOGGED.lock().unwrap();
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.contains("full.mp4") && l.contains("No space left")),
+            "{logged:?}"
+        );
+        drop(logged);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audio_only_starts_at_once_and_stop_finalizes() {
+        let dir = dir("audio");
+        let storage = Memory {
+            files: Arc::default(),
+            limit: usize::MAX,
+            syncs: Arc::default(),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let codecs = Chosen {
+            audio: Some(codec(Family::Opus, 48_000)),
+            video: None,
+        };
+        let key_frames = Arc::new(AtomicUsize::new(0));
+        let counter = key_frames.clone();
+        let handle = start_with(
+            storage.clone(),
+            &dir,
+            meta("voice"),
+            codecs,
+            rx,
+            move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            },
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        feed(&tx, 3, false).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.stop();
+        let summary = handle.finished().await;
+        assert_eq!(summary.error, None);
+        assert_eq!(summary.files, vec!["voice.mp4".to_string()]);
+        assert!(
+            (2900..=3100).contains(&summary.duration_ms),
+            "{}",
+            summary.duration_ms
+        );
+        assert_eq!(
+            key_frames.load(Ordering::Relaxed),
+            0,
+            "no video, no requests"
+        );
+        let data = storage.files.lock().unwrap()[0].1.lock().unwrap().clone();
+        let kinds: Vec<[u8; 4]> = boxes(&data).into_iter().map(|(k, _)| k).collect();
+        assert!(
+            kinds.len() >= 2 + 2 * 6,
+            "fragments of 500 ms: {}",
+            kinds.len()
+        );
+        let side: RecordMeta = catalog::load(&catalog::sidecar(&dir.join("voice.mp4"))).unwrap();
+        assert!(side.ended.is_some() && side.error.is_none());
+        assert_eq!(side.duration_ms, Some(summary.duration_ms));
+        drop(tx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn g711_alone_is_refused_and_the_sidecar_is_written_at_start() {
+        let dir = dir("refuse");
+        let (_tx, rx) = mpsc::channel(4);
+        let codecs = Chosen {
+            audio: Some(codec(Family::Pcmu, 8000)),
+            video: None,
+        };
+        let refused = start(
+            &dir,
+            meta("pcmu"),
+            codecs,
+            rx,
+            || {},
+            Duration::from_millis(500),
+        );
+        assert!(matches!(refused, Err(RecordError::Unsupported(_))));
+        assert!(!dir.join("pcmu.mp4.json").exists());
+        let (tx, rx) = mpsc::channel(4);
+        let codecs = Chosen {
+            audio: None,
+            video: Some(h264()),
+        };
+        let handle = start(
+            &dir,
+            meta("v"),
+            codecs,
+            rx,
+            || {},
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let side: RecordMeta = catalog::load(&dir.join("v.mp4.json")).unwrap();
+        assert!(side.ended.is_none());
+        assert!(dir.join("v.mp4").exists());
+        drop(tx);
+        let summary = handle.finished().await;
+        assert_eq!(summary.duration_ms, 0);
+        let side: RecordMeta = catalog::load(&dir.join("v.mp4.json")).unwrap();
+        assert_eq!(side.duration_ms, Some(0));
+        // The same name again is never overwritten.
+        let (_tx, rx) = mpsc::channel(4);
+        let codecs = Chosen {
+            audio: None,
+            video: Some(h264()),
+        };
+        let again = start(
+            &dir,
+            meta("v"),
+            codecs,
+            rx,
+            || {},
+            Duration::from_millis(500),
+        );
+        assert!(matches!(again, Err(RecordError::Io { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn vp8_packets(frame: &[u8], seq: u16, timestamp: u32) -> Vec<RtpPacket> {
+        frame
+            .chunks(100)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut p = RtpPacket::default();
+                p.header.sequence_number = seq.wrapping_add(i as u16);
+                p.header.timestamp = timestamp;
+                p.header.marker = (i + 1) * 100 >= frame.len();
+                // X with a 15-bit picture ID, S on the first packet.
+                let mut payload = vec![0x80 | if i == 0 { 0x10 } else { 0 }, 0x80, 0x81, 0x23];
+                payload.extend_from_slice(chunk);
+                p.payload = payload.into();
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vp8_frames_are_rebuilt_and_a_loss_waits_for_a_key_frame() {
+        let key: Vec<u8> = [0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]
+            .into_iter()
+            .chain((0..250).map(|k| k as u8))
+            .collect();
+        let inter: Vec<u8> = [0x31]
+            .into_iter()
+            .chain((0..150).map(|k| k as u8))
+            .collect();
+        let mut d = Vp8Depacketizer::new();
+        let mut frames = Vec::new();
+        let mut pushed = Vec::new();
+        let mut seq = 10u16;
+        let mut packets = Vec::new();
+        for (i, frame) in [&inter, &key, &inter, &inter, &key, &inter]
+            .iter()
+            .enumerate()
+        {
+            let p = vp8_packets(frame, seq, i as u32 * 3000);
+            seq = seq.wrapping_add(p.len() as u16);
+            packets.push(p);
+        }
+        packets[3].remove(1); // a loss inside the third inter frame
+        for p in packets.concat() {
+            pushed.push(d.push(&p, |data, ts, key| frames.push((data.to_vec(), ts, key))));
+        }
+        let times: Vec<(u32, bool)> = frames.iter().map(|(_, t, k)| (*t, *k)).collect();
+        assert_eq!(
+            times,
+            vec![(3000, true), (6000, false), (12000, true), (15000, false)],
+            "the first inter frame waits, the broken one and nothing else is dropped"
+        );
+        assert_eq!(frames[0].0, key);
+        assert_eq!(frames[1].0, inter);
+        assert_eq!(pushed.iter().filter(|p| **p == Pushed::Lost).count(), 1);
+        assert_eq!(vp8_key_frame_size(&frames[0].0), Some((640, 360)));
+        // Garbage never panics.
+        let mut d = Vp8Depacketizer::new();
+        for len in 0..8 {
+            let mut p = RtpPacket::default();
+            p.header.sequence_number = len as u16;
+            p.header.marker = true;
+            p.payload = vec![0xff; len].into();
+            d.push(&p, |_, _, _| {});
+        }
+    }
 }
