@@ -120,14 +120,79 @@ struct Feed {
     audio_gap: std::ops::Range<usize>,
     /// Called once this many ms into the feed.
     midway: Option<(u64, Box<dyn FnOnce() + Send>)>,
+    /// The video frames are VP8 (else H.264 access units).
+    vp8: bool,
+}
+
+/// VP8 frames of libvpx at 30 fps, a key frame a second (from an IVF file).
+fn vp8_frames(dir: &Path, size: &str, seconds: u32) -> Vec<Bytes> {
+    let file = dir.join(format!("source-{size}.ivf"));
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args(["-i", &format!("testsrc=size={size}:rate=30")])
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v",
+            "libvpx",
+            "-g",
+            "30",
+            "-deadline",
+            "realtime",
+            "-f",
+            "ivf",
+        ])
+        .arg(&file)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success());
+    let data = std::fs::read(&file).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 32;
+    while at + 12 <= data.len() {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        frames.push(Bytes::copy_from_slice(&data[at + 12..at + 12 + len]));
+        at += 12 + len;
+    }
+    assert_eq!(frames.len(), seconds as usize * 30);
+    frames
+}
+
+/// RFC 7741 packets of one VP8 frame (a 1-byte descriptor, S on the first).
+fn vp8_packetize(frame: &[u8], seq: &mut u16, timestamp: u32, out: &mut Vec<RtpPacket>) {
+    let count = frame.len().div_ceil(1200);
+    for (i, chunk) in frame.chunks(1200).enumerate() {
+        let mut p = RtpPacket::default();
+        p.header.version = 2;
+        p.header.payload_type = 96;
+        p.header.sequence_number = *seq;
+        p.header.timestamp = timestamp;
+        p.header.ssrc = 99;
+        p.header.marker = i + 1 == count;
+        let mut payload = vec![if i == 0 { 0x10 } else { 0 }];
+        payload.extend_from_slice(chunk);
+        p.payload = payload.into();
+        *seq = seq.wrapping_add(1);
+        out.push(p);
+    }
 }
 
 /// Feeds video (30 fps) and audio (50 packets/s) in real time through `start`.
 async fn record(dir: &Path, meta: RecordMeta, feed: Feed) -> (RecordSummary, usize) {
     let (tx, rx) = mpsc::channel::<(Kind, RtpPacket)>(1024);
+    let video_codec = if feed.vp8 {
+        Codec {
+            family: Family::Vp8,
+            payload_type: 96,
+            clock_rate: 90_000,
+            channels: 0,
+            fmtp: String::new(),
+        }
+    } else {
+        h264_codec()
+    };
     let codecs = Chosen {
         audio: Some(opus_codec()),
-        video: Some(h264_codec()),
+        video: Some(video_codec),
     };
     let key_frames = Arc::new(AtomicUsize::new(0));
     let counter = key_frames.clone();
@@ -146,6 +211,7 @@ async fn record(dir: &Path, meta: RecordMeta, feed: Feed) -> (RecordSummary, usi
     let video_origin = 4_294_000_000u32; // wraps after ~10 s
     let audio_origin = 77_000u32;
     let mut audio_seq = 65_500u16;
+    let mut vp8_seq = 1u16;
     let start = tokio::time::Instant::now();
     let mut midway = feed.midway;
     let slots = feed.audio.len();
@@ -157,7 +223,11 @@ async fn record(dir: &Path, meta: RecordMeta, feed: Feed) -> (RecordSummary, usi
         while next_video < feed.video.len() && next_video as u64 * 1000 / 30 <= t_ms {
             packets.clear();
             let ts = video_origin.wrapping_add(next_video as u32 * 3000);
-            packetizer.packetize(&feed.video[next_video], ts, &mut packets);
+            if feed.vp8 {
+                vp8_packetize(&feed.video[next_video], &mut vp8_seq, ts, &mut packets);
+            } else {
+                packetizer.packetize(&feed.video[next_video], ts, &mut packets);
+            }
             for p in packets.drain(..) {
                 let _ = tx.try_send((Kind::Video, p));
             }
@@ -265,6 +335,7 @@ async fn a_stream_becomes_an_mp4_that_survives_a_cut() {
                 std::fs::copy(&from, &to).unwrap();
             }),
         )),
+        vp8: false,
     };
     let cpu = cpu_seconds();
     let wall = Instant::now();
@@ -334,6 +405,7 @@ async fn a_second_without_audio_stays_a_gap() {
         audio: opus_packets(300),
         audio_gap: 125..175, // 2.5 s to 3.5 s
         midway: None,
+        vp8: false,
     };
     let (summary, _) = record(&dir, meta, feed).await;
     assert_eq!(summary.error, None);
@@ -368,6 +440,7 @@ async fn a_new_picture_size_goes_on_in_a_second_file() {
         audio: opus_packets(300),
         audio_gap: 0..0,
         midway: None,
+        vp8: false,
     };
     let (summary, _) = record(&dir, meta, feed).await;
     assert_eq!(summary.error, None);
@@ -394,6 +467,35 @@ async fn a_new_picture_size_goes_on_in_a_second_file() {
         let side: RecordMeta = catalog::load(&catalog::sidecar(&file)).unwrap();
         assert!(side.ended.is_some() && side.error.is_none());
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_goes_into_mp4_as_vp08() {
+    let dir = temp_dir("vp8");
+    let meta = meta(&dir, "vp8");
+    let file = dir.join(&meta.name);
+    let feed = Feed {
+        video: vp8_frames(&dir, "640x360", 4),
+        audio: opus_packets(200),
+        audio_gap: 0..0,
+        midway: None,
+        vp8: true,
+    };
+    let (summary, _) = record(&dir, meta, feed).await;
+    assert_eq!(summary.error, None);
+    let probe = ffprobe(&file);
+    let video = stream(&probe, "video");
+    assert_eq!(video["codec_name"], "vp8");
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    assert_eq!(stream(&probe, "audio")["codec_name"], "opus");
+    let duration = seconds(&probe["format"]["duration"]);
+    eprintln!("vp8: {duration:.3} s");
+    assert!((3.5..=4.5).contains(&duration), "{duration}");
+    assert_eq!(decode_errors(&file), "");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -466,6 +568,7 @@ async fn write_error_child() {
         audio: opus_packets(300),
         audio_gap: 0..0,
         midway: None,
+        vp8: false,
     };
     let meta = meta(&dir, "efbig");
     std::fs::write(dir.join("name"), &meta.name).unwrap();
