@@ -122,6 +122,8 @@ struct Feed {
     midway: Option<(u64, Box<dyn FnOnce() + Send>)>,
     /// The video frames are VP8 (else H.264 access units).
     vp8: bool,
+    /// The first picture is sent this late (a camera turned on after the microphone).
+    video_from_ms: u64,
 }
 
 /// VP8 frames of libvpx at 30 fps, a key frame a second (from an IVF file).
@@ -220,7 +222,9 @@ async fn record(dir: &Path, meta: RecordMeta, feed: Feed) -> (RecordSummary, usi
     for slot in 0..slots {
         let t_ms = slot as u64 * 20;
         tokio::time::sleep_until(start + Duration::from_millis(t_ms)).await;
-        while next_video < feed.video.len() && next_video as u64 * 1000 / 30 <= t_ms {
+        while next_video < feed.video.len()
+            && feed.video_from_ms + next_video as u64 * 1000 / 30 <= t_ms
+        {
             packets.clear();
             let ts = video_origin.wrapping_add(next_video as u32 * 3000);
             if feed.vp8 {
@@ -336,6 +340,7 @@ async fn a_stream_becomes_an_mp4_that_survives_a_cut() {
             }),
         )),
         vp8: false,
+        video_from_ms: 0,
     };
     let cpu = cpu_seconds();
     let wall = Instant::now();
@@ -406,6 +411,7 @@ async fn a_second_without_audio_stays_a_gap() {
         audio_gap: 125..175, // 2.5 s to 3.5 s
         midway: None,
         vp8: false,
+        video_from_ms: 0,
     };
     let (summary, _) = record(&dir, meta, feed).await;
     assert_eq!(summary.error, None);
@@ -441,6 +447,7 @@ async fn a_new_picture_size_goes_on_in_a_second_file() {
         audio_gap: 0..0,
         midway: None,
         vp8: false,
+        video_from_ms: 0,
     };
     let (summary, _) = record(&dir, meta, feed).await;
     assert_eq!(summary.error, None);
@@ -481,6 +488,7 @@ async fn vp8_goes_into_mp4_as_vp08() {
         audio_gap: 0..0,
         midway: None,
         vp8: true,
+        video_from_ms: 0,
     };
     let (summary, _) = record(&dir, meta, feed).await;
     assert_eq!(summary.error, None);
@@ -496,6 +504,38 @@ async fn vp8_goes_into_mp4_as_vp08() {
     eprintln!("vp8: {duration:.3} s");
     assert!((3.5..=4.5).contains(&duration), "{duration}");
     assert_eq!(decode_errors(&file), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_waits_3_s_for_video_then_goes_alone_until_it_starts() {
+    let dir = temp_dir("late");
+    let meta = meta(&dir, "late");
+    let feed = Feed {
+        video: h264_access_units(&dir, "640x360", 2),
+        audio: opus_packets(300),
+        audio_gap: 0..0,
+        midway: None,
+        vp8: false,
+        video_from_ms: 4000,
+    };
+    let (summary, _) = record(&dir, meta, feed).await;
+    assert_eq!(summary.error, None);
+    assert_eq!(summary.files.len(), 2, "{:?}", summary.files);
+    let first = ffprobe(&dir.join(&summary.files[0]));
+    assert_eq!(first["streams"].as_array().unwrap().len(), 1, "audio alone");
+    let alone = seconds(&first["format"]["duration"]);
+    let second = dir.join(&summary.files[1]);
+    let probe = ffprobe(&second);
+    let video = stream(&probe, "video");
+    let audio = stream(&probe, "audio");
+    let skew = (seconds(&video["start_time"]) - seconds(&audio["start_time"])).abs();
+    let both = seconds(&probe["format"]["duration"]);
+    eprintln!("audio alone {alone:.3} s, then audio + video {both:.3} s (start skew {skew:.3} s)");
+    assert!((0.7..=1.3).contains(&alone), "{alone}");
+    assert!((1.7..=2.3).contains(&both), "{both}");
+    assert!(skew < 0.1, "{skew}");
+    assert_eq!(decode_errors(&second), "");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -569,6 +609,7 @@ async fn write_error_child() {
         audio_gap: 0..0,
         midway: None,
         vp8: false,
+        video_from_ms: 0,
     };
     let meta = meta(&dir, "efbig");
     std::fs::write(dir.join("name"), &meta.name).unwrap();

@@ -16,13 +16,16 @@
 //!   recording's one origin, so audio and video stay in sync without RTCP and a gap
 //!   (a muted publisher, lost packets) stays a gap: the audio fragment is cut and the
 //!   next `tfdt` jumps. File time 0 is the first video key frame (or the first audio
-//!   packet of an audio-only stream); audio from before it is dropped.
+//!   packet of an audio-only stream); audio from before it is dropped. When no key
+//!   frame comes within 3 s of the first audio (a camera off from the start), the
+//!   audio is recorded alone and the first key frame starts the next segment.
 //! - Fragments: one at least every `fragment` of media (and after `fragment` without
 //!   packets), cut before a video key frame once half of that has passed; each is
 //!   written with `write_all` and `sync_data`, so a crash or a power cut loses at most
 //!   the fragment being built.
 //! - Segments: a new picture size (a key frame whose SPS or VP8 header has other
-//!   dimensions, or an SPS with another H.264 profile than the `avcC`'s) closes the file (it stays valid, its sidecar gets `ended`) and goes on
+//!   dimensions, or an SPS with another H.264 profile than the `avcC`'s), or video
+//!   starting after audio was recorded alone, closes the file (it stays valid, its sidecar gets `ended`) and goes on
 //!   in `catalog::segment_name` (`<name>-part2.mp4`, …) with its own sidecar.
 //! - Faults: a write or fsync error (a full disk) stops the recording: the file is cut
 //!   back to the end of its last complete fragment (`set_len`), its sidecar gets
@@ -57,6 +60,9 @@ const QUEUE: usize = 512;
 /// An audio packet this much later than the end of the previous one starts a new
 /// fragment, so the gap is a jump of `tfdt`.
 const AUDIO_GAP_MS: u64 = 100;
+/// Audio waits this long for the first video key frame; then it is recorded alone
+/// until the video starts (in a new segment).
+const VIDEO_WAIT_MS: u64 = 3000;
 /// Largest VP8 frame taken.
 const MAX_FRAME: usize = 4 << 20;
 
@@ -258,6 +264,7 @@ pub(crate) fn start_with<S: Storage>(
         video_clock: TrackClock::new(codecs.video.as_ref().map_or(90_000, |c| c.clock_rate)),
         audio_clock: TrackClock::new(48_000),
         last_audio_seq: None,
+        first_audio_ms: None,
         requests: KeyFrameRequests::default(),
         key_frame: Box::new(key_frame),
         segment: None,
@@ -368,6 +375,8 @@ struct Recording<S: Storage> {
     video_clock: TrackClock,
     audio_clock: TrackClock,
     last_audio_seq: Option<u16>,
+    /// Recording time of the first audio packet.
+    first_audio_ms: Option<u64>,
     requests: KeyFrameRequests,
     key_frame: Box<dyn FnMut() + Send>,
     segment: Option<Segment<S::File>>,
@@ -488,19 +497,16 @@ impl<S: Storage> Recording<S> {
         }
         if key {
             let config = self.video_config(data);
+            // None: no file yet; Some(None): an audio-only file (the video was late).
             let current = self
                 .segment
                 .as_ref()
-                .and_then(|s| s.video.and_then(|t| s.mux.config(t)));
-            let changed = match (&config, current) {
-                (Some(new), Some(old)) => !same_picture(new, old),
-                _ => false,
-            };
+                .map(|s| s.video.and_then(|t| s.mux.config(t)).cloned());
             match (config, current) {
-                (Some(config), None) => {
-                    self.open(ms, Some(config));
-                }
-                (Some(config), Some(_)) if changed => {
+                (Some(config), None) => self.open(ms, Some(config)),
+                (Some(config), Some(old))
+                    if old.as_ref().is_none_or(|old| !same_picture(&config, old)) =>
+                {
                     self.close();
                     if !self.stopped {
                         self.open(ms, Some(config));
@@ -549,7 +555,8 @@ impl<S: Storage> Recording<S> {
             return;
         }
         if self.segment.is_none() {
-            if self.has_video {
+            let first = *self.first_audio_ms.get_or_insert(ms);
+            if self.has_video && ms.saturating_sub(first) < VIDEO_WAIT_MS {
                 return; // audio starts with the first picture
             }
             self.open(ms, None);
