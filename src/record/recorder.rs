@@ -23,7 +23,7 @@
 //!   packets), cut before a video key frame once half of that has passed; each is
 //!   written with `write_all` and `sync_data`, so a crash or a power cut loses at most
 //!   the fragment being built.
-//! - Segments: a new picture size (a key frame whose SPS or VP8 header has other
+//! - Segments: a codec change ([`RecorderHandle::change_codecs`]), a new picture size (a key frame whose SPS or VP8 header has other
 //!   dimensions, or an SPS with another H.264 profile than the `avcC`'s), or video
 //!   starting after audio was recorded alone, closes the file (it stays valid, its sidecar gets `ended`) and goes on
 //!   in `catalog::segment_name` (`<name>-part2.mp4`, …) with its own sidecar.
@@ -111,6 +111,7 @@ pub enum RecordError {
 #[derive(Debug)]
 pub struct RecorderHandle {
     stop: watch::Sender<bool>,
+    codecs: mpsc::UnboundedSender<Chosen>,
     status: watch::Receiver<RecordStatus>,
     done: oneshot::Receiver<RecordSummary>,
 }
@@ -120,6 +121,14 @@ impl RecorderHandle {
     /// (see [`RecorderHandle::finished`]). Dropping the handle does not stop it.
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// The stream's codecs changed (a renegotiation): the file being written is closed
+    /// and the next key frame (or audio packet, audio-only) starts the next segment.
+    /// Packets still queued from before the change are read as the new codecs (so
+    /// mostly dropped while waiting for a key frame).
+    pub fn change_codecs(&self, codecs: Chosen) {
+        let _ = self.codecs.send(codecs);
     }
 
     /// Bytes, duration, first media time and error, updated after each fragment.
@@ -194,11 +203,30 @@ impl SegmentFile for std::fs::File {
     }
 }
 
-struct Msg {
-    kind: Kind,
-    packet: RtpPacket,
-    /// ms since the recording started.
-    arrival_ms: u64,
+enum Msg {
+    Packet {
+        kind: Kind,
+        packet: RtpPacket,
+        /// ms since the recording started.
+        arrival_ms: u64,
+    },
+    /// The stream's codecs changed.
+    Codecs(Chosen),
+}
+
+/// What of a stream's codecs is recorded: the video depacketizer and Opus channels.
+fn inputs(codecs: &Chosen) -> (Option<Video>, Option<u8>) {
+    let video = match codecs.video.as_ref().map(|c| c.family) {
+        Some(Family::H264 { .. }) => Some(Video::H264(Box::default())),
+        Some(Family::Vp8) => Some(Video::Vp8(Vp8Depacketizer::new())),
+        _ => None,
+    };
+    let opus = codecs
+        .audio
+        .as_ref()
+        .filter(|c| c.family == Family::Opus)
+        .map(|c| c.channels.clamp(1, 2) as u8);
+    (video, opus)
 }
 
 pub(crate) fn start_with<S: Storage>(
@@ -210,16 +238,7 @@ pub(crate) fn start_with<S: Storage>(
     key_frame: impl FnMut() + Send + 'static,
     fragment: Duration,
 ) -> Result<RecorderHandle, RecordError> {
-    let video = match codecs.video.as_ref().map(|c| c.family) {
-        Some(Family::H264 { .. }) => Some(Video::H264(Box::default())),
-        Some(Family::Vp8) => Some(Video::Vp8(Vp8Depacketizer::new())),
-        _ => None,
-    };
-    let opus = codecs
-        .audio
-        .as_ref()
-        .filter(|c| c.family == Family::Opus)
-        .map(|c| c.channels.clamp(1, 2) as u8);
+    let (video, opus) = inputs(&codecs);
     if video.is_none() && opus.is_none() {
         return Err(RecordError::Unsupported(format!(
             "{}: only H.264, VP8 and Opus are recorded",
@@ -264,6 +283,10 @@ pub(crate) fn start_with<S: Storage>(
         video_clock: TrackClock::new(codecs.video.as_ref().map_or(90_000, |c| c.clock_rate)),
         audio_clock: TrackClock::new(48_000),
         last_audio_seq: None,
+        families: (
+            codecs.video.as_ref().map(|c| c.family),
+            codecs.audio.as_ref().map(|c| (c.family, c.channels)),
+        ),
         first_audio_ms: None,
         requests: KeyFrameRequests::default(),
         key_frame: Box::new(key_frame),
@@ -290,6 +313,7 @@ pub(crate) fn start_with<S: Storage>(
         .map_err(RecordError::Thread)?;
     drop(thread);
     let name = status.borrow().file.clone();
+    let (codecs_tx, mut codecs_rx) = mpsc::unbounded_channel::<Chosen>();
     tokio::spawn(async move {
         let mut stop_open = true;
         loop {
@@ -300,10 +324,18 @@ pub(crate) fn start_with<S: Storage>(
                     Ok(()) => {}
                     Err(_) => stop_open = false,
                 },
+                Some(codecs) = codecs_rx.recv() => {
+                    // Rare: waits for room rather than be dropped.
+                    let mut msg = Msg::Codecs(codecs);
+                    while let Err(std_mpsc::TrySendError::Full(back)) = tx.try_send(msg) {
+                        msg = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
                 packet = packets.recv() => {
                     let Some((kind, packet)) = packet else { break };
                     let arrival_ms = started.elapsed().as_millis() as u64;
-                    match tx.try_send(Msg { kind, packet, arrival_ms }) {
+                    match tx.try_send(Msg::Packet { kind, packet, arrival_ms }) {
                         Ok(()) => {}
                         Err(std_mpsc::TrySendError::Full(_)) => {
                             let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -322,7 +354,12 @@ pub(crate) fn start_with<S: Storage>(
         }
         // Dropping `tx` ends the writer once it has taken what is queued.
     });
-    Ok(RecorderHandle { stop, status, done })
+    Ok(RecorderHandle {
+        stop,
+        codecs: codecs_tx,
+        status,
+        done,
+    })
 }
 
 enum Video {
@@ -375,6 +412,8 @@ struct Recording<S: Storage> {
     video_clock: TrackClock,
     audio_clock: TrackClock,
     last_audio_seq: Option<u16>,
+    /// The codec families (and audio channels) being recorded.
+    families: (Option<Family>, Option<(Family, u16)>),
     /// Recording time of the first audio packet.
     first_audio_ms: Option<u64>,
     requests: KeyFrameRequests,
@@ -418,9 +457,51 @@ impl<S: Storage> Recording<S> {
     }
 
     fn packet(&mut self, msg: Msg) {
-        match msg.kind {
-            Kind::Video => self.video_packet(&msg.packet, msg.arrival_ms),
-            Kind::Audio => self.audio_packet(&msg.packet, msg.arrival_ms),
+        match msg {
+            Msg::Packet {
+                kind: Kind::Video,
+                packet,
+                arrival_ms,
+            } => self.video_packet(&packet, arrival_ms),
+            Msg::Packet {
+                kind: Kind::Audio,
+                packet,
+                arrival_ms,
+            } => self.audio_packet(&packet, arrival_ms),
+            Msg::Codecs(codecs) => self.change_codecs(codecs),
+        }
+    }
+
+    /// New codecs: a new segment with new clocks and depacketizers.
+    fn change_codecs(&mut self, codecs: Chosen) {
+        let families = (
+            codecs.video.as_ref().map(|c| c.family),
+            codecs.audio.as_ref().map(|c| (c.family, c.channels)),
+        );
+        if families == self.families {
+            return; // payload types or SDP parameters only
+        }
+        self.families = families;
+        self.close();
+        let (video, opus) = inputs(&codecs);
+        if video.is_none() && opus.is_none() {
+            warn!(
+                "recording {}: {} cannot be recorded, waiting for other codecs",
+                self.first.name,
+                codecs.describe()
+            );
+        }
+        self.has_video = video.is_some();
+        self.video = video;
+        self.opus = opus;
+        self.video_clock = TrackClock::new(codecs.video.as_ref().map_or(90_000, |c| c.clock_rate));
+        self.audio_clock = TrackClock::new(48_000);
+        self.last_audio_seq = None;
+        self.first_audio_ms = None;
+        if self.has_video {
+            self.requests.want();
+            self.requests
+                .poll(Instant::now(), true, &mut self.key_frame.as_mut());
         }
     }
 
@@ -1301,6 +1382,76 @@ mod tests {
             Duration::from_millis(500),
         );
         assert!(matches!(again, Err(RecordError::Io { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_codec_change_goes_on_in_the_next_segment() {
+        let dir = dir("codec");
+        let storage = Memory {
+            files: Arc::default(),
+            limit: usize::MAX,
+            syncs: Arc::default(),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let opus = codec(Family::Opus, 48_000);
+        let codecs = Chosen {
+            audio: Some(opus.clone()),
+            video: Some(h264()),
+        };
+        let handle = start_with(
+            storage.clone(),
+            &dir,
+            meta("switch"),
+            codecs.clone(),
+            rx,
+            || {},
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        feed(&tx, 2, true).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.change_codecs(codecs.clone()); // the same codecs: nothing happens
+        handle.change_codecs(Chosen {
+            audio: Some(opus),
+            video: Some(codec(Family::Vp8, 90_000)),
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let key: Vec<u8> = [0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]
+            .into_iter()
+            .chain((0..250).map(|k| k as u8))
+            .collect();
+        let inter: Vec<u8> = [0x31]
+            .into_iter()
+            .chain((0..150).map(|k| k as u8))
+            .collect();
+        let mut seq = 500u16;
+        for i in 0..30u32 {
+            let frame = if i % 10 == 0 { &key } else { &inter };
+            for p in vp8_packets(frame, seq, i * 3000) {
+                seq = seq.wrapping_add(1);
+                tx.send((Kind::Video, p)).await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.stop();
+        let summary = handle.finished().await;
+        assert_eq!(summary.error, None);
+        assert_eq!(
+            summary.files,
+            vec!["switch.mp4".to_string(), "switch-part2.mp4".to_string()]
+        );
+        let files = storage.files.lock().unwrap();
+        let second = files[1].1.lock().unwrap().clone();
+        let has = |data: &[u8], kind: &[u8]| data.windows(4).any(|w| w == kind);
+        assert!(has(&files[0].1.lock().unwrap(), b"avc1"));
+        assert!(has(&second, b"vp08") && !has(&second, b"avc1"));
+        assert!(boxes(&second).len() >= 4);
+        for name in &summary.files {
+            let side: RecordMeta = catalog::load(&catalog::sidecar(&dir.join(name))).unwrap();
+            assert!(side.ended.is_some(), "{name}");
+        }
+        drop(files);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
