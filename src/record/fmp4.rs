@@ -149,6 +149,11 @@ impl Fmp4Writer {
         self.tracks.iter().map(|t| t.samples.len()).sum()
     }
 
+    /// Bytes of sample data waiting for the next fragment.
+    pub fn pending_bytes(&self) -> usize {
+        self.tracks.iter().map(|t| t.data.len()).sum()
+    }
+
     /// The earliest pending sample time in ms (across tracks).
     pub fn pending_since_ms(&self) -> Option<u64> {
         self.tracks

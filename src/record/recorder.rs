@@ -63,6 +63,8 @@ const AUDIO_GAP_MS: u64 = 100;
 /// Audio waits this long for the first video key frame; then it is recorded alone
 /// until the video starts (in a new segment).
 const VIDEO_WAIT_MS: u64 = 3000;
+/// A fragment is written once it holds this much, whatever its duration.
+const MAX_FRAGMENT_BYTES: usize = 8 << 20;
 /// Largest VP8 frame taken.
 const MAX_FRAME: usize = 4 << 20;
 
@@ -103,7 +105,8 @@ pub enum RecordError {
     Unsupported(String),
     #[error("cannot write {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("cannot start the writer thread: {0}")]
+    /// No writer thread, or `start` was called outside a tokio runtime.
+    #[error("cannot start the recorder: {0}")]
     Thread(io::Error),
 }
 
@@ -151,7 +154,8 @@ impl RecorderHandle {
 }
 
 /// Records a stream: see the module documentation. `meta.name` is the first file's
-/// name in `dir`; `fragment` is the longest media time in one fragment.
+/// name in `dir` (created here, never overwritten); `fragment` is the longest media
+/// time in one fragment. Call it inside a tokio runtime (its drain task runs there).
 pub fn start(
     dir: &Path,
     meta: RecordMeta,
@@ -252,6 +256,8 @@ pub(crate) fn start_with<S: Storage>(
             audio.family.name()
         );
     }
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| RecordError::Thread(io::Error::other(e)))?;
     let path = dir.join(&meta.name);
     let io_error = |path: &Path, source| RecordError::Io {
         path: path.to_owned(),
@@ -314,7 +320,7 @@ pub(crate) fn start_with<S: Storage>(
     drop(thread);
     let name = status.borrow().file.clone();
     let (codecs_tx, mut codecs_rx) = mpsc::unbounded_channel::<Chosen>();
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut stop_open = true;
         loop {
             tokio::select! {
@@ -671,7 +677,10 @@ impl<S: Storage> Recording<S> {
             return;
         };
         let elapsed = since.saturating_sub(first);
-        if elapsed >= self.fragment_ms || (key && elapsed >= self.fragment_ms / 2) {
+        if elapsed >= self.fragment_ms
+            || (key && elapsed >= self.fragment_ms / 2)
+            || segment.mux.pending_bytes() >= MAX_FRAGMENT_BYTES
+        {
             self.flush();
         }
     }
@@ -1452,6 +1461,27 @@ mod tests {
             assert!(side.ended.is_some(), "{name}");
         }
         drop(files);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn outside_a_runtime_start_fails_without_a_panic() {
+        let dir = dir("no-runtime");
+        let (_tx, rx) = mpsc::channel(4);
+        let codecs = Chosen {
+            audio: None,
+            video: Some(h264()),
+        };
+        let result = start(
+            &dir,
+            meta("x"),
+            codecs,
+            rx,
+            || {},
+            Duration::from_millis(500),
+        );
+        assert!(matches!(result, Err(RecordError::Thread(_))));
+        assert!(!dir.join("x.mp4").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
