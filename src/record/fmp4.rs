@@ -102,10 +102,12 @@ pub struct Fmp4Writer {
 }
 
 impl Fmp4Writer {
-    /// One track per config, track IDs 1, 2, … in this order.
+    /// One track per config, track IDs 1, 2, … in this order; at most 4 tracks (more
+    /// are left out: a recording has one video and one audio track).
     pub fn new(configs: Vec<TrackConfig>) -> Fmp4Writer {
         let tracks = configs
             .into_iter()
+            .take(4)
             .map(|config| Track {
                 last_duration: if config.is_video() { 3000 } else { 960 },
                 config,
