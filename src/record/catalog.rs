@@ -11,6 +11,10 @@
 //!   end, each stream's file and offsets) and the state of its mix
 //!   `<dir>/<room>-<UTC start>-mix.mp4` (with its own sidecar, kind `mix`).
 //!
+//! - A recording whose codec or picture size changes goes on in segments
+//!   `<dir>/<stream>-<UTC start>-part2.mp4`, `-part3`, … (`segment_name`), each a valid
+//!   file with its own sidecar.
+//!
 //! Names keep letters, digits, `-`, `_` and `.` of the stream or room name (others
 //! become `_`, at most 64 bytes), so any Unicode name gives a safe, unique file name;
 //! the JSON keeps the real name.
@@ -181,6 +185,26 @@ pub fn unique_name(dir: &Path, name: &str, started: SystemTime, suffix: &str) ->
     candidate
 }
 
+/// The file of segment `n` (2, 3, …) of a stream recording whose first file is
+/// `first`: `<first without .mp4>-part<n>.mp4` (`alice-20261202T101500Z-part2.mp4`). A
+/// recording goes on in a new segment when its codec or picture size changes; `-part`
+/// keeps these apart from `unique_name`'s `-2` (another recording started in the same
+/// second). A name already taken in `dir` gets `-<k>` added like `unique_name`.
+pub fn segment_name(dir: &Path, first: &str, n: u32) -> String {
+    let (stem, ext) = match first.rfind('.') {
+        Some(dot) if dot > 0 => first.split_at(dot),
+        _ => (first, ""),
+    };
+    let base = format!("{stem}-part{n}");
+    let mut candidate = format!("{base}{ext}");
+    let mut k = 2;
+    while dir.join(&candidate).exists() || dir.join(format!("{candidate}.json")).exists() {
+        candidate = format!("{base}-{k}{ext}");
+        k += 1;
+    }
+    candidate
+}
+
 /// The sidecar path of a record file.
 pub fn sidecar(file: &Path) -> PathBuf {
     let mut s = file.as_os_str().to_owned();
@@ -240,6 +264,15 @@ mod tests {
         std::fs::write(dir.join(&first), b"").unwrap();
         let second = unique_name(&dir, "room/a", t, ".mp4");
         assert_eq!(second, "room_a-20261202T101500Z-2.mp4");
+        assert_eq!(
+            segment_name(&dir, &first, 2),
+            "room_a-20261202T101500Z-part2.mp4"
+        );
+        std::fs::write(dir.join("room_a-20261202T101500Z-part3.mp4"), b"").unwrap();
+        assert_eq!(
+            segment_name(&dir, &first, 3),
+            "room_a-20261202T101500Z-part3-2.mp4"
+        );
         let meta = RecordMeta {
             name: first.clone(),
             kind: RecordKind::Stream,

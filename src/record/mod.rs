@@ -3,6 +3,8 @@
 //! the offline mix of a finalized room, and the catalog the HTTP listing reads.
 //!
 //! - `catalog`: file names, sidecars (`RecordMeta`) and room manifests (`RoomManifest`).
+//! - `fmp4`: a pure fragmented-MP4 writer (H.264, VP8, Opus; init segment, moof + mdat).
+//! - `recorder`: one stream's RTP into fMP4 files on a writer thread (fsync per fragment).
 //! - `live`: the names of the record files being written now (`Live`, shared with the
 //!   recorder, the HTTP listing and retention).
 //! - `listing`: the records of the directory (regular `*.mp4` files with a valid sidecar),
@@ -13,8 +15,10 @@
 //! - `hook`: bounded child processes and the room record hook run after a mix.
 
 pub mod catalog;
+pub mod fmp4;
 pub mod hook;
 pub mod listing;
 pub mod live;
 pub mod mix;
+pub mod recorder;
 pub mod retention;

@@ -764,17 +764,19 @@ pub async fn run(
 /// Key-frame requests: at most one per [`KEY_FRAME_INTERVAL`], repeated every
 /// [`KEY_FRAME_RETRY`] while still waiting.
 #[derive(Debug, Default)]
-struct KeyFrameRequests {
+pub struct KeyFrameRequests {
     last: Option<Instant>,
     pending: bool,
 }
 
 impl KeyFrameRequests {
-    fn want(&mut self) {
+    /// A key frame is wanted (a loss, a start).
+    pub fn want(&mut self) {
         self.pending = true;
     }
 
-    fn poll(&mut self, now: Instant, waiting: bool, key_frame: &mut impl FnMut()) {
+    /// Calls `key_frame` when a request is due; `waiting`: still no key frame.
+    pub fn poll(&mut self, now: Instant, waiting: bool, key_frame: &mut impl FnMut()) {
         let since = self.last.map(|last| now.saturating_duration_since(last));
         let due = match since {
             None => self.pending || waiting,
