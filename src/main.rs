@@ -162,7 +162,18 @@ fn main() -> ExitCode {
     }
     if let Some(path) = cli.check_config {
         return match Config::load_with(Some(&path), cli.board.as_deref()) {
-            Ok(_) => {
+            Ok(config) => {
+                // A relative records dir is the service's working directory's: only an
+                // absolute one can be checked from here.
+                let dir = &config.records.dir;
+                if let Some(why) = dir
+                    .is_absolute()
+                    .then(|| huddle::record::dir_problem(dir, false))
+                    .flatten()
+                {
+                    eprintln!("huddle: invalid configuration: {}: {why}", path.display());
+                    return ExitCode::from(2);
+                }
                 println!("{}: OK", path.display());
                 ExitCode::SUCCESS
             }

@@ -77,6 +77,16 @@ fn check_config_names_invalid_values() {
 }
 
 #[test]
+fn check_config_names_an_unusable_records_dir() {
+    // Nothing can be created under /proc, not even by root.
+    let e = check_fails("records", "[records]\ndir = \"/proc/huddle-records\"\n");
+    assert!(e.contains("[records] dir /proc/huddle-records"), "{e}");
+    // A relative dir is the service's working directory's: not checked from here.
+    let file = TempFile::new("records-relative", "[records]\ndir = \"rec\"\n");
+    assert!(huddle(&["--check-config", file.path()]).status.success());
+}
+
+#[test]
 fn check_config_of_a_missing_file_fails() {
     let path = std::env::temp_dir().join(format!(
         "huddle-cli-test-{}-missing.toml",

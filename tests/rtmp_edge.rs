@@ -54,6 +54,8 @@ async fn start() -> (SocketAddr, Arc<TestHandler>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = config::Rtmp {
+        // Every client of the test comes from 127.0.0.1.
+        max_connections_per_address: 64,
         handshake_timeout_ms: 1500,
         idle_timeout_ms: 3000,
         ..config::Rtmp::default()

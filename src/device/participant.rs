@@ -31,6 +31,8 @@ pub struct Policy {
     pub rooms: Vec<String>,
     /// Join every room when it is created; leave it when nobody else is left.
     pub join_new_rooms: bool,
+    /// Publish with `record: true` (`[device] record`).
+    pub record: bool,
 }
 
 #[derive(Debug, Default)]
@@ -304,7 +306,7 @@ impl Participant {
             sdp: String::new(),
             has_audio: audio,
             has_video: video,
-            record: false,
+            record: self.policy.record,
         })]
     }
 
@@ -356,6 +358,7 @@ mod tests {
                     login: "Room system".into(),
                     rooms: rooms.iter().map(|r| r.to_string()).collect(),
                     join_new_rooms,
+                    record: false,
                 }),
                 now: Instant::now(),
                 sent: Vec::new(),
@@ -393,7 +396,7 @@ mod tests {
                         self.sent.push((session, message));
                         Vec::new()
                     }
-                    Output::RoomCreated { room } => self.device.room_created(&room),
+                    Output::RoomCreated { room, .. } => self.device.room_created(&room),
                     Output::RoomFinalized { room, .. } => {
                         self.finalized.push(room.clone());
                         self.device.room_finalized(&room)
@@ -638,6 +641,7 @@ mod tests {
             login: "Room system".into(),
             rooms: vec!["lobby".into()],
             join_new_rooms: false,
+            record: false,
         });
         let mut now = Instant::now();
         p.start();

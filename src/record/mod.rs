@@ -22,3 +22,65 @@ pub mod live;
 pub mod mix;
 pub mod recorder;
 pub mod retention;
+
+/// Why `dir` cannot hold records, if it cannot: with `create`, a missing directory is
+/// created first (the service at start); without, it is reported only when it could not
+/// be created either (`--check-config`: the nearest existing parent must be writable).
+/// Writability is tried with a file written and removed.
+pub fn dir_problem(dir: &std::path::Path, create: bool) -> Option<String> {
+    let shown = dir.display();
+    if create {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return Some(format!("cannot create [records] dir {shown}: {e}"));
+        }
+    }
+    let mut probe_dir = dir;
+    while !probe_dir.exists() {
+        match probe_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe_dir = p,
+            _ => return None,
+        }
+    }
+    if !probe_dir.is_dir() {
+        return Some(format!(
+            "[records] dir {shown}: {} is not a directory",
+            probe_dir.display()
+        ));
+    }
+    let probe = probe_dir.join(format!(".huddle-write-test-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if probe_dir == dir => Some(format!("cannot write in [records] dir {shown}: {e}")),
+        Err(e) => Some(format!(
+            "[records] dir {shown} does not exist and cannot be created in {}: {e}",
+            probe_dir.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_records_dirs_are_named() {
+        let base = std::env::temp_dir().join(format!("huddle-recdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let missing = base.join("a/b");
+        assert_eq!(dir_problem(&missing, false), None, "creatable");
+        assert!(!missing.exists(), "a check creates nothing");
+        assert_eq!(dir_problem(&missing, true), None);
+        assert!(missing.is_dir());
+        let file = base.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = dir_problem(&file.join("records"), true).unwrap();
+        assert!(e.contains("cannot create"), "{e}");
+        let e = dir_problem(&file, false).unwrap();
+        assert!(e.contains("not a directory"), "{e}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

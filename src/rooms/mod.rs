@@ -181,6 +181,16 @@ pub enum Output {
     Media(MediaRequest),
     RoomCreated {
         room: String,
+        /// Created by a join with `record: true`: the whole room is recorded from now.
+        record: bool,
+    },
+    /// A live stream to record: it was published with `record: true`, or it is a stream
+    /// of a recorded room (`whole_room`).
+    Record {
+        stream: String,
+        room: String,
+        login: String,
+        whole_room: bool,
     },
     /// The room ended: hooks (room recording, mixing) start here.
     RoomFinalized {
@@ -635,6 +645,7 @@ impl Core {
                     );
                     self.outputs.push_back(Output::RoomCreated {
                         room: room_name.to_owned(),
+                        record,
                     });
                 }
             }
@@ -1057,7 +1068,7 @@ impl Core {
                     return; // already live
                 }
                 let status = publication_status(p, StreamState::Publishing, "");
-                let (room, login) = (p.room.clone(), p.login.clone());
+                let (room, login, record) = (p.room.clone(), p.login.clone(), p.record);
                 info!(stream:% = field(&name), room:% = field(&room), login:% = field(&login); "stream {}: publishing in room {}", escaped(&name), escaped(&room));
                 self.send(session, ServerMessage::StreamStatus(status));
                 let others = self
@@ -1074,6 +1085,15 @@ impl Core {
                             name: name.clone(),
                         },
                     );
+                }
+                let whole_room = self.rooms.get(&room).is_some_and(|r| r.record);
+                if record || whole_room {
+                    self.outputs.push_back(Output::Record {
+                        stream: name,
+                        room,
+                        login,
+                        whole_room,
+                    });
                 }
             }
             Some(Endpoint::Play(name)) => {

@@ -1472,3 +1472,66 @@ fn the_room_core_does_not_know_the_configuration_file() {
         assert!(!text.contains(needle), "src/rooms/{name} uses {needle}");
     }
 }
+
+/// What is recorded: a live stream published with `record: true`, and every live stream
+/// of a room created by a join with `record: true` (which `RoomCreated` announces); a
+/// stream is recorded once it is up, never before.
+#[test]
+fn recording_is_asked_for_live_streams_that_want_it() {
+    fn records(out: &[Output]) -> Vec<(String, String, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Record {
+                    stream,
+                    login,
+                    whole_room,
+                    ..
+                } => Some((stream.clone(), login.clone(), *whole_room)),
+                _ => None,
+            })
+            .collect()
+    }
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    let out = h.join(1, "plain");
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RoomCreated { record: false, .. })));
+    assert!(records(&h.publish_live(1, "plain", "m1", "plain-alice")).is_empty());
+    let mut wanted = req("m2", "plain-alice-2", "plain");
+    wanted.record = true;
+    let out = h.cmd(1, Command::Publish(wanted));
+    assert!(records(&out).is_empty(), "not before the media is up");
+    let out = h.media(MediaEvent::Up {
+        session: 1,
+        media_session_id: "m2".into(),
+    });
+    assert_eq!(
+        records(&out),
+        [("plain-alice-2".to_string(), "alice".to_string(), false)]
+    );
+
+    let out = h.cmd(
+        2,
+        Command::Join {
+            operation_id: "j".into(),
+            room: "board".into(),
+            record: true,
+        },
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RoomCreated { record: true, room } if room == "board")));
+    assert_eq!(
+        records(&h.publish_live(2, "board", "m3", "board-bob")),
+        [("board-bob".to_string(), "bob".to_string(), true)]
+    );
+    h.join(1, "board");
+    assert_eq!(
+        records(&h.publish_live(1, "board", "m4", "board-alice")),
+        [("board-alice".to_string(), "alice".to_string(), true)],
+        "a later joiner's stream is recorded with the room"
+    );
+    h.check_invariants();
+}

@@ -10,6 +10,7 @@ use std::time::Instant;
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::recording::Recordings;
 use crate::device::Participant;
 use crate::logging::escaped;
 use crate::rooms::{
@@ -70,6 +71,7 @@ pub const DEVICE_SESSION: SessionId = 0;
 struct Parties {
     sessions: HashMap<SessionId, SessionHandle>,
     device: Option<Participant>,
+    recordings: Recordings,
 }
 
 pub(crate) async fn run(
@@ -79,10 +81,12 @@ pub(crate) async fn run(
     sfu: Sfu,
     mut media_events: mpsc::Receiver<MediaEvent>,
     device: Option<Participant>,
+    recordings: Recordings,
 ) {
     let mut parties = Parties {
         sessions: HashMap::new(),
         device,
+        recordings,
     };
     if let Some(device) = &mut parties.device {
         core.connect_local(now(), DEVICE_SESSION, crate::device::SOURCE);
@@ -266,8 +270,20 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                 }
                 continue;
             }
-            Output::RoomCreated { room } => {
+            Output::Record {
+                stream,
+                room,
+                login,
+                whole_room,
+            } => {
+                parties.recordings.stream(stream, room, login, whole_room);
+                continue;
+            }
+            Output::RoomCreated { room, record } => {
                 debug!("room {}: created", escaped(&room));
+                if record {
+                    parties.recordings.room_started(&room);
+                }
                 parties
                     .device
                     .as_mut()
@@ -279,6 +295,9 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                     "room {}: finalized (room recording requested: {record})",
                     escaped(&room)
                 );
+                if record {
+                    parties.recordings.room_finalized(&room);
+                }
                 parties
                     .device
                     .as_mut()

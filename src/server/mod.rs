@@ -8,6 +8,7 @@
 mod driver;
 mod http;
 mod listener;
+mod recording;
 mod records;
 mod rtmp_edge;
 mod rtmp_push;
@@ -103,6 +104,8 @@ pub struct Server {
     live_records: Arc<crate::record::live::Live>,
     /// The retention task, when `[records] max_age_days` or `max_total_mb` is set.
     retention: Option<JoinHandle<()>>,
+    /// Recordings and the mixer (none when `[records] dir` is unusable).
+    recording: Option<recording::RecordingTask>,
     certificate: Option<Arc<tls::DeviceCert>>,
     media_port: u16,
     media_peers: Arc<AtomicUsize>,
@@ -217,8 +220,15 @@ impl Server {
                 login: config.device.login.clone(),
                 rooms: config.device.rooms.clone(),
                 join_new_rooms: config.device.join_new_rooms,
+                record: config.device.record,
             })
         });
+        let live_records = Arc::new(crate::record::live::Live::new());
+        let (recordings, recording) = recording::RecordingTask::start(
+            &config.records,
+            endpoints.clone(),
+            live_records.clone(),
+        );
         let driver = tokio::spawn(driver::run(
             core,
             from_sessions,
@@ -226,6 +236,7 @@ impl Server {
             sfu,
             media_events,
             participant,
+            recordings,
         ));
 
         let admission = listener::Admission::new(listener::Limits::from_config(&config));
@@ -252,7 +263,6 @@ impl Server {
             info!("listening on rtmp://{bound}/<room>/<login> (RTMP publishers)");
             rtmp_addr = Some(bound);
         }
-        let live_records = Arc::new(crate::record::live::Live::new());
         let retention = crate::record::retention::spawn(
             config.records.dir.clone(),
             live_records.clone(),
@@ -307,6 +317,7 @@ impl Server {
             pushes: Some(pushes),
             live_records,
             retention,
+            recording,
             certificate,
             media_port,
             media_peers: shared_peers,
@@ -437,9 +448,13 @@ impl Server {
         if let Some(device) = self.device.take() {
             let _ = tokio::task::spawn_blocking(move || device.stop()).await;
         }
-        // The media engine is gone with the core: the pushes' streams have ended.
+        // The media engine is gone with the core: the pushes' and the recordings'
+        // streams have ended.
         if let Some(pushes) = self.pushes.take() {
             pushes.stop().await;
+        }
+        if let Some(recording) = self.recording.take() {
+            recording.stop().await;
         }
         for listener in self.listeners {
             if let Err(e) = listener.await {

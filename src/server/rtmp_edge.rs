@@ -251,9 +251,6 @@ impl Handler for RtmpEdge {
             info!("{who} ({peer}): refused: {}", escaped(&why));
             return Err(Refusal::new(why));
         }
-        if record {
-            info!("{who}: ?record=true is not supported for RTMP publishers yet (ignored)");
-        }
         let key = (room.clone(), login.clone());
         if let Some(old) = self.take_running(&key) {
             info!(
@@ -282,7 +279,7 @@ impl Handler for RtmpEdge {
         let publishers = self.publishers.clone();
         let mine = key.clone();
         let task = tokio::spawn(async move {
-            run(member, feed, events, stop).await;
+            run(member, feed, record, events, stop).await;
             if let Ok(mut map) = publishers.lock() {
                 if map.get(&mine).is_some_and(|r| r.session == session) {
                     map.remove(&mine);
@@ -550,6 +547,7 @@ async fn play(
 async fn run(
     mut member: Member,
     feed: SourceFeed,
+    record: bool,
     mut events: mpsc::Receiver<PublisherEvent>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -634,7 +632,7 @@ async fn run(
                         sdp: String::new(),
                         has_audio,
                         has_video,
-                        record: false,
+                        record,
                     };
                     if !member.command(Command::Publish(request)).await {
                         break "the service is stopping".to_string();

@@ -113,7 +113,7 @@ const LISTENING_HTTPS = /listening on https:\/\/(127\.0\.0\.1:\d+) \(WebSocket s
 // Spawn `huddle --config FILE` (FILE = `configPath`, or `config` written to DIR/huddle.toml) with
 // cwd DIR (a fresh temp dir, removed by stop(), when `dir` is not given) and wait up to
 // `startTimeout` ms for "listening on http(s)://127.0.0.1:PORT" (https with `tls`) on stderr.
-// Returns { proc, addr, stderrLines, startupLog (stderr up to that line), exit, exited, stop() }.
+// Returns { proc, addr, cwd, stderrLines, startupLog (stderr up to that line), exit, exited, stop() }.
 // stop() sends SIGTERM and asserts, within `timeout` ms, exit code 0 and no "panicked at" line.
 export async function startHuddle({
   config, configPath, dir, env = {}, tls = false, startTimeout = 20_000, stderrLimit = 20_000,
@@ -137,7 +137,7 @@ export async function startHuddle({
   const panics = []; // kept apart so trimming stderrLines can never hide a panic
   const exit = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
   const stderrClosed = new Promise((resolve) => proc.stderr.once('close', resolve));
-  const s = { proc, configPath, stderrLines, exit, addr: null, exited: null, startupLog: '' };
+  const s = { proc, configPath, cwd, stderrLines, exit, addr: null, exited: null, startupLog: '' };
   exit.then((r) => { s.exited = r; });
 
   s.stop = async ({ timeout = 10_000, check } = {}) => {

@@ -36,6 +36,7 @@ pub fn test_config() -> Config {
     c.media.udp_port = 0;
     // Never the default 0.0.0.0:1935: tests run side by side.
     c.rtmp.listen = "127.0.0.1:0".parse().unwrap();
+    c.rtmp.max_connections_per_address = c.rtmp.max_connections;
     c.device.camera = "none".into();
     c.device.microphone = "none".into();
     // Every client of a test comes from 127.0.0.1: the per-address limits are the

@@ -147,6 +147,11 @@ impl Running {
         }
     }
 
+    /// The child's PID (the wrapper's under `HUDDLE_TEST_EXEC_WRAPPER`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Moves the stderr lines printed so far into `log`.
     pub fn collect_log(&mut self) {
         while let Ok(line) = self.stderr.try_recv() {

@@ -1,0 +1,440 @@
+//! Recording wired to the room and stream cores. The room core says what to record
+//! (`Output::Record` for a live stream published with `record: true` or in a recorded
+//! room; `RoomCreated`/`RoomFinalized` with `record` for a room recording); the driver
+//! hands that to this task, which attaches a recorder sink to the stream
+//! (`Endpoints::attach` → `record::recorder`), keeps each recorded room's manifest (its
+//! streams on the room's timeline), and when the room is finalized and its recordings
+//! have ended, marks the manifest pending and hands it to the mixer
+//! (`record::mix::Mixer`, which also runs the hook). The meeting never waits for any of
+//! it: the driver's hand-off is a `try_send`, the recorder's queue drops when the disk
+//! cannot keep up.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use log::{info, warn};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config;
+use crate::logging::escaped;
+use crate::record::catalog::{self, MixState, RecordKind, RecordMeta, RoomManifest, RoomStream};
+use crate::record::live::Live;
+use crate::record::mix::Mixer;
+use crate::record::recorder;
+use crate::sfu::task::Endpoints;
+
+/// Requests queued toward the recording task.
+const QUEUE: usize = 256;
+/// How long the recordings may take to end at shutdown.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a finalized room waits for its recordings to end before it is mixed.
+const ROOM_END_GRACE: Duration = Duration::from_secs(10);
+
+enum RecordCommand {
+    Stream {
+        stream: String,
+        room: String,
+        login: String,
+        whole_room: bool,
+    },
+    RoomStarted {
+        room: String,
+    },
+    RoomFinalized {
+        room: String,
+    },
+    /// A recording's first media was written (its place on the room's timeline).
+    FirstMedia {
+        room: String,
+        file: String,
+        at: SystemTime,
+    },
+    /// A recording ended.
+    Ended {
+        room: Option<String>,
+        file: String,
+        at: SystemTime,
+    },
+    /// A finalized room's grace for its recordings is over.
+    RoomDue {
+        room: String,
+    },
+}
+
+/// The driver's way to the recording task; inert when recording is unavailable (an
+/// unusable `[records] dir`, reported at start).
+#[derive(Clone, Default)]
+pub(crate) struct Recordings {
+    tx: Option<mpsc::Sender<RecordCommand>>,
+}
+
+impl Recordings {
+    fn send(&self, command: RecordCommand, what: &str) {
+        match &self.tx {
+            Some(tx) => {
+                if tx.try_send(command).is_err() {
+                    warn!("recording: {what} dropped (the recording task is busy or gone)");
+                }
+            }
+            None => warn!("recording: {what} not recorded: recording is unavailable (see the [records] dir error at start)"),
+        }
+    }
+
+    pub fn stream(&self, stream: String, room: String, login: String, whole_room: bool) {
+        let what = format!("stream {}", escaped(&stream));
+        let command = RecordCommand::Stream {
+            stream,
+            room,
+            login,
+            whole_room,
+        };
+        self.send(command, &what);
+    }
+
+    pub fn room_started(&self, room: &str) {
+        let what = format!("room {}", escaped(room));
+        self.send(
+            RecordCommand::RoomStarted {
+                room: room.to_owned(),
+            },
+            &what,
+        );
+    }
+
+    pub fn room_finalized(&self, room: &str) {
+        let what = format!("the end of room {}", escaped(room));
+        self.send(
+            RecordCommand::RoomFinalized {
+                room: room.to_owned(),
+            },
+            &what,
+        );
+    }
+}
+
+/// The running recording task (it owns the mixer).
+pub(crate) struct RecordingTask {
+    task: JoinHandle<()>,
+}
+
+impl RecordingTask {
+    /// Starts the task when `[records] dir` is usable; otherwise says why (once) and
+    /// gives an inert handle: meetings go on without recording.
+    pub fn start(
+        records: &config::Records,
+        endpoints: Endpoints,
+        live: std::sync::Arc<Live>,
+    ) -> (Recordings, Option<RecordingTask>) {
+        if let Some(why) = crate::record::dir_problem(&records.dir, true) {
+            log::error!("recording unavailable: {why}");
+            return (Recordings::default(), None);
+        }
+        let mixer = Mixer::start(records);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let state = State {
+            dir: records.dir.clone(),
+            fragment: Duration::from_millis(records.fragment_ms),
+            endpoints,
+            live,
+            rooms: HashMap::new(),
+            tx: tx.downgrade(),
+            mixer: Some(mixer),
+        };
+        let task = tokio::spawn(run(state, rx));
+        (Recordings { tx: Some(tx) }, Some(RecordingTask { task }))
+    }
+
+    /// At shutdown, after the room core is gone (the driver's handle with it): the
+    /// recordings end with their streams and finished rooms are handed to the mixer,
+    /// within a bound; a room still recording then is mixed at the next start. The
+    /// mixer stops (a mix under way is taken up again at the next start).
+    pub async fn stop(mut self) {
+        if tokio::time::timeout(STOP_TIMEOUT, &mut self.task)
+            .await
+            .is_err()
+        {
+            warn!("recording: recordings did not end within {STOP_TIMEOUT:?}");
+            self.task.abort();
+        }
+    }
+}
+
+/// One recorded room.
+struct RoomRecording {
+    manifest_path: PathBuf,
+    manifest: RoomManifest,
+    started: SystemTime,
+    /// Recordings of its streams still running.
+    running: usize,
+    finalized: Option<SystemTime>,
+}
+
+struct State {
+    dir: PathBuf,
+    fragment: Duration,
+    endpoints: Endpoints,
+    live: std::sync::Arc<Live>,
+    rooms: HashMap<String, RoomRecording>,
+    tx: mpsc::WeakSender<RecordCommand>,
+    /// Stopped (a mix under way is taken up at the next start) when the task ends.
+    mixer: Option<Mixer>,
+}
+
+fn ms_between(from: SystemTime, to: SystemTime) -> u64 {
+    to.duration_since(from)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+impl State {
+    fn store(&self, room: &RoomRecording) {
+        if let Err(e) = catalog::store(&room.manifest_path, &room.manifest) {
+            warn!(
+                "recording: cannot write the manifest {}: {e}",
+                room.manifest_path.display()
+            );
+        }
+    }
+
+    fn room_started(&mut self, room: String) {
+        if self.rooms.contains_key(&room) {
+            return;
+        }
+        let started = SystemTime::now();
+        let name = catalog::unique_name(&self.dir, &room, started, ".room.json");
+        let base = name.trim_end_matches(".room.json").to_owned();
+        let recording = RoomRecording {
+            manifest_path: self.dir.join(&name),
+            manifest: RoomManifest {
+                room: room.clone(),
+                started: catalog::rfc3339(started),
+                ended: None,
+                duration_ms: None,
+                streams: Vec::new(),
+                mix: MixState::Recording,
+                mix_file: format!("{base}-mix.mp4"),
+                mix_error: None,
+            },
+            started,
+            running: 0,
+            finalized: None,
+        };
+        info!("room {}: recording into {name}", escaped(&room));
+        self.store(&recording);
+        self.rooms.insert(room, recording);
+    }
+
+    async fn stream(&mut self, stream: String, room: String, login: String, whole_room: bool) {
+        let attachment = match self.endpoints.attach(&stream).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("recording of stream {}: {e}", escaped(&stream));
+                return;
+            }
+        };
+        let started = SystemTime::now();
+        let file = catalog::unique_name(&self.dir, &stream, started, ".mp4");
+        let meta = RecordMeta {
+            name: file.clone(),
+            kind: RecordKind::Stream,
+            room: room.clone(),
+            stream: Some(stream.clone()),
+            login: Some(login.clone()),
+            started: catalog::rfc3339(started),
+            ended: None,
+            duration_ms: None,
+            error: None,
+        };
+        let key_frame = attachment.key_frame.clone();
+        let handle = match recorder::start(
+            &self.dir,
+            meta,
+            attachment.codecs,
+            attachment.packets,
+            move || key_frame.request(),
+            self.fragment,
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("recording of stream {}: {e}", escaped(&stream));
+                return;
+            }
+        };
+        info!("stream {}: recording into {file}", escaped(&stream));
+        self.live.insert(&file);
+        let in_room = whole_room
+            .then_some(room)
+            .filter(|r| self.rooms.contains_key(r));
+        if let Some(room) = &in_room {
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.running += 1;
+                r.manifest.streams.push(RoomStream {
+                    stream: stream.clone(),
+                    login,
+                    file: file.clone(),
+                    start_ms: ms_between(r.started, started),
+                    end_ms: None,
+                });
+            }
+            if let Some(r) = self.rooms.get(room) {
+                self.store(r);
+            }
+        }
+        let Some(tx) = self.tx.upgrade() else { return };
+        let live = self.live.clone();
+        tokio::spawn(async move {
+            // Segments after the first (a new picture size) are live while written too.
+            let mut status = handle.status();
+            let mut placed = in_room.is_none();
+            let mut current = file.clone();
+            let watching = async {
+                while status.changed().await.is_ok() {
+                    let now = status.borrow_and_update().clone();
+                    if now.file != current && !now.file.is_empty() {
+                        live.remove(&current);
+                        live.insert(&now.file);
+                        current = now.file;
+                    }
+                    if let (false, Some(at), Some(room)) = (placed, now.first_media, &in_room) {
+                        placed = true;
+                        let _ = tx
+                            .send(RecordCommand::FirstMedia {
+                                room: room.clone(),
+                                file: file.clone(),
+                                at,
+                            })
+                            .await;
+                    }
+                }
+            };
+            watching.await;
+            let summary = handle.finished().await;
+            for f in &summary.files {
+                live.remove(f);
+            }
+            if let Some(e) = &summary.error {
+                warn!("recording {file}: stopped: {}", escaped(e));
+            }
+            let _ = tx
+                .send(RecordCommand::Ended {
+                    room: in_room,
+                    file,
+                    at: SystemTime::now(),
+                })
+                .await;
+        });
+    }
+
+    fn first_media(&mut self, room: &str, file: &str, at: SystemTime) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let started = r.started;
+        if let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) {
+            s.start_ms = ms_between(started, at);
+        }
+        if let Some(r) = self.rooms.get(room) {
+            self.store(r);
+        }
+    }
+
+    fn ended(&mut self, room: Option<String>, file: &str, at: SystemTime) {
+        self.live.remove(file);
+        let Some(room) = room else { return };
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let started = r.started;
+        if let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) {
+            s.end_ms = Some(ms_between(started, at));
+        }
+        r.running = r.running.saturating_sub(1);
+        let done = r.finalized.is_some() && r.running == 0;
+        if done {
+            self.finish(&room);
+        } else if let Some(r) = self.rooms.get(&room) {
+            self.store(r);
+        }
+    }
+
+    fn room_finalized(&mut self, room: String) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        r.finalized = Some(SystemTime::now());
+        if r.running == 0 {
+            self.finish(&room);
+            return;
+        }
+        let Some(tx) = self.tx.upgrade() else { return };
+        tokio::spawn(async move {
+            tokio::time::sleep(ROOM_END_GRACE).await;
+            let _ = tx.send(RecordCommand::RoomDue { room }).await;
+        });
+    }
+
+    /// The room ended and its recordings with it: the manifest is complete and the
+    /// mix pending.
+    fn finish(&mut self, room: &str) {
+        let Some(mut r) = self.rooms.remove(room) else {
+            return;
+        };
+        let ended = r.finalized.unwrap_or_else(SystemTime::now);
+        r.manifest.ended = Some(catalog::rfc3339(ended));
+        r.manifest.duration_ms = Some(ms_between(r.started, ended));
+        for s in &mut r.manifest.streams {
+            s.end_ms.get_or_insert(ms_between(r.started, ended));
+        }
+        r.manifest.mix = MixState::Pending;
+        self.store(&r);
+        info!(
+            "room {}: recording ended ({} streams), mixing {}",
+            escaped(room),
+            r.manifest.streams.len(),
+            r.manifest.mix_file
+        );
+        if let Some(mixer) = &self.mixer {
+            mixer.submit(r.manifest_path.clone());
+        }
+    }
+}
+
+async fn run(mut state: State, mut rx: mpsc::Receiver<RecordCommand>) {
+    serve(&mut state, &mut rx).await;
+    // The mixer's stop waits for its worker (bounded): not on a runtime thread.
+    if let Some(mut mixer) = state.mixer.take() {
+        let _ = tokio::task::spawn_blocking(move || mixer.stop()).await;
+    }
+}
+
+async fn serve(state: &mut State, rx: &mut mpsc::Receiver<RecordCommand>) {
+    while let Some(command) = rx.recv().await {
+        match command {
+            RecordCommand::Stream {
+                stream,
+                room,
+                login,
+                whole_room,
+            } => state.stream(stream, room, login, whole_room).await,
+            RecordCommand::RoomStarted { room } => state.room_started(room),
+            RecordCommand::RoomFinalized { room } => state.room_finalized(room),
+            RecordCommand::FirstMedia { room, file, at } => state.first_media(&room, &file, at),
+            RecordCommand::Ended { room, file, at } => state.ended(room, &file, at),
+            RecordCommand::RoomDue { room } => {
+                if state
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|r| r.finalized.is_some())
+                {
+                    warn!(
+                        "room {}: recordings still running {ROOM_END_GRACE:?} after the end; mixing what is written",
+                        escaped(&room)
+                    );
+                    state.finish(&room);
+                }
+            }
+        }
+    }
+}
