@@ -12,12 +12,14 @@ cd "$(dirname "$0")/.."
 
 # Build: the C libraries of the device's camera and microphone (GStreamer, ALSA, Opus;
 # libclang for the v4l crate's bindgen). Run time (`make run` starts the test pattern):
-# GStreamer's videotestsrc/videoconvert (base), h264parse (bad), x264enc (ugly),
-# clockoverlay (x), v4l2src and the RTP elements (good), alsasrc (alsa).
+# GStreamer's videotestsrc/videoconvert (base), h264parse and voaacenc (bad), x264enc
+# (ugly), clockoverlay (x), v4l2src and the RTP elements (good), alsasrc (alsa),
+# avdec_aac (libav: RTMP publishers' AAC); ffmpeg and a font for the offline room mix.
 BUILD_PACKAGES=(build-essential pkg-config ca-certificates
   libasound2-dev libopus-dev libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libclang-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  gstreamer1.0-plugins-ugly gstreamer1.0-x gstreamer1.0-alsa)
+  gstreamer1.0-plugins-ugly gstreamer1.0-x gstreamer1.0-alsa gstreamer1.0-libav
+  ffmpeg fonts-dejavu-core)
 # Tests: browsers, systemd-analyze, oelint (python venv), and the media tools that check
 # the device's H.264 and Opus (avdec_h264 from libav, ffmpeg/ffprobe, gst-inspect).
 TEST_PACKAGES=(chromium firefox-esr fonts-liberation systemd python3 python3-venv

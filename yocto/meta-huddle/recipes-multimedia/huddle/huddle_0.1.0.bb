@@ -48,11 +48,19 @@ REQUIRED_DISTRO_FEATURES = "systemd"
 # Each also needs its GStreamer recipe configured for it (see yocto/README.md):
 #   x264      x264enc (plugins-ugly PACKAGECONFIG x264; LICENSE_FLAGS "commercial")
 #   openh264  openh264enc (plugins-bad PACKAGECONFIG openh264; openh264 is in meta-multimedia)
-#   libav     avdec_h264, and avenc_aac for RTMP audio (gstreamer1.0-libav; "commercial")
+#   libav     avdec_h264, and avdec_aac for RTMP publishers' AAC (gstreamer1.0-libav;
+#             "commercial")
+# RTMP audio (AAC from publishers to Opus, Opus to AAC for players and pushes): libav
+# above, plus voaacenc (plugins-bad PACKAGECONFIG voaacenc, vo-aacenc from meta-oe).
+# The offline room mix runs the ffmpeg CLI at idle priority (chrt from util-linux) and
+# labels tiles with DejaVu Sans when installed (ffmpeg: LICENSE_FLAGS "commercial" for
+# libx264; a board can set [records.mixer] encoder to its V4L2 encoder instead).
 PACKAGECONFIG ??= ""
 PACKAGECONFIG[libav] = ",,,gstreamer1.0-libav"
 PACKAGECONFIG[openh264] = ",,,gstreamer1.0-plugins-bad-openh264"
 PACKAGECONFIG[x264] = ",,,gstreamer1.0-plugins-ugly-x264"
+PACKAGECONFIG[rtmp-audio] = ",,,gstreamer1.0-libav gstreamer1.0-plugins-bad-voaacenc"
+PACKAGECONFIG[mix] = ",,,ffmpeg util-linux-chrt"
 
 # The service runs as the system user `huddle` (group `huddle`, plus `video` for V4L2 and
 # `audio` for ALSA). useradd creates it when the package is installed into the image, which
@@ -88,7 +96,7 @@ CONFFILES:${PN} = "${sysconfdir}/huddle/huddle.toml"
 SYSTEMD_SERVICE:${PN} = "huddle.service"
 
 # GStreamer elements are looked up by name at run time, so no shared-library dependency
-# pulls these plugins in. By feature (RTMP and recording: planned):
+# pulls these plugins in. By feature:
 #   camera capture (V4L2)          good-video4linux2 (v4l2src), base-videoconvertscale,
 #                                  base-app (appsink)
 #   test pattern (no camera)       base-videotestsrc, base-pango (clockoverlay), and a
@@ -96,17 +104,21 @@ SYSTEMD_SERVICE:${PN} = "huddle.service"
 #   microphone                     alsa-lib (the binary links it; listed for clarity)
 #   hardware H.264 (V4L2 mem2mem,  good-video4linux2 (v4l2h264enc),
 #   e.g. i.MX 8M Plus, RPi 4)      bad-videoparsersbad (h264parse)
-#   RTMP out                       good-flv (flvmux), bad-rtmp2 (rtmp2sink)
-#   recording                      good-isomp4 (mp4mux)
+#   RTMP audio                     good-audioparsers (aacparse), base-opus (opusenc,
+#                                  opusdec), base-audioconvert, base-audioresample,
+#                                  and PACKAGECONFIG rtmp-audio (avdec_aac, voaacenc)
+#   RTMP video, recording          nothing: FLV, RTP and fragmented MP4 are Huddle's own
+#   offline room mix               PACKAGECONFIG mix (the ffmpeg CLI, chrt)
 RDEPENDS:${PN} = "\
     alsa-lib \
-    gstreamer1.0-plugins-bad-rtmp2 \
     gstreamer1.0-plugins-bad-videoparsersbad \
     gstreamer1.0-plugins-base-app \
+    gstreamer1.0-plugins-base-audioconvert \
+    gstreamer1.0-plugins-base-audioresample \
+    gstreamer1.0-plugins-base-opus \
     gstreamer1.0-plugins-base-pango \
     gstreamer1.0-plugins-base-videoconvertscale \
     gstreamer1.0-plugins-base-videotestsrc \
-    gstreamer1.0-plugins-good-flv \
-    gstreamer1.0-plugins-good-isomp4 \
+    gstreamer1.0-plugins-good-audioparsers \
     gstreamer1.0-plugins-good-video4linux2 \
 "
