@@ -3,6 +3,9 @@
 //! libopus (20 ms), both paced in real time with unrelated RTP origins, into fragmented
 //! MP4 that the real ffprobe/ffmpeg must read and decode without a word.
 
+#[path = "common/synth.rs"]
+mod synth;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,91 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use huddle::device::h264::{self, nal, Packetizer, RtpPacket};
+use huddle::device::h264::{self, Packetizer, RtpPacket};
 use huddle::media::codec::{Chosen, Codec, Family, Kind};
 use huddle::record::catalog::{self, RecordKind, RecordMeta};
 use huddle::record::recorder::{self, RecordSummary};
 use tokio::sync::mpsc;
 
-fn h264_codec() -> Codec {
-    Codec {
-        family: Family::H264 {
-            profile: 0x42,
-            constraints: 0xc0,
-        },
-        payload_type: 102,
-        clock_rate: 90_000,
-        channels: 0,
-        fmtp: "packetization-mode=1".into(),
-    }
-}
-
-fn opus_codec() -> Codec {
-    Codec {
-        family: Family::Opus,
-        payload_type: 111,
-        clock_rate: 48_000,
-        channels: 2,
-        fmtp: String::new(),
-    }
-}
+use synth::{h264_access_units, h264_codec, opus_codec, opus_packets};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("huddle-rec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// Access units (Annex-B) of libx264 baseline at 30 fps, a key frame a second.
-fn h264_access_units(dir: &Path, size: &str, seconds: u32) -> Vec<Bytes> {
-    let file = dir.join(format!("source-{size}.h264"));
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-        .args(["-i", &format!("testsrc=size={size}:rate=30")])
-        .args(["-t", &seconds.to_string()])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
-        .args(["-profile:v", "baseline", "-bf", "0", "-g", "30"])
-        .args(["-x264-params", "sliced-threads=0", "-f", "h264"])
-        .arg(&file)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(status.success());
-    let data = std::fs::read(&file).unwrap();
-    let mut aus = Vec::new();
-    let mut au = Vec::new();
-    for unit in h264::nal_units(&data) {
-        au.extend_from_slice(&[0, 0, 0, 1]);
-        au.extend_from_slice(unit);
-        if matches!(h264::nal_type(unit), nal::SLICE | nal::IDR) {
-            aus.push(Bytes::from(std::mem::take(&mut au)));
-        }
-    }
-    assert_eq!(aus.len(), seconds as usize * 30);
-    aus
-}
-
-/// 20 ms Opus packets of a 440 Hz stereo tone.
-fn opus_packets(count: usize) -> Vec<Bytes> {
-    let encoder = audiopus::coder::Encoder::new(
-        audiopus::SampleRate::Hz48000,
-        audiopus::Channels::Stereo,
-        audiopus::Application::Audio,
-    )
-    .unwrap();
-    let mut out = vec![0u8; 1500];
-    (0..count)
-        .map(|i| {
-            let pcm: Vec<i16> = (0..960 * 2)
-                .map(|k| {
-                    let n = (i * 960 + k / 2) as f64;
-                    (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * n / 48_000.0).sin()) as i16
-                })
-                .collect();
-            let len = encoder.encode(&pcm, &mut out).unwrap();
-            Bytes::copy_from_slice(&out[..len])
-        })
-        .collect()
 }
 
 fn meta(dir: &Path, stream: &str) -> RecordMeta {

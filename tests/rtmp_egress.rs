@@ -5,6 +5,9 @@
 //! file that ffprobe/ffmpeg must read as H.264 + AAC, decode without an error, with
 //! audio and video durations within 0.5 s of each other.
 
+#[path = "common/synth.rs"]
+mod synth;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,86 +20,7 @@ use huddle::rtmp::egress::{self, EgressError, Ended};
 use huddle::rtmp::server::{FlvTag, TagKind};
 use tokio::sync::mpsc;
 
-fn h264_codec() -> Codec {
-    Codec {
-        family: Family::H264 {
-            profile: 0x42,
-            constraints: 0xc0,
-        },
-        payload_type: 102,
-        clock_rate: 90_000,
-        channels: 0,
-        fmtp: "packetization-mode=1".into(),
-    }
-}
-
-fn opus_codec() -> Codec {
-    Codec {
-        family: Family::Opus,
-        payload_type: 111,
-        clock_rate: 48_000,
-        channels: 2,
-        fmtp: String::new(),
-    }
-}
-
-/// Access units (Annex-B) of 3 s of libx264 baseline at 30 fps, a key frame a second.
-fn h264_access_units(dir: &std::path::Path) -> Vec<Bytes> {
-    let file = dir.join("source.h264");
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-        .args(["-i", "testsrc=size=320x240:rate=30", "-t", "3"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-profile:v",
-            "baseline",
-        ])
-        .args(["-bf", "0", "-g", "30", "-x264-params", "sliced-threads=0"])
-        .args(["-f", "h264"])
-        .arg(&file)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(status.success());
-    let data = std::fs::read(&file).unwrap();
-    // One slice per picture: a picture ends an access unit.
-    let mut aus = Vec::new();
-    let mut au = Vec::new();
-    for unit in h264::nal_units(&data) {
-        au.extend_from_slice(&[0, 0, 0, 1]);
-        au.extend_from_slice(unit);
-        if matches!(h264::nal_type(unit), nal::SLICE | nal::IDR) {
-            aus.push(Bytes::from(std::mem::take(&mut au)));
-        }
-    }
-    assert_eq!(aus.len(), 90);
-    aus
-}
-
-/// 20 ms Opus packets of a 440 Hz stereo tone.
-fn opus_packets(count: usize) -> Vec<Bytes> {
-    let encoder = audiopus::coder::Encoder::new(
-        audiopus::SampleRate::Hz48000,
-        audiopus::Channels::Stereo,
-        audiopus::Application::Audio,
-    )
-    .unwrap();
-    let mut out = vec![0u8; 1500];
-    (0..count)
-        .map(|i| {
-            let pcm: Vec<i16> = (0..960 * 2)
-                .map(|k| {
-                    let n = (i * 960 + k / 2) as f64;
-                    (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * n / 48_000.0).sin()) as i16
-                })
-                .collect();
-            let len = encoder.encode(&pcm, &mut out).unwrap();
-            Bytes::copy_from_slice(&out[..len])
-        })
-        .collect()
-}
+use synth::{h264_codec, opus_codec, opus_packets};
 
 /// An FLV file (header, tags, previous-tag sizes) of the egress's tags.
 fn flv_file(tags: &[FlvTag]) -> Vec<u8> {
@@ -154,7 +78,7 @@ async fn a_lost_packet_drops_pictures_up_to_the_next_key_frame() {
 async fn room_stream_to_flv(name: &str, lose_from: Option<usize>) -> usize {
     let dir = std::env::temp_dir().join(format!("huddle-egress-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let aus = h264_access_units(&dir);
+    let aus = synth::h264_access_units(&dir, "320x240", 3);
     let opus = opus_packets(150);
 
     // (send time in ms, kind, packet), video and audio interleaved by time.
