@@ -33,12 +33,14 @@ test-browser:
 ## players), the device's own stream (test pattern + tone: encoder vs Huddle's CPU;
 ## its gst-launch-1.0 references need gstreamer1.0-tools) and the RTMP edge (an ffmpeg
 ## publisher to WebRTC and RTMP players: video path, AAC <-> Opus, RSS per session;
-## ffmpeg and avdec_aac from gstreamer1.0-libav).
+## ffmpeg and avdec_aac from gstreamer1.0-libav) and recording (CPU and RSS per
+## recorded RTMP stream, the offline room mix's speed).
 bench: deps-build
 	scripts/install-deps.sh packages gstreamer1.0-tools gstreamer1.0-libav ffmpeg
 	$(CARGO) bench --locked --bench sfu
 	$(CARGO) bench --locked --bench device
 	$(CARGO) bench --locked --bench rtmp
+	$(CARGO) bench --locked --bench record
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

@@ -30,7 +30,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 
 use support::{
     clock_ticks_per_sec, count_warning, http_address, loadavg, machine, process_ticks, rss_kib,
-    spawn, start_huddle, start_player, status_kib, thread_ticks, write_doc, Player, Proc, STEP,
+    source_file, spawn, start_huddle, start_player, status_kib, thread_ticks, write_doc, Player,
+    Proc, STEP,
 };
 
 const WARMUP: Duration = Duration::from_secs(3);
@@ -55,54 +56,6 @@ const LOGIN: &str = "rtmp";
 /// What an RTMP publisher `LOGIN` in `room` publishes.
 fn stream_of(room: &str) -> String {
     format!("{room}-{LOGIN}")
-}
-
-/// The source: its encoding settings name the cached file.
-const SOURCE_SECS: u32 = 20;
-const SOURCE: &str = "rtmp-bench-1280x720p30-x264-baseline-g60-2500k-aac128k-20s.flv";
-
-// ---------------------------------------------------------------------------------
-// The source file and ffmpeg
-
-/// The pre-encoded source, made once (cached in Cargo's target tmp dir).
-fn source_file() -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(SOURCE);
-    if path.exists() {
-        return path;
-    }
-    let t = Instant::now();
-    let part = path.with_extension("part");
-    let secs = SOURCE_SECS.to_string();
-    // testsrc2 with temporal noise, so that x264 has to spend the bitrate.
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30,noise=alls=12:allf=t",
-        ])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", &secs, "-pix_fmt", "yuv420p", "-c:v", "libx264"])
-        .args(["-preset", "veryfast", "-profile:v", "baseline", "-bf", "0"])
-        .args([
-            "-g", "60", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "2500k",
-        ])
-        .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-f", "flv"])
-        .arg(&part)
-        .status()
-        .expect("ffmpeg is installed");
-    assert!(
-        status.success(),
-        "ffmpeg could not encode the source: {status}"
-    );
-    std::fs::rename(&part, &path).expect("rename the source file");
-    eprintln!(
-        "source {} encoded in {:.0} s",
-        path.display(),
-        t.elapsed().as_secs_f64()
-    );
-    path
 }
 
 /// An ffmpeg process (`-loglevel error`); its error lines are echoed.

@@ -1,8 +1,8 @@
-//! What the benchmarks (`benches/sfu.rs`, `benches/device.rs`, `benches/rtmp.rs`)
-//! share: `/proc` readings (per process and per thread), the `huddle` child process,
-//! a Room API client over WebSocket, a WebRTC player (and one that counts what it
-//! receives), the machine's description and the marked sections of
-//! `docs/benchmarks.md`.
+//! What the benchmarks (`benches/sfu.rs`, `benches/device.rs`, `benches/rtmp.rs`,
+//! `benches/record.rs`) share: `/proc` readings (per process and per thread), the
+//! `huddle` child process, the RTMP source file, a Room API client over WebSocket, a
+//! WebRTC player (and one that counts what it receives), the machine's description and
+//! the marked sections of `docs/benchmarks.md`.
 //!
 //! Each bench includes it with `mod support;` (a folder with a `mod.rs`, so Cargo
 //! does not take it for a bench target of its own); it expects the bench to include
@@ -123,6 +123,58 @@ pub fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+// ---------------------------------------------------------------------------------
+// The RTMP source file
+
+/// The RTMP benches' source (`benches/rtmp.rs`, `benches/record.rs`): its encoding
+/// settings name the cached file.
+pub const SOURCE_SECS: u32 = 20;
+pub const SOURCE: &str = "rtmp-bench-1280x720p30-x264-baseline-g60-2500k-aac128k-20s.flv";
+
+// ---------------------------------------------------------------------------------
+// The source file and ffmpeg
+
+/// The pre-encoded source, made once (cached in Cargo's target tmp dir).
+pub fn source_file() -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(SOURCE);
+    if path.exists() {
+        return path;
+    }
+    let t = Instant::now();
+    let part = path.with_extension("part");
+    let secs = SOURCE_SECS.to_string();
+    // testsrc2 with temporal noise, so that x264 has to spend the bitrate.
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30,noise=alls=12:allf=t",
+        ])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &secs, "-pix_fmt", "yuv420p", "-c:v", "libx264"])
+        .args(["-preset", "veryfast", "-profile:v", "baseline", "-bf", "0"])
+        .args([
+            "-g", "60", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "2500k",
+        ])
+        .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-f", "flv"])
+        .arg(&part)
+        .status()
+        .expect("ffmpeg is installed");
+    assert!(
+        status.success(),
+        "ffmpeg could not encode the source: {status}"
+    );
+    std::fs::rename(&part, &path).expect("rename the source file");
+    eprintln!(
+        "source {} encoded in {:.0} s",
+        path.display(),
+        t.elapsed().as_secs_f64()
+    );
+    path
 }
 
 // ---------------------------------------------------------------------------------
