@@ -497,7 +497,19 @@ const FILE_LIMIT: u64 = 100_000;
 #[test]
 fn a_write_error_stops_the_recording_and_keeps_the_file_valid() {
     let dir = temp_dir("efbig");
-    let out = Command::new(std::env::current_exe().unwrap())
+    // Under CPU emulation (the aarch64 suite under qemu-user without binfmt_misc) the
+    // child runs through the same wrapper as this test.
+    let exe = std::env::current_exe().unwrap();
+    let mut command = match std::env::var("HUDDLE_TEST_EXEC_WRAPPER") {
+        Ok(wrapper) if !wrapper.trim().is_empty() => {
+            let mut words = wrapper.split_whitespace();
+            let mut c = Command::new(words.next().unwrap());
+            c.args(words).arg(exe);
+            c
+        }
+        _ => Command::new(exe),
+    };
+    let out = command
         .args(["--exact", "write_error_child", "--ignored", "--nocapture"])
         .env(CHILD, &dir)
         .output()

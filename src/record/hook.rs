@@ -89,6 +89,25 @@ pub fn run_room_hook(
     let Some(program) = words.next() else {
         return HookOutcome::None;
     };
+    // A path that is not an executable file is named as such before anything runs
+    // (where exec fails only in the child, e.g. under CPU emulation, it would otherwise
+    // look like a hook that exited with 127).
+    if program.contains('/') {
+        use std::os::unix::fs::PermissionsExt;
+        let runnable = std::fs::metadata(program)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                    Ok(())
+                } else {
+                    Err("not an executable file".to_string())
+                }
+            });
+        if let Err(e) = runnable {
+            warn!("room record hook {program:?} for room {room:?} could not start: {e}");
+            return HookOutcome::NotStarted(e);
+        }
+    }
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let mut command = Command::new(program);
     command
