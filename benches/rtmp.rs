@@ -37,9 +37,9 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use support::{
-    clock_ticks_per_sec, count_warning, http_address, loadavg, machine, process_ticks, rss_kib,
-    source_file, spawn, start_huddle, start_player, status_kib, thread_ticks, write_doc, Player,
-    Proc, STEP,
+    clock_ticks_per_sec, count_warning, cpu_by_thread, http_address, loadavg, machine,
+    process_ticks, rss_kib, source_file, spawn, start_huddle, start_player, status_kib,
+    thread_ticks, write_doc, Player, Proc, STEP,
 };
 
 const WARMUP: Duration = Duration::from_secs(3);
@@ -272,17 +272,7 @@ impl Cpu {
     fn new(a: &Snapshot, b: &Snapshot, ticks: f64) -> Cpu {
         let d = |x: u64, y: u64| y.saturating_sub(x) as f64 / ticks;
         let total = d(a.process.0 + a.process.1, b.process.0 + b.process.1);
-        let mut names: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-        for (tid, (name, t)) in &b.threads {
-            let before = a.threads.get(tid).map_or(0, |x| x.1);
-            let e = names.entry(name.clone()).or_default();
-            e.0 += 1;
-            e.1 += d(before, *t);
-        }
-        let sum: f64 = names.values().map(|v| v.1).sum();
-        if total - sum > 0.0 {
-            names.insert("(ended)".into(), (0, total - sum));
-        }
+        let names = cpu_by_thread(&a.threads, &b.threads, total, ticks);
         Cpu {
             secs: (b.at - a.at).as_secs_f64(),
             total,

@@ -87,6 +87,29 @@ pub fn thread_ticks(pid: i32) -> HashMap<u32, (String, u64)> {
     out
 }
 
+/// CPU seconds per thread name between two `thread_ticks` readings: name -> (threads,
+/// seconds); what the process spent beyond its live threads (threads that ended in the
+/// window) as "(ended)". `total` is the process's seconds over the same window.
+pub fn cpu_by_thread(
+    before: &HashMap<u32, (String, u64)>,
+    after: &HashMap<u32, (String, u64)>,
+    total: f64,
+    ticks: f64,
+) -> std::collections::BTreeMap<String, (usize, f64)> {
+    let mut names: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+    for (tid, (name, t)) in after {
+        let earlier = before.get(tid).map_or(0, |x| x.1);
+        let e = names.entry(name.clone()).or_default();
+        e.0 += 1;
+        e.1 += t.saturating_sub(earlier) as f64 / ticks;
+    }
+    let sum: f64 = names.values().map(|v| v.1).sum();
+    if total - sum > 0.0 {
+        names.insert("(ended)".into(), (0, total - sum));
+    }
+    names
+}
+
 /// The load average (1, 5, 15 min).
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

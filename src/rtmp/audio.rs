@@ -65,19 +65,8 @@ impl AacToOpus {
         };
         let asc = flv::aac_config_bytes(config.object_type, config.sample_rate, config.channels)
             .ok_or(bad)?;
+        // Caps need an initialised GStreamer (`launch` initialises it too).
         gst::init().map_err(gst_err)?;
-        let pipeline = gst::parse::launch(PIPELINE)
-            .map_err(gst_err)?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| AudioError::Gst("not a pipeline".into()))?;
-        let src = pipeline
-            .by_name("aac")
-            .and_then(|e| e.downcast::<gstreamer_app::AppSrc>().ok())
-            .ok_or_else(|| AudioError::Gst("no appsrc".into()))?;
-        let sink = pipeline
-            .by_name("opus")
-            .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
-            .ok_or_else(|| AudioError::Gst("no appsink".into()))?;
         let caps = gst::Caps::builder("audio/mpeg")
             .field("mpegversion", 4i32)
             .field("stream-format", "raw")
@@ -85,14 +74,7 @@ impl AacToOpus {
             .field("rate", config.sample_rate as i32)
             .field("channels", config.channels.max(1) as i32)
             .build();
-        src.set_caps(Some(&caps));
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| AudioError::Gst("no bus".into()))?;
-        if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let _ = pipeline.set_state(gst::State::Null);
-            return Err(gst_err(e));
-        }
+        let (pipeline, src, sink, bus) = launch(PIPELINE, ("aac", "opus"), Some(&caps))?;
         Ok(AacToOpus {
             pipeline,
             src,
@@ -159,26 +141,7 @@ const OPUS_TO_AAC: &str = "appsrc name=opus format=time is-live=true max-bytes=2
 
 impl OpusToAac {
     pub fn new() -> Result<OpusToAac, AudioError> {
-        gst::init().map_err(gst_err)?;
-        let pipeline = gst::parse::launch(OPUS_TO_AAC)
-            .map_err(gst_err)?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| AudioError::Gst("not a pipeline".into()))?;
-        let src = pipeline
-            .by_name("opus")
-            .and_then(|e| e.downcast::<gstreamer_app::AppSrc>().ok())
-            .ok_or_else(|| AudioError::Gst("no appsrc".into()))?;
-        let sink = pipeline
-            .by_name("aac")
-            .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
-            .ok_or_else(|| AudioError::Gst("no appsink".into()))?;
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| AudioError::Gst("no bus".into()))?;
-        if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let _ = pipeline.set_state(gst::State::Null);
-            return Err(gst_err(e));
-        }
+        let (pipeline, src, sink, bus) = launch(OPUS_TO_AAC, ("opus", "aac"), None)?;
         Ok(OpusToAac {
             pipeline,
             src,
@@ -223,6 +186,47 @@ impl Drop for OpusToAac {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// A transcoding pipeline from its description, playing: its appsrc and appsink (by
+/// name; `caps` set on the appsrc before it starts) and its bus.
+fn launch(
+    description: &str,
+    (src, sink): (&str, &str),
+    caps: Option<&gst::Caps>,
+) -> Result<
+    (
+        gst::Pipeline,
+        gstreamer_app::AppSrc,
+        gstreamer_app::AppSink,
+        gst::Bus,
+    ),
+    AudioError,
+> {
+    gst::init().map_err(gst_err)?;
+    let pipeline = gst::parse::launch(description)
+        .map_err(gst_err)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| AudioError::Gst("not a pipeline".into()))?;
+    let src = pipeline
+        .by_name(src)
+        .and_then(|e| e.downcast::<gstreamer_app::AppSrc>().ok())
+        .ok_or_else(|| AudioError::Gst("no appsrc".into()))?;
+    let sink = pipeline
+        .by_name(sink)
+        .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
+        .ok_or_else(|| AudioError::Gst("no appsink".into()))?;
+    if caps.is_some() {
+        src.set_caps(caps);
+    }
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| AudioError::Gst("no bus".into()))?;
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        let _ = pipeline.set_state(gst::State::Null);
+        return Err(gst_err(e));
+    }
+    Ok((pipeline, src, sink, bus))
 }
 
 /// The next buffer of `sink` and its PTS, waiting up to `timeout` (`Ok(None)`: none
