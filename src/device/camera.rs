@@ -425,27 +425,8 @@ impl Camera for GstCamera {
         if let Some(e) = bus_error(&r.bus) {
             return Err(e);
         }
-        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        let Some(sample) = r
-            .sink
-            .try_pull_sample(gstreamer::ClockTime::from_nseconds(ns))
-        else {
-            if r.sink.is_eos() {
-                return Err("end of stream".into());
-            }
+        let Some((data, pts)) = pull_sample(&r.sink, timeout)? else {
             return Ok(None);
-        };
-        let Some(buffer) = sample.buffer_owned() else {
-            return Ok(None);
-        };
-        let pts = buffer
-            .pts()
-            .map(|t| Duration::from_nanos(t.nseconds()))
-            .unwrap_or_default();
-        // The mapped buffer becomes the bytes' owner: no copy of the picture.
-        let data = match buffer.into_mapped_buffer_readable() {
-            Ok(mapped) => Bytes::from_owner(mapped),
-            Err(_) => return Err("cannot map an encoded buffer".into()),
         };
         Ok(Some(AccessUnit { data, pts }))
     }
@@ -479,6 +460,33 @@ impl Drop for GstCamera {
 }
 
 /// The first error or end-of-stream on the bus, named after the element.
+/// The next buffer of an appsink and its PTS, waiting up to `timeout` (`Ok(None)`: none
+/// ready; `Err` at the end of the stream). The mapped buffer becomes the bytes' owner:
+/// no copy. Shared by the camera and the RTMP audio transcoders.
+pub(crate) fn pull_sample(
+    sink: &gstreamer_app::AppSink,
+    timeout: Duration,
+) -> Result<Option<(Bytes, Duration)>, String> {
+    let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let Some(sample) = sink.try_pull_sample(gstreamer::ClockTime::from_nseconds(ns)) else {
+        if sink.is_eos() {
+            return Err("end of stream".into());
+        }
+        return Ok(None);
+    };
+    let Some(buffer) = sample.buffer_owned() else {
+        return Ok(None);
+    };
+    let pts = buffer
+        .pts()
+        .map(|t| Duration::from_nanos(t.nseconds()))
+        .unwrap_or_default();
+    match buffer.into_mapped_buffer_readable() {
+        Ok(mapped) => Ok(Some((Bytes::from_owner(mapped), pts))),
+        Err(_) => Err("cannot map a buffer".into()),
+    }
+}
+
 fn bus_error(bus: &gstreamer::Bus) -> Option<String> {
     use gstreamer::MessageView;
     while let Some(msg) =

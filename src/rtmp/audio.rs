@@ -239,25 +239,8 @@ fn pull_buffer(
     what: &str,
 ) -> Result<Option<(Bytes, Duration)>, AudioError> {
     check_bus(bus)?;
-    let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_nseconds(ns)) else {
-        if sink.is_eos() {
-            return Err(AudioError::Gst("end of stream".into()));
-        }
-        return Ok(None);
-    };
-    let Some(buffer) = sample.buffer_owned() else {
-        return Ok(None);
-    };
-    let pts = buffer
-        .pts()
-        .map(|t| Duration::from_nanos(t.nseconds()))
-        .unwrap_or_default();
-    let data = buffer
-        .into_mapped_buffer_readable()
-        .map(Bytes::from_owner)
-        .map_err(|_| AudioError::Gst(format!("cannot map an {what} buffer")))?;
-    Ok(Some((data, pts)))
+    crate::device::camera::pull_sample(sink, timeout)
+        .map_err(|e| AudioError::Gst(format!("{what}: {e}")))
 }
 
 fn check_bus(bus: &gst::Bus) -> Result<(), AudioError> {
