@@ -20,7 +20,12 @@ pub enum Access {
     #[default]
     Open,
     /// A valid token.
-    Granted { rooms: Rooms, publish: bool },
+    Granted {
+        rooms: Rooms,
+        publish: bool,
+        /// May kick and mute others (`moderator` claim).
+        moderator: bool,
+    },
     /// No usable token: every join fails with this reason.
     Refused(String),
 }
@@ -70,6 +75,9 @@ pub struct Claims {
     /// May read the device's details (`/health` occupancy and version; the admin API).
     #[serde(default)]
     pub admin: bool,
+    /// May kick and mute others in the rooms it may join (Room API moderation).
+    #[serde(default)]
+    pub moderator: bool,
 }
 
 fn yes() -> bool {
@@ -133,6 +141,7 @@ impl Authority {
         Access::Granted {
             rooms: claims.rooms,
             publish: claims.publish,
+            moderator: claims.moderator,
         }
     }
 
@@ -282,6 +291,7 @@ mod tests {
                 publish,
                 exp,
                 admin: false,
+                moderator: false,
             },
             secret,
             None,
@@ -301,6 +311,7 @@ mod tests {
                 publish: false,
                 exp,
                 admin: true,
+                moderator: false,
             };
             mint(&claims, secret, None).unwrap()
         };
@@ -326,7 +337,7 @@ mod tests {
             "s3cret",
         );
         match authority().check(Some("alice"), Some(&t)) {
-            Access::Granted { rooms, publish } => {
+            Access::Granted { rooms, publish, .. } => {
                 assert!(rooms.allows("daily") && !rooms.allows("other"));
                 assert!(!publish);
             }
@@ -343,7 +354,8 @@ mod tests {
             authority().check(Some("bob"), Some(&any)),
             Access::Granted {
                 rooms: Rooms::Any(_),
-                publish: true
+                publish: true,
+                ..
             }
         ));
     }
@@ -420,6 +432,7 @@ mod tests {
             publish: true,
             exp,
             admin: false,
+            moderator: false,
         };
         let why = |t: &str| match a.check(Some("alice"), Some(t)) {
             Access::Refused(why) => why,
@@ -471,6 +484,7 @@ mod tests {
                 publish: false,
                 exp,
                 admin: true,
+                moderator: false,
             },
             "s3cret",
             None,

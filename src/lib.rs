@@ -11,8 +11,10 @@
 pub mod auth;
 pub mod config;
 pub mod device;
+pub mod events;
 pub mod logging;
 pub mod media;
+pub mod metrics;
 pub mod record;
 pub mod rooms;
 pub mod rtmp;

@@ -120,6 +120,7 @@ fn mint_token(cli: &Cli) -> ExitCode {
         publish: !no_publish,
         exp: huddle::auth::now_unix() + ttl,
         admin: *admin,
+        moderator: false,
     };
     match huddle::auth::mint(&claims, &secret, key.as_deref()) {
         Ok(token) => {

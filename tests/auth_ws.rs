@@ -22,6 +22,7 @@ fn token(sub: &str, rooms: Rooms, publish: bool, exp: u64, secret: &str) -> Stri
             publish,
             exp,
             admin: false,
+            moderator: false,
         },
         secret,
         None,
@@ -215,7 +216,7 @@ fn the_cli_mints_tokens_the_server_accepts() {
     })
     .unwrap();
     match authority.check(Some("Борис"), Some(t.trim())) {
-        huddle::auth::Access::Granted { rooms, publish } => {
+        huddle::auth::Access::Granted { rooms, publish, .. } => {
             assert!(rooms.allows("daily") && !publish);
         }
         other => panic!("{other:?}"),

@@ -458,6 +458,7 @@ async fn health_in_token_mode_needs_an_admin_token() {
                 publish: false,
                 exp: huddle::auth::now_unix() + 60,
                 admin,
+                moderator: false,
             },
             secret,
             None,

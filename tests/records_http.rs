@@ -512,6 +512,7 @@ async fn token_mode_shows_each_token_its_rooms() {
             publish: false,
             exp,
             admin: true,
+            moderator: false,
         },
         "not the secret",
         None,

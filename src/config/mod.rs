@@ -40,6 +40,118 @@ pub struct Config {
     pub device: Device,
     pub auth: Auth,
     pub log: Log,
+    pub api: Api,
+    pub metrics: Metrics,
+    /// `[[webhooks]]`: receivers of the service's events.
+    pub webhooks: Vec<Webhook>,
+}
+
+/// The admin REST API (`/api/v1/`, `server::api`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// Bearer keys: `"sha256:<64 hex digits>"` (the SHA-256 of the key, as
+    /// `huddle api-key` prints it) or the key itself (at least 16 characters). Empty:
+    /// only loopback clients are answered.
+    pub keys: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Failed key checks allowed per source address per minute; more get 429.
+    pub failed_attempts_per_minute: u32,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            keys: Vec::new(),
+            max_body_bytes: 65_536,
+            failed_attempts_per_minute: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("keys", &format!("({} keys)", self.keys.len()))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field(
+                "failed_attempts_per_minute",
+                &self.failed_attempts_per_minute,
+            )
+            .finish()
+    }
+}
+
+/// Prometheus metrics at `/metrics` (`metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    pub enabled: bool,
+    /// Addresses or networks ("10.0.0.0/8", "192.0.2.7") that may read `/metrics`
+    /// without an `[api]` key, besides loopback clients.
+    pub allow: Vec<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// One `[[webhooks]]` receiver. `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// HMAC-SHA256 key of `X-Huddle-Signature`.
+    pub secret: String,
+    /// Event names to send (`crate::events::EventKind`); empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// One delivery attempt may take this long.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The first retry delay; doubles up to 60 s.
+    #[serde(default = "default_webhook_retry_ms")]
+    pub retry_ms: u64,
+    /// Attempts per event before it is given up (and counted as dropped).
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    /// Events waiting for this receiver; more are dropped (and counted).
+    #[serde(default = "default_webhook_queue")]
+    pub queue: usize,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5000
+}
+fn default_webhook_retry_ms() -> u64 {
+    1000
+}
+fn default_webhook_attempts() -> u32 {
+    10
+}
+fn default_webhook_queue() -> usize {
+    1024
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("secret", &"(hidden)")
+            .field("events", &self.events)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_ms", &self.retry_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("queue", &self.queue)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -652,6 +764,40 @@ public_key = ""
 # error, warn, info, debug or trace. Under systemd logs go to the journal,
 # otherwise to stderr.
 level = "info"
+
+[api]
+# The admin REST API under /api/v1/ (docs/api.md; OpenAPI at /api/v1/openapi.json) on
+# the HTTP and HTTPS listeners. Clients send "Authorization: Bearer <key>" with one of
+# these keys: "sha256:<hex>" (the SHA-256 of the key, printed by `huddle api-key`) or
+# the key itself (16 characters or more). No keys: the API answers only clients on
+# this machine (loopback), such as the device's own control panel.
+keys = []
+# Largest request body, in bytes.
+max_body_bytes = 65536
+# Wrong or missing keys allowed per client address per minute; more get HTTP 429.
+failed_attempts_per_minute = 10
+
+[metrics]
+# Prometheus metrics at /metrics (text format, names huddle_*), readable with an
+# [api] key, from loopback, or from these addresses/networks ("10.0.0.0/8").
+enabled = true
+allow = []
+
+# Webhooks: the service's events POSTed as JSON to a receiver, signed with
+# X-Huddle-Signature: sha256=<hex HMAC-SHA256 of the body with `secret`>, from a
+# bounded queue per receiver, retried with exponential backoff. One table each; none
+# by default. `events` lists the event names to send (empty: all): room.created,
+# room.finalized, participant.joined, participant.left, stream.published,
+# stream.unpublished, stream.failed, recording.started, recording.finished,
+# recording.failed, mix.finished, device.camera_lost, device.camera_back.
+# [[webhooks]]
+# url = "https://fleet.example.com/huddle/events"
+# secret = "a long random string"
+# events = []
+# timeout_ms = 5000
+# retry_ms = 1000
+# max_attempts = 10
+# queue = 1024
 "#;
 
 impl Config {
@@ -851,6 +997,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_operations(path)?;
         let r = &self.rooms;
         at_least("rooms.max_participants", r.max_participants as u64, 1)?;
         at_least("rooms.max_rooms", r.max_rooms as u64, 1)?;
@@ -964,6 +1111,93 @@ impl Config {
         Ok(())
     }
 
+    /// `[api]`, `[metrics]` and `[[webhooks]]`.
+    fn validate_operations(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, why: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            why,
+        };
+        for (i, key) in self.api.keys.iter().enumerate() {
+            let ok = match key.strip_prefix("sha256:") {
+                Some(hex) => hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                None => key.chars().count() >= 16,
+            };
+            if !ok {
+                return Err(invalid(
+                    "api.keys",
+                    format!(
+                        "entry {}: write \"sha256:<64 hex digits>\" (huddle api-key prints it) or a key of 16 characters or more",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(invalid(
+                "api.max_body_bytes",
+                format!("must be at least 1024, got {}", self.api.max_body_bytes),
+            ));
+        }
+        if self.api.failed_attempts_per_minute < 1 {
+            return Err(invalid(
+                "api.failed_attempts_per_minute",
+                "must be at least 1".into(),
+            ));
+        }
+        for allow in &self.metrics.allow {
+            if parse_network(allow).is_none() {
+                return Err(invalid(
+                    "metrics.allow",
+                    format!("'{allow}' is not an address or network (\"10.0.0.0/8\")"),
+                ));
+            }
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            let which = |why: String| format!("entry {} ({why})", i + 1);
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://"))
+                || hook.url.len() <= "https://".len()
+            {
+                return Err(invalid(
+                    "[[webhooks]] url",
+                    which(format!("'{}' is not an http:// or https:// URL", hook.url)),
+                ));
+            }
+            if hook.secret.is_empty() {
+                return Err(invalid(
+                    "[[webhooks]] secret",
+                    which("must not be empty: events are signed with it".into()),
+                ));
+            }
+            if let Some(bad) = hook
+                .events
+                .iter()
+                .find(|e| crate::events::EventKind::from_name(e).is_none())
+            {
+                return Err(invalid(
+                    "[[webhooks]] events",
+                    which(format!(
+                        "unknown event '{bad}' (known: {})",
+                        crate::events::EventKind::names()
+                    )),
+                ));
+            }
+            if hook.timeout_ms < 100
+                || hook.retry_ms < 10
+                || hook.max_attempts < 1
+                || hook.queue < 1
+            {
+                return Err(invalid(
+                    "[[webhooks]]",
+                    which(
+                        "timeout_ms >= 100, retry_ms >= 10, max_attempts >= 1, queue >= 1".into(),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The room core's view of this configuration.
     pub fn core(&self) -> CoreConfig {
         CoreConfig {
@@ -987,6 +1221,40 @@ impl Config {
             rate_burst: self.signalling.rate_burst,
             media_timeout: Duration::from_millis(self.media.ice_timeout_ms),
         }
+    }
+}
+
+/// An address ("192.0.2.7", "::1") or a network ("10.0.0.0/8", "fd00::/8").
+pub fn parse_network(text: &str) -> Option<(IpAddr, u8)> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((a, b)) => (a.trim(), Some(b.trim())),
+        None => (text.trim(), None),
+    };
+    let addr: IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max)?,
+        None => max,
+    };
+    Some((addr, bits))
+}
+
+/// Whether `ip` is inside the network `(net, bits)` of `parse_network`.
+pub fn in_network(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
     }
 }
 

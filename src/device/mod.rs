@@ -14,6 +14,7 @@
 //! stream without re-encoding.
 
 pub mod camera;
+pub mod control;
 pub mod h264;
 pub mod microphone;
 pub mod participant;
@@ -203,6 +204,12 @@ impl Device {
             threads,
             hang_after: HANG_MARGIN + timing.stall,
         }
+    }
+
+    /// A handle to switch the camera and microphone and read their state (the admin
+    /// API). TODO(device helper).
+    pub fn control(&self) -> control::DeviceControl {
+        control::DeviceControl::default()
     }
 
     /// Whether every capture thread runs (for the service watchdog).

@@ -77,6 +77,21 @@ pub enum Command {
     Play(StreamRequest),
     Unpublish(StreamRef),
     Stop(StreamRef),
+    /// Moderation (`sendData` command `kick` or `mute`): allowed to the room's creator
+    /// and to tokens with the `moderator` claim.
+    Moderate {
+        operation_id: String,
+        room: String,
+        login: String,
+        action: Moderation,
+    },
+    /// `sendStreamEvent` of a publisher (the SDK's own mute buttons): `kind` is
+    /// `audioMuted`, `audioUnmuted`, `videoMuted` or `videoUnmuted`; passed on to the
+    /// stream's players as `notifyStreamEvent`.
+    StreamEvent {
+        media_session_id: String,
+        kind: String,
+    },
     /// `availableStream`: does a stream of that name exist?
     AvailableStream {
         media_session_id: String,
@@ -95,6 +110,19 @@ impl Command {
     pub fn is_keepalive(&self) -> bool {
         matches!(self, Command::Pong | Command::Ping)
     }
+}
+
+/// What a moderator does to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moderation {
+    /// Close the member's session (the room sees LEFT).
+    Kick,
+    /// Stop (`true`) or resume (`false`) forwarding the member's audio and/or video to
+    /// every player; `None` leaves that kind as it is.
+    Mute {
+        audio: Option<bool>,
+        video: Option<bool>,
+    },
 }
 
 /// One entry of a `STATE` event.
@@ -226,6 +254,17 @@ pub enum ServerMessage {
         available: bool,
         info: String,
     },
+    /// `notifyStreamEvent`: a stream's mute state changed (`kind`: `audioMuted`,
+    /// `audioUnmuted`, `videoMuted`, `videoUnmuted`), sent to its players (with their
+    /// own media session id) and to its publisher. `by`: the moderator's login, or
+    /// `None` when the publisher muted itself.
+    StreamEvent {
+        media_session_id: String,
+        kind: &'static str,
+        stream: String,
+        login: String,
+        by: Option<String>,
+    },
     /// `fail`: a request that cannot be answered any other way (malformed frame,
     /// unknown message). The SDK shows it through its WARN callback.
     Fail {
@@ -249,6 +288,10 @@ pub enum CloseReason {
     TooSlow,
     /// The service is stopping.
     Shutdown,
+    /// A moderator or the admin API removed the participant.
+    Kicked,
+    /// The admin API closed the room the session was in.
+    RoomClosed,
 }
 
 impl CloseReason {
@@ -258,6 +301,7 @@ impl CloseReason {
             CloseReason::PingTimeout | CloseReason::Shutdown => 1001,
             CloseReason::Flood | CloseReason::TooSlow => 1008,
             CloseReason::TooManySessions => 1013,
+            CloseReason::Kicked | CloseReason::RoomClosed => 1000,
         }
     }
 
@@ -268,6 +312,8 @@ impl CloseReason {
             CloseReason::TooManySessions => "Too many sessions, try again later",
             CloseReason::TooSlow => "Client does not read its messages",
             CloseReason::Shutdown => "Server shutting down",
+            CloseReason::Kicked => "Removed from the room by a moderator",
+            CloseReason::RoomClosed => "The room was closed",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! handles each to completion before the next, so a `leave` has removed the member
 //! before its ACCEPTED is queued and a following `join` can never see a stale login.
 
+mod admin;
 pub mod messages;
 mod room;
 mod session;
@@ -27,6 +28,7 @@ use log::{debug, info, warn};
 
 use crate::auth::Access;
 use crate::logging::{escaped, field};
+pub use admin::{AdminError, MemberInfo, Notice, RoomInfo, Snapshot, SourceKind, StreamInfo};
 pub use messages::*;
 use room::{Member, Room};
 use session::{Admit, Endpoint, Session, TokenBucket};
@@ -135,6 +137,13 @@ pub enum MediaRequest {
         stream: String,
         sink: String,
     },
+    /// A moderator's mute: forward (`false`) or withhold (`true`) the stream's audio
+    /// and video to every sink, from now until the next `Mute` of the stream.
+    Mute {
+        stream: String,
+        audio: bool,
+        video: bool,
+    },
 }
 
 /// What the media engine reports back about a media session.
@@ -197,6 +206,17 @@ pub enum Output {
         room: String,
         record: bool,
     },
+    /// Stop recording a stream (the admin API); its file is finalized.
+    StopRecording {
+        stream: String,
+    },
+    /// The admin API started (`true`) or stopped the recording of a whole room.
+    RoomRecording {
+        room: String,
+        on: bool,
+    },
+    /// Something the operators' event hooks want to hear of.
+    Notice(Notice),
 }
 
 /// Live counts, for `/health` and the service status.
@@ -403,6 +423,25 @@ impl Core {
             }
             Command::Unpublish(r) => self.stop_endpoint(session, &r, true),
             Command::Stop(r) => self.stop_endpoint(session, &r, false),
+            Command::Moderate {
+                operation_id,
+                room,
+                login,
+                action,
+            } => {
+                let result = self.moderate(now, session, &room, &login, action);
+                self.send(
+                    session,
+                    ServerMessage::DataStatus {
+                        operation_id,
+                        result,
+                    },
+                );
+            }
+            Command::StreamEvent {
+                media_session_id,
+                kind,
+            } => self.stream_event(session, &media_session_id, &kind),
             Command::AvailableStream {
                 media_session_id,
                 name,
@@ -657,10 +696,7 @@ impl Core {
             };
             room.idle_deadline = None;
             if !already_member {
-                room.members.push(Member {
-                    login: login.clone(),
-                    session,
-                });
+                room.members.push(Member::new(login.clone(), session));
             }
             if !local {
                 room.seen(session);
@@ -683,6 +719,10 @@ impl Core {
             for other in others {
                 self.room_event(other, room_name, RoomEvent::Joined(login.clone()));
             }
+            self.notice(Notice::Joined {
+                room: room_name.to_owned(),
+                login,
+            });
         }
         Ok(())
     }
@@ -749,6 +789,10 @@ impl Core {
         for other in others {
             self.room_event(other, room_name, RoomEvent::Left(member.login.clone()));
         }
+        self.notice(Notice::Left {
+            room: room_name.to_owned(),
+            login: member.login.clone(),
+        });
         if empty {
             if reply_to_leaver || !shared {
                 // Left on purpose, or vanished from a room nobody else ever joined:
@@ -1086,6 +1130,12 @@ impl Core {
                         },
                     );
                 }
+                self.notice(Notice::Published {
+                    room: room.clone(),
+                    login: login.clone(),
+                    stream: name.clone(),
+                });
+                self.apply_mute(&room, &login, Some(&name));
                 let whole_room = self.rooms.get(&room).is_some_and(|r| r.record);
                 if record || whole_room {
                     self.outputs.push_back(Output::Record {
@@ -1112,6 +1162,7 @@ impl Core {
                 }
                 let status = playback_status(&name, pl, StreamState::Playing, "");
                 self.send(session, ServerMessage::StreamStatus(status));
+                self.tell_player_muted(session, media_session_id, &name);
             }
             None => {}
         }
@@ -1174,6 +1225,29 @@ impl Core {
             session: p.owner,
             media_session_id: p.media_session_id.clone(),
         }));
+        let failed =
+            ending.room_event_failed || matches!(ending.publisher, Some((StreamState::Failed, _)));
+        if p.is_live() || failed {
+            let (room, login, stream) = (p.room.clone(), p.login.clone(), p.name.clone());
+            self.notice(if failed {
+                let info = match ending.publisher {
+                    Some((_, info)) if !info.is_empty() => info,
+                    _ => "The publisher vanished",
+                };
+                Notice::Failed {
+                    room,
+                    login,
+                    stream,
+                    info: info.to_owned(),
+                }
+            } else {
+                Notice::Unpublished {
+                    room,
+                    login,
+                    stream,
+                }
+            });
+        }
         if let Some((state, info)) = ending.publisher {
             let status = publication_status(&p, state, info);
             self.send(p.owner, ServerMessage::StreamStatus(status));
@@ -1420,6 +1494,10 @@ impl Core {
                 operation_id: operation_id.clone(),
                 result: Err(info.to_owned()),
             },
+            Command::Moderate { operation_id, .. } => ServerMessage::DataStatus {
+                operation_id: operation_id.clone(),
+                result: Err(info.to_owned()),
+            },
             Command::Publish(req) => stream_reply(req, true, StreamState::Failed, info),
             Command::Play(req) => stream_reply(req, false, StreamState::Failed, info),
             Command::Unpublish(r) | Command::Stop(r) => ServerMessage::Fail {
@@ -1441,6 +1519,7 @@ impl Core {
             Command::Connect(_)
             | Command::Pong
             | Command::Ping
+            | Command::StreamEvent { .. }
             | Command::Ignored
             | Command::Rejected(_) => ServerMessage::Fail {
                 api_method: "unknown".into(),

@@ -9,6 +9,20 @@ use super::messages::SessionId;
 pub(crate) struct Member {
     pub login: String,
     pub session: SessionId,
+    /// Muted by a moderator: that kind of its streams in this room is not forwarded.
+    pub muted_audio: bool,
+    pub muted_video: bool,
+}
+
+impl Member {
+    pub fn new(login: String, session: SessionId) -> Member {
+        Member {
+            login,
+            session,
+            muted_audio: false,
+            muted_video: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -48,6 +62,11 @@ impl Room {
             Some(first) if first != session => self.shared = true,
             Some(_) => {}
         }
+    }
+
+    /// The first socket session that joined: it may moderate the room.
+    pub fn creator(&self) -> Option<SessionId> {
+        self.first
     }
 
     pub fn has_session(&self, session: SessionId) -> bool {

@@ -1163,6 +1163,7 @@ fn token_access_limits_rooms_and_publishing() {
         Access::Granted {
             rooms: Rooms::List(vec!["r".into()]),
             publish: false,
+            moderator: false,
         },
     );
     let out = h.join(2, "other");
@@ -1190,6 +1191,7 @@ fn token_access_limits_rooms_and_publishing() {
         Access::Granted {
             rooms: Rooms::Any("*".into()),
             publish: true,
+            moderator: false,
         },
     );
     h.join(3, "anywhere");

@@ -5,16 +5,19 @@
 //! session whose queue is full is closed as too slow instead of stalling everyone.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::control::{AdminAnswer, AdminReply, AdminRequest};
 use super::recording::Recordings;
 use crate::device::Participant;
+use crate::events::{EventKind, Events};
 use crate::logging::escaped;
 use crate::rooms::{
-    CloseReason, Command, Core, MediaEvent, MediaRequest, Output, ServerMessage, SessionId, Stats,
+    CloseReason, Command, Core, MediaEvent, MediaRequest, Notice, Output, ServerMessage, SessionId,
+    Stats,
 };
 use crate::sfu::Sfu;
 
@@ -46,6 +49,11 @@ pub enum ToCore {
     },
     /// Liveness probe for the service watchdog: answered with the live counts.
     Heartbeat(oneshot::Sender<Stats>),
+    /// The admin API (`control::Control`).
+    Admin {
+        request: AdminRequest,
+        reply: AdminReply,
+    },
     Shutdown,
 }
 
@@ -72,6 +80,12 @@ struct Parties {
     sessions: HashMap<SessionId, SessionHandle>,
     device: Option<Participant>,
     recordings: Recordings,
+    events: Events,
+    /// When each room was created (the admin API shows it).
+    created: HashMap<String, SystemTime>,
+    /// Whether the device's camera delivered video at the last change (`None`: no
+    /// change seen yet), for `device.camera_lost` / `device.camera_back`.
+    camera: Option<bool>,
 }
 
 pub(crate) async fn run(
@@ -82,11 +96,15 @@ pub(crate) async fn run(
     mut media_events: mpsc::Receiver<MediaEvent>,
     device: Option<Participant>,
     recordings: Recordings,
+    events: Events,
 ) {
     let mut parties = Parties {
         sessions: HashMap::new(),
         device,
         recordings,
+        events,
+        created: HashMap::new(),
+        camera: None,
     };
     if let Some(device) = &mut parties.device {
         core.connect_local(now(), DEVICE_SESSION, crate::device::SOURCE);
@@ -110,6 +128,7 @@ pub(crate) async fn run(
             Some(event) = media_events.recv() => {
                 match event {
                     MediaEvent::SourceChanged { source, audio, video } if source == crate::device::SOURCE => {
+                        camera_event(&mut parties, video);
                         let commands = parties
                             .device
                             .as_mut()
@@ -199,6 +218,10 @@ pub(crate) async fn run(
             ToCore::Heartbeat(reply) => {
                 let _ = reply.send(core.stats());
             }
+            ToCore::Admin { request, reply } => {
+                let answer = admin(&mut core, &parties, request);
+                let _ = reply.send(answer);
+            }
             ToCore::Shutdown => core.shutdown(now()),
         }
         drain(&mut core, &mut parties, &sfu);
@@ -279,8 +302,30 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                 parties.recordings.stream(stream, room, login, whole_room);
                 continue;
             }
+            Output::StopRecording { stream } => {
+                parties.recordings.stop_stream(&stream);
+                continue;
+            }
+            Output::RoomRecording { room, on } => {
+                if on {
+                    parties.recordings.room_started(&room);
+                } else {
+                    parties.recordings.room_stopped(&room);
+                }
+                continue;
+            }
+            Output::Notice(notice) => {
+                emit_notice(&parties.events, notice);
+                continue;
+            }
             Output::RoomCreated { room, record } => {
                 debug!("room {}: created", escaped(&room));
+                parties.created.insert(room.clone(), SystemTime::now());
+                parties.events.emit(
+                    EventKind::RoomCreated,
+                    Some(&room),
+                    serde_json::json!({ "record": record }),
+                );
                 if record {
                     parties.recordings.room_started(&room);
                 }
@@ -298,6 +343,12 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                 if record {
                     parties.recordings.room_finalized(&room);
                 }
+                parties.created.remove(&room);
+                parties.events.emit(
+                    EventKind::RoomFinalized,
+                    Some(&room),
+                    serde_json::json!({ "record": record }),
+                );
                 parties
                     .device
                     .as_mut()
@@ -309,6 +360,95 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
             core.command(now(), DEVICE_SESSION, command);
         }
     }
+}
+
+/// An admin request carried out on the core; its outputs are drained by the caller.
+fn admin(
+    core: &mut Core,
+    parties: &Parties,
+    request: AdminRequest,
+) -> Result<AdminAnswer, crate::rooms::AdminError> {
+    let now = now();
+    match request {
+        AdminRequest::Snapshot => Ok(AdminAnswer::Snapshot(
+            core.snapshot(),
+            parties.created.clone(),
+        )),
+        AdminRequest::CloseRoom { room } => core.close_room(now, &room).map(|()| AdminAnswer::Done),
+        AdminRequest::Kick { room, login } => {
+            core.kick(now, &room, &login).map(|()| AdminAnswer::Done)
+        }
+        AdminRequest::Mute {
+            room,
+            login,
+            audio,
+            video,
+        } => core
+            .mute(&room, &login, audio, video, None)
+            .map(AdminAnswer::Member),
+        AdminRequest::EndStream { stream } => core.end_stream(&stream).map(|()| AdminAnswer::Done),
+        AdminRequest::RecordStream { stream, on } => {
+            core.record_stream(&stream, on).map(|()| AdminAnswer::Done)
+        }
+        AdminRequest::RecordRoom { room, on } => {
+            core.record_room(&room, on).map(|()| AdminAnswer::Done)
+        }
+    }
+}
+
+/// A notice of the core as an event for the hooks.
+fn emit_notice(events: &Events, notice: Notice) {
+    use serde_json::json;
+    let (kind, room, data) = match notice {
+        Notice::Joined { room, login } => (
+            EventKind::ParticipantJoined,
+            room,
+            json!({ "login": login }),
+        ),
+        Notice::Left { room, login } => {
+            (EventKind::ParticipantLeft, room, json!({ "login": login }))
+        }
+        Notice::Published {
+            room,
+            login,
+            stream,
+        } => (
+            EventKind::StreamPublished,
+            room,
+            json!({ "login": login, "stream": stream }),
+        ),
+        Notice::Unpublished {
+            room,
+            login,
+            stream,
+        } => (
+            EventKind::StreamUnpublished,
+            room,
+            json!({ "login": login, "stream": stream }),
+        ),
+        Notice::Failed {
+            room,
+            login,
+            stream,
+            info,
+        } => (
+            EventKind::StreamFailed,
+            room,
+            json!({ "login": login, "stream": stream, "reason": info }),
+        ),
+    };
+    events.emit(kind, Some(&room), data);
+}
+
+/// `device.camera_lost` / `device.camera_back` when the device's video comes and goes.
+fn camera_event(parties: &mut Parties, video: bool) {
+    let before = parties.camera.replace(video);
+    let kind = match (before, video) {
+        (Some(true), false) => EventKind::DeviceCameraLost,
+        (Some(false), true) => EventKind::DeviceCameraBack,
+        _ => return,
+    };
+    parties.events.emit(kind, None, serde_json::json!({}));
 }
 
 fn refused(request: MediaRequest) -> Option<MediaEvent> {
@@ -337,7 +477,9 @@ fn refused(request: MediaRequest) -> Option<MediaEvent> {
             media_session_id,
             info: MEDIA_BUSY.into(),
         }),
-        MediaRequest::Close { .. } | MediaRequest::SessionClosed { .. } => None,
+        MediaRequest::Close { .. }
+        | MediaRequest::SessionClosed { .. }
+        | MediaRequest::Mute { .. } => None,
     }
 }
 

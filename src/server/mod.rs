@@ -5,6 +5,9 @@
 //! core closes every session and finalizes every room, and each session task holds
 //! a clone of `alive` so `shutdown` can wait until every socket got its close frame.
 
+// TODO(api helper): drop the allow once the admin API uses it.
+#[allow(dead_code)]
+pub(crate) mod control;
 mod driver;
 mod http;
 mod listener;
@@ -68,6 +71,8 @@ fn bind_hint(addr: SocketAddr, table: &str, key: &str, e: &std::io::Error) -> St
 }
 
 /// State shared by the HTTP handlers and session tasks.
+// TODO(api/metrics helpers): drop the allow once `control`, `media_counters` and `events` are read.
+#[allow(dead_code)]
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub config: Arc<Config>,
@@ -86,6 +91,12 @@ pub(crate) struct Shared {
     pub origins: Arc<http::OriginPolicy>,
     /// The record files being written now.
     pub live: Arc<crate::record::live::Live>,
+    /// What the admin API acts on.
+    pub control: control::Control,
+    /// The media engine's counters (`/metrics`).
+    pub media_counters: Arc<crate::metrics::MediaCounters>,
+    /// The service's events (webhooks).
+    pub events: crate::events::Events,
 }
 
 /// A running service.
@@ -181,6 +192,9 @@ impl Server {
         let media_port = sfu.port();
         let media = sfu.probe();
         let media_peers = sfu.peers();
+        let media_counters = sfu.counters();
+        // TODO(webhooks helper): the [[webhooks]] receivers.
+        let events = crate::events::Events::default();
         let advertised = sfu.advertised().to_vec();
         let certificate = match config.http.tls {
             true => {
@@ -228,6 +242,7 @@ impl Server {
             &config.records,
             endpoints.clone(),
             live_records.clone(),
+            events.clone(),
         );
         let driver = tokio::spawn(driver::run(
             core,
@@ -236,7 +251,8 @@ impl Server {
             sfu,
             media_events,
             participant,
-            recordings,
+            recordings.clone(),
+            events.clone(),
         ));
 
         let admission = listener::Admission::new(listener::Limits::from_config(&config));
@@ -246,6 +262,13 @@ impl Server {
         ));
         let next_session = Arc::new(AtomicU64::new(1));
         let pushes = rtmp_push::Pushes::start(&endpoints, &config.rtmp.push);
+        let control = control::Control {
+            to_core: to_core.clone(),
+            endpoints: endpoints.clone(),
+            recordings,
+            pushes: rtmp_push::PushRegistry::default(),
+            device: device.as_ref().map(Device::control),
+        };
         let mut rtmp_addr = None;
         let mut rtmp_task = None;
         if let Some((listener, bound)) = rtmp {
@@ -270,6 +293,9 @@ impl Server {
             config.records.max_total_mb,
         );
         let shared = Shared {
+            control,
+            media_counters,
+            events,
             live: live_records.clone(),
             admission: admission.clone(),
             origins,

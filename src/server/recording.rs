@@ -63,6 +63,20 @@ enum RecordCommand {
     },
 }
 
+/// One recording being written (the admin API's list).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ActiveRecording {
+    pub stream: String,
+    pub room: String,
+    pub login: String,
+    /// Recorded as part of a whole-room recording.
+    pub whole_room: bool,
+    /// The record file's name (under `[records] dir`, as `/client/records` lists it).
+    pub file: String,
+    /// RFC 3339.
+    pub started_at: String,
+}
+
 /// The driver's way to the recording task; inert when recording is unavailable (an
 /// unusable `[records] dir`, reported at start).
 #[derive(Clone, Default)]
@@ -103,6 +117,29 @@ impl Recordings {
         );
     }
 
+    /// Stops recording a stream (the admin API): its file is finalized now.
+    /// TODO(recordings helper).
+    pub fn stop_stream(&self, stream: &str) {
+        warn!(
+            "recording: stopping stream {} is not implemented yet",
+            escaped(stream)
+        );
+    }
+
+    /// The recording of a whole room stopped before the room ended (the admin API):
+    /// what was recorded is mixed as if the room had ended. TODO(recordings helper).
+    pub fn room_stopped(&self, room: &str) {
+        warn!(
+            "recording: stopping room {} is not implemented yet",
+            escaped(room)
+        );
+    }
+
+    /// The recordings being written now. TODO(recordings helper).
+    pub async fn active(&self) -> Vec<ActiveRecording> {
+        Vec::new()
+    }
+
     pub fn room_finalized(&self, room: &str) {
         let what = format!("the end of room {}", escaped(room));
         self.send(
@@ -126,6 +163,7 @@ impl RecordingTask {
         records: &config::Records,
         endpoints: Endpoints,
         live: std::sync::Arc<Live>,
+        _events: crate::events::Events,
     ) -> (Recordings, Option<RecordingTask>) {
         if let Some(why) = crate::record::dir_problem(&records.dir, true) {
             log::error!("recording unavailable: {why}");

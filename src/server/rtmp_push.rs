@@ -93,3 +93,39 @@ async fn run(endpoints: Endpoints, push: Push) {
         }
     }
 }
+
+/// One push as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct PushView {
+    pub id: String,
+    pub stream: String,
+    /// The target without its stream key.
+    pub url: String,
+    /// `waiting` (for the stream), `connecting`, `live`, `retrying`, `stopped`.
+    pub state: String,
+    /// The last error, if any.
+    pub error: Option<String>,
+    /// From `[[rtmp.push]]` (`config`) or the admin API (`api`).
+    pub origin: &'static str,
+}
+
+/// The pushes of the configuration and of the admin API, started and stopped at run
+/// time. TODO(pushes helper): implement on `Pushes`.
+#[derive(Clone, Default)]
+pub(crate) struct PushRegistry {}
+
+impl PushRegistry {
+    pub fn list(&self) -> Vec<PushView> {
+        Vec::new()
+    }
+
+    /// Starts pushing `stream` to `url` (`rtmp://host[:port]/app/key`).
+    pub fn start(&self, _stream: &str, _url: &str, _retry_ms: u64) -> Result<PushView, String> {
+        Err("not implemented yet".into())
+    }
+
+    /// Stops a push; `false` when no push has that id.
+    pub fn stop(&self, _id: &str) -> bool {
+        false
+    }
+}

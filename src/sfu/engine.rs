@@ -398,6 +398,8 @@ impl Engine {
             MediaRequest::SessionClosed { session } => {
                 self.decoders.remove(&session);
             }
+            // TODO(sfu helper): withhold the muted kinds from every sink.
+            MediaRequest::Mute { .. } => {}
             // The SFU task attaches the named sink (`play_external`); one that reaches
             // the engine has none.
             MediaRequest::PlayExternal {

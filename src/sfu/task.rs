@@ -306,6 +306,12 @@ impl Endpoints {
         answer.await.map_err(|_| gone())?
     }
 
+    /// What flows in every published stream now (the admin API's stream list).
+    /// TODO(sfu helper).
+    pub async fn stream_stats(&self) -> Vec<StreamStats> {
+        Vec::new()
+    }
+
     /// A sink waiting for a stream name (an RTMP push): one `Attachment` for the
     /// publication of that name now, if any, and for each later one. It is forgotten
     /// when the receiver is dropped.
@@ -317,6 +323,22 @@ impl Endpoints {
         };
         self.commands.send(command).await.ok().map(|()| rx)
     }
+}
+
+/// One published stream as the media engine sees it.
+#[derive(Debug, Clone, Default)]
+pub struct StreamStats {
+    pub stream: String,
+    /// The source's codecs.
+    pub codecs: Chosen,
+    /// The picture size of the last key frame, when known (H.264 SPS, VP8 key frame).
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Received bits per second over the last few seconds.
+    pub audio_bps: u64,
+    pub video_bps: u64,
+    /// Sinks attached (players, RTMP players and pushes, recorders).
+    pub sinks: usize,
 }
 
 /// The sinks of other edges the task knows: named ones (players) and those waiting
@@ -413,6 +435,7 @@ pub struct Sfu {
     port: u16,
     advertise: Vec<IpAddr>,
     peers: Arc<AtomicUsize>,
+    counters: Arc<crate::metrics::MediaCounters>,
     task: JoinHandle<()>,
 }
 
@@ -484,6 +507,7 @@ impl Sfu {
             port,
             advertise,
             peers,
+            counters: Arc::default(),
             task,
         })
     }
@@ -521,6 +545,11 @@ impl Sfu {
     }
 
     /// Live peer connections.
+    /// The media counters (`/metrics`). TODO(sfu helper): count.
+    pub fn counters(&self) -> Arc<crate::metrics::MediaCounters> {
+        self.counters.clone()
+    }
+
     pub fn peers(&self) -> Arc<AtomicUsize> {
         self.peers.clone()
     }

@@ -9,13 +9,12 @@
 use serde_json::{json, Map, Value};
 
 use crate::rooms::{
-    Command, ConnectInfo, RoomEvent, ServerMessage, StateEntry, StreamRef, StreamRequest,
-    StreamState, StreamStatus,
+    Command, ConnectInfo, Moderation, RoomEvent, ServerMessage, StateEntry, StreamRef,
+    StreamRequest, StreamState, StreamStatus,
 };
 
 /// Client messages the room logic accepts and ignores (ROOM_PROTOCOL §8.9).
 const IGNORED: &[&str] = &[
-    "sendStreamEvent",
     "pushLogs",
     "snapshot",
     "submitBugReport",
@@ -74,6 +73,14 @@ pub fn parse_client_frame(text: &str) -> Command {
         "publishStream" => parse_stream_request(arg, true),
         "playStream" => parse_stream_request(arg, false),
         "unPublishStream" | "stopStream" => parse_stream_ref(message, arg),
+        // The SDK's mute notices; `data` and other types carry nothing the room uses.
+        "sendStreamEvent" => match (str_field(arg, "mediaSessionId"), str_field(arg, "type")) {
+            (Some(id), Some(kind)) => Command::StreamEvent {
+                media_session_id: id.to_owned(),
+                kind: kind.to_owned(),
+            },
+            _ => Command::Ignored,
+        },
         "availableStream" => match (str_field(arg, "mediaSessionId"), str_field(arg, "name")) {
             (Some(id), Some(name)) => Command::AvailableStream {
                 media_session_id: id.to_owned(),
@@ -240,6 +247,30 @@ fn parse_send_data(arg: &Value) -> Command {
                 text,
             })
         })(),
+        "kick" | "mute" => (|| {
+            let room = need("name")?;
+            let login = need("login")?;
+            let action = if command == "kick" {
+                Moderation::Kick
+            } else {
+                let flag = |key: &str| match options.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::Bool(b)) => Ok(Some(*b)),
+                    Some(_) => Err(format!("mute: options.{key} must be a boolean")),
+                };
+                let (audio, video) = (flag("audio")?, flag("video")?);
+                if audio.is_none() && video.is_none() {
+                    return Err("mute needs options.audio and/or options.video".to_owned());
+                }
+                Moderation::Mute { audio, video }
+            };
+            Ok(Command::Moderate {
+                operation_id: operation_id.clone(),
+                room,
+                login,
+                action,
+            })
+        })(),
         other => Err(format!("Unknown command '{other}'")),
     };
     parsed.unwrap_or_else(failed)
@@ -390,6 +421,20 @@ pub fn render_server_message(message: &ServerMessage, event_id: u64) -> String {
                 "id": media_session_id,
                 "status": if *available { "true" } else { "false" },
                 "info": info,
+            }]),
+        ),
+        ServerMessage::StreamEvent {
+            media_session_id,
+            kind,
+            stream,
+            login,
+            by,
+        } => (
+            "notifyStreamEvent",
+            json!([{
+                "mediaSessionId": media_session_id,
+                "type": kind,
+                "payload": {"streamName": stream, "login": login, "by": by},
             }]),
         ),
         ServerMessage::Fail {
@@ -578,10 +623,17 @@ mod tests {
     #[test]
     fn ignorable_messages_are_ignored() {
         assert_eq!(
+            parse_client_frame(r#"{"message":"pushLogs","data":[{"logs":"x"}]}"#),
+            Command::Ignored
+        );
+        assert_eq!(
             parse_client_frame(
                 r#"{"message":"sendStreamEvent","data":[{"mediaSessionId":"m","type":"audioMuted"}]}"#
             ),
-            Command::Ignored
+            Command::StreamEvent {
+                media_session_id: "m".into(),
+                kind: "audioMuted".into()
+            }
         );
         assert_eq!(
             parse_client_frame(r#"{"message":"pong","data":[null]}"#),

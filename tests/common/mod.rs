@@ -523,6 +523,7 @@ pub fn token(secret: &str, sub: &str, rooms: huddle::auth::Rooms, publish: bool)
             publish,
             exp: huddle::auth::now_unix() + 3600,
             admin: false,
+            moderator: false,
         },
         secret,
         None,

@@ -1,0 +1,5 @@
+//! Prometheus metrics (`/metrics`).
+
+pub mod counters;
+
+pub use counters::{Counter, DropReason, MediaCounters};
