@@ -10,6 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::metrics::Counter;
+
 /// Every event the service emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -134,17 +136,36 @@ pub trait EventSink: Send + Sync {
     fn deliver(&self, event: &Arc<Event>);
 }
 
+/// What became of the events, all receivers together (`/metrics`); the receivers
+/// count into it.
+#[derive(Debug, Default)]
+pub struct EventCounters {
+    /// Events delivered (a 2xx answer).
+    pub delivered: Counter,
+    /// Delivery attempts that failed (and were retried or given up).
+    pub failed_attempts: Counter,
+    /// Events dropped: a full queue, or given up after the last attempt.
+    pub dropped: Counter,
+}
+
 /// The way to emit events; cheap to clone; inert without receivers.
 #[derive(Clone, Default)]
 pub struct Events {
     sinks: Arc<Vec<Arc<dyn EventSink>>>,
+    counters: Arc<EventCounters>,
 }
 
 impl Events {
-    pub fn new(sinks: Vec<Arc<dyn EventSink>>) -> Events {
+    /// `counters` is what the sinks count into.
+    pub fn new(sinks: Vec<Arc<dyn EventSink>>, counters: Arc<EventCounters>) -> Events {
         Events {
             sinks: Arc::new(sinks),
+            counters,
         }
+    }
+
+    pub fn counters(&self) -> &EventCounters {
+        &self.counters
     }
 
     /// Whether anyone listens (callers may skip building the data otherwise).
