@@ -481,6 +481,7 @@ fn token(rooms: Rooms, admin: bool, exp: u64) -> String {
             publish: false,
             exp,
             admin,
+            moderator: false,
         },
         SECRET,
         None,
