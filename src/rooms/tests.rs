@@ -1537,3 +1537,437 @@ fn recording_is_asked_for_live_streams_that_want_it() {
     );
     h.check_invariants();
 }
+
+// ----- operators: moderation, the admin API's commands, notices -------------------
+
+fn moderate(op: &str, room: &str, login: &str, action: Moderation) -> Command {
+    Command::Moderate {
+        operation_id: op.into(),
+        room: room.into(),
+        login: login.into(),
+        action,
+    }
+}
+
+fn mute_video(on: bool) -> Moderation {
+    Moderation::Mute {
+        audio: None,
+        video: Some(on),
+    }
+}
+
+fn stream_events(out: &[Output], id: SessionId) -> Vec<(String, &'static str, Option<String>)> {
+    to(out, id)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::StreamEvent {
+                media_session_id,
+                kind,
+                by,
+                ..
+            } => Some((media_session_id, kind, by)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notices(out: &[Output]) -> Vec<Notice> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Notice(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// alice (1) created "r"; bob (2) publishes "r-bob" live; carol (3) plays it.
+fn moderated_room() -> Harness {
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob"), (3, "carol")]);
+    h.publish_live(2, "r", "pub-b", "r-bob");
+    h.cmd(3, Command::Play(req("play-c", "r-bob", "r")));
+    h.media(MediaEvent::Up {
+        session: 3,
+        media_session_id: "play-c".into(),
+    });
+    h
+}
+
+#[test]
+fn the_creator_mutes_and_everyone_concerned_is_told() {
+    let mut h = moderated_room();
+    let out = h.cmd(1, moderate("m1", "r", "bob", mute_video(true)));
+    assert_eq!(to(&out, 1), vec![accepted("m1")]);
+    assert!(out.iter().any(|o| *o
+        == Output::Media(MediaRequest::Mute {
+            stream: "r-bob".into(),
+            audio: false,
+            video: true
+        })));
+    let by = Some("alice".to_owned());
+    assert_eq!(
+        stream_events(&out, 3),
+        vec![("play-c".into(), "videoMuted", by.clone())]
+    );
+    assert_eq!(
+        stream_events(&out, 2),
+        vec![("pub-b".into(), "videoMuted", by.clone())]
+    );
+    // Muting again changes nothing and tells nobody.
+    let out = h.cmd(1, moderate("m2", "r", "bob", mute_video(true)));
+    assert_eq!(to(&out, 1), vec![accepted("m2")]);
+    assert!(stream_events(&out, 3).is_empty());
+    let snap = h.core.snapshot();
+    let bob = &snap.rooms[0].members[1];
+    assert!(bob.muted_video && !bob.muted_audio);
+    assert!(snap.streams[0].muted_video);
+    assert!(snap.rooms[0].members[0].moderator && !bob.moderator);
+    // Unmute.
+    let out = h.cmd(1, moderate("m3", "r", "bob", mute_video(false)));
+    assert_eq!(
+        stream_events(&out, 3),
+        vec![("play-c".into(), "videoUnmuted", by)]
+    );
+    assert!(out.iter().any(|o| *o
+        == Output::Media(MediaRequest::Mute {
+            stream: "r-bob".into(),
+            audio: false,
+            video: false
+        })));
+    h.check_invariants();
+}
+
+#[test]
+fn only_moderators_moderate_and_never_themselves() {
+    let mut h = moderated_room();
+    let out = h.cmd(2, moderate("m1", "r", "alice", Moderation::Kick));
+    assert_eq!(
+        to(&out, 2),
+        vec![failed(
+            "m1",
+            "Restricted access: only the room's creator or a moderator may do this"
+        )]
+    );
+    let out = h.cmd(1, moderate("m2", "r", "alice", mute_video(true)));
+    assert_eq!(
+        to(&out, 1),
+        vec![failed("m2", "A moderator cannot kick or mute itself")]
+    );
+    let out = h.cmd(1, moderate("m3", "r", "nobody", Moderation::Kick));
+    assert_eq!(
+        to(&out, 1),
+        vec![failed("m3", "Participant 'nobody' not found in room 'r'")]
+    );
+    let out = h.cmd(1, moderate("m4", "other", "bob", Moderation::Kick));
+    assert_eq!(
+        to(&out, 1),
+        vec![failed("m4", "Not a member of room 'other'")]
+    );
+    // A token's moderator claim makes a non-creator a moderator.
+    connect_with(
+        &mut h,
+        4,
+        "dave",
+        crate::auth::Access::Granted {
+            rooms: crate::auth::Rooms::Any("*".into()),
+            publish: true,
+            moderator: true,
+        },
+    );
+    h.join(4, "r");
+    let out = h.cmd(4, moderate("m5", "r", "alice", mute_video(true)));
+    assert_eq!(to(&out, 4), vec![accepted("m5")]);
+}
+
+#[test]
+fn a_kick_closes_the_session_and_the_room_sees_left() {
+    let mut h = moderated_room();
+    let out = h.cmd(1, moderate("k1", "r", "bob", Moderation::Kick));
+    assert!(out.contains(&Output::Close {
+        session: 2,
+        reason: CloseReason::Kicked
+    }));
+    assert_eq!(to(&out, 1).last(), Some(&accepted("k1")));
+    assert!(events(&out, 1).contains(&RoomEvent::Left("bob".into())));
+    assert!(events(&out, 3).contains(&RoomEvent::Left("bob".into())));
+    // The player of bob's stream was stopped.
+    assert!(statuses(&out, 3)
+        .iter()
+        .any(|(s, _)| *s == StreamState::Stopped));
+    assert!(notices(&out).contains(&Notice::Left {
+        room: "r".into(),
+        login: "bob".into()
+    }));
+    assert_eq!(
+        h.core.kick(h.now, "r", "bob"),
+        Err(AdminError::NotFound(
+            "Participant 'bob' not found in room 'r'".into()
+        ))
+    );
+    assert_eq!(
+        h.core.kick(h.now, "nope", "bob"),
+        Err(AdminError::NotFound("Room 'nope' not found".into()))
+    );
+    h.check_invariants();
+}
+
+#[test]
+fn a_muted_member_publishes_muted_and_late_players_are_told() {
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob"), (3, "carol")]);
+    let member = h
+        .core
+        .mute("r", "bob", Some(true), None, None)
+        .expect("mute");
+    assert!(member.muted_audio && !member.muted_video);
+    let out = h.publish_live(2, "r", "pub-b", "r-bob");
+    assert!(out.iter().any(|o| *o
+        == Output::Media(MediaRequest::Mute {
+            stream: "r-bob".into(),
+            audio: true,
+            video: false
+        })));
+    h.cmd(3, Command::Play(req("play-c", "r-bob", "r")));
+    let out = h.media(MediaEvent::Up {
+        session: 3,
+        media_session_id: "play-c".into(),
+    });
+    let msgs = to(&out, 3);
+    assert!(
+        matches!(&msgs[..], [ServerMessage::StreamStatus(s), ServerMessage::StreamEvent { kind: "audioMuted", .. }] if s.status == StreamState::Playing),
+        "{msgs:?}"
+    );
+    // The publisher's own mute notice (the SDK's sendStreamEvent) reaches its players.
+    let out = h.cmd(
+        2,
+        Command::StreamEvent {
+            media_session_id: "pub-b".into(),
+            kind: "videoMuted".into(),
+        },
+    );
+    assert_eq!(
+        stream_events(&out, 3),
+        vec![("play-c".into(), "videoMuted", None)]
+    );
+    assert!(stream_events(&out, 2).is_empty());
+    let out = h.cmd(
+        2,
+        Command::StreamEvent {
+            media_session_id: "pub-b".into(),
+            kind: "data".into(),
+        },
+    );
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn closing_a_room_closes_its_members_and_finalizes_it() {
+    let mut h = moderated_room();
+    h.connect(4, "dave");
+    h.join(4, "elsewhere");
+    h.drain();
+    h.core.close_room(h.now, "r").expect("close");
+    let out = h.drain();
+    for s in [1, 2, 3] {
+        assert!(
+            out.contains(&Output::Close {
+                session: s,
+                reason: CloseReason::RoomClosed
+            }),
+            "{s}: {out:?}"
+        );
+    }
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Close { session: 4, .. })));
+    assert_eq!(finalized(&out), vec!["r".to_owned()]);
+    let snap = h.core.snapshot();
+    assert_eq!(snap.rooms.len(), 1);
+    assert_eq!(snap.rooms[0].name, "elsewhere");
+    assert!(snap.streams.is_empty());
+    assert_eq!(
+        h.core.close_room(h.now, "r"),
+        Err(AdminError::NotFound("Room 'r' not found".into()))
+    );
+    h.check_invariants();
+}
+
+#[test]
+fn notices_follow_the_meeting() {
+    let mut h = Harness::default();
+    h.connect(1, "alice");
+    h.connect(2, "bob");
+    let mut all = notices(&h.join(1, "r"));
+    all.extend(notices(&h.join(2, "r")));
+    all.extend(notices(&h.publish_live(2, "r", "p", "r-bob")));
+    all.extend(notices(&h.cmd(
+        2,
+        Command::Unpublish(StreamRef {
+            media_session_id: "p".into(),
+            name: None,
+        }),
+    )));
+    all.extend(notices(&h.publish_live(2, "r", "p2", "r-bob-2")));
+    all.extend(notices(&h.disconnect(2)));
+    all.extend(notices(&h.leave(1, "r")));
+    let (r, a, b) = ("r".to_owned(), "alice".to_owned(), "bob".to_owned());
+    assert_eq!(
+        all,
+        vec![
+            Notice::Joined {
+                room: r.clone(),
+                login: a.clone()
+            },
+            Notice::Joined {
+                room: r.clone(),
+                login: b.clone()
+            },
+            Notice::Published {
+                room: r.clone(),
+                login: b.clone(),
+                stream: "r-bob".into()
+            },
+            Notice::Unpublished {
+                room: r.clone(),
+                login: b.clone(),
+                stream: "r-bob".into()
+            },
+            Notice::Published {
+                room: r.clone(),
+                login: b.clone(),
+                stream: "r-bob-2".into()
+            },
+            Notice::Failed {
+                room: r.clone(),
+                login: b.clone(),
+                stream: "r-bob-2".into(),
+                info: "The publisher vanished".into()
+            },
+            Notice::Left {
+                room: r.clone(),
+                login: b
+            },
+            Notice::Left { room: r, login: a },
+        ]
+    );
+}
+
+#[test]
+fn recording_starts_and_stops_at_run_time() {
+    let mut h = moderated_room();
+    h.core.record_stream("r-bob", true).expect("record");
+    let out = h.drain();
+    assert_eq!(
+        out,
+        vec![Output::Record {
+            stream: "r-bob".into(),
+            room: "r".into(),
+            login: "bob".into(),
+            whole_room: false
+        }]
+    );
+    assert!(h.core.snapshot().streams[0].recording);
+    // Asking again changes nothing.
+    h.core.record_stream("r-bob", true).expect("record");
+    assert!(h.drain().is_empty());
+    h.core.record_stream("r-bob", false).expect("stop");
+    assert_eq!(
+        h.drain(),
+        vec![Output::StopRecording {
+            stream: "r-bob".into()
+        }]
+    );
+    assert_eq!(
+        h.core.record_stream("nope", true),
+        Err(AdminError::NotFound("Stream 'nope' not found".into()))
+    );
+    // The whole room.
+    h.core.record_room("r", true).expect("room");
+    let out = h.drain();
+    assert_eq!(
+        out,
+        vec![
+            Output::RoomRecording {
+                room: "r".into(),
+                on: true
+            },
+            Output::Record {
+                stream: "r-bob".into(),
+                room: "r".into(),
+                login: "bob".into(),
+                whole_room: true
+            }
+        ]
+    );
+    assert!(matches!(
+        h.core.record_stream("r-bob", false),
+        Err(AdminError::Conflict(_))
+    ));
+    h.core.record_room("r", false).expect("room off");
+    assert_eq!(
+        h.drain(),
+        vec![
+            Output::RoomRecording {
+                room: "r".into(),
+                on: false
+            },
+            Output::StopRecording {
+                stream: "r-bob".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn an_ended_stream_stops_its_players() {
+    let mut h = moderated_room();
+    h.core.end_stream("r-bob").expect("end");
+    let out = h.drain();
+    assert_eq!(
+        statuses(&out, 2),
+        vec![(
+            StreamState::Unpublished,
+            "Stopped by the administrator".into()
+        )]
+    );
+    assert_eq!(
+        statuses(&out, 3),
+        vec![(StreamState::Stopped, "Stopped by the administrator".into())]
+    );
+    assert!(events(&out, 1).contains(&RoomEvent::Unpublished {
+        login: "bob".into(),
+        name: "r-bob".into()
+    }));
+    assert!(h.core.end_stream("r-bob").is_err());
+}
+
+#[test]
+fn the_device_is_not_kicked_but_leaves_a_closed_room() {
+    let mut h = Harness::default();
+    h.core.connect_local(h.now, 0, "device");
+    h.cmd(
+        0,
+        Command::Connect(ConnectInfo {
+            login: Some("Room system".into()),
+            ..Default::default()
+        }),
+    );
+    h.connect(1, "alice");
+    h.join(0, "r");
+    h.join(1, "r");
+    h.drain();
+    let snap = h.core.snapshot();
+    assert_eq!(snap.rooms[0].members[0].kind, SourceKind::Device);
+    assert_eq!(snap.rooms[0].members[1].kind, SourceKind::WebRtc);
+    assert!(matches!(
+        h.core.kick(h.now, "r", "Room system"),
+        Err(AdminError::Conflict(_))
+    ));
+    h.core.close_room(h.now, "r").expect("close");
+    let out = h.drain();
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Close { session: 0, .. })));
+    assert_eq!(finalized(&out), vec!["r".to_owned()]);
+    // The device's session lives on: it may join again (its policy decides).
+    let out = h.join(0, "r");
+    assert_eq!(to(&out, 0).first(), Some(&accepted("join-r")));
+}

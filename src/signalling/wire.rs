@@ -621,6 +621,68 @@ mod tests {
     }
 
     #[test]
+    fn moderation_commands_parse_and_bad_ones_get_reasons() {
+        let frame = |options: &str, command: &str| {
+            parse_client_frame(&format!(
+                r#"{{"message":"sendData","data":[{{"operationId":"o","payload":{{"command":"{command}","options":{options}}}}}]}}"#
+            ))
+        };
+        assert_eq!(
+            frame(r#"{"name":"r","login":"bob"}"#, "kick"),
+            Command::Moderate {
+                operation_id: "o".into(),
+                room: "r".into(),
+                login: "bob".into(),
+                action: Moderation::Kick
+            }
+        );
+        assert_eq!(
+            frame(r#"{"name":"r","login":"bob","video":true}"#, "mute"),
+            Command::Moderate {
+                operation_id: "o".into(),
+                room: "r".into(),
+                login: "bob".into(),
+                action: Moderation::Mute {
+                    audio: None,
+                    video: Some(true)
+                }
+            }
+        );
+        assert_eq!(
+            rejected_info(frame(r#"{"name":"r","login":"bob"}"#, "mute")),
+            "mute needs options.audio and/or options.video"
+        );
+        assert_eq!(
+            rejected_info(frame(r#"{"name":"r","login":"bob","audio":"yes"}"#, "mute")),
+            "mute: options.audio must be a boolean"
+        );
+        assert_eq!(
+            rejected_info(frame(r#"{"name":"r"}"#, "kick")),
+            "kick needs options.login"
+        );
+    }
+
+    #[test]
+    fn stream_events_render_as_notify_stream_event() {
+        let text = render_server_message(
+            &ServerMessage::StreamEvent {
+                media_session_id: "play-1".into(),
+                kind: "videoMuted",
+                stream: "r-bob".into(),
+                login: "bob".into(),
+                by: Some("alice".into()),
+            },
+            1,
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["message"], "notifyStreamEvent");
+        assert_eq!(v["data"][0]["mediaSessionId"], "play-1");
+        assert_eq!(v["data"][0]["type"], "videoMuted");
+        assert_eq!(v["data"][0]["payload"]["login"], "bob");
+        assert_eq!(v["data"][0]["payload"]["by"], "alice");
+    }
+
+    #[test]
     fn ignorable_messages_are_ignored() {
         assert_eq!(
             parse_client_frame(r#"{"message":"pushLogs","data":[{"logs":"x"}]}"#),
