@@ -5,7 +5,8 @@
 //
 // Run from the repository root:   node --test tests/browser/moderation.test.mjs
 // Env: HUDDLE_BIN (default target/debug/huddle), CHROMIUM (default /usr/bin/chromium),
-//      HUDDLE_E2E_FRAMES=1 prints every WebSocket frame, HUDDLE_E2E_SERVER_LOG=1 the server log.
+//      HUDDLE_E2E_FRAMES=1 prints every WebSocket frame, HUDDLE_E2E_SERVER_LOG=1 the server log,
+//      HUDDLE_E2E_SHOTS=<dir> where the screenshot goes (default /tmp).
 //
 // The pages come from Huddle itself when it serves this checkout's web/ files; otherwise from a
 // throwaway static server serving the four web/ files, pointed at Huddle by ?ws=.
@@ -13,6 +14,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import {
   REPO_ROOT, BrowserPage, E2eFile, CSS, HTML, JS, assertChromiumInstalled, assertPageClean, huddleConfig, sleep,
@@ -20,6 +22,7 @@ import {
 } from './harness.mjs';
 
 const WEB_DIR = path.join(REPO_ROOT, 'web');
+const SHOTS_DIR = process.env.HUDDLE_E2E_SHOTS || os.tmpdir();
 const WEB_FILES = {
   '/': ['index.html', HTML],
   '/app.js': ['app.js', JS],
@@ -161,6 +164,9 @@ test('creator mutes, unmutes and removes a participant; badges everywhere; non-m
     await until('Борис: his own video-off badge', async () => (await boris.tile(BORIS))?.videoOff);
     await until('Борис: "muted by" notice', async () => (await boris.text('#notice')) === `Your video was muted by ${ALICE}`);
     assert.ok(!(await alice.tile(BORIS)).audioOff, 'only the video is muted');
+    const shot = path.join(SHOTS_DIR, 'huddle-moderation.png');
+    await alice.page.screenshot({ path: shot });
+    process.stderr.write(`[moderation-e2e] screenshot: ${shot}\n`);
     assert.equal((await alice.tile(BORIS)).muteVideo, 'Allow video');
     assert.equal(await boris.page.getAttribute('#mute-video', 'aria-pressed'), 'true', 'Борис\'s own button shows the mute');
     assert.ok(await boris.page.isDisabled('#mute-video'), 'a moderator\'s mute cannot be undone by the muted');
