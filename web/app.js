@@ -9,6 +9,19 @@ const params = new URLSearchParams(location.search);
 const WS_URL = params.get('ws') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
 const CAMERA = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24, max: 30 } };
 const STATUS_TEXT = { NEW: 'starting…', PENDING: 'connecting…', PUBLISHING: 'live', PLAYING: 'live' };
+// The meeting-room device's own participant (its [device] login): a room holding only the
+// device is still a new room, and whoever joins it first is its creator.
+const DEVICE_LOGIN = params.get('device') || 'Room system';
+// Token mode: ?token=<JWT>, sent as custom.token; a payload with "moderator": true makes this
+// page a moderator (the server decides; the page only chooses which controls to show).
+const TOKEN = params.get('token') || '';
+const KIND_TEXT = { audio: 'microphone', video: 'video' };
+const OWN_BUTTON = { audio: ['mute-audio', 'audio'], video: ['mute-video', 'video'] };
+// Close reasons of a session the server ended on purpose: no "connection lost", no rejoin.
+const CLOSE_TEXT = {
+  'Removed from the room by a moderator': 'You were removed from the room',
+  'The room was closed': 'The room was closed',
+};
 
 let session = null;
 let room = null;
@@ -17,13 +30,30 @@ let camera = null; // own MediaStream
 let cameraPub = null; // own camera Stream
 let screenPub = null; // own screen share Stream
 const participants = new Set(); // other members' logins: chat goes to each of them
-const tiles = new Map(); // stream name -> {el, stream, login}
+const tiles = new Map(); // stream name -> {el, stream, login, muted: {audio, video}}
+let moderator = false; // shows the moderation controls on the others' tiles
+let forced = { audio: null, video: null }; // own track muted by a moderator: {by, wasEnabled}
 
 // Handle for tests and debugging: the live Streams (each with .pc, .name, .status).
 window.__huddle = { streams: () => (session ? [...session.streams.values()] : []) };
 
 try { $('login').value = localStorage.getItem('huddle.login') || ''; } catch { /* storage disabled */ }
 $('room').value = params.get('roomName') || `room-${randomHex(3)}`;
+
+// The JWT's payload (base64url JSON), not verified: only the server's checks count.
+function tokenClaims(token) {
+  try {
+    const b64 = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const json = new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+    return JSON.parse(json) ?? {};
+  } catch { return {}; }
+}
+const TOKEN_MODERATOR = Boolean(TOKEN) && tokenClaims(TOKEN).moderator === true;
+
+function setModerator(on) {
+  moderator = on;
+  document.body.dataset.moderator = String(on); // the CSS shows the tiles' moderation controls
+}
 
 function setStatus(state, text) {
   $('status').textContent = text;
@@ -60,12 +90,13 @@ $('join-form').addEventListener('submit', async (e) => {
   try { localStorage.setItem('huddle.login', login); } catch { /* storage disabled */ }
   show('error', '');
   show('notice', '');
+  show('mod-info', '');
   $('messages').replaceChildren();
   $('join').disabled = true;
   setStatus('connecting', 'Connecting…');
   media = getMedia(); // asked now, within the click, in parallel with the signalling
   try {
-    session = await connect(WS_URL, login);
+    session = await connect(WS_URL, login, { token: TOKEN || undefined });
     session.addEventListener('closed', onClosed);
     const r = session.room(roomName);
     room = r;
@@ -88,6 +119,9 @@ const roomEvents = {
     $('call').hidden = false;
     $('invite').value = inviteLink(r.name);
     // A member who publishes nothing is a bare login; one who does is a {login, name} per stream.
+    // Nobody here but maybe the device: this page created the room.
+    const logins = info.map((entry) => (typeof entry === 'string' ? entry : entry.login));
+    setModerator(TOKEN_MODERATOR || logins.every((l) => l === DEVICE_LOGIN));
     for (const entry of info) {
       if (typeof entry === 'string') participants.add(entry);
       else { participants.add(entry.login); play(entry); }
@@ -101,8 +135,8 @@ const roomEvents = {
       cameraPub = r.publish(camera);
       addTile(cameraPub, 'You', { login: session.login, local: true });
     }
-    $('mute-audio').disabled = !camera?.getAudioTracks().length;
-    $('mute-video').disabled = !camera?.getVideoTracks().length;
+    $('mute-audio').disabled = !camera?.getAudioTracks().length || Boolean(forced.audio);
+    $('mute-video').disabled = !camera?.getVideoTracks().length || Boolean(forced.video);
   },
   JOINED(login) { participants.add(login); addMessage('', `${login} joined`); },
   LEFT(login) {
@@ -157,7 +191,10 @@ function addTile(stream, label, { login, local = false, screen = false }) {
     if (status === 'FAILED' && !local) addMessage('', `Cannot show ${label}: ${info}`); // e.g. "No common codecs"
     if (['STOPPED', 'FAILED', 'UNPUBLISHED'].includes(status)) removeTile(stream.name);
   });
-  tiles.set(stream.name, { el, stream, login });
+  const t = { el, stream, login, local, muted: { audio: false, video: false } };
+  setupModeration(t, label, screen);
+  stream.addEventListener('event', ({ detail }) => onStreamEvent(t, detail));
+  tiles.set(stream.name, t);
   $('tiles')[local ? 'prepend' : 'append'](el); // own tiles first
   $('tiles').dataset.count = tiles.size; // the CSS picks a layout per count
 }
@@ -175,6 +212,93 @@ function removeTile(name) {
     camera = cameraPub = null;
     $('mute-audio').disabled = $('mute-video').disabled = true;
   }
+}
+
+// Mute state from notifyStreamEvent: {type: audioMuted|audioUnmuted|videoMuted|videoUnmuted,
+// streamName, login, by}; by = the moderator (or "administrator"), null = the member itself.
+function onStreamEvent(t, { type, by }) {
+  const m = /^(audio|video)(Muted|Unmuted)$/.exec(type ?? '');
+  if (!m || tiles.get(t.stream.name) !== t) return;
+  const [, kind, what] = m;
+  const muted = what === 'Muted';
+  setTileMuted(t, kind, muted);
+  // Own camera muted or unmuted by somebody else: a notice and the own controls follow.
+  if (t.stream === cameraPub && by != null) ownForced(kind, muted, String(by));
+}
+
+function setTileMuted(t, kind, muted) {
+  t.muted[kind] = muted;
+  t.el.dataset[`${kind}Muted`] = String(muted);
+  t.el.querySelector(`.badge.${kind}-off`).hidden = !muted;
+  const button = t.el.querySelector(`.mod-${kind}`);
+  if (!button) return;
+  const text = kind === 'audio' ? (muted ? 'Unmute mic' : 'Mute mic') : (muted ? 'Allow video' : 'Stop video');
+  button.textContent = text;
+  button.setAttribute('aria-label', `${text} of ${t.login}`);
+  button.setAttribute('aria-pressed', String(muted));
+}
+
+// Moderation controls of another member's camera tile: hidden by the CSS unless this page
+// is a moderator; the server checks again and may refuse.
+function setupModeration(t, label, screen) {
+  const box = t.el.querySelector('.mod');
+  if (t.local || screen) { box.remove(); return; }
+  box.setAttribute('aria-label', `Moderate ${label}`);
+  for (const kind of ['audio', 'video']) {
+    const button = box.querySelector(`.mod-${kind}`);
+    button.onclick = () => moderate(t.login, kind === 'audio' ? 'mic' : 'video', { [kind]: !t.muted[kind] });
+  }
+  const kick = box.querySelector('.mod-kick');
+  kick.setAttribute('aria-label', `Remove ${t.login} from the room`);
+  kick.onclick = () => {
+    if (!window.confirm(`Remove ${t.login} from the room?`)) return;
+    moderate(t.login, 'removal', null);
+  };
+  for (const kind of ['audio', 'video']) setTileMuted(t, kind, false); // labels
+}
+
+async function moderate(login, what, mute) {
+  const r = room;
+  if (!r) return;
+  show('mod-info', '');
+  try {
+    await (mute ? r.mute(login, mute) : r.kick(login));
+  } catch (err) {
+    // e.g. "Restricted access: only the room's creator or a moderator may do this"
+    if (room === r) show('mod-info', `${what === 'removal' ? 'Remove' : `Mute ${what}`} of ${login} refused: ${err.message}`);
+  }
+}
+
+// A moderator (or the administrator) muted or unmuted this page's own microphone or video.
+// While muted the server does not forward the track: the track is disabled here too, and the
+// own button shows it and cannot undo it.
+function ownForced(kind, muted, by) {
+  const track = camera?.getTracks().find((x) => x.kind === kind);
+  const [id] = OWN_BUTTON[kind];
+  if (muted) {
+    if (!forced[kind]) forced[kind] = { wasEnabled: track?.enabled ?? true };
+    forced[kind].by = by;
+    if (track) track.enabled = false;
+  } else if (forced[kind]) {
+    if (track) track.enabled = forced[kind].wasEnabled;
+    forced[kind] = null;
+    // Muted by oneself before the moderator did: still muted, the others must know.
+    if (track && !track.enabled) cameraPub?.event(`${kind}Muted`);
+  }
+  setOwnButton(kind);
+  $(id).disabled = !track || Boolean(forced[kind]);
+  $(id).title = forced[kind] ? `Muted by ${by}` : '';
+  show('notice', `Your ${KIND_TEXT[kind]} was ${muted ? 'muted' : 'unmuted'} by ${by}`);
+}
+
+function setOwnButton(kind) {
+  const [id, word] = OWN_BUTTON[kind];
+  const track = camera?.getTracks().find((x) => x.kind === kind);
+  const muted = Boolean(track && !track.enabled);
+  $(id).setAttribute('aria-pressed', String(muted));
+  $(id).textContent = `${muted ? 'Unmute' : 'Mute'} ${word}`;
+  const own = cameraPub && tiles.get(cameraPub.name);
+  if (own) setTileMuted(own, kind, muted);
 }
 
 function addMessage(from, text) {
@@ -207,10 +331,11 @@ $('chat-text').addEventListener('keydown', (e) => {
 function toggleMute(kind, button) {
   const track = camera?.getTracks().find((t) => t.kind === kind);
   if (!track) return;
+  if (!track || forced[kind]) return; // a moderator's mute is undone by a moderator only
   track.enabled = !track.enabled; // sends silence / black frames; the stream stays up
   const muted = !track.enabled;
-  button.setAttribute('aria-pressed', String(muted));
-  button.textContent = `${muted ? 'Unmute' : 'Mute'} ${kind}`;
+  setOwnButton(kind);
+  // After the track is off: the others' tiles show the badge.
   cameraPub?.event(`${kind}${muted ? 'Muted' : 'Unmuted'}`);
 }
 $('mute-audio').onclick = (e) => toggleMute('audio', e.currentTarget);
@@ -256,8 +381,11 @@ $('copy-invite').onclick = async () => {
 
 function onClosed(e) {
   if (e.target !== session) return; // an old session we closed ourselves
-  show('error', 'Connection to the server lost.');
-  teardown('Disconnected');
+  // Removed by a moderator or the room closed: said so, and never rejoined automatically.
+  const { code, reason } = e.detail ?? {};
+  const ended = code === 1000 && CLOSE_TEXT[reason];
+  show('error', ended || 'Connection to the server lost.');
+  teardown(ended || 'Disconnected');
 }
 
 function teardown(statusText) {
@@ -267,12 +395,16 @@ function teardown(statusText) {
   session = room = media = camera = cameraPub = null;
   s?.close();
   participants.clear();
+  forced = { audio: null, video: null };
+  setModerator(false);
+  show('mod-info', '');
   $('call').hidden = true;
   $('join-form').hidden = false;
   $('join').disabled = $('leave').disabled = false;
   for (const [id, text] of [['mute-audio', 'Mute audio'], ['mute-video', 'Mute video']]) {
     $(id).textContent = text;
     $(id).setAttribute('aria-pressed', 'false');
+    $(id).title = '';
   }
   setStatus('offline', statusText);
 }

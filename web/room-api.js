@@ -13,9 +13,10 @@ export const randomHex = (bytes) =>
 const uuid = () => randomHex(16).replace(/^(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-');
 
 // Opens the WebSocket and resolves with a Session once the server has sent getUserData.
-export function connect(url, login, timeoutMs = REQUEST_TIMEOUT_MS) {
+// `token`: a JWT for servers in token mode, sent as custom.token.
+export function connect(url, login, { token, timeoutMs = REQUEST_TIMEOUT_MS } = {}) {
   return new Promise((resolve, reject) => {
-    const session = new Session(url, login);
+    const session = new Session(url, login, token);
     const timer = setTimeout(() => { session.close(); reject(new Error('Server did not answer')); }, timeoutMs);
     session.addEventListener('established', () => { clearTimeout(timer); resolve(session); }, { once: true });
     session.addEventListener('closed', () => { clearTimeout(timer); reject(new Error('Cannot connect to the server')); }, { once: true });
@@ -23,7 +24,7 @@ export function connect(url, login, timeoutMs = REQUEST_TIMEOUT_MS) {
 }
 
 class Session extends EventTarget {
-  constructor(url, login) {
+  constructor(url, login, token) {
     super();
     this.login = login;
     this.ops = new Map(); // operationId -> {resolve, reject} of a pending sendData
@@ -32,7 +33,7 @@ class Session extends EventTarget {
     this.ws = new WebSocket(url);
     this.ws.onopen = () => this.send('connection', {
       appKey: 'roomApp', mediaProviders: ['WebRTC'], clientVersion: '2.0',
-      clientOSVersion: navigator.appVersion, clientBrowserVersion: navigator.userAgent, custom: { login },
+      clientOSVersion: navigator.appVersion, clientBrowserVersion: navigator.userAgent, custom: token ? { login, token } : { login },
     });
     this.ws.onmessage = (e) => { if (typeof e.data === 'string') this.receive(JSON.parse(e.data)); };
     this.ws.onclose = (e) => this.closed(e);
@@ -58,7 +59,12 @@ class Session extends EventTarget {
       // setRemoteSDP has positional arguments: [mediaSessionId, sdp, isInitiator].
       case 'setRemoteSDP': this.streams.get(data[0])?.answer(data[1]); break;
       case 'notifyStreamStatusEvent': this.streams.get(d.mediaSessionId)?.setStatus(d.status, d.info); break;
-      default: break; // getVersion, notifyStreamEvent, ...: nothing to do
+      // Mute state of a stream (audioMuted, audioUnmuted, videoMuted, videoUnmuted), addressed to
+      // the receiver's own player or publish; payload {streamName, login, by}.
+      case 'notifyStreamEvent':
+        this.streams.get(d.mediaSessionId)?.dispatchEvent(new CustomEvent('event', { detail: { type: d.type, ...d.payload } }));
+        break;
+      default: break; // getVersion, ...: nothing to do
     }
   }
 
@@ -110,6 +116,13 @@ class Room extends EventTarget {
     }
   }
 
+  // Moderation (the room's creator or a moderator's token): the promise rejects with the
+  // server's reason, e.g. "Restricted access: ...".
+  kick(login) { return this.session.sendData('kick', { name: this.name, login }); }
+
+  // `mute`: {audio?: bool, video?: bool}, true = muted, false = unmuted.
+  mute(login, mute) { return this.session.sendData('mute', { name: this.name, login, ...mute }); }
+
   sendMessage(to, text) { return this.session.sendData('sendMessage', { roomConfig: { name: this.name }, to, text }); }
 
   // Name rule of the SDK's room module: <room>-<login>-<4 hex>[-suffix].
@@ -121,7 +134,8 @@ class Room extends EventTarget {
   play(name) { return new Stream(this, name, false); }
 }
 
-// One publish or play: one RTCPeerConnection, one mediaSessionId. Fires 'status' events.
+// One publish or play: one RTCPeerConnection, one mediaSessionId. Fires 'status' events, and
+// 'event' ({type, streamName, login, by}) for the stream's mute notices.
 class Stream extends EventTarget {
   constructor(room, name, published, mediaStream) {
     super();
