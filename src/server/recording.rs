@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use log::{info, warn};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config;
+use crate::events::{EventKind, Events};
 use crate::logging::escaped;
 use crate::record::catalog::{self, MixState, RecordKind, RecordMeta, RoomManifest, RoomStream};
 use crate::record::live::Live;
@@ -31,6 +32,8 @@ const QUEUE: usize = 256;
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a finalized room waits for its recordings to end before it is mixed.
 const ROOM_END_GRACE: Duration = Duration::from_secs(10);
+/// How long the admin API waits for the list of recordings.
+const ACTIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 enum RecordCommand {
     Stream {
@@ -44,6 +47,18 @@ enum RecordCommand {
     },
     RoomFinalized {
         room: String,
+    },
+    /// Finalize a stream's recordings now (the stream goes on).
+    StopStream {
+        stream: String,
+    },
+    /// The whole-room recording was switched off before the room ended.
+    RoomStopped {
+        room: String,
+    },
+    /// The recordings being written.
+    Active {
+        reply: oneshot::Sender<Vec<ActiveRecording>>,
     },
     /// A recording's first media was written (its place on the room's timeline).
     FirstMedia {
@@ -117,27 +132,49 @@ impl Recordings {
         );
     }
 
-    /// Stops recording a stream (the admin API): its file is finalized now.
-    /// TODO(recordings helper).
+    /// Stops recording a stream (the admin API): its file is finalized now and stays
+    /// complete and playable; the stream goes on.
     pub fn stop_stream(&self, stream: &str) {
-        warn!(
-            "recording: stopping stream {} is not implemented yet",
-            escaped(stream)
+        let what = format!("stopping the recording of stream {}", escaped(stream));
+        self.send(
+            RecordCommand::StopStream {
+                stream: stream.to_owned(),
+            },
+            &what,
         );
     }
 
     /// The recording of a whole room stopped before the room ended (the admin API):
-    /// what was recorded is mixed as if the room had ended. TODO(recordings helper).
+    /// the recordings made only for the room stop, and what was recorded is mixed as
+    /// if the room had ended.
     pub fn room_stopped(&self, room: &str) {
-        warn!(
-            "recording: stopping room {} is not implemented yet",
-            escaped(room)
+        let what = format!("stopping the recording of room {}", escaped(room));
+        self.send(
+            RecordCommand::RoomStopped {
+                room: room.to_owned(),
+            },
+            &what,
         );
     }
 
-    /// The recordings being written now. TODO(recordings helper).
+    /// The recordings being written now (empty when recording is unavailable or the
+    /// task does not answer in time).
     pub async fn active(&self) -> Vec<ActiveRecording> {
-        Vec::new()
+        let Some(tx) = &self.tx else {
+            return Vec::new();
+        };
+        let (reply, answer) = oneshot::channel();
+        let ask = async {
+            tx.send(RecordCommand::Active { reply }).await.ok()?;
+            answer.await.ok()
+        };
+        match tokio::time::timeout(ACTIVE_TIMEOUT, ask).await {
+            Ok(Some(list)) => list,
+            _ => {
+                warn!("recording: the recording task did not list its recordings in time");
+                Vec::new()
+            }
+        }
     }
 
     pub fn room_finalized(&self, room: &str) {
@@ -163,13 +200,13 @@ impl RecordingTask {
         records: &config::Records,
         endpoints: Endpoints,
         live: std::sync::Arc<Live>,
-        _events: crate::events::Events,
+        events: Events,
     ) -> (Recordings, Option<RecordingTask>) {
         if let Some(why) = crate::record::dir_problem(&records.dir, true) {
             log::error!("recording unavailable: {why}");
             return (Recordings::default(), None);
         }
-        let mixer = Mixer::start(records);
+        let mixer = Mixer::start_with_events(records, events.clone());
         let (tx, rx) = mpsc::channel(QUEUE);
         let state = State {
             dir: records.dir.clone(),
@@ -179,6 +216,8 @@ impl RecordingTask {
             rooms: HashMap::new(),
             tx: tx.downgrade(),
             mixer: Some(mixer),
+            active: HashMap::new(),
+            events,
         };
         let task = tokio::spawn(run(state, rx));
         (Recordings { tx: Some(tx) }, Some(RecordingTask { task }))
@@ -218,6 +257,16 @@ struct State {
     tx: mpsc::WeakSender<RecordCommand>,
     /// Stopped (a mix under way is taken up at the next start) when the task ends.
     mixer: Option<Mixer>,
+    /// The recordings being written, by their first file's name.
+    active: HashMap<String, Active>,
+    events: Events,
+}
+
+/// A recording being written.
+struct Active {
+    view: ActiveRecording,
+    /// Asks its task to finalize it now.
+    stop: watch::Sender<bool>,
 }
 
 fn ms_between(from: SystemTime, to: SystemTime) -> u64 {
@@ -237,8 +286,12 @@ impl State {
     }
 
     fn room_started(&mut self, room: String) {
-        if self.rooms.contains_key(&room) {
-            return;
+        match self.rooms.get(&room) {
+            // Recorded again after a stop, before the last recording was mixed: that
+            // one is mixed with what it has.
+            Some(r) if r.finalized.is_some() => self.finish(&room),
+            Some(_) => return,
+            None => {}
         }
         let started = SystemTime::now();
         let name = catalog::unique_name(&self.dir, &room, started, ".room.json");
@@ -297,11 +350,40 @@ impl State {
             Ok(h) => h,
             Err(e) => {
                 warn!("recording of stream {}: {e}", escaped(&stream));
+                self.events.emit(
+                    EventKind::RecordingFailed,
+                    Some(&room),
+                    serde_json::json!({
+                        "stream": stream, "login": login, "file": file, "reason": e.to_string(),
+                    }),
+                );
                 return;
             }
         };
         info!("stream {}: recording into {file}", escaped(&stream));
         self.live.insert(&file);
+        self.events.emit(
+            EventKind::RecordingStarted,
+            Some(&room),
+            serde_json::json!({ "stream": stream, "login": login, "file": file }),
+        );
+        let (stop, mut stop_rx) = watch::channel(false);
+        self.active.insert(
+            file.clone(),
+            Active {
+                view: ActiveRecording {
+                    stream: stream.clone(),
+                    room: room.clone(),
+                    login: login.clone(),
+                    whole_room,
+                    file: file.clone(),
+                    started_at: crate::events::rfc3339(started),
+                },
+                stop,
+            },
+        );
+        let (event_room, event_stream, event_login) = (room.clone(), stream.clone(), login.clone());
+        let events = self.events.clone();
         let in_room = whole_room
             .then_some(room)
             .filter(|r| self.rooms.contains_key(r));
@@ -320,7 +402,10 @@ impl State {
                 self.store(r);
             }
         }
-        let Some(tx) = self.tx.upgrade() else { return };
+        let Some(tx) = self.tx.upgrade() else {
+            handle.stop();
+            return;
+        };
         let live = self.live.clone();
         tokio::spawn(async move {
             // Segments after the first (a new picture size) are live while written too.
@@ -347,13 +432,42 @@ impl State {
                     }
                 }
             };
-            watching.await;
+            // A stop asked for (the admin API, the room core) finalizes the file; the
+            // status then ends with the writer.
+            let stopping = async {
+                if stop_rx.wait_for(|s| *s).await.is_ok() {
+                    handle.stop();
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = watching => {}
+                () = stopping => {}
+            }
             let summary = handle.finished().await;
             for f in &summary.files {
                 live.remove(f);
             }
-            if let Some(e) = &summary.error {
-                warn!("recording {file}: stopped: {}", escaped(e));
+            match &summary.error {
+                Some(e) => {
+                    warn!("recording {file}: stopped: {}", escaped(e));
+                    events.emit(
+                        EventKind::RecordingFailed,
+                        Some(&event_room),
+                        serde_json::json!({
+                            "stream": event_stream, "login": event_login, "file": file,
+                            "reason": e, "duration_ms": summary.duration_ms,
+                        }),
+                    );
+                }
+                None => events.emit(
+                    EventKind::RecordingFinished,
+                    Some(&event_room),
+                    serde_json::json!({
+                        "stream": event_stream, "login": event_login, "file": file,
+                        "duration_ms": summary.duration_ms,
+                    }),
+                ),
             }
             let _ = tx
                 .send(RecordCommand::Ended {
@@ -380,14 +494,17 @@ impl State {
 
     fn ended(&mut self, room: Option<String>, file: &str, at: SystemTime) {
         self.live.remove(file);
+        self.active.remove(file);
         let Some(room) = room else { return };
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
         let started = r.started;
-        if let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) {
-            s.end_ms = Some(ms_between(started, at));
-        }
+        let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) else {
+            // A recording of an earlier recording of the room (already mixed).
+            return;
+        };
+        s.end_ms = Some(ms_between(started, at));
         r.running = r.running.saturating_sub(1);
         let done = r.finalized.is_some() && r.running == 0;
         if done {
@@ -397,10 +514,49 @@ impl State {
         }
     }
 
+    /// Finalizes every recording of `stream` now.
+    fn stop_stream(&mut self, stream: &str) {
+        let mut stopped = 0;
+        for a in self.active.values().filter(|a| a.view.stream == stream) {
+            a.stop.send_replace(true);
+            stopped += 1;
+        }
+        match stopped {
+            0 => info!("stream {}: no recording to stop", escaped(stream)),
+            _ => info!("stream {}: recording stopped", escaped(stream)),
+        }
+    }
+
+    /// The room is no longer recorded: its streams' recordings made for the room stop,
+    /// and the room is finalized (then mixed) as if it had ended.
+    fn room_stopped(&mut self, room: String) {
+        for a in self
+            .active
+            .values()
+            .filter(|a| a.view.whole_room && a.view.room == room)
+        {
+            a.stop.send_replace(true);
+        }
+        if self.rooms.get(&room).is_some_and(|r| r.finalized.is_none()) {
+            info!("room {}: room recording stopped", escaped(&room));
+            self.room_finalized(room);
+        }
+    }
+
+    fn active(&self) -> Vec<ActiveRecording> {
+        let mut list: Vec<ActiveRecording> = self.active.values().map(|a| a.view.clone()).collect();
+        list.sort_by(|a, b| (&a.started_at, &a.file).cmp(&(&b.started_at, &b.file)));
+        list
+    }
+
     fn room_finalized(&mut self, room: String) {
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
+        if r.finalized.is_some() {
+            // Its recording was stopped before the end: already being finished.
+            return;
+        }
         r.finalized = Some(SystemTime::now());
         if r.running == 0 {
             self.finish(&room);
@@ -458,6 +614,11 @@ async fn serve(state: &mut State, rx: &mut mpsc::Receiver<RecordCommand>) {
             } => state.stream(stream, room, login, whole_room).await,
             RecordCommand::RoomStarted { room } => state.room_started(room),
             RecordCommand::RoomFinalized { room } => state.room_finalized(room),
+            RecordCommand::StopStream { stream } => state.stop_stream(&stream),
+            RecordCommand::RoomStopped { room } => state.room_stopped(room),
+            RecordCommand::Active { reply } => {
+                let _ = reply.send(state.active());
+            }
             RecordCommand::FirstMedia { room, file, at } => state.first_media(&room, &file, at),
             RecordCommand::Ended { room, file, at } => state.ended(room, &file, at),
             RecordCommand::RoomDue { room } => {
