@@ -327,3 +327,109 @@ async fn publications(endpoints: Endpoints, push: Push, progress: &Mutex<Progres
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::server::Server;
+
+    /// Loopback only; the device's test pattern and tone publish in room `r`.
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.http.listen = "127.0.0.1:0".parse().expect("address");
+        c.http.tls = false;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().expect("address")];
+        c.media.udp_port = 0;
+        c.rtmp.listen = "127.0.0.1:0".parse().expect("address");
+        c.rtmp.max_connections_per_address = c.rtmp.max_connections;
+        c.device.camera = "test-pattern".into();
+        c.device.microphone = "tone".into();
+        c.device.width = 320;
+        c.device.height = 240;
+        c.device.framerate = 15;
+        c.device.bitrate_kbps = 300;
+        c.device.rooms = vec!["r".into()];
+        c.device.join_new_rooms = false;
+        c.records.dir =
+            std::env::temp_dir().join(format!("huddle-push-reg-{}", std::process::id()));
+        c
+    }
+
+    async fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An admin-API push of the device's stream to the server's own RTMP listener (a
+    /// real RTMP receiver: the push joins room `r2` as publisher `pusher`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_an_api_push_is_listed_goes_live_and_stops() {
+        let server = Server::start(config()).await.expect("server starts");
+        let rtmp = server.rtmp_addr().expect("rtmp on");
+        let registry = server.pushes.clone();
+        assert!(registry.list().is_empty());
+
+        let refused = registry.start("s", "rtmps://example.com/app/secret", 1000);
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("rtmps://")),
+            "{refused:?}"
+        );
+        assert!(registry.start("s", "http://example.com/a/b", 1000).is_err());
+        assert!(registry.start("", "rtmp://example.com/a/b", 1000).is_err());
+        assert!(registry.start("s", "rtmp://example.com/a/b", 10).is_err());
+
+        let url = format!("rtmp://127.0.0.1:{}/r2/pusher", rtmp.port());
+        let view = registry
+            .start("r-Room system", &url, 200)
+            .expect("the push starts");
+        assert_eq!((view.id.as_str(), view.origin), ("push-1", "api"));
+        assert!(!view.url.contains("pusher"), "{view:?}");
+        assert_eq!(view.stream, "r-Room system");
+        wait("the push is live", Duration::from_secs(30), || {
+            registry.list().first().is_some_and(|p| p.state == "live")
+        })
+        .await;
+        // The receiving side has the pusher as a participant of r2.
+        wait("the pusher joins r2", Duration::from_secs(10), || {
+            server.stats().participants == 2
+        })
+        .await;
+
+        assert!(registry.stop("push-1"));
+        assert!(!registry.stop("push-1"));
+        assert!(registry.list().is_empty());
+        wait(
+            "the pushed connection ends",
+            Duration::from_secs(10),
+            || server.stats().participants == 1,
+        )
+        .await;
+
+        // At most MAX_PUSHES at once.
+        for _ in 0..MAX_PUSHES {
+            registry
+                .start("absent", &url, 1000)
+                .expect("under the limit");
+        }
+        let over = registry.start("absent", &url, 1000);
+        assert!(
+            over.as_ref().is_err_and(|e| e.contains("too many")),
+            "{over:?}"
+        );
+        assert!(registry.list().iter().all(|p| p.state == "waiting"));
+        assert_eq!(
+            registry.list().last().map(|p| p.id.clone()).as_deref(),
+            Some("push-17")
+        );
+        server.shutdown().await;
+        assert!(registry.list().is_empty());
+        assert!(registry.start("absent", &url, 1000).is_err());
+    }
+}
