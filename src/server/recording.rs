@@ -191,6 +191,9 @@ impl Recordings {
 /// The running recording task (it owns the mixer).
 pub(crate) struct RecordingTask {
     task: JoinHandle<()>,
+    /// The tests' way to the task (weak: the task ends when the driver's handle goes).
+    #[cfg(test)]
+    tx: mpsc::WeakSender<RecordCommand>,
 }
 
 impl RecordingTask {
@@ -220,13 +223,26 @@ impl RecordingTask {
             events,
         };
         let task = tokio::spawn(run(state, rx));
-        (Recordings { tx: Some(tx) }, Some(RecordingTask { task }))
+        let running = RecordingTask {
+            task,
+            #[cfg(test)]
+            tx: tx.downgrade(),
+        };
+        (Recordings { tx: Some(tx) }, Some(running))
     }
 
     /// At shutdown, after the room core is gone (the driver's handle with it): the
     /// recordings end with their streams and finished rooms are handed to the mixer,
     /// within a bound; a room still recording then is mixed at the next start. The
     /// mixer stops (a mix under way is taken up again at the next start).
+    /// A handle on the running task (tests).
+    #[cfg(test)]
+    fn recordings(&self) -> Recordings {
+        Recordings {
+            tx: self.tx.upgrade(),
+        }
+    }
+
     pub async fn stop(mut self) {
         if tokio::time::timeout(STOP_TIMEOUT, &mut self.task)
             .await
@@ -635,5 +651,235 @@ async fn serve(state: &mut State, rx: &mut mpsc::Receiver<RecordCommand>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::server::control::AdminRequest;
+    use crate::server::{Server, ToCore};
+
+    const STREAM: &str = "r-Room system";
+
+    /// Loopback only; the device's test pattern and tone publish `STREAM` in room `r`.
+    fn config(dir: &std::path::Path) -> Config {
+        let mut c = Config::default();
+        c.http.listen = "127.0.0.1:0".parse().expect("address");
+        c.http.tls = false;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().expect("address")];
+        c.media.udp_port = 0;
+        c.rtmp.enabled = false;
+        c.device.camera = "test-pattern".into();
+        c.device.microphone = "tone".into();
+        c.device.width = 320;
+        c.device.height = 240;
+        c.device.framerate = 15;
+        c.device.bitrate_kbps = 300;
+        c.device.rooms = vec!["r".into()];
+        c.device.join_new_rooms = false;
+        c.records.dir = dir.to_path_buf();
+        c
+    }
+
+    async fn admin(server: &Server, request: AdminRequest) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        server
+            .to_core
+            .send(ToCore::Admin { request, reply })
+            .await
+            .expect("the core runs");
+        answer
+            .await
+            .expect("the core answers")
+            .expect("the request is done");
+    }
+
+    async fn active_until(
+        recordings: &Recordings,
+        what: &str,
+        mut cond: impl FnMut(&[ActiveRecording]) -> bool,
+    ) -> Vec<ActiveRecording> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = recordings.active().await;
+            if cond(&list) {
+                return list;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {list:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_recordings_are_listed_and_stopped_by_stream_and_by_room() {
+        let dir = std::env::temp_dir().join(format!("huddle-rec-runtime-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let server = Server::start(config(&dir)).await.expect("server starts");
+        let recordings = server
+            .recording
+            .as_ref()
+            .expect("recording available")
+            .recordings();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while server.stats().streams != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the device publishes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(recordings.active().await.is_empty());
+
+        // One stream, recorded on its own, then stopped: the file is finalized.
+        admin(
+            &server,
+            AdminRequest::RecordStream {
+                stream: STREAM.into(),
+                on: true,
+            },
+        )
+        .await;
+        let list = active_until(&recordings, "the stream is recorded", |l| l.len() == 1).await;
+        let r = &list[0];
+        assert_eq!(
+            (r.stream.as_str(), r.room.as_str(), r.login.as_str()),
+            (STREAM, "r", "Room system")
+        );
+        assert!(!r.whole_room && r.file.ends_with(".mp4"), "{r:?}");
+        assert!(
+            r.started_at.ends_with('Z') && r.started_at.contains('T'),
+            "{r:?}"
+        );
+        let file = dir.join(&r.file);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        admin(
+            &server,
+            AdminRequest::RecordStream {
+                stream: STREAM.into(),
+                on: false,
+            },
+        )
+        .await;
+        active_until(&recordings, "the recording stops", <[_]>::is_empty).await;
+        let meta: RecordMeta = catalog::load(&catalog::sidecar(&file)).expect("the sidecar");
+        assert!(meta.ended.is_some() && meta.error.is_none(), "{meta:?}");
+        assert!(meta.duration_ms.unwrap_or(0) > 500, "{meta:?}");
+        assert!(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > 1000);
+        assert!(!server.live_records().contains(&r.file));
+
+        // The whole room, recorded then stopped while the room goes on: its manifest
+        // is finalized and handed to the mixer.
+        admin(
+            &server,
+            AdminRequest::RecordRoom {
+                room: "r".into(),
+                on: true,
+            },
+        )
+        .await;
+        let list = active_until(&recordings, "the room is recorded", |l| l.len() == 1).await;
+        assert!(list[0].whole_room, "{list:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        admin(
+            &server,
+            AdminRequest::RecordRoom {
+                room: "r".into(),
+                on: false,
+            },
+        )
+        .await;
+        active_until(&recordings, "the room recording stops", <[_]>::is_empty).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let manifest = loop {
+            let found: Vec<RoomManifest> = std::fs::read_dir(&dir)
+                .expect("dir")
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".room.json"))
+                .filter_map(|p| catalog::load(&p).ok())
+                .collect();
+            if let Some(m) = found.into_iter().find(|m| m.mix != MixState::Recording) {
+                break m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the manifest is finalized"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(manifest.room, "r");
+        assert!(
+            manifest.ended.is_some() && manifest.duration_ms.is_some(),
+            "{manifest:?}"
+        );
+        assert_eq!(manifest.streams.len(), 1, "{manifest:?}");
+        assert!(manifest.streams[0].end_ms.is_some());
+        // The device still publishes: only the recordings stopped.
+        assert_eq!(server.stats().streams, 1);
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The device switched off at run time: its room loses its stream (UNPUBLISHED)
+    /// when both sources are off and gets it back (PUBLISHED) when they are on; the
+    /// device stays a participant. (Here for the server fixture of this module.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_the_device_switched_off_unpublishes_and_on_publishes_again() {
+        let dir = std::env::temp_dir().join(format!("huddle-dev-runtime-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let server = Server::start(config(&dir)).await.expect("server starts");
+        let control = server.device.as_ref().expect("a device").control();
+        let wait = |streams: usize, what: &'static str| {
+            let server = &server;
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while server.stats().streams != streams {
+                    assert!(tokio::time::Instant::now() < deadline, "{what}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        wait(1, "the device publishes").await;
+        control.set(Some(false), None).expect("a camera");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while control
+            .state()
+            .camera
+            .as_ref()
+            .is_some_and(|c| c.delivering)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the camera stops");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Republished with the microphone only.
+        wait(1, "the device republishes its audio").await;
+        control.set(None, Some(false)).expect("a microphone");
+        wait(0, "the device publishes nothing").await;
+        assert_eq!(
+            server.stats().participants,
+            1,
+            "the device stays in its room"
+        );
+        control.set(Some(true), Some(true)).expect("both");
+        wait(1, "the device publishes again").await;
+        let view = control.state();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !control
+            .state()
+            .camera
+            .as_ref()
+            .is_some_and(|c| c.delivering)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the camera is back: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
