@@ -9,6 +9,10 @@
 //!
 //! Each source runs on its own thread: open, deliver RTP packets into the SFU's
 //! `DeviceFeed`, and on failure or stall close, report, wait (backoff) and reopen.
+//! Each source can be switched off and on at run time (`Device::control`, the admin
+//! API): off, its thread closes it (a camera's light goes out) and reports it gone,
+//! as for a camera that vanished; on, it opens it again like a camera that came back.
+//!
 //! For the stream core (`crate::media`) the camera and microphone together are one
 //! ordinary named source, `SOURCE`; it forwards their packets to every room's device
 //! stream without re-encoding.
