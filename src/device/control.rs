@@ -1,5 +1,16 @@
 //! Switching the device's camera and microphone on and off at run time (the admin
-//! API), and their state. TODO(device helper).
+//! API), and their state.
+//!
+//! Each capture thread owns a `Switch`: the admin API flips its `on` flag and the
+//! thread, coming round its loop (at least every poll interval), closes or reopens
+//! its source. The thread writes what it is doing into the switch's small status
+//! (a few short strings, under a lock held only to copy them), so neither side ever
+//! waits on the other for long, and the state stays bounded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::media::Kind;
 
 /// One capture source as the admin API shows it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -22,23 +33,134 @@ pub struct DeviceView {
     pub microphone: Option<SourceView>,
 }
 
+/// What a capture thread last reported.
+#[derive(Debug, Clone, Default)]
+struct Status {
+    device: Option<String>,
+    delivering: bool,
+    info: Option<String>,
+}
+
+/// The on/off switch of one source and what its thread reports.
+#[derive(Debug)]
+pub(crate) struct Switch {
+    configured: String,
+    on: AtomicBool,
+    status: Mutex<Status>,
+}
+
+impl Switch {
+    pub(crate) fn new(configured: String) -> Switch {
+        Switch {
+            configured,
+            on: AtomicBool::new(true),
+            status: Mutex::new(Status {
+                info: Some("Starting".into()),
+                ..Status::default()
+            }),
+        }
+    }
+
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// The thread's report: the device in use (if open), delivering, and why not.
+    pub(crate) fn report(&self, device: Option<String>, delivering: bool, info: Option<String>) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        *s = Status {
+            device,
+            delivering,
+            info,
+        };
+    }
+
+    fn view(&self) -> SourceView {
+        let s = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        SourceView {
+            configured: self.configured.clone(),
+            device: s.device,
+            on: self.is_on(),
+            delivering: s.delivering,
+            info: s.info,
+        }
+    }
+}
+
 /// A handle on the running capture threads; cheap to clone.
 #[derive(Clone, Default)]
-pub struct DeviceControl {}
+pub struct DeviceControl {
+    camera: Option<Arc<Switch>>,
+    microphone: Option<Arc<Switch>>,
+}
 
 impl DeviceControl {
+    pub(crate) fn add(&mut self, kind: Kind, switch: Arc<Switch>) {
+        match kind {
+            Kind::Video => self.camera = Some(switch),
+            Kind::Audio => self.microphone = Some(switch),
+        }
+    }
+
     pub fn state(&self) -> DeviceView {
-        DeviceView::default()
+        DeviceView {
+            camera: self.camera.as_ref().map(|s| s.view()),
+            microphone: self.microphone.as_ref().map(|s| s.view()),
+        }
     }
 
     /// Switches the camera and/or the microphone on (`Some(true)`) or off; `None`
     /// leaves it as it is. Off: the source is closed (a camera's light goes out) and
-    /// the device's streams go on without it, as when a camera is unplugged.
+    /// the device's streams go on without it, as when a camera is unplugged. Answers
+    /// at once: the capture thread follows within a poll interval.
     pub fn set(
         &self,
-        _camera: Option<bool>,
-        _microphone: Option<bool>,
+        camera: Option<bool>,
+        microphone: Option<bool>,
     ) -> Result<DeviceView, String> {
-        Err("not implemented yet".into())
+        if camera.is_some() && self.camera.is_none() {
+            return Err("no camera configured".into());
+        }
+        if microphone.is_some() && self.microphone.is_none() {
+            return Err("no microphone configured".into());
+        }
+        for (switch, on) in [(&self.camera, camera), (&self.microphone, microphone)] {
+            if let (Some(switch), Some(on)) = (switch, on) {
+                switch.on.store(on, Ordering::Relaxed);
+            }
+        }
+        Ok(self.state())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_that_is_not_configured_cannot_be_switched() {
+        let mut control = DeviceControl::default();
+        control.add(Kind::Audio, Arc::new(Switch::new("tone".into())));
+        assert_eq!(
+            control.set(Some(false), None).unwrap_err(),
+            "no camera configured"
+        );
+        let view = control.set(None, Some(false)).unwrap();
+        assert!(view.camera.is_none());
+        let mic = view.microphone.unwrap();
+        assert!(!mic.on);
+        assert_eq!(mic.configured, "tone");
+        assert!(
+            control
+                .set(None, Some(true))
+                .unwrap()
+                .microphone
+                .unwrap()
+                .on
+        );
     }
 }

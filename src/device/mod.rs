@@ -9,6 +9,10 @@
 //!
 //! Each source runs on its own thread: open, deliver RTP packets into the SFU's
 //! `DeviceFeed`, and on failure or stall close, report, wait (backoff) and reopen.
+//! Each source can be switched off and on at run time (`Device::control`, the admin
+//! API): off, its thread closes it (a camera's light goes out) and reports it gone,
+//! as for a camera that vanished; on, it opens it again like a camera that came back.
+//!
 //! For the stream core (`crate::media`) the camera and microphone together are one
 //! ordinary named source, `SOURCE`; it forwards their packets to every room's device
 //! stream without re-encoding.
@@ -104,6 +108,8 @@ impl Shared {
 /// The running capture threads.
 pub struct Device {
     stop: Arc<AtomicBool>,
+    /// The sources' on/off switches and states (the admin API).
+    control: control::DeviceControl,
     threads: Vec<Thread>,
     /// A thread whose loop has not come round for this long is stuck.
     hang_after: Duration,
@@ -159,22 +165,42 @@ impl Device {
             retry: Duration::from_millis(cfg.retry_ms),
             stall: Duration::from_millis(cfg.stall_timeout_ms),
         };
-        let mut sources: Vec<Box<dyn Source>> = Vec::new();
+        let mut sources: Vec<(Box<dyn Source>, String)> = Vec::new();
         if let Some(camera) = camera::from_config(cfg) {
-            sources.push(camera);
+            let configured = match cfg.pipeline.trim().is_empty() {
+                true => cfg.camera.clone(),
+                false => "pipeline".into(),
+            };
+            sources.push((camera, configured));
         }
         if let Some(microphone) = microphone::from_config(cfg) {
-            sources.push(microphone);
+            sources.push((microphone, cfg.microphone.clone()));
         }
         if sources.is_empty() {
             info!("device: no camera and no microphone configured");
             return None;
         }
-        Some(Device::start_with(sources, timing, feed))
+        Some(Device::start_configured(sources, timing, feed))
     }
 
     /// Runs these sources, each on its own thread, into `feed`.
     pub fn start_with(sources: Vec<Box<dyn Source>>, timing: Timing, feed: DeviceFeed) -> Device {
+        let sources = sources
+            .into_iter()
+            .map(|s| {
+                let configured = without_kind(&s.name());
+                (s, configured)
+            })
+            .collect();
+        Device::start_configured(sources, timing, feed)
+    }
+
+    /// Runs these sources (each with what the configuration names it) into `feed`.
+    fn start_configured(
+        sources: Vec<(Box<dyn Source>, String)>,
+        timing: Timing,
+        feed: DeviceFeed,
+    ) -> Device {
         let shared = Arc::new(Shared {
             feed,
             state: Mutex::new(Combined {
@@ -185,15 +211,26 @@ impl Device {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for source in sources {
+        let mut control = control::DeviceControl::default();
+        for (source, configured) in sources {
             let name = source.name();
             info!("device: starting {name}");
+            let switch = Arc::new(control::Switch::new(configured));
+            control.add(source.kind(), switch.clone());
             let (shared, stop) = (shared.clone(), stop.clone());
             let beat = Arc::new(Beat::new());
             let thread_beat = beat.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("huddle-{}", source.kind().as_str()))
-                .spawn(move || run(source, timing, &shared, &stop, &thread_beat));
+                .spawn(move || {
+                    let lane = Lane {
+                        shared: &shared,
+                        stop: &stop,
+                        beat: &thread_beat,
+                        switch: &switch,
+                    };
+                    run(source, timing, &lane)
+                });
             match spawned {
                 Ok(handle) => threads.push(Thread { name, handle, beat }),
                 Err(e) => warn!("device: cannot start a thread for {name}: {e}"),
@@ -201,15 +238,16 @@ impl Device {
         }
         Device {
             stop,
+            control,
             threads,
             hang_after: HANG_MARGIN + timing.stall,
         }
     }
 
     /// A handle to switch the camera and microphone and read their state (the admin
-    /// API). TODO(device helper).
+    /// API).
     pub fn control(&self) -> control::DeviceControl {
-        control::DeviceControl::default()
+        self.control.clone()
     }
 
     /// Whether every capture thread runs (for the service watchdog).
@@ -264,70 +302,128 @@ fn capitalized(name: &str) -> String {
     }
 }
 
+/// "camera /dev/video0" → "/dev/video0" (the device part of a source's name).
+fn without_kind(name: &str) -> String {
+    ["camera ", "microphone "]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name)
+        .to_owned()
+}
+
+/// What a capture thread works with besides its source.
+struct Lane<'a> {
+    shared: &'a Shared,
+    stop: &'a AtomicBool,
+    beat: &'a Beat,
+    switch: &'a control::Switch,
+}
+
+impl Lane<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether the thread should leave what it is doing: stopping or switched off.
+    fn interrupted(&self) -> bool {
+        self.stopped() || !self.switch.is_on()
+    }
+}
+
+/// Why a source stopped delivering.
+enum Interruption {
+    Stop,
+    SwitchedOff,
+    Failed(String),
+}
+
 /// One source's life: open, deliver, and after a failure or stall close, report,
-/// wait and try again, until `stop`.
-fn run(
-    mut source: Box<dyn Source>,
-    timing: Timing,
-    shared: &Shared,
-    stop: &AtomicBool,
-    beat: &Beat,
-) {
+/// wait and try again, until `stop`. Switched off, it is closed and reported gone
+/// until switched on again (then opened like a source that came back).
+fn run(mut source: Box<dyn Source>, timing: Timing, lane: &Lane) {
     let name = source.name();
+    let kind = source.kind();
     let mut supervisor = Supervisor::new(timing.retry, timing.stall);
     let mut first = true;
-    while !stop.load(Ordering::Relaxed) {
-        beat.touch();
+    while !lane.stopped() {
+        lane.beat.touch();
+        if !lane.switch.is_on() {
+            let info = format!("{} switched off", capitalized(kind_word(kind)));
+            info!("device: {name}: switched off");
+            lane.switch.report(None, false, Some(info.clone()));
+            lane.shared
+                .report(kind, None, info, std::mem::take(&mut first));
+            while !lane.stopped() && !lane.switch.is_on() {
+                lane.beat.touch();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if lane.stopped() {
+                break;
+            }
+            info!("device: {name}: switched on");
+            lane.switch
+                .report(None, false, Some("Switched on, opening".into()));
+            supervisor = Supervisor::new(timing.retry, timing.stall);
+            continue;
+        }
         let why = match source.open() {
             Err(e) => format!("is not available: {e}"),
             Ok(()) => {
                 info!("device: {name}: opened");
+                let device = Some(without_kind(&source.name()));
+                lane.switch
+                    .report(device, false, Some("Opened, waiting for media".into()));
                 supervisor.opened(Instant::now());
-                let failure = deliver(
-                    &mut *source,
-                    timing,
-                    shared,
-                    stop,
-                    beat,
-                    &mut supervisor,
-                    &mut first,
-                );
+                let interruption = deliver(&mut *source, timing, lane, &mut supervisor, &mut first);
                 source.close();
-                match failure {
-                    Some(reason) => format!("failed: {reason}"),
-                    None => break,
+                match interruption {
+                    Interruption::Failed(reason) => format!("failed: {reason}"),
+                    Interruption::SwitchedOff => continue,
+                    Interruption::Stop => break,
                 }
             }
         };
         warn!("device: {name} {why}");
         let info = format!("{} {why}", capitalized(&name));
-        shared.report(source.kind(), None, info, std::mem::take(&mut first));
+        lane.switch.report(None, false, Some(info.clone()));
+        lane.shared
+            .report(kind, None, info, std::mem::take(&mut first));
         let delay = supervisor.failed(Instant::now());
         info!("device: {name}: retrying in {} ms", delay.as_millis());
-        pause(delay, stop, beat);
+        pause(delay, lane);
     }
+    lane.switch.report(None, false, Some("Stopped".into()));
     info!("device: {name}: stopped");
 }
 
-/// Polls an open source into the SFU until it fails or stalls (`Some(why)`) or `stop`
-/// (`None`). The codec is announced with the first media that has one.
+fn kind_word(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Video => "camera",
+        Kind::Audio => "microphone",
+    }
+}
+
+/// Polls an open source into the SFU until it fails or stalls, is switched off, or
+/// `stop`. The codec is announced with the first media that has one.
 fn deliver(
     source: &mut dyn Source,
     timing: Timing,
-    shared: &Shared,
-    stop: &AtomicBool,
-    beat: &Beat,
+    lane: &Lane,
     supervisor: &mut Supervisor,
     first: &mut bool,
-) -> Option<String> {
+) -> Interruption {
     let (name, kind) = (source.name(), source.kind());
+    let shared = lane.shared;
     let mut out: Vec<RtpPacket> = Vec::new();
     let mut announced = false;
     let mut dropped = 0u64;
-    let failure = loop {
-        beat.touch();
-        if stop.load(Ordering::Relaxed) {
-            break None;
+    let interruption = loop {
+        lane.beat.touch();
+        if lane.stopped() {
+            break Interruption::Stop;
+        }
+        if !lane.switch.is_on() {
+            break Interruption::SwitchedOff;
         }
         if kind == Kind::Video && shared.feed.take_key_frame_request() {
             source.key_frame();
@@ -341,6 +437,8 @@ fn deliver(
                         continue;
                     };
                     info!("device: {name}: delivering {}", codec.family.name());
+                    let device = Some(without_kind(&source.name()));
+                    lane.switch.report(device, true, None);
                     shared.report(kind, Some(codec), String::new(), std::mem::take(first));
                     announced = true;
                 }
@@ -354,26 +452,26 @@ fn deliver(
                 }
             }
             Ok(false) if supervisor.stalled(Instant::now()) => {
-                break Some(format!(
+                break Interruption::Failed(format!(
                     "nothing captured for {} ms",
                     timing.stall.as_millis()
                 ));
             }
             Ok(false) => {}
-            Err(e) => break Some(e),
+            Err(e) => break Interruption::Failed(e),
         }
     };
     if dropped > 0 {
         warn!("device: {name}: {dropped} packets dropped (media engine busy)");
     }
-    failure
+    interruption
 }
 
-/// Sleeps `delay`, waking early on `stop`.
-fn pause(delay: Duration, stop: &AtomicBool, beat: &Beat) {
+/// Sleeps `delay`, waking early on `stop` or when switched off.
+fn pause(delay: Duration, lane: &Lane) {
     let until = Instant::now() + delay;
-    while !stop.load(Ordering::Relaxed) {
-        beat.touch();
+    while !lane.interrupted() {
+        lane.beat.touch();
         let now = Instant::now();
         if now >= until {
             break;

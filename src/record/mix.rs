@@ -945,6 +945,11 @@ impl Mixer {
     /// are queued, `Recording` ones (rooms cut short by a crash or a restart) are
     /// finalized by the worker and queued too.
     pub fn start(records: &config::Records) -> Mixer {
+        Mixer::start_with_events(records, crate::events::Events::default())
+    }
+
+    /// `start`, emitting `mix.finished` through `events` after each mix.
+    pub fn start_with_events(records: &config::Records, events: crate::events::Events) -> Mixer {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<PathBuf>();
         let mut recover = Vec::new();
@@ -997,7 +1002,7 @@ impl Mixer {
                             queue.push_back(more);
                         }
                     }
-                    job(&next, &records, &worker_stop);
+                    job(&next, &records, &worker_stop, &events);
                 }
             });
         let worker = match worker {
@@ -1050,12 +1055,38 @@ impl Drop for Mixer {
 }
 
 /// One queued room: its mix, then the hook.
-fn job(path: &Path, records: &config::Records, stop: &AtomicBool) {
+fn job(path: &Path, records: &config::Records, stop: &AtomicBool, events: &crate::events::Events) {
     match mix_room(path, &records.mixer, stop) {
         Ok(file) => {
-            let room = catalog::load::<RoomManifest>(path)
-                .map(|m| m.room)
+            let manifest = catalog::load::<RoomManifest>(path).ok();
+            let room = manifest
+                .as_ref()
+                .map(|m| m.room.clone())
                 .unwrap_or_default();
+            let mut participants: Vec<String> = Vec::new();
+            let mut streams: Vec<String> = Vec::new();
+            for s in manifest.iter().flat_map(|m| &m.streams) {
+                if !participants.contains(&s.login) {
+                    participants.push(s.login.clone());
+                }
+                if !streams.contains(&s.stream) {
+                    streams.push(s.stream.clone());
+                }
+            }
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            events.emit(
+                crate::events::EventKind::MixFinished,
+                Some(&room),
+                serde_json::json!({
+                    "file": name,
+                    "participants": participants,
+                    "streams": streams,
+                    "duration_ms": manifest.as_ref().and_then(|m| m.duration_ms),
+                }),
+            );
             if !records.on_room_record_hook.trim().is_empty() {
                 hook::run_room_hook(
                     &records.on_room_record_hook,

@@ -109,8 +109,8 @@ pub struct Server {
     rtmp_addr: Option<SocketAddr>,
     /// The RTMP accept loop, if on (aborted at shutdown).
     rtmp: Option<JoinHandle<()>>,
-    /// `[[rtmp.push]]`.
-    pushes: Option<rtmp_push::Pushes>,
+    /// `[[rtmp.push]]` and the pushes of the admin API.
+    pushes: rtmp_push::PushRegistry,
     /// The record files being written now (filled by the recorder).
     live_records: Arc<crate::record::live::Live>,
     /// The retention task, when `[records] max_age_days` or `max_total_mb` is set.
@@ -261,12 +261,12 @@ impl Server {
             &advertised,
         ));
         let next_session = Arc::new(AtomicU64::new(1));
-        let pushes = rtmp_push::Pushes::start(&endpoints, &config.rtmp.push);
+        let pushes = rtmp_push::PushRegistry::start_config(&endpoints, &config.rtmp.push);
         let control = control::Control {
             to_core: to_core.clone(),
             endpoints: endpoints.clone(),
             recordings,
-            pushes: rtmp_push::PushRegistry::default(),
+            pushes: pushes.clone(),
             device: device.as_ref().map(Device::control),
         };
         let mut rtmp_addr = None;
@@ -340,7 +340,7 @@ impl Server {
             tls_addr,
             rtmp_addr,
             rtmp: rtmp_task,
-            pushes: Some(pushes),
+            pushes,
             live_records,
             retention,
             recording,
@@ -476,9 +476,7 @@ impl Server {
         }
         // The media engine is gone with the core: the pushes' and the recordings'
         // streams have ended.
-        if let Some(pushes) = self.pushes.take() {
-            pushes.stop().await;
-        }
+        self.pushes.shutdown().await;
         if let Some(recording) = self.recording.take() {
             recording.stop().await;
         }

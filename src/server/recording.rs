@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use log::{info, warn};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config;
+use crate::events::{EventKind, Events};
 use crate::logging::escaped;
 use crate::record::catalog::{self, MixState, RecordKind, RecordMeta, RoomManifest, RoomStream};
 use crate::record::live::Live;
@@ -31,6 +32,8 @@ const QUEUE: usize = 256;
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a finalized room waits for its recordings to end before it is mixed.
 const ROOM_END_GRACE: Duration = Duration::from_secs(10);
+/// How long the admin API waits for the list of recordings.
+const ACTIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 enum RecordCommand {
     Stream {
@@ -44,6 +47,18 @@ enum RecordCommand {
     },
     RoomFinalized {
         room: String,
+    },
+    /// Finalize a stream's recordings now (the stream goes on).
+    StopStream {
+        stream: String,
+    },
+    /// The whole-room recording was switched off before the room ended.
+    RoomStopped {
+        room: String,
+    },
+    /// The recordings being written.
+    Active {
+        reply: oneshot::Sender<Vec<ActiveRecording>>,
     },
     /// A recording's first media was written (its place on the room's timeline).
     FirstMedia {
@@ -117,27 +132,49 @@ impl Recordings {
         );
     }
 
-    /// Stops recording a stream (the admin API): its file is finalized now.
-    /// TODO(recordings helper).
+    /// Stops recording a stream (the admin API): its file is finalized now and stays
+    /// complete and playable; the stream goes on.
     pub fn stop_stream(&self, stream: &str) {
-        warn!(
-            "recording: stopping stream {} is not implemented yet",
-            escaped(stream)
+        let what = format!("stopping the recording of stream {}", escaped(stream));
+        self.send(
+            RecordCommand::StopStream {
+                stream: stream.to_owned(),
+            },
+            &what,
         );
     }
 
     /// The recording of a whole room stopped before the room ended (the admin API):
-    /// what was recorded is mixed as if the room had ended. TODO(recordings helper).
+    /// the recordings made only for the room stop, and what was recorded is mixed as
+    /// if the room had ended.
     pub fn room_stopped(&self, room: &str) {
-        warn!(
-            "recording: stopping room {} is not implemented yet",
-            escaped(room)
+        let what = format!("stopping the recording of room {}", escaped(room));
+        self.send(
+            RecordCommand::RoomStopped {
+                room: room.to_owned(),
+            },
+            &what,
         );
     }
 
-    /// The recordings being written now. TODO(recordings helper).
+    /// The recordings being written now (empty when recording is unavailable or the
+    /// task does not answer in time).
     pub async fn active(&self) -> Vec<ActiveRecording> {
-        Vec::new()
+        let Some(tx) = &self.tx else {
+            return Vec::new();
+        };
+        let (reply, answer) = oneshot::channel();
+        let ask = async {
+            tx.send(RecordCommand::Active { reply }).await.ok()?;
+            answer.await.ok()
+        };
+        match tokio::time::timeout(ACTIVE_TIMEOUT, ask).await {
+            Ok(Some(list)) => list,
+            _ => {
+                warn!("recording: the recording task did not list its recordings in time");
+                Vec::new()
+            }
+        }
     }
 
     pub fn room_finalized(&self, room: &str) {
@@ -154,6 +191,9 @@ impl Recordings {
 /// The running recording task (it owns the mixer).
 pub(crate) struct RecordingTask {
     task: JoinHandle<()>,
+    /// The tests' way to the task (weak: the task ends when the driver's handle goes).
+    #[cfg(test)]
+    tx: mpsc::WeakSender<RecordCommand>,
 }
 
 impl RecordingTask {
@@ -163,13 +203,13 @@ impl RecordingTask {
         records: &config::Records,
         endpoints: Endpoints,
         live: std::sync::Arc<Live>,
-        _events: crate::events::Events,
+        events: Events,
     ) -> (Recordings, Option<RecordingTask>) {
         if let Some(why) = crate::record::dir_problem(&records.dir, true) {
             log::error!("recording unavailable: {why}");
             return (Recordings::default(), None);
         }
-        let mixer = Mixer::start(records);
+        let mixer = Mixer::start_with_events(records, events.clone());
         let (tx, rx) = mpsc::channel(QUEUE);
         let state = State {
             dir: records.dir.clone(),
@@ -179,15 +219,30 @@ impl RecordingTask {
             rooms: HashMap::new(),
             tx: tx.downgrade(),
             mixer: Some(mixer),
+            active: HashMap::new(),
+            events,
         };
         let task = tokio::spawn(run(state, rx));
-        (Recordings { tx: Some(tx) }, Some(RecordingTask { task }))
+        let running = RecordingTask {
+            task,
+            #[cfg(test)]
+            tx: tx.downgrade(),
+        };
+        (Recordings { tx: Some(tx) }, Some(running))
     }
 
     /// At shutdown, after the room core is gone (the driver's handle with it): the
     /// recordings end with their streams and finished rooms are handed to the mixer,
     /// within a bound; a room still recording then is mixed at the next start. The
     /// mixer stops (a mix under way is taken up again at the next start).
+    /// A handle on the running task (tests).
+    #[cfg(test)]
+    fn recordings(&self) -> Recordings {
+        Recordings {
+            tx: self.tx.upgrade(),
+        }
+    }
+
     pub async fn stop(mut self) {
         if tokio::time::timeout(STOP_TIMEOUT, &mut self.task)
             .await
@@ -218,6 +273,16 @@ struct State {
     tx: mpsc::WeakSender<RecordCommand>,
     /// Stopped (a mix under way is taken up at the next start) when the task ends.
     mixer: Option<Mixer>,
+    /// The recordings being written, by their first file's name.
+    active: HashMap<String, Active>,
+    events: Events,
+}
+
+/// A recording being written.
+struct Active {
+    view: ActiveRecording,
+    /// Asks its task to finalize it now.
+    stop: watch::Sender<bool>,
 }
 
 fn ms_between(from: SystemTime, to: SystemTime) -> u64 {
@@ -237,8 +302,12 @@ impl State {
     }
 
     fn room_started(&mut self, room: String) {
-        if self.rooms.contains_key(&room) {
-            return;
+        match self.rooms.get(&room) {
+            // Recorded again after a stop, before the last recording was mixed: that
+            // one is mixed with what it has.
+            Some(r) if r.finalized.is_some() => self.finish(&room),
+            Some(_) => return,
+            None => {}
         }
         let started = SystemTime::now();
         let name = catalog::unique_name(&self.dir, &room, started, ".room.json");
@@ -297,11 +366,40 @@ impl State {
             Ok(h) => h,
             Err(e) => {
                 warn!("recording of stream {}: {e}", escaped(&stream));
+                self.events.emit(
+                    EventKind::RecordingFailed,
+                    Some(&room),
+                    serde_json::json!({
+                        "stream": stream, "login": login, "file": file, "reason": e.to_string(),
+                    }),
+                );
                 return;
             }
         };
         info!("stream {}: recording into {file}", escaped(&stream));
         self.live.insert(&file);
+        self.events.emit(
+            EventKind::RecordingStarted,
+            Some(&room),
+            serde_json::json!({ "stream": stream, "login": login, "file": file }),
+        );
+        let (stop, mut stop_rx) = watch::channel(false);
+        self.active.insert(
+            file.clone(),
+            Active {
+                view: ActiveRecording {
+                    stream: stream.clone(),
+                    room: room.clone(),
+                    login: login.clone(),
+                    whole_room,
+                    file: file.clone(),
+                    started_at: crate::events::rfc3339(started),
+                },
+                stop,
+            },
+        );
+        let (event_room, event_stream, event_login) = (room.clone(), stream.clone(), login.clone());
+        let events = self.events.clone();
         let in_room = whole_room
             .then_some(room)
             .filter(|r| self.rooms.contains_key(r));
@@ -320,7 +418,10 @@ impl State {
                 self.store(r);
             }
         }
-        let Some(tx) = self.tx.upgrade() else { return };
+        let Some(tx) = self.tx.upgrade() else {
+            handle.stop();
+            return;
+        };
         let live = self.live.clone();
         tokio::spawn(async move {
             // Segments after the first (a new picture size) are live while written too.
@@ -347,13 +448,42 @@ impl State {
                     }
                 }
             };
-            watching.await;
+            // A stop asked for (the admin API, the room core) finalizes the file; the
+            // status then ends with the writer.
+            let stopping = async {
+                if stop_rx.wait_for(|s| *s).await.is_ok() {
+                    handle.stop();
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = watching => {}
+                () = stopping => {}
+            }
             let summary = handle.finished().await;
             for f in &summary.files {
                 live.remove(f);
             }
-            if let Some(e) = &summary.error {
-                warn!("recording {file}: stopped: {}", escaped(e));
+            match &summary.error {
+                Some(e) => {
+                    warn!("recording {file}: stopped: {}", escaped(e));
+                    events.emit(
+                        EventKind::RecordingFailed,
+                        Some(&event_room),
+                        serde_json::json!({
+                            "stream": event_stream, "login": event_login, "file": file,
+                            "reason": e, "duration_ms": summary.duration_ms,
+                        }),
+                    );
+                }
+                None => events.emit(
+                    EventKind::RecordingFinished,
+                    Some(&event_room),
+                    serde_json::json!({
+                        "stream": event_stream, "login": event_login, "file": file,
+                        "duration_ms": summary.duration_ms,
+                    }),
+                ),
             }
             let _ = tx
                 .send(RecordCommand::Ended {
@@ -380,14 +510,17 @@ impl State {
 
     fn ended(&mut self, room: Option<String>, file: &str, at: SystemTime) {
         self.live.remove(file);
+        self.active.remove(file);
         let Some(room) = room else { return };
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
         let started = r.started;
-        if let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) {
-            s.end_ms = Some(ms_between(started, at));
-        }
+        let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) else {
+            // A recording of an earlier recording of the room (already mixed).
+            return;
+        };
+        s.end_ms = Some(ms_between(started, at));
         r.running = r.running.saturating_sub(1);
         let done = r.finalized.is_some() && r.running == 0;
         if done {
@@ -397,10 +530,49 @@ impl State {
         }
     }
 
+    /// Finalizes every recording of `stream` now.
+    fn stop_stream(&mut self, stream: &str) {
+        let mut stopped = 0;
+        for a in self.active.values().filter(|a| a.view.stream == stream) {
+            a.stop.send_replace(true);
+            stopped += 1;
+        }
+        match stopped {
+            0 => info!("stream {}: no recording to stop", escaped(stream)),
+            _ => info!("stream {}: recording stopped", escaped(stream)),
+        }
+    }
+
+    /// The room is no longer recorded: its streams' recordings made for the room stop,
+    /// and the room is finalized (then mixed) as if it had ended.
+    fn room_stopped(&mut self, room: String) {
+        for a in self
+            .active
+            .values()
+            .filter(|a| a.view.whole_room && a.view.room == room)
+        {
+            a.stop.send_replace(true);
+        }
+        if self.rooms.get(&room).is_some_and(|r| r.finalized.is_none()) {
+            info!("room {}: room recording stopped", escaped(&room));
+            self.room_finalized(room);
+        }
+    }
+
+    fn active(&self) -> Vec<ActiveRecording> {
+        let mut list: Vec<ActiveRecording> = self.active.values().map(|a| a.view.clone()).collect();
+        list.sort_by(|a, b| (&a.started_at, &a.file).cmp(&(&b.started_at, &b.file)));
+        list
+    }
+
     fn room_finalized(&mut self, room: String) {
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
+        if r.finalized.is_some() {
+            // Its recording was stopped before the end: already being finished.
+            return;
+        }
         r.finalized = Some(SystemTime::now());
         if r.running == 0 {
             self.finish(&room);
@@ -458,6 +630,11 @@ async fn serve(state: &mut State, rx: &mut mpsc::Receiver<RecordCommand>) {
             } => state.stream(stream, room, login, whole_room).await,
             RecordCommand::RoomStarted { room } => state.room_started(room),
             RecordCommand::RoomFinalized { room } => state.room_finalized(room),
+            RecordCommand::StopStream { stream } => state.stop_stream(&stream),
+            RecordCommand::RoomStopped { room } => state.room_stopped(room),
+            RecordCommand::Active { reply } => {
+                let _ = reply.send(state.active());
+            }
             RecordCommand::FirstMedia { room, file, at } => state.first_media(&room, &file, at),
             RecordCommand::Ended { room, file, at } => state.ended(room, &file, at),
             RecordCommand::RoomDue { room } => {
@@ -474,5 +651,235 @@ async fn serve(state: &mut State, rx: &mut mpsc::Receiver<RecordCommand>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::server::control::AdminRequest;
+    use crate::server::{Server, ToCore};
+
+    const STREAM: &str = "r-Room system";
+
+    /// Loopback only; the device's test pattern and tone publish `STREAM` in room `r`.
+    fn config(dir: &std::path::Path) -> Config {
+        let mut c = Config::default();
+        c.http.listen = "127.0.0.1:0".parse().expect("address");
+        c.http.tls = false;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().expect("address")];
+        c.media.udp_port = 0;
+        c.rtmp.enabled = false;
+        c.device.camera = "test-pattern".into();
+        c.device.microphone = "tone".into();
+        c.device.width = 320;
+        c.device.height = 240;
+        c.device.framerate = 15;
+        c.device.bitrate_kbps = 300;
+        c.device.rooms = vec!["r".into()];
+        c.device.join_new_rooms = false;
+        c.records.dir = dir.to_path_buf();
+        c
+    }
+
+    async fn admin(server: &Server, request: AdminRequest) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        server
+            .to_core
+            .send(ToCore::Admin { request, reply })
+            .await
+            .expect("the core runs");
+        answer
+            .await
+            .expect("the core answers")
+            .expect("the request is done");
+    }
+
+    async fn active_until(
+        recordings: &Recordings,
+        what: &str,
+        mut cond: impl FnMut(&[ActiveRecording]) -> bool,
+    ) -> Vec<ActiveRecording> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = recordings.active().await;
+            if cond(&list) {
+                return list;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {list:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_recordings_are_listed_and_stopped_by_stream_and_by_room() {
+        let dir = std::env::temp_dir().join(format!("huddle-rec-runtime-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let server = Server::start(config(&dir)).await.expect("server starts");
+        let recordings = server
+            .recording
+            .as_ref()
+            .expect("recording available")
+            .recordings();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while server.stats().streams != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the device publishes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(recordings.active().await.is_empty());
+
+        // One stream, recorded on its own, then stopped: the file is finalized.
+        admin(
+            &server,
+            AdminRequest::RecordStream {
+                stream: STREAM.into(),
+                on: true,
+            },
+        )
+        .await;
+        let list = active_until(&recordings, "the stream is recorded", |l| l.len() == 1).await;
+        let r = &list[0];
+        assert_eq!(
+            (r.stream.as_str(), r.room.as_str(), r.login.as_str()),
+            (STREAM, "r", "Room system")
+        );
+        assert!(!r.whole_room && r.file.ends_with(".mp4"), "{r:?}");
+        assert!(
+            r.started_at.ends_with('Z') && r.started_at.contains('T'),
+            "{r:?}"
+        );
+        let file = dir.join(&r.file);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        admin(
+            &server,
+            AdminRequest::RecordStream {
+                stream: STREAM.into(),
+                on: false,
+            },
+        )
+        .await;
+        active_until(&recordings, "the recording stops", <[_]>::is_empty).await;
+        let meta: RecordMeta = catalog::load(&catalog::sidecar(&file)).expect("the sidecar");
+        assert!(meta.ended.is_some() && meta.error.is_none(), "{meta:?}");
+        assert!(meta.duration_ms.unwrap_or(0) > 500, "{meta:?}");
+        assert!(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > 1000);
+        assert!(!server.live_records().contains(&r.file));
+
+        // The whole room, recorded then stopped while the room goes on: its manifest
+        // is finalized and handed to the mixer.
+        admin(
+            &server,
+            AdminRequest::RecordRoom {
+                room: "r".into(),
+                on: true,
+            },
+        )
+        .await;
+        let list = active_until(&recordings, "the room is recorded", |l| l.len() == 1).await;
+        assert!(list[0].whole_room, "{list:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        admin(
+            &server,
+            AdminRequest::RecordRoom {
+                room: "r".into(),
+                on: false,
+            },
+        )
+        .await;
+        active_until(&recordings, "the room recording stops", <[_]>::is_empty).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let manifest = loop {
+            let found: Vec<RoomManifest> = std::fs::read_dir(&dir)
+                .expect("dir")
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".room.json"))
+                .filter_map(|p| catalog::load(&p).ok())
+                .collect();
+            if let Some(m) = found.into_iter().find(|m| m.mix != MixState::Recording) {
+                break m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the manifest is finalized"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(manifest.room, "r");
+        assert!(
+            manifest.ended.is_some() && manifest.duration_ms.is_some(),
+            "{manifest:?}"
+        );
+        assert_eq!(manifest.streams.len(), 1, "{manifest:?}");
+        assert!(manifest.streams[0].end_ms.is_some());
+        // The device still publishes: only the recordings stopped.
+        assert_eq!(server.stats().streams, 1);
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The device switched off at run time: its room loses its stream (UNPUBLISHED)
+    /// when both sources are off and gets it back (PUBLISHED) when they are on; the
+    /// device stays a participant. (Here for the server fixture of this module.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runtime_the_device_switched_off_unpublishes_and_on_publishes_again() {
+        let dir = std::env::temp_dir().join(format!("huddle-dev-runtime-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let server = Server::start(config(&dir)).await.expect("server starts");
+        let control = server.device.as_ref().expect("a device").control();
+        let wait = |streams: usize, what: &'static str| {
+            let server = &server;
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while server.stats().streams != streams {
+                    assert!(tokio::time::Instant::now() < deadline, "{what}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        wait(1, "the device publishes").await;
+        control.set(Some(false), None).expect("a camera");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while control
+            .state()
+            .camera
+            .as_ref()
+            .is_some_and(|c| c.delivering)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the camera stops");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Republished with the microphone only.
+        wait(1, "the device republishes its audio").await;
+        control.set(None, Some(false)).expect("a microphone");
+        wait(0, "the device publishes nothing").await;
+        assert_eq!(
+            server.stats().participants,
+            1,
+            "the device stays in its room"
+        );
+        control.set(Some(true), Some(true)).expect("both");
+        wait(1, "the device publishes again").await;
+        let view = control.state();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !control
+            .state()
+            .camera
+            .as_ref()
+            .is_some_and(|c| c.delivering)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the camera is back: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
