@@ -88,21 +88,26 @@ struct Parties {
     camera: Option<bool>,
 }
 
+/// Who the driver carries the core's outputs to besides the sessions.
+pub(crate) struct Others {
+    /// The device participant, when the device has a camera or microphone.
+    pub device: Option<Participant>,
+    pub recordings: Recordings,
+    pub events: Events,
+}
+
 pub(crate) async fn run(
     mut core: Core,
     mut inbox: mpsc::Receiver<ToCore>,
     stats: watch::Sender<Stats>,
-    sfu: Sfu,
-    mut media_events: mpsc::Receiver<MediaEvent>,
-    device: Option<Participant>,
-    recordings: Recordings,
-    events: Events,
+    (sfu, mut media_events): (Sfu, mpsc::Receiver<MediaEvent>),
+    others: Others,
 ) {
     let mut parties = Parties {
         sessions: HashMap::new(),
-        device,
-        recordings,
-        events,
+        device: others.device,
+        recordings: others.recordings,
+        events: others.events,
         created: HashMap::new(),
         camera: None,
     };

@@ -248,11 +248,12 @@ impl Server {
             core,
             from_sessions,
             stats_tx,
-            sfu,
-            media_events,
-            participant,
-            recordings.clone(),
-            events.clone(),
+            (sfu, media_events),
+            driver::Others {
+                device: participant,
+                recordings: recordings.clone(),
+                events: events.clone(),
+            },
         ));
 
         let admission = listener::Admission::new(listener::Limits::from_config(&config));
