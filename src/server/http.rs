@@ -1,6 +1,6 @@
 //! HTTP routes: the WebSocket upgrade (on any path, as the Flashphoner SDK connects
-//! to the root), the device's page, `/health` and the records (`/client/records`, see
-//! `records`).
+//! to the root), the device's page, `/health`, the records (`/client/records`, see
+//! `records`) and the admin API (`/api/v1`, see `api`).
 //!
 //! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
 //! page on some other site a LAN user visits must not drive the device's rooms.
@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use log::info;
 
-use super::{records, session, Shared};
+use super::{api, records, session, Shared};
 use crate::logging::escaped;
 
 /// Every route, for plain HTTP and HTTPS alike.
@@ -33,7 +33,8 @@ pub(crate) fn router(shared: Shared) -> Router {
             get(records::download),
         )
         .fallback(get(other_path))
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(api::router(shared))
 }
 
 /// Which web pages may open the signalling WebSocket (`[http] allowed_origins`).
