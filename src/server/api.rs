@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use log::{debug, info};
 use serde::de::DeserializeOwned;
@@ -128,7 +128,8 @@ pub(crate) fn router(shared: Shared) -> Router {
         shared,
     };
     let json_405 = |m: MethodRouter<Api>| m.fallback(method_not_allowed);
-    let p = |path: &str| format!("{PREFIX}{path}");
+    // Paths relative to `PREFIX` (nested there by `http::router`).
+    let p = |path: &str| path.to_owned();
     Router::new()
         .route(&p("/rooms"), json_405(get(rooms)))
         .route(&p("/rooms/{room}"), json_405(get(room).delete(close_room)))
@@ -167,9 +168,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route(&p("/device"), json_405(get(device).patch(set_device)))
         .route_layer(middleware::from_fn_with_state(api.clone(), guard))
         .route(&p("/openapi.json"), json_405(get(openapi)))
-        .route(PREFIX, any(unknown_path))
-        .route(&p("/"), any(unknown_path))
-        .route(&p("/{*rest}"), any(unknown_path))
+        .fallback(unknown_path)
         .with_state(api)
 }
 

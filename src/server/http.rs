@@ -32,9 +32,9 @@ pub(crate) fn router(shared: Shared) -> Router {
             &format!("{}/{{name}}", records::PREFIX),
             get(records::download),
         )
+        .nest_service(api::PREFIX, api::router(shared.clone()))
         .fallback(get(other_path))
-        .with_state(shared.clone())
-        .merge(api::router(shared))
+        .with_state(shared)
 }
 
 /// Which web pages may open the signalling WebSocket (`[http] allowed_origins`).
