@@ -140,7 +140,7 @@ test('admin API: list, mute/unmute, kick, close with two SDK participants', { ti
     const gone = await api('GET', `/rooms/${enc(ROOM)}`);
     assert.equal(gone.status, 404, gone.text);
     assert.equal(gone.json.code, 'not_found');
-    const after = await api('GET', '/streams');
-    assert.deepEqual(after.json.streams.filter((s) => s.room === ROOM), []);
+    const remaining = await api('GET', '/streams');
+    assert.deepEqual(remaining.json.streams.filter((s) => s.room === ROOM), []);
   });
 });
