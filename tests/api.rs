@@ -955,3 +955,127 @@ fn openapi_file_validates_and_names_every_route() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Streams over the API with an RTMP publisher (ffmpeg): listed with its source, recorded
+/// at run time, terminated. The codecs, the bitrate and the active-recordings list come
+/// from the media engine and the recorder (final behaviour; asserted last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_stream_listed_recorded_terminated() {
+    let dir = std::env::temp_dir().join(format!("huddle-api-rtmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let records_dir = dir.clone();
+    let server = start_server(move |c| c.records.dir = records_dir).await;
+    let addr = server.local_addr();
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(addr, "alice").await;
+    alice.join("live").await;
+    let child = common::rtmp::ffmpeg(&format!("rtmp://127.0.0.1:{port}/live/obs"), 20);
+    common::rtmp::events_until(&mut alice, "live", "PUBLISHED", Duration::from_secs(10)).await;
+    let name = "live-obs";
+
+    let s = get(addr, &format!("/api/v1/streams/{name}")).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    let s = s.json();
+    assert_eq!(s["source"], "rtmp", "{s}");
+    assert_eq!(s["room"], "live", "{s}");
+    assert_eq!(s["login"], "obs", "{s}");
+    let room = get(addr, "/api/v1/rooms/live").await.json();
+    assert_eq!(member(&room, "obs")["kind"], "rtmp", "{room}");
+    assert_eq!(member(&room, "obs")["streams"], json!([name]), "{room}");
+
+    let on = call(
+        addr,
+        "POST",
+        &format!("/api/v1/streams/{name}/recording"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(on.status, 201, "{}", on.body);
+    assert_eq!(on.json(), json!({"stream": name, "recording": true}));
+    assert_eq!(
+        get(addr, &format!("/api/v1/streams/{name}")).await.json()["recording"],
+        true
+    );
+    // The recorder's list (final behaviour of the recordings helper).
+    let mut listed = Value::Null;
+    for _ in 0..50 {
+        listed = get(addr, "/api/v1/recordings").await.json();
+        if listed["recordings"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let off = call(
+        addr,
+        "DELETE",
+        &format!("/api/v1/streams/{name}/recording"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(off.status, 204, "{}", off.body);
+
+    // Terminate it: the room sees it unpublished; the API no longer lists it.
+    let end = call(
+        addr,
+        "DELETE",
+        &format!("/api/v1/streams/{name}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(end.status, 204, "{}", end.body);
+    common::rtmp::events_until(&mut alice, "live", "UNPUBLISHED", Duration::from_secs(10)).await;
+    get(addr, &format!("/api/v1/streams/{name}"))
+        .await
+        .error(404, "not_found", "ended stream");
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        listed["recordings"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["stream"] == name && r["whole_room"] == false)),
+        "GET /api/v1/recordings while recording: {listed}"
+    );
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The codecs, resolution and bitrate of a stream (final behaviour: the media engine's
+/// `stream_stats`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_codecs_and_bitrate() {
+    let server = start_server(|_| {}).await;
+    let addr = server.local_addr();
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(addr, "alice").await;
+    alice.join("codecs").await;
+    let mut child = common::rtmp::ffmpeg(&format!("rtmp://127.0.0.1:{port}/codecs/obs"), 20);
+    common::rtmp::events_until(&mut alice, "codecs", "PUBLISHED", Duration::from_secs(10)).await;
+    let mut s = Value::Null;
+    for _ in 0..60 {
+        s = get(addr, "/api/v1/streams/codecs-obs").await.json();
+        if s["video"]["bitrate_bps"].as_u64().is_some_and(|b| b > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(s["video"]["codec"], "H264", "{s}");
+    assert_eq!(s["video"]["width"], 320, "{s}");
+    assert_eq!(s["video"]["height"], 240, "{s}");
+    assert!(
+        s["video"]["bitrate_bps"].as_u64().is_some_and(|b| b > 0),
+        "{s}"
+    );
+    assert!(s["audio"]["codec"].is_string(), "{s}");
+    server.shutdown().await;
+}
