@@ -409,6 +409,9 @@ async fn bad_input_on_every_endpoint() {
     )
     .await
     .error(415, "unsupported_media_type", "text body");
+    call(addr, "POST", mute, &[], None)
+        .await
+        .error(400, "invalid_request", "no body at all");
     call(addr, "POST", mute, &[], Some(b"{\"audio\":true}".to_vec()))
         .await
         .error(415, "unsupported_media_type", "no content type");

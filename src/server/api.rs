@@ -276,6 +276,11 @@ async fn json_body<T: DeserializeOwned>(
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
+    if essence.is_empty() && declared.unwrap_or(0) == 0 {
+        return Err(Failure(ApiError::invalid(
+            "A JSON body is required (Content-Type: application/json)",
+        )));
+    }
     if essence != "application/json" {
         return Err(Failure(ApiError::new(
             415,
