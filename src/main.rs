@@ -63,6 +63,11 @@ enum Subcommand {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
+    /// Generate a random admin API key and print it with its `[api] keys` form.
+    ///
+    /// The key goes to API clients (`Authorization: Bearer <key>`); the configuration
+    /// needs only its `"sha256:<hex>"` form.
+    ApiKey,
 }
 
 /// `90s`, `30m`, `12h`, `7d` (or plain seconds) in seconds.
@@ -134,8 +139,27 @@ fn mint_token(cli: &Cli) -> ExitCode {
     }
 }
 
+/// `huddle api-key`: 32 random bytes as 64 hex digits, and the SHA-256 of that text.
+fn api_key() -> ExitCode {
+    use ring::rand::SecureRandom;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut bytes = [0u8; 32];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        eprintln!("huddle api-key: the system's random generator failed");
+        return ExitCode::FAILURE;
+    }
+    let key = hex(&bytes);
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    println!("key:    {key}");
+    println!("config: [api] keys = [\"sha256:{}\"]", hex(digest.as_ref()));
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Subcommand::ApiKey)) {
+        return api_key();
+    }
     if cli.command.is_some() {
         return mint_token(&cli);
     }

@@ -1,6 +1,6 @@
 //! HTTP routes: the WebSocket upgrade (on any path, as the Flashphoner SDK connects
-//! to the root), the device's page, `/health` and the records (`/client/records`, see
-//! `records`).
+//! to the root), the device's page, `/health`, the records (`/client/records`, see
+//! `records`) and the admin API (`/api/v1`, see `api`).
 //!
 //! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
 //! page on some other site a LAN user visits must not drive the device's rooms.
@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use log::info;
 
-use super::{records, session, Shared};
+use super::{api, records, session, Shared};
 use crate::logging::escaped;
 
 /// Every route, for plain HTTP and HTTPS alike.
@@ -32,6 +32,7 @@ pub(crate) fn router(shared: Shared) -> Router {
             &format!("{}/{{name}}", records::PREFIX),
             get(records::download),
         )
+        .nest_service(api::PREFIX, api::router(shared.clone()))
         .fallback(get(other_path))
         .with_state(shared)
 }

@@ -5,8 +5,8 @@
 //! core closes every session and finalizes every room, and each session task holds
 //! a clone of `alive` so `shutdown` can wait until every socket got its close frame.
 
-// TODO(api helper): drop the allow once the admin API uses it.
-#[allow(dead_code)]
+mod access;
+mod api;
 pub(crate) mod control;
 mod driver;
 mod http;
