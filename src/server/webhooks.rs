@@ -201,6 +201,7 @@ impl Receiver {
         mut stopping: watch::Receiver<Option<Instant>>,
     ) {
         let mut failing = false;
+        let mut in_flight = false;
         let stop_rx = stopping.clone();
         let deadline = async {
             loop {
@@ -216,11 +217,11 @@ impl Receiver {
             }
         };
         tokio::select! {
-            () = self.deliver_all(&mut rx, &mut failing, stop_rx) => {}
+            () = self.deliver_all(&mut rx, &mut failing, &mut in_flight, stop_rx) => {}
             () = deadline => {}
         }
         rx.close();
-        let mut left = 0u64;
+        let mut left = u64::from(in_flight);
         while rx.try_recv().is_ok() {
             left += 1;
         }
@@ -238,6 +239,7 @@ impl Receiver {
         &self,
         rx: &mut mpsc::Receiver<Arc<Event>>,
         failing: &mut bool,
+        in_flight: &mut bool,
         mut stopping: watch::Receiver<Option<Instant>>,
     ) {
         loop {
@@ -266,7 +268,9 @@ impl Receiver {
                     }
                 }
             };
+            *in_flight = true;
             self.deliver(&event, failing).await;
+            *in_flight = false;
         }
     }
 
