@@ -170,9 +170,8 @@ async fn answer(
         headers,
         body,
     });
-    let reply = format!(
-        "HTTP/1.1 {answered} Whatever\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-    );
+    let reply =
+        format!("HTTP/1.1 {answered} Whatever\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
     socket.write_all(reply.as_bytes()).await?;
     socket.shutdown().await
 }
@@ -204,11 +203,20 @@ fn check_delivery(d: &Delivery) {
     assert_eq!(sig.len(), 64, "{sig}");
     ring::hmac::verify(&key, &d.body, &mac).expect("a valid signature");
     assert_eq!(d.headers["content-type"], "application/json");
-    assert_eq!(d.headers["x-huddle-event"], d.json["event"].as_str().unwrap());
-    assert_eq!(d.headers["x-huddle-delivery"], d.json["id"].as_str().unwrap());
+    assert_eq!(
+        d.headers["x-huddle-event"],
+        d.json["event"].as_str().unwrap()
+    );
+    assert_eq!(
+        d.headers["x-huddle-delivery"],
+        d.json["id"].as_str().unwrap()
+    );
     assert!(EventKind::from_name(d.json["event"].as_str().unwrap()).is_some());
     let ts = d.json["timestamp"].as_str().expect("timestamp");
-    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
 }
 
 /// (event, room, fields) of each delivery.
@@ -417,7 +425,10 @@ async fn a_full_queue_counts_its_drops_and_emit_never_waits() {
     // The kept ones are given up after their attempts: all 20 are dropped.
     let started = Instant::now();
     while events.counters().dropped.get() < 20 {
-        assert!(started.elapsed() < Duration::from_secs(5), "not all dropped");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not all dropped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(events.counters().delivered.get(), 0);

@@ -286,7 +286,7 @@ impl Receiver {
         };
         let signature = hex(ring::hmac::sign(&self.key, &body).as_ref());
         let request = self.target.request(event, &signature, &body);
-        let mut backoff = self.retry;
+        let mut backoff = self.retry.min(MAX_BACKOFF);
         for attempt in 1..=self.max_attempts {
             let outcome = match tokio::time::timeout(self.timeout, self.attempt(&request)).await {
                 Ok(r) => r,
@@ -326,7 +326,7 @@ impl Receiver {
             }
             if attempt < self.max_attempts {
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
             }
         }
         self.counters.dropped.inc();
@@ -601,8 +601,16 @@ fn base64(bytes: &[u8]) -> String {
             | u32::from(c.get(2).copied().unwrap_or(0));
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
@@ -621,7 +629,10 @@ mod tests {
         assert_eq!(t.userinfo.as_deref(), Some("user:pw"));
         assert_eq!(t.name, "https://fleet.example.com:443/hooks/in");
         let t = Target::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 8080, "/"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("127.0.0.1", 8080, "/")
+        );
         assert_eq!(t.authority, "127.0.0.1:8080");
         let t = Target::parse("http://[::1]:9000/x").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 9000));
