@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -123,8 +123,8 @@ impl Receiver {
     }
 }
 
-async fn answer(
-    mut socket: TcpStream,
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
     status: Arc<AtomicU16>,
     got: Arc<Mutex<Vec<Delivery>>>,
 ) -> std::io::Result<()> {
@@ -461,4 +461,65 @@ async fn a_slow_receiver_is_cut_at_shutdown_after_the_grace() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // The one in flight and the two queued.
     assert_eq!(events.counters().dropped.get(), 3);
+}
+
+/// `https://` with the CA bundle of `SSL_CERT_FILE` (the receiver's self-signed
+/// certificate): delivered and signed. (No other test of this binary uses https.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_receivers_are_verified_with_the_system_ca_bundle() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("huddle-webhooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("ca.pem");
+    std::fs::write(&bundle, cert.cert.pem()).unwrap();
+    std::env::set_var("SSL_CERT_FILE", &bundle);
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let status = Arc::new(AtomicU16::new(200));
+    let (g, st) = (got.clone(), status.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (g, st, acceptor) = (g.clone(), st.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    let _ = answer(tls, st, g).await;
+                }
+            });
+        }
+    });
+    let (events, webhooks) =
+        huddle::server::webhooks::start(&[hook(format!("https://localhost:{port}/tls"), &[])]);
+    events.emit(
+        EventKind::RoomCreated,
+        Some("secure"),
+        json!({"record": true}),
+    );
+    let g = got.clone();
+    wait_until("the https delivery", Duration::from_secs(5), || {
+        !g.lock().unwrap().is_empty()
+    })
+    .await;
+    let d = got.lock().unwrap()[0].clone();
+    check_delivery(&d);
+    assert_eq!(d.target, "/tls");
+    assert_eq!(d.json["room"], "secure");
+    assert_eq!(d.json["record"], true);
+    wait_until("counted", Duration::from_secs(2), || {
+        events.counters().delivered.get() == 1
+    })
+    .await;
+    webhooks.stop().await;
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
 }
