@@ -17,6 +17,7 @@ mod rtmp_edge;
 mod rtmp_push;
 mod session;
 pub mod tls;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -130,6 +131,8 @@ pub struct Server {
     device: Option<Device>,
     /// Liveness of the SFU task.
     media: crate::sfu::task::SfuProbe,
+    /// The `[[webhooks]]` delivery tasks (flushed, then stopped, at shutdown).
+    webhooks: Option<webhooks::Webhooks>,
 }
 
 /// Why a heartbeat found the service unwell.
@@ -193,8 +196,7 @@ impl Server {
         let media = sfu.probe();
         let media_peers = sfu.peers();
         let media_counters = sfu.counters();
-        // TODO(webhooks helper): the [[webhooks]] receivers.
-        let events = crate::events::Events::default();
+        let (events, webhooks) = webhooks::start(&config.webhooks);
         let advertised = sfu.advertised().to_vec();
         let certificate = match config.http.tls {
             true => {
@@ -356,6 +358,7 @@ impl Server {
             driver,
             device,
             media,
+            webhooks: Some(webhooks),
         })
     }
 
@@ -480,6 +483,11 @@ impl Server {
         self.pushes.shutdown().await;
         if let Some(recording) = self.recording.take() {
             recording.stop().await;
+        }
+        // Every event is emitted now (rooms finalized, recordings finished): the
+        // receivers get a short grace to take what is queued.
+        if let Some(webhooks) = self.webhooks.take() {
+            webhooks.stop().await;
         }
         for listener in self.listeners {
             if let Err(e) = listener.await {
