@@ -1,5 +1,5 @@
 //! HTTP routes: the WebSocket upgrade (on any path, as the Flashphoner SDK connects
-//! to the root), the device's page, `/health` and the records (`/client/records`, see
+//! to the root), the device's page, `/health`, `/metrics` and the records (`/client/records`, see
 //! `records`).
 //!
 //! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
@@ -24,6 +24,7 @@ pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/app.js", get(asset))
         .route("/room-api.js", get(asset))
         .route("/style.css", get(asset))
@@ -213,6 +214,43 @@ async fn health(State(shared): State<Shared>, headers: HeaderMap) -> Response {
                 .media_peers
                 .load(std::sync::atomic::Ordering::Relaxed),
         }),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics, for loopback clients, `[metrics] allow` and `[api]` keys.
+async fn metrics(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let config = &shared.config;
+    if !config.metrics.enabled {
+        return (StatusCode::NOT_FOUND, "Not found\n").into_response();
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !crate::metrics::allowed(peer.ip(), authorization, &config.metrics, &config.api) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({
+                "error": "An API key is required (Authorization: Bearer <key>)",
+                "code": "unauthorized",
+            })),
+        )
+            .into_response();
+    }
+    let sample = crate::metrics::collect::sample(&shared).await;
+    let text =
+        crate::metrics::encode_sample(&sample, &shared.media_counters, &shared.signalling_counters);
+    (
+        [
+            (header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
     )
         .into_response()
 }

@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub media_counters: Arc<crate::metrics::MediaCounters>,
     /// The service's events (webhooks).
     pub events: crate::events::Events,
+    /// Signalling messages and refusals, counted by the sessions (`/metrics`).
+    pub signalling_counters: Arc<crate::metrics::SignallingCounters>,
 }
 
 /// A running service.
@@ -296,6 +298,7 @@ impl Server {
             control,
             media_counters,
             events,
+            signalling_counters: Arc::default(),
             live: live_records.clone(),
             admission: admission.clone(),
             origins,
