@@ -20,10 +20,11 @@ BUILD_PACKAGES=(build-essential pkg-config ca-certificates
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-x gstreamer1.0-alsa gstreamer1.0-libav
   ffmpeg fonts-dejavu-core)
-# Tests: browsers, systemd-analyze, oelint (python venv), and the media tools that check
-# the device's H.264 and Opus (avdec_h264 from libav, ffmpeg/ffprobe, gst-inspect).
+# Tests: browsers, systemd-analyze, oelint (python venv), the media tools that check
+# the device's H.264 and Opus (avdec_h264 from libav, ffmpeg/ffprobe, gst-inspect), and
+# the Prometheus parser that reads /metrics (tests/metrics.rs).
 TEST_PACKAGES=(chromium firefox-esr fonts-liberation systemd python3 python3-venv
-  gstreamer1.0-libav gstreamer1.0-tools alsa-utils ffmpeg)
+  gstreamer1.0-libav gstreamer1.0-tools alsa-utils ffmpeg python3-prometheus-client)
 
 want=()
 if [ "${1:-}" = packages ]; then
