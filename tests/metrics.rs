@@ -316,3 +316,39 @@ async fn disabled_is_not_found() {
     assert_eq!(status, 404);
     server.shutdown().await;
 }
+
+/// Scrapes until `sample` has `value` (5 s at the most).
+async fn wait_for_value(addr: SocketAddr, sample: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = scrape(addr).await.value(sample);
+        if got == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} is {got}, not {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_sessions_by_role() {
+    use tokio::io::AsyncWriteExt;
+    let server = start_server(|c| c.rtmp.enabled = true).await;
+    let addr = server.local_addr();
+    let rtmp = server.rtmp_addr().expect("RTMP is on");
+    const PUBLISHERS: &str = "huddle_rtmp_sessions{role=publisher}";
+    assert_eq!(scrape(addr).await.value(PUBLISHERS), 0.0);
+    let mut s = common::rtmp::handshaken(rtmp).await;
+    for step in common::rtmp::publishing("r", "rtmpalice", vec![]) {
+        s.write_all(&step).await.expect("RTMP write");
+        // rml_rtmp takes a command once `connect` was answered, as real clients wait.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for_value(addr, PUBLISHERS, 1.0).await;
+    drop(s);
+    wait_for_value(addr, PUBLISHERS, 0.0).await;
+    server.shutdown().await;
+}
