@@ -22,10 +22,11 @@ BUILD_PACKAGES=(build-essential pkg-config ca-certificates
   ffmpeg fonts-dejavu-core)
 # Tests: browsers, systemd-analyze, oelint (python venv), the media tools that check
 # the device's H.264 and Opus (avdec_h264 from libav, ffmpeg/ffprobe, gst-inspect), the
-# OpenAPI validator of docs/openapi.json (tests/api.rs), and ip/unshare (iproute2,
-# util-linux) for its non-loopback client.
+# Prometheus parser that reads /metrics (tests/metrics.rs), ip/unshare (iproute2,
+# util-linux) for tests/api.rs's non-loopback client; the OpenAPI validator is a
+# PyPI package in a venv (below).
 TEST_PACKAGES=(chromium firefox-esr fonts-liberation systemd python3 python3-venv
-  gstreamer1.0-libav gstreamer1.0-tools alsa-utils ffmpeg python3-openapi-spec-validator
+  gstreamer1.0-libav gstreamer1.0-tools alsa-utils ffmpeg python3-prometheus-client
   iproute2 util-linux curl)
 
 want=()
@@ -87,11 +88,12 @@ if [[ " $* " == *" test "* ]]; then
 fi
 
 if [[ " $* " == *" test "* ]]; then
-  # oelint-adv (PyPI) lints yocto/meta-huddle in tests/yocto.rs. Pinned, with the rule data it
-  # reads, in a venv under target/ (Debian's Python is externally managed, PEP 668); redone
-  # only when the pins change.
+  # oelint-adv (PyPI) lints yocto/meta-huddle in tests/yocto.rs, openapi-spec-validator
+  # checks docs/openapi.json in tests/api.rs (Debian 12 packages neither). Pinned, with the
+  # rule data oelint reads, in a venv under target/ (Debian's Python is externally managed,
+  # PEP 668); redone only when the pins change.
   venv=target/oelint-venv
-  oelint_pins="oelint-adv==9.11.2 oelint-parser==8.13.2 oelint-data==1.5.26"
+  oelint_pins="oelint-adv==9.11.2 oelint-parser==8.13.2 oelint-data==1.5.26 openapi-spec-validator==0.7.2"
   if [ ! -x "$venv/bin/oelint-adv" ] || [ "$(cat "$venv/.huddle-pins" 2>/dev/null)" != "$oelint_pins" ]; then
     echo "install-deps: $oelint_pins into $venv"
     mkdir -p target

@@ -2,7 +2,7 @@
 //! sessions, the RTMP edge), as plain atomics: counting costs one relaxed add on the
 //! hot path and no lock; `/metrics` reads them when scraped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// A monotonic counter.
 #[derive(Debug, Default)]
@@ -89,5 +89,139 @@ impl MediaCounters {
     #[inline]
     pub fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].inc();
+    }
+}
+
+/// A gauge that goes up and down (sessions open now).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Signalling messages by name: the wire names of the Room API, `other` for the rest
+/// (known messages the rooms ignore, frames that did not parse). A bounded set.
+pub const MESSAGES: [&str; 14] = [
+    "connection",
+    "ping",
+    "pong",
+    "join",
+    "leave",
+    "sendMessage",
+    "moderate",
+    "publishStream",
+    "playStream",
+    "unPublishStream",
+    "stopStream",
+    "sendStreamEvent",
+    "availableStream",
+    "other",
+];
+
+/// Why a request was refused (a `FAILED` status, a failed `sendData`, a `fail`), by
+/// coarse class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// Over the message rate limit.
+    RateLimit,
+    /// No `connection` yet, or no login.
+    NotConnected,
+    /// The token or the room's membership does not allow it.
+    Restricted,
+    /// No such room, stream or participant.
+    NotFound,
+    /// A malformed or unacceptable request.
+    Invalid,
+    /// A room, device or session limit.
+    Limits,
+    Other,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 7] = [
+        RefusalReason::RateLimit,
+        RefusalReason::NotConnected,
+        RefusalReason::Restricted,
+        RefusalReason::NotFound,
+        RefusalReason::Invalid,
+        RefusalReason::Limits,
+        RefusalReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::RateLimit => "rate_limit",
+            RefusalReason::NotConnected => "not_connected",
+            RefusalReason::Restricted => "restricted",
+            RefusalReason::NotFound => "not_found",
+            RefusalReason::Invalid => "invalid",
+            RefusalReason::Limits => "limits",
+            RefusalReason::Other => "other",
+        }
+    }
+}
+
+/// The signalling sessions' counters (`server::session`).
+#[derive(Debug, Default)]
+pub struct SignallingCounters {
+    /// Frames received, by position in `MESSAGES`.
+    pub messages: [Counter; 14],
+    /// Refusals sent, by position in `RefusalReason::ALL`.
+    pub refusals: [Counter; 7],
+}
+
+impl SignallingCounters {
+    #[inline]
+    pub fn refused(&self, reason: RefusalReason) {
+        self.refusals[reason as usize].inc();
+    }
+}
+
+/// RTMP sessions now, by role. Process-wide: the RTMP server is started with no handle
+/// on the service's state, and there is one RTMP listener per process.
+#[derive(Debug, Default)]
+pub struct RtmpSessions {
+    pub publishers: Gauge,
+    pub players: Gauge,
+}
+
+/// The RTMP sessions of this process (`rtmp::server`).
+pub static RTMP_SESSIONS: RtmpSessions = RtmpSessions {
+    publishers: Gauge(AtomicI64::new(0)),
+    players: Gauge(AtomicI64::new(0)),
+};
+
+/// Counts one RTMP session of a role while it lives.
+#[derive(Debug)]
+pub struct RtmpSession(&'static Gauge);
+
+impl RtmpSession {
+    pub fn publisher() -> RtmpSession {
+        RTMP_SESSIONS.publishers.inc();
+        RtmpSession(&RTMP_SESSIONS.publishers)
+    }
+
+    pub fn player() -> RtmpSession {
+        RTMP_SESSIONS.players.inc();
+        RtmpSession(&RTMP_SESSIONS.players)
+    }
+}
+
+impl Drop for RtmpSession {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -1,5 +1,15 @@
-//! Prometheus metrics (`/metrics`).
+//! Prometheus metrics (`/metrics`): counters owned by the tasks that do the work
+//! (`counters`) and the exposition (`exposition`, encoded by `prometheus-client`). Who
+//! may read them is the admin API's rule (`server::access`, `server::api::Gate`) plus
+//! loopback and `[metrics] allow`.
 
+pub(crate) mod collect;
 pub mod counters;
+pub mod exposition;
+pub mod process;
+pub mod signalling;
 
-pub use counters::{Counter, DropReason, MediaCounters};
+pub use counters::{
+    Counter, DropReason, Gauge, MediaCounters, RefusalReason, RtmpSession, SignallingCounters,
+};
+pub use exposition::{encode_sample, Sample, CONTENT_TYPE};

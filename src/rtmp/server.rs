@@ -460,11 +460,14 @@ enum Role {
         /// Video is dropped until the next key frame after a full channel.
         skip_to_key: bool,
         dropped: u64,
+        /// Counted in `huddle_rtmp_sessions` while the role lasts.
+        _counted: crate::metrics::RtmpSession,
     },
     Player {
         path: StreamPath,
         stream_id: u32,
         tags: mpsc::Receiver<FlvTag>,
+        _counted: crate::metrics::RtmpSession,
     },
 }
 
@@ -808,6 +811,7 @@ impl Connection {
                             audio: Default::default(),
                             skip_to_key: false,
                             dropped: 0,
+                            _counted: crate::metrics::RtmpSession::publisher(),
                         };
                         info!("{}: publishing", self.who());
                         session.accept_request(request_id).map_err(protocol)
@@ -864,6 +868,7 @@ impl Connection {
                             path,
                             stream_id,
                             tags,
+                            _counted: crate::metrics::RtmpSession::player(),
                         };
                         info!("{}: playing", self.who());
                         // These packets must precede any media (recipes/rtmp-recording.md).

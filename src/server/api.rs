@@ -62,8 +62,7 @@ const PATHS: &[&str] = &[
 #[derive(Clone)]
 struct Api {
     shared: Shared,
-    keys: Arc<Keys>,
-    failures: Arc<Failures>,
+    gate: Gate,
 }
 
 /// An error answer: `ApiError` rendered as JSON.
@@ -114,19 +113,8 @@ fn no_content() -> Answer {
 }
 
 /// Every `/api/v1` route; the state is bound (merged into `http::router`).
-pub(crate) fn router(shared: Shared) -> Router {
-    let cfg = &shared.config.api;
-    let keys = Keys::new(cfg);
-    if keys.is_empty() {
-        info!("admin API: no [api] keys configured, answering loopback clients only");
-    } else {
-        info!("admin API: {} key(s) configured", cfg.keys.len());
-    }
-    let api = Api {
-        failures: Arc::new(Failures::new(cfg.failed_attempts_per_minute)),
-        keys: Arc::new(keys),
-        shared,
-    };
+pub(crate) fn router(shared: Shared, gate: Gate) -> Router {
+    let api = Api { gate, shared };
     let json_405 = |m: MethodRouter<Api>| m.fallback(method_not_allowed);
     // Paths relative to `PREFIX` (nested there by `http::router`).
     let p = |path: &str| path.to_owned();
@@ -172,41 +160,73 @@ pub(crate) fn router(shared: Shared) -> Router {
         .with_state(api)
 }
 
-/// Access (see `access`): 429 while the address is over its failed attempts, else the
-/// key check; a refusal counts as a failed attempt.
+/// Access (see `access`) for the admin API.
 async fn guard(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    let ip = peer.ip().to_canonical();
-    let now = Instant::now();
-    if let Err(wait) = api.failures.admit(ip, now) {
-        debug!("admin API: {ip} is over its failed attempts");
-        let mut response = Failure(ApiError::new(
-            429,
-            "rate_limited",
-            "Too many failed attempts: try again later",
-        ))
-        .into_response();
-        let secs = wait.as_secs().max(1).to_string();
-        if let Ok(v) = HeaderValue::from_str(&secs) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return response;
-    }
-    if let Err(e) = access::check(&api.keys, ip, request.headers()) {
-        api.failures.failed(ip, now);
-        info!(
-            "admin API: {} {} from {ip} refused ({})",
-            request.method(),
-            escaped(request.uri().path()),
-            e.status
-        );
-        return Failure(e).into_response();
+    let what = format!("{} {}", request.method(), escaped(request.uri().path()));
+    if let Some(refused) = api.gate.refusal(peer.ip(), request.headers(), &what) {
+        return refused;
     }
     next.run(request).await
+}
+
+/// The keys and the failed-attempt limiter, shared by the admin API and `/metrics`.
+#[derive(Clone)]
+pub(crate) struct Gate {
+    keys: Arc<Keys>,
+    failures: Arc<Failures>,
+}
+
+impl Gate {
+    pub fn new(cfg: &crate::config::Api) -> Gate {
+        let keys = Keys::new(cfg);
+        if keys.is_empty() {
+            info!("admin API: no [api] keys configured, answering loopback clients only");
+        } else {
+            info!("admin API: {} key(s) configured", cfg.keys.len());
+        }
+        Gate {
+            keys: Arc::new(keys),
+            failures: Arc::new(Failures::new(cfg.failed_attempts_per_minute)),
+        }
+    }
+
+    /// The answer refusing a request, if it is refused: 429 while the address is over
+    /// its failed attempts, else the key check's; a refusal counts as a failed attempt.
+    /// `what` names the request in the log.
+    pub fn refusal(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &HeaderMap,
+        what: &str,
+    ) -> Option<Response> {
+        let ip = peer.to_canonical();
+        let now = Instant::now();
+        if let Err(wait) = self.failures.admit(ip, now) {
+            debug!("admin API: {ip} is over its failed attempts");
+            let mut response = Failure(ApiError::new(
+                429,
+                "rate_limited",
+                "Too many failed attempts: try again later",
+            ))
+            .into_response();
+            let secs = wait.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Some(response);
+        }
+        if let Err(e) = access::check(&self.keys, ip, headers) {
+            self.failures.failed(ip, now);
+            info!("admin API: {what} from {ip} refused ({})", e.status);
+            return Some(Failure(e).into_response());
+        }
+        None
+    }
 }
 
 async fn method_not_allowed() -> Failure {

@@ -1,6 +1,6 @@
 //! HTTP routes: the WebSocket upgrade (on any path, as the Flashphoner SDK connects
-//! to the root), the device's page, `/health`, the records (`/client/records`, see
-//! `records`) and the admin API (`/api/v1`, see `api`).
+//! to the root), the device's page, `/health`, `/metrics`, the records
+//! (`/client/records`, see `records`) and the admin API (`/api/v1`, see `api`).
 //!
 //! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
 //! page on some other site a LAN user visits must not drive the device's rooms.
@@ -16,14 +16,20 @@ use axum::routing::get;
 use axum::{Json, Router};
 use log::info;
 
-use super::{api, records, session, Shared};
+use super::{access, api, records, session, Shared};
 use crate::logging::escaped;
 
 /// Every route, for plain HTTP and HTTPS alike.
 pub(crate) fn router(shared: Shared) -> Router {
+    let gate = api::Gate::new(&shared.config.api);
+    let metrics_gate = gate.clone();
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))
+        .route(
+            "/metrics",
+            get(move |state, peer, headers| metrics(state, peer, headers, metrics_gate.clone())),
+        )
         .route("/app.js", get(asset))
         .route("/room-api.js", get(asset))
         .route("/style.css", get(asset))
@@ -32,7 +38,7 @@ pub(crate) fn router(shared: Shared) -> Router {
             &format!("{}/{{name}}", records::PREFIX),
             get(records::download),
         )
-        .nest_service(api::PREFIX, api::router(shared.clone()))
+        .nest_service(api::PREFIX, api::router(shared.clone(), gate.clone()))
         .fallback(get(other_path))
         .with_state(shared)
 }
@@ -214,6 +220,42 @@ async fn health(State(shared): State<Shared>, headers: HeaderMap) -> Response {
                 .media_peers
                 .load(std::sync::atomic::Ordering::Relaxed),
         }),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics, for loopback clients, `[metrics] allow` and `[api]` keys.
+async fn metrics(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    gate: api::Gate,
+) -> Response {
+    let config = &shared.config;
+    if !config.metrics.enabled {
+        return (StatusCode::NOT_FOUND, "Not found\n").into_response();
+    }
+    let ip = peer.ip().to_canonical();
+    let listed = config
+        .metrics
+        .allow
+        .iter()
+        .filter_map(|a| crate::config::parse_network(a))
+        .any(|net| crate::config::in_network(ip, net));
+    if !(access::is_loopback(ip) || listed) {
+        if let Some(refused) = gate.refusal(ip, &headers, "GET /metrics") {
+            return refused;
+        }
+    }
+    let sample = crate::metrics::collect::sample(&shared).await;
+    let text =
+        crate::metrics::encode_sample(&sample, &shared.media_counters, &shared.signalling_counters);
+    (
+        [
+            (header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
     )
         .into_response()
 }

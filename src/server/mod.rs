@@ -72,8 +72,6 @@ fn bind_hint(addr: SocketAddr, table: &str, key: &str, e: &std::io::Error) -> St
 }
 
 /// State shared by the HTTP handlers and session tasks.
-// TODO(api/metrics helpers): drop the allow once `control`, `media_counters` and `events` are read.
-#[allow(dead_code)]
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub config: Arc<Config>,
@@ -98,6 +96,8 @@ pub(crate) struct Shared {
     pub media_counters: Arc<crate::metrics::MediaCounters>,
     /// The service's events (webhooks).
     pub events: crate::events::Events,
+    /// Signalling messages and refusals, counted by the sessions (`/metrics`).
+    pub signalling_counters: Arc<crate::metrics::SignallingCounters>,
 }
 
 /// A running service.
@@ -299,6 +299,7 @@ impl Server {
             control,
             media_counters,
             events,
+            signalling_counters: Arc::default(),
             live: live_records.clone(),
             admission: admission.clone(),
             origins,

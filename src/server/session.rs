@@ -71,6 +71,9 @@ pub(crate) async fn run(socket: WebSocket, shared: Shared, guard: Option<Session
             reason = &mut close_rx => {
                 // Flush what the core queued before it decided to close.
                 while let Ok(message) = outbound.try_recv() {
+                    if let Some(reason) = crate::metrics::signalling::refusal(&message) {
+                        shared.signalling_counters.refused(reason);
+                    }
                     event_id += 1;
                     let text = render_server_message(&message, event_id);
                     let _ = to_writer.send(Message::Text(text.into()));
@@ -87,6 +90,9 @@ pub(crate) async fn run(socket: WebSocket, shared: Shared, guard: Option<Session
                 None => break None,
             },
             Some(message) = outbound.recv() => {
+                if let Some(reason) = crate::metrics::signalling::refusal(&message) {
+                    shared.signalling_counters.refused(reason);
+                }
                 event_id += 1;
                 let text = render_server_message(&message, event_id);
                 // One frame always goes; beyond it the budget holds.
@@ -134,6 +140,7 @@ pub(crate) async fn run(socket: WebSocket, shared: Shared, guard: Option<Session
                         break Some((1002, "WebSocket protocol error".into()));
                     }
                 };
+                shared.signalling_counters.messages[crate::metrics::signalling::message_index(&command)].inc();
                 if shared.to_core.send(ToCore::Command { session, command }).await.is_err() {
                     break Some((CloseReason::Shutdown.code(), CloseReason::Shutdown.text().into()));
                 }
