@@ -68,6 +68,10 @@ enum Command {
         stream: String,
         reply: tokio::sync::oneshot::Sender<Option<Chosen>>,
     },
+    /// What flows in every published stream now.
+    Stats {
+        reply: tokio::sync::oneshot::Sender<Vec<StreamStats>>,
+    },
     /// Liveness probe: answered when the task comes round its loop.
     Heartbeat(tokio::sync::oneshot::Sender<()>),
     Shutdown,
@@ -306,10 +310,14 @@ impl Endpoints {
         answer.await.map_err(|_| gone())?
     }
 
-    /// What flows in every published stream now (the admin API's stream list).
-    /// TODO(sfu helper).
+    /// What flows in every published stream now (the admin API's stream list),
+    /// sorted by stream name; empty when the task is gone.
     pub async fn stream_stats(&self) -> Vec<StreamStats> {
-        Vec::new()
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::Stats { reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// A sink waiting for a stream name (an RTMP push): one `Attachment` for the
@@ -339,6 +347,30 @@ pub struct StreamStats {
     pub video_bps: u64,
     /// Sinks attached (players, RTMP players and pushes, recorders).
     pub sinks: usize,
+}
+
+impl From<crate::media::Stats> for StreamStats {
+    fn from(s: crate::media::Stats) -> Self {
+        StreamStats {
+            stream: s.stream,
+            codecs: s.codecs,
+            width: s.size.map(|(w, _)| w),
+            height: s.size.map(|(_, h)| h),
+            audio_bps: s.audio_bps,
+            video_bps: s.video_bps,
+            sinks: s.sinks,
+        }
+    }
+}
+
+fn stream_stats(engine: &Engine) -> Vec<StreamStats> {
+    let mut all: Vec<StreamStats> = engine
+        .stats(now())
+        .into_iter()
+        .map(StreamStats::from)
+        .collect();
+    all.sort_by(|a, b| a.stream.cmp(&b.stream));
+    all
 }
 
 /// The sinks of other edges the task knows: named ones (players) and those waiting
@@ -490,6 +522,7 @@ impl Sfu {
         );
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
+        let counters = engine.counters();
         let task = tokio::spawn(run(
             engine,
             socket,
@@ -507,7 +540,7 @@ impl Sfu {
             port,
             advertise,
             peers,
-            counters: Arc::default(),
+            counters,
             task,
         })
     }
@@ -544,12 +577,13 @@ impl Sfu {
         }
     }
 
-    /// Live peer connections.
-    /// The media counters (`/metrics`). TODO(sfu helper): count.
+    /// The media counters (`/metrics`): what the task, its engine and the stream core
+    /// count into.
     pub fn counters(&self) -> Arc<crate::metrics::MediaCounters> {
         self.counters.clone()
     }
 
+    /// Live peer connections.
     pub fn peers(&self) -> Arc<AtomicUsize> {
         self.peers.clone()
     }
@@ -663,6 +697,7 @@ async fn run(
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut buf = vec![0u8; DATAGRAM];
     let fault_panic = fault_panic_on_request();
+    let counters = engine.counters();
     loop {
         let opened = engine.take_opened();
         if let (false, Some(commands)) = (opened.is_empty(), commands.upgrade()) {
@@ -674,6 +709,7 @@ async fn run(
             match socket.try_send_to(&t.data, target(v6, t.to)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    counters.dropped(crate::metrics::DropReason::SocketBusy);
                     engine.transmit_dropped(now(), t.peer);
                 }
                 Err(e) => debug!("send to {}: {e}", t.to),
@@ -763,6 +799,9 @@ async fn run(
                     let source = engine.add_external(&name, &unavailable, Box::new(key_frame));
                     feeds.retain(|(id, _)| engine.has_external(*id));
                     feeds.push((source, inputs));
+                }
+                Some(Command::Stats { reply }) => {
+                    let _ = reply.send(stream_stats(&engine));
                 }
                 Some(Command::Heartbeat(reply)) => {
                     let _ = reply.send(());
