@@ -833,3 +833,75 @@ async fn sleep_until(deadline: Option<Instant>) {
 fn fault_panic_on_request() -> bool {
     cfg!(debug_assertions) && std::env::var_os("HUDDLE_FAULT_PANIC_MEDIA").is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Family;
+
+    #[tokio::test]
+    async fn stream_stats_and_counters_come_from_the_task() {
+        let media = Media {
+            udp_port: 0,
+            advertise_ips: vec![Ipv4Addr::LOCALHOST.into()],
+            ..Media::default()
+        };
+        let (events, mut rx) = mpsc::channel(16);
+        let sfu = Sfu::start(&media, events).await.unwrap();
+        let endpoints = sfu.endpoints();
+        assert!(endpoints.stream_stats().await.is_empty());
+        let feed = sfu.add_source("cam", "off").unwrap();
+        let video = Codec {
+            family: Family::H264 {
+                profile: 0x42,
+                constraints: 0xc0,
+            },
+            payload_type: 102,
+            clock_rate: 90_000,
+            channels: 0,
+            fmtp: String::new(),
+        };
+        assert!(feed.announce(None, Some(video), String::new()).await);
+        async fn next(rx: &mut mpsc::Receiver<MediaEvent>) -> Option<MediaEvent> {
+            let event = tokio::time::timeout(Duration::from_secs(2), rx.recv());
+            event.await.ok().flatten()
+        }
+        assert!(matches!(
+            next(&mut rx).await,
+            Some(MediaEvent::SourceChanged { video: true, .. })
+        ));
+        sfu.request(MediaRequest::PublishExternal {
+            session: 1,
+            media_session_id: "m".into(),
+            stream: "s".into(),
+            source: "cam".into(),
+        })
+        .unwrap();
+        let up = next(&mut rx).await;
+        assert!(matches!(up, Some(MediaEvent::Up { .. })), "{up:?}");
+        // An SPS (640x480) starts a key frame.
+        let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x3d, 0xa1, 0x00];
+        let mut p = rtc::rtp::Packet::default();
+        p.payload = bytes::Bytes::copy_from_slice(&sps);
+        assert!(feed.packet(Kind::Video, p));
+        let mut stats = Vec::new();
+        for _ in 0..100 {
+            stats = endpoints.stream_stats().await;
+            if stats.first().is_some_and(|s| s.width.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.len(), 1);
+        let s = &stats[0];
+        assert_eq!(s.stream, "s");
+        assert_eq!((s.width, s.height), (Some(640), Some(480)));
+        assert!(s.codecs.video.is_some() && s.codecs.audio.is_none());
+        assert!(s.video_bps > 0 && s.audio_bps == 0);
+        assert_eq!(s.sinks, 0);
+        let counters = sfu.counters();
+        assert_eq!(counters.packets_in[1].get(), 1);
+        assert_eq!(counters.bytes_in[1].get(), sps.len() as u64);
+        sfu.shutdown().await;
+    }
+}
