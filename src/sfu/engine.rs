@@ -1212,8 +1212,10 @@ mod tests {
             )
         };
         mute(&mut e, true, now);
-        let mut p = Packet::default();
-        p.payload = bytes::Bytes::from_static(&[0x41, 0x9a, 0x00]);
+        let mut p = Packet {
+            payload: bytes::Bytes::from_static(&[0x41, 0x9a, 0x00]),
+            ..Packet::default()
+        };
         e.external_packet(now, cam, Kind::Video, &p);
         e.external_packet(now, cam, Kind::Audio, &p);
         assert_eq!(*got.lock().unwrap(), vec![Kind::Audio]);

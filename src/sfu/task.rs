@@ -881,8 +881,10 @@ mod tests {
         assert!(matches!(up, Some(MediaEvent::Up { .. })), "{up:?}");
         // An SPS (640x480) starts a key frame.
         let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x3d, 0xa1, 0x00];
-        let mut p = rtc::rtp::Packet::default();
-        p.payload = bytes::Bytes::copy_from_slice(&sps);
+        let p = rtc::rtp::Packet {
+            payload: bytes::Bytes::copy_from_slice(&sps),
+            ..rtc::rtp::Packet::default()
+        };
         assert!(feed.packet(Kind::Video, p));
         let mut stats = Vec::new();
         for _ in 0..100 {
