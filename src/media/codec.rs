@@ -9,6 +9,14 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Index of per-kind arrays: audio 0, video 1.
+    pub fn index(self) -> usize {
+        match self {
+            Kind::Audio => 0,
+            Kind::Video => 1,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Audio => "audio",

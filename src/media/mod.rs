@@ -13,16 +13,19 @@
 //!
 //! - `codec`: kinds, codec families, the codecs of a stream.
 //! - `numbering`: a sink's payload type, SSRC, sequence numbers and timestamps.
-//! - `streams`: `Streams`, the `Source` and `Sink` traits, events.
+//! - `picture`: key-frame starts and picture sizes in H.264 and VP8 payloads.
+//! - `streams`: `Streams`, the `Source` and `Sink` traits, events, mutes, statistics.
 
 pub mod codec;
 pub mod numbering;
+pub mod picture;
 pub mod streams;
 
 pub use codec::{Chosen, Codec, Family, Kind};
 pub use numbering::Renumber;
 pub use streams::{
-    Delivery, Event, KeyFrameFlag, Numbering, Sink, SinkId, Source, SourceId, StreamError, Streams,
+    Delivery, Event, KeyFrameFlag, Numbering, Sink, SinkId, Source, SourceId, Stats, StreamError,
+    Streams, Tally,
 };
 
 #[cfg(test)]
@@ -35,6 +38,7 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("codec.rs", include_str!("codec.rs")),
             ("numbering.rs", include_str!("numbering.rs")),
+            ("picture.rs", include_str!("picture.rs")),
             ("streams.rs", include_str!("streams.rs")),
         ];
         let needles = [

@@ -12,6 +12,9 @@ pub struct Renumber {
     next_ts: u32,
     /// Timestamp step assumed across a source change (one frame / one 20 ms packet).
     ts_step: u32,
+    /// Packets of the source were withheld (a mute): the next one continues the
+    /// sequence numbers where they left off, the timestamps with the source's clock.
+    resync: bool,
 }
 
 impl Renumber {
@@ -25,7 +28,16 @@ impl Renumber {
             next_seq: start_seq,
             next_ts: start_ts,
             ts_step,
+            resync: false,
         }
+    }
+
+    /// Packets of the current source are withheld from here on (a mute): the next
+    /// packet given to `rewrite` gets the next sequence number, so the sink sees no
+    /// gap, and its timestamp keeps the source's clock (the withheld time passes, A/V
+    /// sync holds).
+    pub fn resync(&mut self) {
+        self.resync = true;
     }
 
     /// The sink's sequence number and timestamp for a source packet. A new source
@@ -33,6 +45,11 @@ impl Renumber {
     /// the sink's numbering left off, so its decoder sees one continuous stream.
     pub fn rewrite(&mut self, ssrc: u32, seq: u16, ts: u32) -> (u16, u32) {
         let (seq_offset, ts_offset) = match self.map {
+            Some((source, _, to)) if source == ssrc && self.resync => {
+                let so = self.next_seq.wrapping_sub(seq);
+                self.map = Some((ssrc, so, to));
+                (so, to)
+            }
             Some((source, so, to)) if source == ssrc => (so, to),
             _ => {
                 let so = self.next_seq.wrapping_sub(seq);
@@ -41,6 +58,7 @@ impl Renumber {
                 (so, to)
             }
         };
+        self.resync = false;
         let out_seq = seq.wrapping_add(seq_offset);
         let out_ts = ts.wrapping_add(ts_offset);
         // Only forward progress moves the continuation point (retransmissions and
@@ -71,6 +89,17 @@ mod tests {
         // The source restarts with a new SSRC and numbering.
         assert_eq!(t.rewrite(8, 5, 123), (1002, 56_000));
         assert_eq!(t.rewrite(8, 6, 3123), (1003, 59_000));
+    }
+
+    #[test]
+    fn a_resync_closes_the_gap_of_withheld_packets_and_keeps_the_clock() {
+        let mut t = track(1000, 50_000);
+        assert_eq!(t.rewrite(7, 100, 9_000), (1000, 50_000));
+        assert_eq!(t.rewrite(7, 101, 12_000), (1001, 53_000));
+        t.resync();
+        // 102..=199 withheld; the timestamps went on for 98 frames.
+        assert_eq!(t.rewrite(7, 200, 306_000), (1002, 347_000));
+        assert_eq!(t.rewrite(7, 201, 309_000), (1003, 350_000));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use rtc::rtp::Packet;
 
 use super::codec::{Chosen, Codec, Kind};
 use super::numbering::Renumber;
+use super::picture;
 
 pub type SourceId = u64;
 pub type SinkId = u64;
@@ -89,6 +90,89 @@ impl<E: ?Sized> Source<E> for KeyFrameFlag {
     }
 }
 
+/// What the stream core counts, for the edge's metrics (relaxed atomics behind it):
+/// called on the hot path, once per packet and call, never per byte.
+pub trait Tally: Send + Sync {
+    /// A source's packet came in (`bytes`: its payload).
+    fn received(&self, _kind: Kind, _bytes: usize) {}
+    /// Packets handed to sinks that took them, and their payload bytes.
+    fn forwarded(&self, _kind: Kind, _packets: u64, _bytes: u64) {}
+    /// A packet withheld from a publication because its kind is muted (or video
+    /// waits for a key frame after an unmute).
+    fn muted(&self) {}
+    /// A sink could not take a packet (its queue is full).
+    fn sink_dropped(&self) {}
+    /// A key-frame request went to a source.
+    fn key_frame_requested(&self) {}
+}
+
+/// Counts nothing.
+struct NoTally;
+
+impl Tally for NoTally {}
+
+/// One publication as the stream core sees it (`Streams::stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub stream: String,
+    /// The source's codecs.
+    pub codecs: Chosen,
+    /// The picture size of the source's last video key frame, when known.
+    pub size: Option<(u32, u32)>,
+    /// Received bits per second over the last few seconds.
+    pub audio_bps: u64,
+    pub video_bps: u64,
+    pub sinks: usize,
+}
+
+/// Seconds of the received-bitrate window (the current one counts in part).
+const RATE_SECONDS: u64 = 5;
+
+/// Bytes received per second over the last `RATE_SECONDS`: a ring of one-second
+/// buckets, the rate computed when asked.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rate {
+    buckets: [u64; RATE_SECONDS as usize],
+    /// The second (since the core's epoch) of the newest bucket.
+    second: u64,
+    /// The first packet, in milliseconds since the epoch.
+    started: Option<u64>,
+}
+
+impl Rate {
+    fn add(&mut self, ms: u64, bytes: usize) {
+        let second = ms / 1000;
+        if second > self.second {
+            let from = (self.second + 1).max(second.saturating_sub(RATE_SECONDS - 1));
+            for s in from..=second {
+                self.buckets[(s % RATE_SECONDS) as usize] = 0;
+            }
+            self.second = second;
+        }
+        if self.started.is_none() {
+            self.started = Some(ms);
+            self.buckets[(second % RATE_SECONDS) as usize] = 0;
+        }
+        // A late packet of an older second counts into the newest.
+        self.buckets[(self.second % RATE_SECONDS) as usize] += bytes as u64;
+    }
+
+    fn bps(&self, ms: u64) -> u64 {
+        let Some(started) = self.started else {
+            return 0;
+        };
+        let second = ms / 1000;
+        let first = second.saturating_sub(RATE_SECONDS - 1);
+        let bytes: u64 = (first..=second)
+            .filter(|s| *s <= self.second && self.second - s < RATE_SECONDS)
+            .map(|s| self.buckets[(s % RATE_SECONDS) as usize])
+            .sum();
+        let window = (RATE_SECONDS - 1) * 1000 + ms % 1000;
+        let covered = window.min(ms.saturating_sub(started)).max(1);
+        bytes * 8 * 1000 / covered
+    }
+}
+
 /// What the stream core reports on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -126,6 +210,10 @@ struct SourceEntry<E: ?Sized> {
     /// A key frame is wanted but could not be asked yet (rate limit, or the source
     /// could not take the request): it is asked when the interval is over.
     key_frame_pending: bool,
+    /// Received bytes by kind (`Kind::index`).
+    rate: [Rate; 2],
+    /// The picture size of the last video key frame that said it.
+    size: Option<(u32, u32)>,
 }
 
 struct SinkEntry<E: ?Sized> {
@@ -139,6 +227,11 @@ struct SinkEntry<E: ?Sized> {
 struct Publication<E: ?Sized> {
     source: SourceId,
     sinks: Vec<SinkEntry<E>>,
+    /// Kinds withheld from every sink (`Kind::index`), by a moderator.
+    muted: [bool; 2],
+    /// Video was unmuted: withheld until a packet starts a key frame, so players
+    /// resume with a picture.
+    await_key_frame: bool,
 }
 
 pub struct Streams<E: ?Sized> {
@@ -148,6 +241,9 @@ pub struct Streams<E: ?Sized> {
     named: HashMap<String, SourceId>,
     publications: HashMap<String, Publication<E>>,
     events: VecDeque<Event>,
+    tally: Arc<dyn Tally>,
+    /// Where the received-bitrate clock starts.
+    epoch: Instant,
 }
 
 /// The source's packet with the sink's numbering, without the source leg's header
@@ -194,7 +290,18 @@ impl<E: ?Sized> Streams<E> {
             named: HashMap::new(),
             publications: HashMap::new(),
             events: VecDeque::new(),
+            tally: Arc::new(NoTally),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Where the core counts (the edge's metrics).
+    pub fn set_tally(&mut self, tally: Arc<dyn Tally>) {
+        self.tally = tally;
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -230,6 +337,8 @@ impl<E: ?Sized> Streams<E> {
                 streams: Vec::new(),
                 last_key_frame_request: None,
                 key_frame_pending: false,
+                rate: Default::default(),
+                size: None,
             },
         );
         self.open(stream, id);
@@ -270,6 +379,8 @@ impl<E: ?Sized> Streams<E> {
                 streams: Vec::new(),
                 last_key_frame_request: None,
                 key_frame_pending: false,
+                rate: Default::default(),
+                size: None,
             },
         );
         self.named.insert(name.to_owned(), id);
@@ -351,6 +462,8 @@ impl<E: ?Sized> Streams<E> {
             Publication {
                 source,
                 sinks: Vec::new(),
+                muted: [false; 2],
+                await_key_frame: false,
             },
         );
     }
@@ -395,6 +508,76 @@ impl<E: ?Sized> Streams<E> {
     pub fn codecs(&self, stream: &str) -> Option<&Chosen> {
         let p = self.publications.get(stream)?;
         self.sources.get(&p.source).map(|s| &s.codecs)
+    }
+
+    /// What every publication carries now: codecs, picture size, received bitrate,
+    /// sinks (the admin API's stream list).
+    pub fn stats(&self, now: Instant) -> Vec<Stats> {
+        let ms = self.millis(now);
+        self.publications
+            .iter()
+            .filter_map(|(stream, p)| {
+                let s = self.sources.get(&p.source)?;
+                Some(Stats {
+                    stream: stream.clone(),
+                    codecs: s.codecs.clone(),
+                    size: s.size,
+                    audio_bps: s.rate[Kind::Audio.index()].bps(ms),
+                    video_bps: s.rate[Kind::Video.index()].bps(ms),
+                    sinks: p.sinks.len(),
+                })
+            })
+            .collect()
+    }
+
+    /// A moderator's mute of a publication, the whole state (`true`: muted): a muted
+    /// kind goes to none of its sinks until unmuted. Players see no gap in their
+    /// sequence numbers across it; their timestamps keep the source's clock. At a
+    /// video unmute the source is asked for a key frame, and video stays withheld
+    /// until one starts. `false`: no such publication.
+    pub fn set_muted(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        audio: bool,
+        video: bool,
+    ) -> bool {
+        let Some(p) = self.publications.get_mut(stream) else {
+            return false;
+        };
+        let was = p.muted;
+        p.muted = [audio, video];
+        for kind in [Kind::Audio, Kind::Video] {
+            if was[kind.index()] || !p.muted[kind.index()] {
+                continue;
+            }
+            // Muted now: what the sinks get next continues their numbering.
+            for sink in &mut p.sinks {
+                if let Numbering::Own { audio, video } = &mut sink.numbering {
+                    let track = match kind {
+                        Kind::Audio => audio.as_mut(),
+                        Kind::Video => video.as_mut(),
+                    };
+                    if let Some(track) = track {
+                        track.resync();
+                    }
+                }
+            }
+        }
+        if was[Kind::Video.index()] && !video {
+            p.await_key_frame = true;
+            let source = p.source;
+            self.ask_key_frame(edge, now, source);
+        }
+        true
+    }
+
+    /// Whether a kind of a publication is muted.
+    pub fn is_muted(&self, stream: &str, kind: Kind) -> bool {
+        self.publications
+            .get(stream)
+            .is_some_and(|p| p.muted[kind.index()])
     }
 
     // ----- sinks -------------------------------------------------------------------
@@ -459,17 +642,44 @@ impl<E: ?Sized> Streams<E> {
         kind: Kind,
         packet: &Packet,
     ) {
-        let Some(s) = self.sources.get(&source) else {
+        let ms = self.millis(now);
+        let Some(s) = self.sources.get_mut(&source) else {
             return;
         };
         let Some(codec) = s.codecs.get(kind) else {
             return;
         };
+        let bytes = packet.payload.len();
+        self.tally.received(kind, bytes);
+        s.rate[kind.index()].add(ms, bytes);
+        // Byte checks on video packets; an SPS is parsed only where a key frame starts.
+        let key_frame = match kind {
+            Kind::Video => picture::key_frame_start(codec.family, &packet.payload),
+            Kind::Audio => None,
+        };
+        if let Some(size) = key_frame.and_then(|k| k.size) {
+            s.size = Some(size);
+        }
+        let tally = &*self.tally;
         let mut dropped = false;
+        let mut want_key_frame = false;
+        let mut taken = 0u64;
         for stream in &s.streams {
             let Some(p) = self.publications.get_mut(stream) else {
                 continue;
             };
+            if p.muted[kind.index()] {
+                tally.muted();
+                continue;
+            }
+            if kind == Kind::Video && p.await_key_frame {
+                if key_frame.is_none() {
+                    tally.muted();
+                    want_key_frame = true;
+                    continue;
+                }
+                p.await_key_frame = false;
+            }
             p.sinks.retain_mut(|sink| {
                 if !sink.active {
                     return true;
@@ -478,8 +688,12 @@ impl<E: ?Sized> Streams<E> {
                     return true;
                 };
                 match sink.sink.packet(edge, now, kind, codec, out) {
-                    Delivery::Taken => true,
+                    Delivery::Taken => {
+                        taken += 1;
+                        true
+                    }
                     Delivery::Dropped => {
+                        tally.sink_dropped();
                         dropped = true;
                         true
                     }
@@ -487,7 +701,11 @@ impl<E: ?Sized> Streams<E> {
                 }
             });
         }
-        if dropped && kind == Kind::Video {
+        if taken > 0 {
+            tally.forwarded(kind, taken, taken * bytes as u64);
+        }
+        // Waiting for a key frame after an unmute: asked again each interval.
+        if (dropped && kind == Kind::Video) || want_key_frame {
             self.ask_key_frame(edge, now, source);
         }
     }
@@ -513,7 +731,11 @@ impl<E: ?Sized> Streams<E> {
             return;
         }
         s.last_key_frame_request = Some(now);
-        s.key_frame_pending = !s.source.key_frame(edge, now);
+        let asked = s.source.key_frame(edge, now);
+        s.key_frame_pending = !asked;
+        if asked {
+            self.tally.key_frame_requested();
+        }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -705,6 +927,206 @@ mod tests {
         m.detach("s", player);
         m.packet(&mut (), now, src, Kind::Video, &packet(10));
         assert_eq!(got.lock().unwrap().len(), 1);
+    }
+
+    fn vp8(seq: u16, ts: u32, key: bool) -> Packet {
+        let mut p = packet(seq);
+        p.header.ssrc = 42;
+        p.header.timestamp = ts;
+        // Descriptor S=1 PID=0; P bit 0 for a key frame (640x480).
+        let frame: &[u8] = if key {
+            &[
+                0x10, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01,
+            ]
+        } else {
+            &[0x10, 0x11, 0x02, 0x00]
+        };
+        p.payload = bytes::Bytes::copy_from_slice(frame);
+        p
+    }
+
+    fn opus(seq: u16, ts: u32) -> Packet {
+        let mut p = packet(seq);
+        p.header.ssrc = 43;
+        p.header.payload_type = 111;
+        p.header.timestamp = ts;
+        p.payload = bytes::Bytes::from_static(&[0xfc, 0xff, 0xfe]);
+        p
+    }
+
+    #[derive(Default)]
+    struct Counts {
+        muted: std::sync::atomic::AtomicU64,
+        key_frames: std::sync::atomic::AtomicU64,
+        received: std::sync::atomic::AtomicU64,
+        forwarded: std::sync::atomic::AtomicU64,
+    }
+
+    impl Tally for Counts {
+        fn received(&self, _kind: Kind, _bytes: usize) {
+            self.received.fetch_add(1, Ordering::Relaxed);
+        }
+        fn forwarded(&self, _kind: Kind, packets: u64, _bytes: u64) {
+            self.forwarded.fetch_add(packets, Ordering::Relaxed);
+        }
+        fn muted(&self) {
+            self.muted.fetch_add(1, Ordering::Relaxed);
+        }
+        fn key_frame_requested(&self) {
+            self.key_frames.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A sink that records kind, sequence number and timestamp.
+    struct Timed(Arc<Mutex<Vec<(Kind, u16, u32)>>>);
+
+    impl Sink<()> for Timed {
+        fn packet(
+            &mut self,
+            _edge: &mut (),
+            _now: Instant,
+            kind: Kind,
+            _codec: &Codec,
+            packet: Packet,
+        ) -> Delivery {
+            let h = &packet.header;
+            self.0
+                .lock()
+                .unwrap()
+                .push((kind, h.sequence_number, h.timestamp));
+            Delivery::Taken
+        }
+    }
+
+    #[test]
+    fn a_muted_kind_is_withheld_and_resumes_without_a_gap_from_a_key_frame() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let counts = Arc::new(Counts::default());
+        m.set_tally(counts.clone());
+        let t0 = Instant::now();
+        let flag = KeyFrameFlag::default();
+        let src = m.add_source("s", codecs(), Box::new(flag.clone())).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let own = Numbering::Own {
+            audio: Some(Renumber::new(111, 6, 500, 0, 960)),
+            video: Some(Renumber::new(96, 5, 1000, 0, 3000)),
+        };
+        m.attach(&mut (), t0, "s", Box::new(Timed(got.clone())), own, true)
+            .unwrap();
+        assert!(flag.take());
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        m.packet(&mut (), at(0), src, Kind::Video, &vp8(10, 90_000, true));
+        m.packet(&mut (), at(0), src, Kind::Audio, &opus(70, 48_000));
+        assert!(!m.set_muted(&mut (), at(0), "nope", false, true));
+        assert!(m.set_muted(&mut (), at(10), "s", false, true));
+        assert!(m.is_muted("s", Kind::Video) && !m.is_muted("s", Kind::Audio));
+        // Video is withheld, audio flows.
+        for i in 1..=5u16 {
+            let ms = u64::from(i) * 33;
+            m.packet(
+                &mut (),
+                at(ms),
+                src,
+                Kind::Video,
+                &vp8(10 + i, 90_000 + u32::from(i) * 3000, false),
+            );
+            m.packet(
+                &mut (),
+                at(ms),
+                src,
+                Kind::Audio,
+                &opus(70 + i, 48_000 + u32::from(i) * 960),
+            );
+        }
+        assert_eq!(counts.muted.load(Ordering::Relaxed), 5);
+        {
+            let got = got.lock().unwrap();
+            assert!(
+                got.iter().skip(1).all(|(k, _, _)| *k == Kind::Audio),
+                "{got:?}"
+            );
+            assert_eq!(got.len(), 7);
+        }
+        assert!(!flag.take(), "no key frame wanted while muted");
+        // Unmuted: the source is asked for a key frame at once (the interval is over).
+        assert!(m.set_muted(&mut (), at(600), "s", false, false));
+        assert!(flag.take(), "a key frame is asked at a video unmute");
+        assert_eq!(counts.key_frames.load(Ordering::Relaxed), 2);
+        // Until it comes, video stays withheld (the decoder could not use it).
+        m.packet(&mut (), at(610), src, Kind::Video, &vp8(30, 144_000, false));
+        assert_eq!(counts.muted.load(Ordering::Relaxed), 6);
+        m.packet(&mut (), at(640), src, Kind::Video, &vp8(31, 147_000, true));
+        m.packet(&mut (), at(670), src, Kind::Video, &vp8(32, 150_000, false));
+        let video: Vec<(u16, u32)> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _, _)| *k == Kind::Video)
+            .map(|(_, seq, ts)| (*seq, *ts))
+            .collect();
+        // No gap in the sequence numbers; the timestamps kept the source's clock.
+        assert_eq!(video, vec![(1000, 0), (1001, 57_000), (1002, 60_000)]);
+        let audio: Vec<u16> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _, _)| *k == Kind::Audio)
+            .map(|(_, seq, _)| *seq)
+            .collect();
+        assert_eq!(audio, (500..506).collect::<Vec<_>>());
+        // Audio muted and unmuted: continuous too, and no key frame is asked for it.
+        m.set_muted(&mut (), at(700), "s", true, false);
+        m.packet(&mut (), at(700), src, Kind::Audio, &opus(90, 96_000));
+        m.set_muted(&mut (), at(720), "s", false, false);
+        m.packet(&mut (), at(720), src, Kind::Audio, &opus(91, 96_960));
+        assert_eq!(
+            got.lock().unwrap().last(),
+            Some(&(Kind::Audio, 506, 48_960))
+        );
+        assert!(!flag.take());
+        assert_eq!(counts.received.load(Ordering::Relaxed), 17);
+        assert_eq!(counts.forwarded.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn stats_tell_codecs_picture_size_bitrate_and_sinks() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let src = m
+            .add_source("s", codecs(), Box::new(KeyFrameFlag::default()))
+            .unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        m.attach(
+            &mut (),
+            t0,
+            "s",
+            recorder(&got, 10_000),
+            Numbering::AsSent,
+            true,
+        )
+        .unwrap();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 10 s of 100 audio packets of 3 bytes and 50 video packets of 4 bytes a second.
+        for i in 0..1000u16 {
+            let ms = u64::from(i) * 10;
+            m.packet(&mut (), at(ms), src, Kind::Audio, &opus(i, 0));
+            if i % 2 == 0 {
+                let key = i == 0;
+                m.packet(&mut (), at(ms), src, Kind::Video, &vp8(i, 0, key));
+            }
+        }
+        let stats = m.stats(at(10_000));
+        assert_eq!(stats.len(), 1);
+        let st = &stats[0];
+        assert_eq!(st.stream, "s");
+        assert_eq!(st.codecs, codecs());
+        assert_eq!(st.size, Some((640, 480)));
+        assert_eq!(st.sinks, 1);
+        assert!((2300..=2500).contains(&st.audio_bps), "{}", st.audio_bps);
+        assert!((1500..=1700).contains(&st.video_bps), "{}", st.video_bps);
+        // Long silent: nothing in the window.
+        let st = &m.stats(at(60_000))[0];
+        assert_eq!((st.audio_bps, st.video_bps), (0, 0));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -34,8 +35,10 @@ use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
 use crate::media::{
-    Delivery, Event, Numbering, Renumber, Sink, SinkId, Source, SourceId, StreamError, Streams,
+    Delivery, Event, Numbering, Renumber, Sink, SinkId, Source, SourceId, Stats, StreamError,
+    Streams, Tally,
 };
+use crate::metrics::{DropReason, MediaCounters};
 use crate::rooms::{MediaEvent, MediaRequest, SessionId};
 
 pub type PeerId = u64;
@@ -176,6 +179,36 @@ impl Sink<Peers> for PlayerSink {
     }
 }
 
+/// The stream core counts into the media counters.
+impl Tally for MediaCounters {
+    #[inline]
+    fn received(&self, kind: Kind, bytes: usize) {
+        self.packets_in[kind.index()].inc();
+        self.bytes_in[kind.index()].add(bytes as u64);
+    }
+
+    #[inline]
+    fn forwarded(&self, kind: Kind, packets: u64, bytes: u64) {
+        self.packets_out[kind.index()].add(packets);
+        self.bytes_out[kind.index()].add(bytes);
+    }
+
+    #[inline]
+    fn muted(&self) {
+        self.dropped(DropReason::Muted);
+    }
+
+    #[inline]
+    fn sink_dropped(&self) {
+        self.dropped(DropReason::SinkQueueFull);
+    }
+
+    #[inline]
+    fn key_frame_requested(&self) {
+        self.key_frames_requested.inc();
+    }
+}
+
 /// A play peer's outgoing tracks: the RTP sender and the player's numbering.
 #[derive(Default)]
 struct PlayTracks {
@@ -203,6 +236,8 @@ pub struct Engine {
     events: VecDeque<MediaEvent>,
     /// A peer's RTP packets of one drive, reused (no allocation per datagram).
     rtp: Vec<(Kind, Packet)>,
+    /// What the engine and its stream core count (`/metrics`).
+    counters: Arc<MediaCounters>,
 }
 
 /// The publisher's video receiver and the SSRC its offer announced (`a=ssrc`), known
@@ -228,6 +263,9 @@ fn random() -> u128 {
 impl Engine {
     pub fn new(cfg: EngineConfig, cert: RTCCertificate) -> Self {
         let interval = cfg.key_frame_interval;
+        let counters = Arc::new(MediaCounters::default());
+        let mut media = Streams::new(interval);
+        media.set_tally(counters.clone());
         Engine {
             cfg,
             cert,
@@ -238,14 +276,25 @@ impl Engine {
                 transmits: VecDeque::new(),
             },
             by_media: HashMap::new(),
-            media: Streams::new(interval),
+            media,
             external: HashMap::new(),
             external_players: HashMap::new(),
             opened: Vec::new(),
             decoders: HashMap::new(),
             events: VecDeque::new(),
             rtp: Vec::new(),
+            counters,
         }
+    }
+
+    /// The counters the engine, its peers and its stream core count into.
+    pub fn counters(&self) -> Arc<MediaCounters> {
+        self.counters.clone()
+    }
+
+    /// What every publication carries now (the admin API's stream list).
+    pub fn stats(&self, now: Instant) -> Vec<Stats> {
+        self.media.stats(now)
     }
 
     pub fn peers(&self) -> usize {
@@ -313,6 +362,7 @@ impl Engine {
     /// One datagram received on the media socket.
     pub fn datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let Some(id) = self.peers.routes.route(from, data) else {
+            self.counters.dropped(DropReason::NoRoute);
             return;
         };
         let local = self.local_address(from);
@@ -330,6 +380,7 @@ impl Engine {
             message: BytesMut::from(data),
         };
         if let Err(e) = p.pc.handle_read(message) {
+            self.counters.dropped(DropReason::Invalid);
             debug!("peer {id}: datagram from {from} refused: {e}");
         }
         self.drive(now, id);
@@ -398,8 +449,21 @@ impl Engine {
             MediaRequest::SessionClosed { session } => {
                 self.decoders.remove(&session);
             }
-            // TODO(sfu helper): withhold the muted kinds from every sink.
-            MediaRequest::Mute { .. } => {}
+            MediaRequest::Mute {
+                stream,
+                audio,
+                video,
+            } => {
+                if !self
+                    .media
+                    .set_muted(&mut self.peers, now, &stream, audio, video)
+                {
+                    debug!(
+                        "mute of stream {}: not published",
+                        crate::logging::escaped(&stream)
+                    );
+                }
+            }
             // The SFU task attaches the named sink (`play_external`); one that reaches
             // the engine has none.
             MediaRequest::PlayExternal {
@@ -744,7 +808,14 @@ impl Engine {
         let bits = random();
         let ufrag = format!("{:08x}", bits as u32);
         let pwd = format!("{:024x}", bits >> 32);
-        let mut pc = peer::build(now, &self.cert, &ufrag, &pwd, &negotiated, direction)?;
+        let mut pc = peer::build(
+            now,
+            &self.cert,
+            (&ufrag, &pwd),
+            &negotiated,
+            direction,
+            &self.counters,
+        )?;
         let mut tracks = PlayTracks::default();
         if direction == Direction::Play {
             let stream_id = format!("huddle-{:08x}", (bits >> 40) as u32);
@@ -911,8 +982,10 @@ impl Engine {
                     RTCPeerConnectionState::Failed if !p.failed => {
                         p.failed = true;
                         let info = if p.ice_connected {
+                            self.counters.dtls_failures.inc();
                             "Failed by DTLS error"
                         } else {
+                            self.counters.ice_failures.inc();
                             "Failed by ICE timeout"
                         };
                         warn!(
@@ -1090,6 +1163,82 @@ mod tests {
             matches!(e.poll_event(), Some(MediaEvent::Failed { info, .. }) if info == "The media source ended")
         );
         assert!(!e.has_external(cam));
+    }
+
+    struct Kinds(std::sync::Arc<std::sync::Mutex<Vec<Kind>>>);
+
+    impl Sink<Peers> for Kinds {
+        fn packet(
+            &mut self,
+            _peers: &mut Peers,
+            _now: Instant,
+            kind: Kind,
+            _codec: &Codec,
+            _packet: Packet,
+        ) -> Delivery {
+            self.0.lock().unwrap().push(kind);
+            Delivery::Taken
+        }
+    }
+
+    #[test]
+    fn a_mute_request_withholds_the_kind_and_is_counted() {
+        let mut e = engine();
+        let now = Instant::now();
+        let flag = KeyFrameFlag::default();
+        let cam = e.add_external("cam", "off", Box::new(flag.clone()));
+        let codecs = h264_codecs();
+        e.external_state(cam, codecs.audio.clone(), codecs.video.clone(), "");
+        e.request(
+            now,
+            MediaRequest::PublishExternal {
+                session: 0,
+                media_session_id: "d".into(),
+                stream: "s".into(),
+                source: "cam".into(),
+            },
+        );
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        e.attach_external(now, "s", Box::new(Kinds(got.clone())))
+            .unwrap();
+        let mute = |e: &mut Engine, video: bool, at: Instant| {
+            e.request(
+                at,
+                MediaRequest::Mute {
+                    stream: "s".into(),
+                    audio: false,
+                    video,
+                },
+            )
+        };
+        mute(&mut e, true, now);
+        let mut p = Packet {
+            payload: bytes::Bytes::from_static(&[0x41, 0x9a, 0x00]),
+            ..Packet::default()
+        };
+        e.external_packet(now, cam, Kind::Video, &p);
+        e.external_packet(now, cam, Kind::Audio, &p);
+        assert_eq!(*got.lock().unwrap(), vec![Kind::Audio]);
+        let c = e.counters();
+        assert_eq!(c.dropped[DropReason::Muted as usize].get(), 1);
+        assert_eq!(c.packets_in[0].get() + c.packets_in[1].get(), 2);
+        assert_eq!(c.packets_out[0].get(), 1);
+        assert_eq!(c.bytes_out[0].get(), 3);
+        flag.take();
+        let later = now + Duration::from_secs(1);
+        mute(&mut e, false, later);
+        assert!(flag.take(), "a key frame at the video unmute");
+        assert_eq!(c.key_frames_requested.get(), 2);
+        // An IDR (single NAL) resumes video.
+        p.payload = bytes::Bytes::from_static(&[0x65, 0x88, 0x00]);
+        e.external_packet(later, cam, Kind::Video, &p);
+        assert_eq!(*got.lock().unwrap(), vec![Kind::Audio, Kind::Video]);
+        let stats = e.stats(later);
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].sinks, 1);
+        // An unknown datagram is counted as unroutable.
+        e.datagram(later, "127.0.0.1:9".parse().unwrap(), &[0x80, 0x60, 0, 1]);
+        assert_eq!(c.dropped[DropReason::NoRoute as usize].get(), 1);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
@@ -18,11 +19,13 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
 use super::codecs::{media_engine, Chosen};
+use crate::metrics::MediaCounters;
 
 /// Publishers get NACK, TWCC feedback (bandwidth estimation in the browser) and
 /// reports; players NACK (answered from the sender's buffer) and reports.
@@ -35,10 +38,10 @@ pub enum Direction {
 pub fn build(
     now: Instant,
     cert: &RTCCertificate,
-    ufrag: &str,
-    pwd: &str,
+    (ufrag, pwd): (&str, &str),
     chosen: &Chosen,
     direction: Direction,
+    counters: &Arc<MediaCounters>,
 ) -> Result<RTCPeerConnection, String> {
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
@@ -46,7 +49,12 @@ pub fn build(
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .build();
     let mut engine = media_engine(chosen)?;
-    let registry = Registry::new().with(Slot::from(14_000), KeyFrameRequests::default());
+    // A player's PLI, FIR and NACK are counted.
+    let requests = KeyFrameRequests {
+        counters: (direction == Direction::Play).then(|| counters.clone()),
+        ..KeyFrameRequests::default()
+    };
+    let registry = Registry::new().with(Slot::from(14_000), requests);
     let registry = match direction {
         Direction::Publish => register_default_interceptors(registry, &mut engine)
             .map_err(|e| format!("interceptors: {e}"))?,
@@ -165,6 +173,8 @@ pub fn tidy_answer(sdp: &str) -> String {
 pub struct KeyFrameRequests {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+    /// Where a player's feedback is counted.
+    counters: Option<Arc<MediaCounters>>,
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyFrameRequests {
@@ -176,6 +186,18 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyFrameRequests {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
+            if let Some(c) = &self.counters {
+                for p in packets {
+                    let p = p.as_any();
+                    if p.is::<PictureLossIndication>() {
+                        c.pli_received.inc();
+                    } else if p.is::<FullIntraRequest>() {
+                        c.fir_received.inc();
+                    } else if p.is::<TransportLayerNack>() {
+                        c.nack_received.inc();
+                    }
+                }
+            }
             let wanted = packets.iter().any(|p| {
                 p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
             });

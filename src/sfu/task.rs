@@ -68,6 +68,10 @@ enum Command {
         stream: String,
         reply: tokio::sync::oneshot::Sender<Option<Chosen>>,
     },
+    /// What flows in every published stream now.
+    Stats {
+        reply: tokio::sync::oneshot::Sender<Vec<StreamStats>>,
+    },
     /// Liveness probe: answered when the task comes round its loop.
     Heartbeat(tokio::sync::oneshot::Sender<()>),
     Shutdown,
@@ -306,10 +310,14 @@ impl Endpoints {
         answer.await.map_err(|_| gone())?
     }
 
-    /// What flows in every published stream now (the admin API's stream list).
-    /// TODO(sfu helper).
+    /// What flows in every published stream now (the admin API's stream list),
+    /// sorted by stream name; empty when the task is gone.
     pub async fn stream_stats(&self) -> Vec<StreamStats> {
-        Vec::new()
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::Stats { reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// A sink waiting for a stream name (an RTMP push): one `Attachment` for the
@@ -339,6 +347,30 @@ pub struct StreamStats {
     pub video_bps: u64,
     /// Sinks attached (players, RTMP players and pushes, recorders).
     pub sinks: usize,
+}
+
+impl From<crate::media::Stats> for StreamStats {
+    fn from(s: crate::media::Stats) -> Self {
+        StreamStats {
+            stream: s.stream,
+            codecs: s.codecs,
+            width: s.size.map(|(w, _)| w),
+            height: s.size.map(|(_, h)| h),
+            audio_bps: s.audio_bps,
+            video_bps: s.video_bps,
+            sinks: s.sinks,
+        }
+    }
+}
+
+fn stream_stats(engine: &Engine) -> Vec<StreamStats> {
+    let mut all: Vec<StreamStats> = engine
+        .stats(now())
+        .into_iter()
+        .map(StreamStats::from)
+        .collect();
+    all.sort_by(|a, b| a.stream.cmp(&b.stream));
+    all
 }
 
 /// The sinks of other edges the task knows: named ones (players) and those waiting
@@ -490,6 +522,7 @@ impl Sfu {
         );
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
+        let counters = engine.counters();
         let task = tokio::spawn(run(
             engine,
             socket,
@@ -507,7 +540,7 @@ impl Sfu {
             port,
             advertise,
             peers,
-            counters: Arc::default(),
+            counters,
             task,
         })
     }
@@ -544,12 +577,13 @@ impl Sfu {
         }
     }
 
-    /// Live peer connections.
-    /// The media counters (`/metrics`). TODO(sfu helper): count.
+    /// The media counters (`/metrics`): what the task, its engine and the stream core
+    /// count into.
     pub fn counters(&self) -> Arc<crate::metrics::MediaCounters> {
         self.counters.clone()
     }
 
+    /// Live peer connections.
     pub fn peers(&self) -> Arc<AtomicUsize> {
         self.peers.clone()
     }
@@ -663,6 +697,7 @@ async fn run(
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut buf = vec![0u8; DATAGRAM];
     let fault_panic = fault_panic_on_request();
+    let counters = engine.counters();
     loop {
         let opened = engine.take_opened();
         if let (false, Some(commands)) = (opened.is_empty(), commands.upgrade()) {
@@ -674,6 +709,7 @@ async fn run(
             match socket.try_send_to(&t.data, target(v6, t.to)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    counters.dropped(crate::metrics::DropReason::SocketBusy);
                     engine.transmit_dropped(now(), t.peer);
                 }
                 Err(e) => debug!("send to {}: {e}", t.to),
@@ -764,6 +800,9 @@ async fn run(
                     feeds.retain(|(id, _)| engine.has_external(*id));
                     feeds.push((source, inputs));
                 }
+                Some(Command::Stats { reply }) => {
+                    let _ = reply.send(stream_stats(&engine));
+                }
                 Some(Command::Heartbeat(reply)) => {
                     let _ = reply.send(());
                 }
@@ -793,4 +832,78 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// bug would.
 fn fault_panic_on_request() -> bool {
     cfg!(debug_assertions) && std::env::var_os("HUDDLE_FAULT_PANIC_MEDIA").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Family;
+
+    #[tokio::test]
+    async fn stream_stats_and_counters_come_from_the_task() {
+        let media = Media {
+            udp_port: 0,
+            advertise_ips: vec![Ipv4Addr::LOCALHOST.into()],
+            ..Media::default()
+        };
+        let (events, mut rx) = mpsc::channel(16);
+        let sfu = Sfu::start(&media, events).await.unwrap();
+        let endpoints = sfu.endpoints();
+        assert!(endpoints.stream_stats().await.is_empty());
+        let feed = sfu.add_source("cam", "off").unwrap();
+        let video = Codec {
+            family: Family::H264 {
+                profile: 0x42,
+                constraints: 0xc0,
+            },
+            payload_type: 102,
+            clock_rate: 90_000,
+            channels: 0,
+            fmtp: String::new(),
+        };
+        assert!(feed.announce(None, Some(video), String::new()).await);
+        async fn next(rx: &mut mpsc::Receiver<MediaEvent>) -> Option<MediaEvent> {
+            let event = tokio::time::timeout(Duration::from_secs(2), rx.recv());
+            event.await.ok().flatten()
+        }
+        assert!(matches!(
+            next(&mut rx).await,
+            Some(MediaEvent::SourceChanged { video: true, .. })
+        ));
+        sfu.request(MediaRequest::PublishExternal {
+            session: 1,
+            media_session_id: "m".into(),
+            stream: "s".into(),
+            source: "cam".into(),
+        })
+        .unwrap();
+        let up = next(&mut rx).await;
+        assert!(matches!(up, Some(MediaEvent::Up { .. })), "{up:?}");
+        // An SPS (640x480) starts a key frame.
+        let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x3d, 0xa1, 0x00];
+        let p = rtc::rtp::Packet {
+            payload: bytes::Bytes::copy_from_slice(&sps),
+            ..rtc::rtp::Packet::default()
+        };
+        assert!(feed.packet(Kind::Video, p));
+        let mut stats = Vec::new();
+        for _ in 0..100 {
+            stats = endpoints.stream_stats().await;
+            if stats.first().is_some_and(|s| s.width.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.len(), 1);
+        let s = &stats[0];
+        assert_eq!(s.stream, "s");
+        assert_eq!((s.width, s.height), (Some(640), Some(480)));
+        assert!(s.codecs.video.is_some() && s.codecs.audio.is_none());
+        assert!(s.video_bps > 0 && s.audio_bps == 0);
+        assert_eq!(s.sinks, 0);
+        let counters = sfu.counters();
+        assert_eq!(counters.packets_in[1].get(), 1);
+        assert_eq!(counters.bytes_in[1].get(), sps.len() as u64);
+        sfu.shutdown().await;
+    }
 }
