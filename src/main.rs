@@ -59,6 +59,9 @@ enum Subcommand {
         /// `Authorization: Bearer <token>`).
         #[arg(long)]
         admin: bool,
+        /// The holder may kick and mute others in its rooms (Room API moderation).
+        #[arg(long)]
+        moderator: bool,
         /// A PEM private key to sign with instead of the configured secret.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
@@ -95,6 +98,7 @@ fn mint_token(cli: &Cli) -> ExitCode {
         ttl,
         no_publish,
         admin,
+        moderator,
         key,
     }) = &cli.command
     else {
@@ -125,7 +129,7 @@ fn mint_token(cli: &Cli) -> ExitCode {
         publish: !no_publish,
         exp: huddle::auth::now_unix() + ttl,
         admin: *admin,
-        moderator: false,
+        moderator: *moderator,
     };
     match huddle::auth::mint(&claims, &secret, key.as_deref()) {
         Ok(token) => {

@@ -168,7 +168,8 @@ impl Rate {
             .map(|s| self.buckets[(s % RATE_SECONDS) as usize])
             .sum();
         let window = (RATE_SECONDS - 1) * 1000 + ms % 1000;
-        let covered = window.min(ms.saturating_sub(started)).max(1);
+        // At least a second: a key frame in the first milliseconds is not a rate.
+        let covered = window.min(ms.saturating_sub(started)).max(1000);
         bytes * 8 * 1000 / covered
     }
 }

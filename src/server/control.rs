@@ -15,6 +15,7 @@ use super::driver::ToCore;
 use super::recording::{ActiveRecording, Recordings};
 use super::rtmp_push::{PushRegistry, PushView};
 use crate::device::control::{DeviceControl, DeviceView};
+use crate::media::Family;
 use crate::rooms::{AdminError, MemberInfo, Snapshot, SourceKind};
 use crate::sfu::task::{Endpoints, StreamStats};
 
@@ -136,7 +137,10 @@ pub struct RoomView {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrackView {
     /// `H264`, `VP8`, `opus`, `PCMU`, `PCMA`.
-    pub codec: String,
+    pub codec: &'static str,
+    /// H.264: `profile_idc` and the constraint flags, hex (`42e0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     pub clock_rate: u32,
     pub bitrate_bps: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -371,8 +375,19 @@ fn stream_views(snapshot: &Snapshot, stats: &[StreamStats]) -> Vec<StreamView> {
                 let m = media?;
                 let codec = m.codecs.get(kind)?;
                 let video = kind == crate::media::Kind::Video;
+                let (name, profile) = match codec.family {
+                    Family::H264 {
+                        profile,
+                        constraints,
+                    } => ("H264", Some(format!("{profile:02x}{constraints:02x}"))),
+                    Family::Vp8 => ("VP8", None),
+                    Family::Opus => ("opus", None),
+                    Family::Pcmu => ("PCMU", None),
+                    Family::Pcma => ("PCMA", None),
+                };
                 Some(TrackView {
-                    codec: codec.family.name(),
+                    codec: name,
+                    profile,
                     clock_rate: codec.clock_rate,
                     bitrate_bps: if video { m.video_bps } else { m.audio_bps },
                     width: if video { m.width } else { None },
