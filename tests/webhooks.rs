@@ -2,7 +2,11 @@
 //! event of a join/publish/unpublish/leave cycle arrives once, in order, signed; a
 //! filter delivers only its events; a receiver that answers 503 and then is down
 //! gets the events once it is back while the rooms carry on; a full queue counts
-//! its drops; queued events go out at shutdown.
+//! its drops; queued events go out at shutdown. End to end with a real server: an
+//! RTMP publisher with `?record=true` gives `recording.started` then
+//! `recording.finished`; a room joined with `record: true` is mixed when everyone has
+//! left (`mix.finished`); the device's camera switched off and on through the admin
+//! API gives `device.camera_lost` then `device.camera_back`.
 
 mod common;
 #[path = "common/room_media.rs"]
@@ -12,6 +16,7 @@ mod webrtc_client;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use common::rtmp;
 use common::*;
 use huddle::config::Webhook;
 use huddle::events::EventKind;
@@ -106,6 +112,32 @@ impl Receiver {
             .into_iter()
             .filter(|d| (200..300).contains(&d.answered))
             .collect()
+    }
+
+    /// The first delivered `event` (checked: signed, well formed); panics after
+    /// `limit` naming the event and listing what was delivered meanwhile.
+    async fn wait_event(&self, event: &str, limit: Duration) -> Delivery {
+        let deadline = Instant::now() + limit;
+        loop {
+            let delivered = self.delivered();
+            if let Some(d) = delivered.iter().find(|d| d.json["event"] == event) {
+                check_delivery(d);
+                return d.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for the webhook event {event}; delivered: {:?}",
+                summary(&delivered, &["login", "stream", "file"])
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Where `event` is in the delivered events (the first one).
+    fn position(&self, event: &str) -> Option<usize> {
+        self.delivered()
+            .iter()
+            .position(|d| d.json["event"] == event)
     }
 
     async fn wait_delivered(&self, n: usize, limit: Duration) -> Vec<Delivery> {
@@ -232,6 +264,47 @@ fn summary(ds: &[Delivery], fields: &[&str]) -> Vec<Value> {
             v
         })
         .collect()
+}
+
+/// A fresh records directory for one test.
+fn records_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("huddle-webhooks-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One admin API request with a JSON body from 127.0.0.1 (no keys: loopback is
+/// allowed): (status, body).
+async fn api_json(addr: SocketAddr, method: &str, path: &str, body: Value) -> (u16, String) {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("TCP connect");
+        let body = body.to_string();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write request");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read response");
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within 10 s"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no header end in {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: bad status line {head:?}"));
+    (status, body.to_owned())
 }
 
 /// Reads frames until the `DataStatusEvent` of `op` (other frames skipped); ACCEPTED.
@@ -522,4 +595,234 @@ async fn https_receivers_are_verified_with_the_system_ca_bundle() {
     webhooks.stop().await;
     server.abort();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An RTMP publisher with `?record=true`: `recording.started` then
+/// `recording.finished`, in its room, signed, naming the stream, the login and the
+/// file (which is in the records directory), the finished one with its duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtmp_publisher_recording_is_started_then_finished() {
+    let receiver = Receiver::start().await;
+    let hooks = vec![hook(receiver.url("/rec"), &[])];
+    let dir = records_dir("rtmp-rec");
+    let records = dir.clone();
+    let server = start_server(move |c| {
+        c.webhooks = hooks;
+        c.records.dir = records;
+    })
+    .await;
+    let rtmp = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let room = "studio";
+    let stream = format!("{room}-obs");
+
+    let child = rtmp::ffmpeg(
+        &format!("rtmp://127.0.0.1:{rtmp}/{room}/obs?record=true"),
+        3,
+    );
+    let started = receiver
+        .wait_event("recording.started", Duration::from_secs(15))
+        .await;
+    let status = rtmp::finish(child, Duration::from_secs(30)).await;
+    assert!(status.success(), "the RTMP publish: {status}");
+    let finished = receiver
+        .wait_event("recording.finished", Duration::from_secs(15))
+        .await;
+
+    let (s, f) = (
+        receiver.position("recording.started").unwrap(),
+        receiver.position("recording.finished").unwrap(),
+    );
+    assert!(
+        s < f,
+        "started before finished: {:?}",
+        summary(&receiver.delivered(), &[])
+    );
+    for d in [&started, &finished] {
+        assert_eq!(d.target, "/rec");
+        assert_eq!(d.json["room"], room, "{}", d.json);
+        assert_eq!(d.json["stream"], stream.as_str(), "{}", d.json);
+        assert_eq!(d.json["login"], "obs", "{}", d.json);
+    }
+    let file = started.json["file"].as_str().expect("a file name");
+    assert_eq!(finished.json["file"], file, "the same file");
+    assert!(file.ends_with(".mp4"), "{file}");
+    assert!(dir.join(file).is_file(), "{file} in {}", dir.display());
+    let duration = finished.json["duration_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("duration_ms: {}", finished.json));
+    assert!(
+        (1_000..=10_000).contains(&duration),
+        "{duration} ms of a 3 s publish"
+    );
+    assert!(
+        started.json.get("duration_ms").is_none(),
+        "{}",
+        started.json
+    );
+    // Each once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for event in ["recording.started", "recording.finished"] {
+        let n = receiver
+            .all()
+            .iter()
+            .filter(|d| d.json["event"] == event)
+            .count();
+        assert_eq!(n, 1, "{event}: {:?}", summary(&receiver.all(), &[]));
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Joins `room` with `record: true` (the whole room is recorded): ACCEPTED and STATE.
+async fn join_recorded(c: &mut Client, room: &str) {
+    let op = c
+        .send_data("join", json!({"name": room, "record": true}))
+        .await;
+    let (mut accepted, mut state) = (false, false);
+    while !accepted || !state {
+        let v = c.recv().await;
+        if v["message"] == "DataStatusEvent" && v["data"][0]["operationId"] == op.as_str() {
+            assert_eq!(v["data"][0]["status"], "ACCEPTED", "join {room}: {v}");
+            accepted = true;
+        } else if v["message"] == "OnDataEvent" && v["data"][0]["payload"]["name"] == "STATE" {
+            state = true;
+        }
+    }
+}
+
+/// A room joined with `record: true`, an RTMP publisher in it for 3 s, everyone
+/// leaves: the room is finalized and mixed, and `mix.finished` names the room, the
+/// mixed file (in the records directory), the participant and the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_room_is_mixed_when_everyone_has_left() {
+    let receiver = Receiver::start().await;
+    let hooks = vec![hook(receiver.url("/mix"), &[])];
+    let dir = records_dir("mix");
+    let records = dir.clone();
+    let server = start_server(move |c| {
+        c.webhooks = hooks;
+        c.records.dir = records;
+        c.records.mixer.width = 320;
+        c.records.mixer.height = 240;
+        c.records.mixer.frame_rate = 10;
+    })
+    .await;
+    let addr = server.local_addr();
+    let rtmp = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let room = "mixed";
+    let stream = format!("{room}-obs");
+
+    let mut alice = Client::connect(addr, "alice").await;
+    join_recorded(&mut alice, room).await;
+    let created = receiver
+        .wait_event("room.created", Duration::from_secs(5))
+        .await;
+    assert_eq!(created.json["room"], room);
+    assert_eq!(created.json["record"], true, "{}", created.json);
+
+    let child = rtmp::ffmpeg(&format!("rtmp://127.0.0.1:{rtmp}/{room}/obs"), 3);
+    let status = rtmp::finish(child, Duration::from_secs(30)).await;
+    assert!(status.success(), "the RTMP publish: {status}");
+    // The stream of a recorded room is recorded; the publisher has left.
+    receiver
+        .wait_event("recording.finished", Duration::from_secs(15))
+        .await;
+    rtmp::events_until(&mut alice, room, "LEFT", Duration::from_secs(10)).await;
+    alice.leave(room).await;
+    let finalized = receiver
+        .wait_event("room.finalized", Duration::from_secs(10))
+        .await;
+    assert_eq!(finalized.json["record"], true, "{}", finalized.json);
+
+    let mixed = receiver
+        .wait_event("mix.finished", Duration::from_secs(60))
+        .await;
+    assert_eq!(mixed.target, "/mix");
+    assert_eq!(mixed.json["room"], room, "{}", mixed.json);
+    assert_eq!(mixed.json["participants"], json!(["obs"]), "{}", mixed.json);
+    assert_eq!(
+        mixed.json["streams"],
+        json!([stream.as_str()]),
+        "{}",
+        mixed.json
+    );
+    let file = mixed.json["file"].as_str().expect("the mixed file's name");
+    assert!(dir.join(file).is_file(), "{file} in {}", dir.display());
+    assert!(
+        mixed.json["duration_ms"].as_u64().is_some_and(|d| d > 0),
+        "{}",
+        mixed.json
+    );
+    let order: Vec<Value> = receiver
+        .delivered()
+        .iter()
+        .map(|d| d.json["event"].clone())
+        .collect();
+    assert!(
+        receiver.position("room.finalized") < receiver.position("mix.finished"),
+        "{order:?}"
+    );
+    alice.close().await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The device (test pattern and tone, in a room) has its camera switched off and on
+/// through the admin API: `device.camera_lost` then `device.camera_back`, without a
+/// room, signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_devices_camera_switched_off_and_on_is_lost_then_back() {
+    let receiver = Receiver::start().await;
+    let hooks = vec![hook(receiver.url("/device"), &[])];
+    let server = start_server(move |c| {
+        c.webhooks = hooks;
+        c.device.camera = "test-pattern".into();
+        c.device.microphone = "tone".into();
+        c.device.width = 320;
+        c.device.height = 240;
+        c.device.rooms = vec!["lobby".into()];
+    })
+    .await;
+    let addr = server.local_addr();
+
+    // The device publishes in its room once its camera delivers.
+    let published = receiver
+        .wait_event("stream.published", Duration::from_secs(15))
+        .await;
+    assert_eq!(published.json["room"], "lobby", "{}", published.json);
+    let (status, body) = api_json(addr, "PATCH", "/api/v1/device", json!({"camera": false})).await;
+    assert_eq!(status, 200, "camera off: {body}");
+    let lost = receiver
+        .wait_event("device.camera_lost", Duration::from_secs(10))
+        .await;
+    assert!(
+        receiver.position("device.camera_back").is_none(),
+        "no camera_back before it is switched on: {:?}",
+        summary(&receiver.delivered(), &[])
+    );
+    let (status, body) = api_json(addr, "PATCH", "/api/v1/device", json!({"camera": true})).await;
+    assert_eq!(status, 200, "camera on: {body}");
+    let back = receiver
+        .wait_event("device.camera_back", Duration::from_secs(15))
+        .await;
+    assert!(
+        receiver.position("device.camera_lost") < receiver.position("device.camera_back"),
+        "{:?}",
+        summary(&receiver.delivered(), &[])
+    );
+    for d in [&lost, &back] {
+        assert_eq!(d.target, "/device");
+        assert!(d.json["room"].is_null(), "no room: {}", d.json);
+    }
+    // Each once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for event in ["device.camera_lost", "device.camera_back"] {
+        let n = receiver
+            .all()
+            .iter()
+            .filter(|d| d.json["event"] == event)
+            .count();
+        assert_eq!(n, 1, "{event}: {:?}", summary(&receiver.all(), &[]));
+    }
+    server.shutdown().await;
 }
