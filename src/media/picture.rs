@@ -89,52 +89,57 @@ fn vp8(payload: &[u8]) -> Option<KeyFrameStart> {
     if frame.first()? & 0x01 != 0 {
         return None;
     }
-    let size = match frame.get(3..10) {
-        Some([0x9d, 0x01, 0x2a, w0, w1, h0, h1]) => {
-            let w = u32::from(u16::from_le_bytes([*w0, *w1]) & 0x3fff);
-            let h = u32::from(u16::from_le_bytes([*h0, *h1]) & 0x3fff);
-            (w > 0 && h > 0).then_some((w, h))
-        }
-        _ => None,
-    };
+    let size = vp8_key_frame_size(frame).map(|(w, h)| (u32::from(w), u32::from(h)));
     Some(KeyFrameStart { size })
 }
 
-/// Bits of a NAL unit's RBSP (emulation-prevention bytes skipped).
+/// What an SPS says (the recorder's avcC needs more than the picture size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpsInfo {
+    pub width: u32,
+    pub height: u32,
+    /// A profile whose SPS (and avcC) carries the chroma format and bit depths.
+    pub high_profile: bool,
+    pub chroma_format: u8,
+    pub bit_depth_luma_minus8: u8,
+    pub bit_depth_chroma_minus8: u8,
+}
+
+/// Reads the bits of an RBSP (emulation prevention bytes removed on the fly).
 struct Bits<'a> {
     data: &'a [u8],
     byte: usize,
     bit: u8,
     zeros: u8,
+    current: u8,
 }
 
 impl<'a> Bits<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    fn new(data: &'a [u8]) -> Bits<'a> {
         Bits {
             data,
             byte: 0,
-            bit: 0,
+            bit: 8,
             zeros: 0,
+            current: 0,
         }
     }
 
     fn bit(&mut self) -> Option<u32> {
-        if self.bit == 0 {
-            // 00 00 03: the 03 is not data.
-            if self.zeros >= 2 && self.data.get(self.byte) == Some(&3) {
+        if self.bit == 8 {
+            let mut b = *self.data.get(self.byte)?;
+            self.byte += 1;
+            if self.zeros >= 2 && b == 3 {
+                b = *self.data.get(self.byte)?;
                 self.byte += 1;
                 self.zeros = 0;
             }
-            let b = *self.data.get(self.byte)?;
             self.zeros = if b == 0 { self.zeros + 1 } else { 0 };
-        }
-        let b = *self.data.get(self.byte)?;
-        let v = (b >> (7 - self.bit)) & 1;
-        self.bit += 1;
-        if self.bit == 8 {
+            self.current = b;
             self.bit = 0;
-            self.byte += 1;
         }
+        let v = (self.current >> (7 - self.bit)) & 1;
+        self.bit += 1;
         Some(u32::from(v))
     }
 
@@ -146,7 +151,6 @@ impl<'a> Bits<'a> {
         Some(v)
     }
 
-    /// Exp-Golomb, unsigned.
     fn ue(&mut self) -> Option<u32> {
         let mut zeros = 0;
         while self.bit()? == 0 {
@@ -159,108 +163,138 @@ impl<'a> Bits<'a> {
         Some(((1u64 << zeros) - 1 + u64::from(rest)).min(u64::from(u32::MAX)) as u32)
     }
 
-    /// Exp-Golomb, signed.
-    fn se(&mut self) -> Option<i64> {
-        let k = i64::from(self.ue()?);
-        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    fn se(&mut self) -> Option<i32> {
+        let v = self.ue()?;
+        let magnitude = v.div_ceil(2) as i32;
+        Some(if v % 2 == 1 { magnitude } else { -magnitude })
     }
 }
 
-/// The picture size an SPS NAL unit (with its header byte) describes, cropping applied.
-pub fn sps_size(nal: &[u8]) -> Option<(u32, u32)> {
-    let mut r = Bits::new(nal.get(1..)?);
-    let profile = r.bits(8)?;
-    r.bits(16)?; // constraint flags, level
-    r.ue()?; // seq_parameter_set_id
-    let mut chroma_format = 1;
-    let mut separate_planes = false;
-    if matches!(
-        profile,
-        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-    ) {
-        chroma_format = r.ue()?;
-        if chroma_format == 3 {
-            separate_planes = r.bit()? == 1;
+impl SpsInfo {
+    /// Parses an SPS NAL unit (header byte included) up to the frame cropping.
+    pub fn parse(sps: &[u8]) -> Option<SpsInfo> {
+        if sps.first()? & 0x1f != NAL_SPS {
+            return None;
         }
-        r.ue()?; // bit_depth_luma_minus8
-        r.ue()?; // bit_depth_chroma_minus8
-        r.bit()?; // qpprime_y_zero_transform_bypass_flag
-        if r.bit()? == 1 {
-            let lists = if chroma_format == 3 { 12 } else { 8 };
-            for i in 0..lists {
-                if r.bit()? == 1 {
-                    let size = if i < 6 { 16 } else { 64 };
-                    let (mut last, mut next) = (8i64, 8i64);
-                    for _ in 0..size {
-                        if next != 0 {
-                            next = (last + r.se()? + 256).rem_euclid(256);
-                        }
-                        if next != 0 {
-                            last = next;
+        let mut r = Bits::new(sps.get(1..)?);
+        let profile = r.bits(8)?;
+        r.bits(16)?; // constraints, level
+        r.ue()?; // seq_parameter_set_id
+        let high_profile = matches!(
+            profile,
+            100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+        );
+        let mut chroma_format = 1;
+        let mut separate_planes = false;
+        let (mut depth_luma, mut depth_chroma) = (0, 0);
+        if high_profile {
+            chroma_format = r.ue()?;
+            if chroma_format > 3 {
+                return None;
+            }
+            if chroma_format == 3 {
+                separate_planes = r.bit()? == 1;
+            }
+            depth_luma = r.ue()?.min(6);
+            depth_chroma = r.ue()?.min(6);
+            r.bit()?; // qpprime_y_zero_transform_bypass
+            if r.bit()? == 1 {
+                let lists = if chroma_format == 3 { 12 } else { 8 };
+                for i in 0..lists {
+                    if r.bit()? == 1 {
+                        let size = if i < 6 { 16 } else { 64 };
+                        let (mut last, mut next) = (8i32, 8i32);
+                        for _ in 0..size {
+                            if next != 0 {
+                                let delta = r.se()?;
+                                next = (last + delta + 256).rem_euclid(256);
+                            }
+                            if next != 0 {
+                                last = next;
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    r.ue()?; // log2_max_frame_num_minus4
-    match r.ue()? {
-        0 => {
-            r.ue()?;
-        }
-        1 => {
-            r.bit()?;
-            r.se()?;
-            r.se()?;
-            let n = r.ue()?;
-            if n > 255 {
-                return None;
+        r.ue()?; // log2_max_frame_num_minus4
+        match r.ue()? {
+            0 => {
+                r.ue()?;
             }
-            for _ in 0..n {
+            1 => {
+                r.bit()?;
                 r.se()?;
+                r.se()?;
+                let cycle = r.ue()?;
+                if cycle > 255 {
+                    return None;
+                }
+                for _ in 0..cycle {
+                    r.se()?;
+                }
+            }
+            _ => {}
+        }
+        r.ue()?; // max_num_ref_frames
+        r.bit()?; // gaps_in_frame_num_value_allowed
+        let width_mbs = u64::from(r.ue()?) + 1;
+        let height_units = u64::from(r.ue()?) + 1;
+        let frame_mbs_only = u64::from(r.bit()?);
+        if frame_mbs_only == 0 {
+            r.bit()?;
+        }
+        r.bit()?; // direct_8x8_inference
+        let mut crop = [0u64; 4];
+        if r.bit()? == 1 {
+            for c in &mut crop {
+                *c = u64::from(r.ue()?);
             }
         }
-        _ => {}
+        let array_type = if separate_planes { 0 } else { chroma_format };
+        let (sub_w, sub_h) = match array_type {
+            1 => (2, 2),
+            2 => (2, 1),
+            _ => (1, 1),
+        };
+        let (crop_x, crop_y) = if array_type == 0 {
+            (1, 2 - frame_mbs_only)
+        } else {
+            (sub_w, sub_h * (2 - frame_mbs_only))
+        };
+        let width = (width_mbs * 16).checked_sub(crop_x * (crop[0] + crop[1]))?;
+        let height =
+            ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y * (crop[2] + crop[3]))?;
+        if width == 0 || height == 0 || width > 16_384 || height > 16_384 {
+            return None;
+        }
+        Some(SpsInfo {
+            width: width as u32,
+            height: height as u32,
+            high_profile,
+            chroma_format: chroma_format as u8,
+            bit_depth_luma_minus8: depth_luma as u8,
+            bit_depth_chroma_minus8: depth_chroma as u8,
+        })
     }
-    r.ue()?; // max_num_ref_frames
-    r.bit()?; // gaps_in_frame_num_value_allowed_flag
-    let width_mbs = r.ue()?.checked_add(1)?;
-    let height_units = r.ue()?.checked_add(1)?;
-    let frame_mbs_only = r.bit()?;
-    if frame_mbs_only == 0 {
-        r.bit()?; // mb_adaptive_frame_field_flag
+}
+
+/// The picture size in a VP8 key frame's header (RFC 6386 9.1), `None` for an
+/// interframe or a short/broken header.
+pub fn vp8_key_frame_size(frame: &[u8]) -> Option<(u16, u16)> {
+    match frame {
+        [tag, _, _, 0x9d, 0x01, 0x2a, w0, w1, h0, h1, ..] if tag & 1 == 0 => {
+            let width = u16::from_le_bytes([*w0, *w1]) & 0x3fff;
+            let height = u16::from_le_bytes([*h0, *h1]) & 0x3fff;
+            (width > 0 && height > 0).then_some((width, height))
+        }
+        _ => None,
     }
-    r.bit()?; // direct_8x8_inference_flag
-    let (mut left, mut right, mut top, mut bottom) = (0, 0, 0, 0);
-    if r.bit()? == 1 {
-        left = r.ue()?;
-        right = r.ue()?;
-        top = r.ue()?;
-        bottom = r.ue()?;
-    }
-    let (sub_w, sub_h) = match (chroma_format, separate_planes) {
-        (0, _) | (3, true) => (1, 1),
-        (1, _) => (2, 2),
-        (2, _) => (2, 1),
-        _ => (1, 1),
-    };
-    let crop_x = if chroma_format == 0 || separate_planes {
-        1
-    } else {
-        sub_w
-    };
-    let crop_y = if chroma_format == 0 || separate_planes {
-        1
-    } else {
-        sub_h
-    } * (2 - frame_mbs_only);
-    let width = width_mbs
-        .checked_mul(16)?
-        .checked_sub(crop_x * left.checked_add(right)?)?;
-    let height = height_units
-        .checked_mul(16 * (2 - frame_mbs_only))?
-        .checked_sub(crop_y * top.checked_add(bottom)?)?;
-    (width > 0 && height > 0).then_some((width, height))
+}
+
+/// The picture size an SPS NAL unit (with its header byte) describes, cropping applied.
+pub fn sps_size(nal: &[u8]) -> Option<(u32, u32)> {
+    SpsInfo::parse(nal).map(|i| (i.width, i.height))
 }
 
 #[cfg(test)]
