@@ -504,3 +504,31 @@ impl Server {
         info!("stopped");
     }
 }
+
+/// What the server's own unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::config::Config;
+
+    /// Loopback only; the device's test pattern (320x240) and tone publish in room `r`;
+    /// records under `records`.
+    pub fn device_config(records: &std::path::Path) -> Config {
+        let mut c = Config::default();
+        c.http.listen = "127.0.0.1:0".parse().expect("address");
+        c.http.tls = false;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().expect("address")];
+        c.media.udp_port = 0;
+        c.rtmp.listen = "127.0.0.1:0".parse().expect("address");
+        c.rtmp.max_connections_per_address = c.rtmp.max_connections;
+        c.device.camera = "test-pattern".into();
+        c.device.microphone = "tone".into();
+        c.device.width = 320;
+        c.device.height = 240;
+        c.device.framerate = 15;
+        c.device.bitrate_kbps = 300;
+        c.device.rooms = vec!["r".into()];
+        c.device.join_new_rooms = false;
+        c.records.dir = records.to_path_buf();
+        c
+    }
+}

@@ -663,23 +663,9 @@ mod tests {
 
     const STREAM: &str = "r-Room system";
 
-    /// Loopback only; the device's test pattern and tone publish `STREAM` in room `r`.
     fn config(dir: &std::path::Path) -> Config {
-        let mut c = Config::default();
-        c.http.listen = "127.0.0.1:0".parse().expect("address");
-        c.http.tls = false;
-        c.media.advertise_ips = vec!["127.0.0.1".parse().expect("address")];
-        c.media.udp_port = 0;
+        let mut c = crate::server::test_support::device_config(dir);
         c.rtmp.enabled = false;
-        c.device.camera = "test-pattern".into();
-        c.device.microphone = "tone".into();
-        c.device.width = 320;
-        c.device.height = 240;
-        c.device.framerate = 15;
-        c.device.bitrate_kbps = 300;
-        c.device.rooms = vec!["r".into()];
-        c.device.join_new_rooms = false;
-        c.records.dir = dir.to_path_buf();
         c
     }
 

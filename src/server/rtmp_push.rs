@@ -334,26 +334,10 @@ mod tests {
     use crate::config::Config;
     use crate::server::Server;
 
-    /// Loopback only; the device's test pattern and tone publish in room `r`.
     fn config() -> Config {
-        let mut c = Config::default();
-        c.http.listen = "127.0.0.1:0".parse().expect("address");
-        c.http.tls = false;
-        c.media.advertise_ips = vec!["127.0.0.1".parse().expect("address")];
-        c.media.udp_port = 0;
-        c.rtmp.listen = "127.0.0.1:0".parse().expect("address");
-        c.rtmp.max_connections_per_address = c.rtmp.max_connections;
-        c.device.camera = "test-pattern".into();
-        c.device.microphone = "tone".into();
-        c.device.width = 320;
-        c.device.height = 240;
-        c.device.framerate = 15;
-        c.device.bitrate_kbps = 300;
-        c.device.rooms = vec!["r".into()];
-        c.device.join_new_rooms = false;
-        c.records.dir =
-            std::env::temp_dir().join(format!("huddle-push-reg-{}", std::process::id()));
-        c
+        crate::server::test_support::device_config(
+            &std::env::temp_dir().join(format!("huddle-push-reg-{}", std::process::id())),
+        )
     }
 
     async fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
