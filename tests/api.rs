@@ -4,6 +4,8 @@
 //! non-loopback client in a network namespace); the OpenAPI file.
 
 mod common;
+#[path = "support/process.rs"]
+mod process;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -802,7 +804,7 @@ async fn keys_and_failed_attempts() {
     server.shutdown().await;
 
     // A hashed key, as `huddle api-key` prints it.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huddle"))
+    let out = process::huddle_command()
         .arg("api-key")
         .output()
         .expect("huddle api-key");
@@ -874,7 +876,15 @@ fn no_keys_answers_loopback_only() {
          echo remote=$(curl -s -w '%{{http_code}}' --interface 192.0.2.1 -H 'X-Forwarded-For: 127.0.0.1' http://192.0.2.1:18931/api/v1/rooms); \
          echo doc=$(curl -s -o /dev/null -w '%{{http_code}}' --interface 192.0.2.1 http://192.0.2.1:18931/api/v1/openapi.json); \
          kill $pid; wait $pid || true",
-        bin = env!("CARGO_BIN_EXE_huddle"),
+        // Under CPU emulation the binary runs through the wrapper, like this test.
+        bin = {
+            let c = process::huddle_command();
+            std::iter::once(c.get_program())
+                .chain(c.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
         cfg = config.display()
     );
     let out = std::process::Command::new("unshare")
