@@ -1155,13 +1155,8 @@ impl Config {
         }
         for (i, hook) in self.webhooks.iter().enumerate() {
             let which = |why: String| format!("entry {} ({why})", i + 1);
-            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://"))
-                || hook.url.len() <= "https://".len()
-            {
-                return Err(invalid(
-                    "[[webhooks]] url",
-                    which(format!("'{}' is not an http:// or https:// URL", hook.url)),
-                ));
+            if let Some(why) = crate::server::webhooks::url_problem(&hook.url) {
+                return Err(invalid("[[webhooks]] url", which(why)));
             }
             if hook.secret.is_empty() {
                 return Err(invalid(
@@ -1548,5 +1543,52 @@ rooms = \"lobby\"
                 .to_string();
             assert!(e.contains(&format!("rooms.{key}")), "{e}");
         }
+    }
+
+    #[test]
+    fn operations_keys_are_checked() {
+        let ok = parse(
+            "[api]\nkeys = [\"a-key-of-sixteen-chars\", \"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"]\n\
+             [metrics]\nallow = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\"]\n\
+             [[webhooks]]\nurl = \"https://fleet.example.com/hooks?x=1\"\nsecret = \"s\"\nevents = [\"room.created\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.webhooks[0].max_attempts, 10);
+        assert_eq!(ok.webhooks[0].timeout_ms, 5000);
+        assert!(format!("{:?}", ok.webhooks[0]).contains("(hidden)"));
+        assert!(!format!("{:?}", ok.api).contains("sixteen"));
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert!(err("[api]\nkeys = [\"short\"]\n").contains("api.keys"));
+        assert!(err("[api]\nkeys = [\"sha256:abc\"]\n").contains("api.keys"));
+        assert!(err("[metrics]\nallow = [\"10.0.0.0/33\"]\n").contains("metrics.allow"));
+        assert!(err("[metrics]\nallow = [\"lan\"]\n").contains("metrics.allow"));
+        let hook = |extra: &str| format!("[[webhooks]]\nsecret = \"s\"\n{extra}\n");
+        assert!(err(&hook("url = \"ftp://x/\"")).contains("[[webhooks]] url"));
+        assert!(err(&hook("url = \"http://:80/\"")).contains("[[webhooks]] url"));
+        assert!(err(&hook("url = \"http://h:port/\"")).contains("[[webhooks]] url"));
+        let e = err(&hook("url = \"http://h/\"\nevents = [\"room.exploded\"]"));
+        assert!(e.contains("unknown event 'room.exploded'"), "{e}");
+        let e = err("[[webhooks]]\nurl = \"http://h/\"\nsecret = \"\"\n");
+        assert!(e.contains("[[webhooks]] secret"), "{e}");
+        assert!(err(&hook("url = \"http://h/\"\nmax_attempts = 0")).contains("[[webhooks]]"));
+    }
+
+    #[test]
+    fn networks() {
+        let net = parse_network("10.1.0.0/16").unwrap();
+        assert!(in_network("10.1.2.3".parse().unwrap(), net));
+        assert!(!in_network("10.2.0.1".parse().unwrap(), net));
+        assert!(in_network("::ffff:10.1.0.9".parse().unwrap(), net));
+        let one = parse_network("192.0.2.7").unwrap();
+        assert!(in_network("192.0.2.7".parse().unwrap(), one));
+        assert!(!in_network("192.0.2.8".parse().unwrap(), one));
+        let v6 = parse_network("fd00::/8").unwrap();
+        assert!(in_network("fd12::1".parse().unwrap(), v6));
+        assert!(!in_network("10.1.2.3".parse().unwrap(), v6));
+        assert_eq!(parse_network("0.0.0.0/0").map(|n| n.1), Some(0));
+        assert!(in_network(
+            "8.8.8.8".parse().unwrap(),
+            parse_network("0.0.0.0/0").unwrap()
+        ));
     }
 }

@@ -450,6 +450,11 @@ struct Target {
     name: String,
 }
 
+/// Why a webhook URL is unusable (`None`: it is fine); for the configuration check.
+pub fn url_problem(url: &str) -> Option<String> {
+    Target::parse(url).err()
+}
+
 impl Target {
     fn parse(url: &str) -> Result<Target, String> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
