@@ -164,8 +164,12 @@ async fn the_device_and_an_rtmp_publisher_record_and_are_listed() {
         ["h264", "opus"],
         "AAC is recorded as the room's Opus"
     );
+    // Under CPU emulation (the aarch64 suite under qemu-user) the publisher's AAC → Opus
+    // transcoder takes seconds to start, and the stream is published only then.
+    let emulated = std::env::var("HUDDLE_TEST_EXEC_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
+    let shortest = if emulated { 1.0 } else { 3.5 };
     assert!(
-        (3.5..=6.0).contains(&duration),
+        (shortest..=6.0).contains(&duration),
         "{duration} s of a 5 s publish"
     );
     assert_eq!(decode_errors(&file), "");
@@ -241,9 +245,19 @@ fn a_full_disk_stops_the_recording_and_the_room_goes_on() {
     assert!(codecs.contains(&"h264".to_string()), "{codecs:?}");
     assert!(duration > 0.5, "{duration} s");
     assert_eq!(decode_errors(&file), "");
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(format!("{}.json", file.display())).unwrap())
-            .unwrap();
+    // The sidecar says why, once the writer has finished with the file (it logs first).
+    let sidecar = format!("{}.json", file.display());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let meta = loop {
+        let meta: Value = std::fs::read(&sidecar)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if meta["error"].is_string() || Instant::now() > deadline {
+            break meta;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         meta["error"].as_str().is_some_and(|e| e.contains("space")),
         "{meta}"
