@@ -12,9 +12,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use common::*;
 
@@ -63,8 +60,7 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request over a raw socket. The body is written while the answer is
-/// read, so an early answer (413) arrives even if the server closes unread input.
+/// One request (`common::http_request`) as a `Reply`.
 async fn call(
     addr: SocketAddr,
     method: &str,
@@ -72,57 +68,11 @@ async fn call(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> Reply {
-    let exchange = async {
-        let s = TcpStream::connect(addr).await.expect("TCP connect");
-        let (mut rd, mut wr) = s.into_split();
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let body = body.unwrap_or_default();
-        if !body.is_empty() || matches!(method, "POST" | "PATCH" | "PUT") {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        let writer = tokio::spawn(async move {
-            let _ = wr.write_all(head.as_bytes()).await;
-            let _ = wr.write_all(&body).await;
-            wr
-        });
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 16384];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(_) if !raw.is_empty() => break,
-                Err(e) => panic!("{method} {path}: read: {e}"),
-            }
-        }
-        drop(writer.await);
-        raw
-    };
-    let raw = timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no answer"));
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no header end in {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line {head:?}"));
-    let headers = head.to_ascii_lowercase();
-    assert!(
-        !headers.contains("transfer-encoding: chunked"),
-        "{method} {path}: chunked answer {head}"
-    );
+    let (status, headers, body) = http_request(addr, method, path, headers, body).await;
     Reply {
         status,
         headers,
-        body: body.to_owned(),
+        body,
     }
 }
 

@@ -277,34 +277,10 @@ fn records_dir(tag: &str) -> PathBuf {
 /// One admin API request with a JSON body from 127.0.0.1 (no keys: loopback is
 /// allowed): (status, body).
 async fn api_json(addr: SocketAddr, method: &str, path: &str, body: Value) -> (u16, String) {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("TCP connect");
-        let body = body.to_string();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.expect("write request");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read response");
-        raw
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no answer within 10 s"));
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no header end in {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line {head:?}"));
-    (status, body.to_owned())
+    let json = [("Content-Type", "application/json")];
+    let body = Some(body.to_string().into_bytes());
+    let (status, _, body) = http_request(addr, method, path, &json, body).await;
+    (status, body)
 }
 
 /// Reads frames until the `DataStatusEvent` of `op` (other frames skipped); ACCEPTED.

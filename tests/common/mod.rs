@@ -446,34 +446,69 @@ pub async fn chat_ok(from: &mut Client, to: &mut Client, room: &str, text: &str)
     from.expect_accepted(&op).await;
 }
 
-/// A minimal HTTP/1.1 GET over a raw TCP socket: (status, lower-cased headers, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+/// One HTTP/1.1 request over a raw socket: (status, lower-cased headers, body). The body
+/// is written while the answer is read, so an early answer (413) arrives even if the
+/// server closes unread input. Chunked answers are not handled (asserted).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, String, String) {
     let exchange = async {
-        let mut s = TcpStream::connect(addr).await.expect("TCP connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write request");
+        let s = TcpStream::connect(addr).await.expect("TCP connect");
+        let (mut rd, mut wr) = s.into_split();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() || matches!(method, "POST" | "PATCH" | "PUT") {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(&body).await;
+            wr
+        });
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read response");
+        let mut buf = [0u8; 16384];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(_) if !raw.is_empty() => break,
+                Err(e) => panic!("{method} {path}: read: {e}"),
+            }
+        }
+        drop(writer.await);
         raw
     };
-    let raw = timeout(RECV_TIMEOUT, exchange)
+    let raw = timeout(Duration::from_secs(10), exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET {path}: no complete response within {RECV_TIMEOUT:?}"));
-    let text = String::from_utf8(raw).expect("UTF-8 response");
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within 10 s"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no header end in {text:?}"));
-    let status: u16 = head
+        .unwrap_or_else(|| panic!("{method} {path}: no header end in {text:?}"));
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
+        .unwrap_or_else(|| panic!("{method} {path}: bad status line {head:?}"));
     let headers = head.to_ascii_lowercase();
     assert!(
         !headers.contains("transfer-encoding: chunked"),
-        "GET {path}: chunked bodies are not handled by this helper: {head}"
+        "{method} {path}: chunked answers are not handled by this helper: {head}"
     );
     (status, headers, body.to_owned())
+}
+
+/// A GET with `http_request`: (status, lower-cased headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_request(addr, "GET", path, &[], None).await
 }
 
 /// The room of the `Healthy` pair.
