@@ -514,15 +514,12 @@ impl Core {
     }
 
     /// A stream that went live for a muted member is muted in the media engine too.
-    pub(super) fn apply_mute(&mut self, room: &str, login: &str, stream: Option<&str>) {
+    pub(super) fn apply_mute(&mut self, room: &str, login: &str, stream: &str) {
         let Some(m) = self.rooms.get(room).and_then(|r| r.member_by_login(login)) else {
             return;
         };
-        if !(m.muted_audio || m.muted_video) {
-            return;
-        }
-        let (audio, video) = (m.muted_audio, m.muted_video);
-        if let Some(stream) = stream {
+        if m.muted_audio || m.muted_video {
+            let (audio, video) = (m.muted_audio, m.muted_video);
             self.outputs.push_back(Output::Media(MediaRequest::Mute {
                 stream: stream.to_owned(),
                 audio,

@@ -1135,7 +1135,7 @@ impl Core {
                     login: login.clone(),
                     stream: name.clone(),
                 });
-                self.apply_mute(&room, &login, Some(&name));
+                self.apply_mute(&room, &login, &name);
                 let whole_room = self.rooms.get(&room).is_some_and(|r| r.record);
                 if record || whole_room {
                     self.outputs.push_back(Output::Record {
