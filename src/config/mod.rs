@@ -456,6 +456,20 @@ pub struct Device {
     pub retry_ms: u64,
     /// Record the device's streams (as `record: true` does for a browser's).
     pub record: bool,
+    /// Where the remote participants are heard: "auto" (the default ALSA playback
+    /// device when a card exists), an ALSA PCM name, or "none".
+    pub speaker: String,
+    /// The speaker's jitter buffer target per remote stream.
+    pub speaker_latency_ms: u64,
+    /// Acoustic echo cancellation of the speaker in the microphone (when both are
+    /// real devices).
+    pub echo_cancel: bool,
+    pub noise_suppression: bool,
+    pub auto_gain: bool,
+    /// Camera and microphone run all the time, not only while someone is there.
+    pub always_on: bool,
+    /// How long capture goes on after the last remote participant left.
+    pub capture_grace_ms: u64,
 }
 
 impl Default for Device {
@@ -477,6 +491,13 @@ impl Default for Device {
             stall_timeout_ms: 5000,
             retry_ms: 1000,
             record: false,
+            speaker: "auto".into(),
+            speaker_latency_ms: 60,
+            echo_cancel: true,
+            noise_suppression: true,
+            auto_gain: true,
+            always_on: false,
+            capture_grace_ms: 10_000,
         }
     }
 }
@@ -749,6 +770,24 @@ stall_timeout_ms = 5000
 retry_ms = 1000
 # Record the device's streams in [records] dir, like a browser's `record: true`.
 record = false
+# Where the remote participants are heard while the device is in a room: an ALSA PCM
+# name such as "default" or "plughw:1,0", "none", or "auto" (the "default" PCM if a
+# sound card exists). Every other participant's audio is mixed and played there.
+speaker = "auto"
+# How much audio each remote stream's jitter buffer holds (10 ms steps): lower is
+# snappier, higher rides out more network jitter.
+speaker_latency_ms = 60
+# Cancel the speaker's echo in the microphone (WebRTC audio processing), suppress
+# noise and adjust the gain. Echo cancellation runs when both the speaker and the
+# microphone are real devices; a speakerphone that cancels echo itself can turn it off.
+echo_cancel = true
+noise_suppression = true
+auto_gain = true
+# The camera and microphone run only while the device is in a room with someone else
+# (or an RTMP push or a recording started by an operator needs its stream), and stop
+# this long after the last one left. always_on keeps them running all the time.
+always_on = false
+capture_grace_ms = 10000
 
 [auth]
 # "open": anyone who reaches the device may join any room. "token": the Room API
@@ -1100,6 +1139,24 @@ impl Config {
                     "room names must be 1 to {} bytes, got '{bad}'",
                     r.max_name_bytes
                 ),
+            ));
+        }
+        in_range(
+            "device.speaker_latency_ms",
+            d.speaker_latency_ms.min(u32::MAX as u64) as u32,
+            20,
+            1000,
+        )?;
+        in_range(
+            "device.capture_grace_ms",
+            d.capture_grace_ms.min(u32::MAX as u64) as u32,
+            0,
+            3_600_000,
+        )?;
+        if d.speaker.trim().is_empty() {
+            return Err(invalid(
+                "device.speaker",
+                "must be \"auto\", \"none\" or an ALSA PCM name".into(),
             ));
         }
         if d.login.is_empty() || d.login.len() > r.max_name_bytes {

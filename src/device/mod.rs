@@ -19,7 +19,9 @@
 
 pub mod camera;
 pub mod control;
+pub mod echo;
 pub mod h264;
+pub mod levels;
 pub mod microphone;
 pub mod participant;
 pub mod supervisor;

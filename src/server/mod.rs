@@ -98,6 +98,8 @@ pub(crate) struct Shared {
     pub events: crate::events::Events,
     /// Signalling messages and refusals, counted by the sessions (`/metrics`).
     pub signalling_counters: Arc<crate::metrics::SignallingCounters>,
+    /// How loud each remote stream the device's speaker plays is (the room display).
+    pub levels: crate::device::levels::Levels,
 }
 
 /// A running service.
@@ -300,6 +302,7 @@ impl Server {
             media_counters,
             events,
             signalling_counters: Arc::default(),
+            levels: crate::device::levels::Levels::default(),
             live: live_records.clone(),
             admission: admission.clone(),
             origins,
