@@ -8,6 +8,7 @@
 //! - `rtmp`: the RTMP edge (publishers as sources, players as sinks).
 //! - `config`, `logging`, `service` (sd_notify): the system edge.
 
+pub mod audio;
 pub mod auth;
 pub mod config;
 pub mod device;
