@@ -38,9 +38,12 @@ const MAX_CONCEAL_RUN: u32 = 5;
 const FADE_IN: usize = 240;
 /// The smoothing of the depth: an exponential average over ~1 s of periods.
 const SMOOTHING: f32 = 0.01;
-/// How far (in samples, 30 ms) the smoothed depth may stray from the target before
-/// 10 ms is dropped or concealed.
+/// How far (in samples, 30 ms) the smoothed depth may rise above the target before
+/// 10 ms is dropped (a fast sender).
 const DRIFT_MARGIN: usize = 1_440;
+/// How far (in samples, 20 ms) below the buffer's natural mean the smoothed depth
+/// may fall before 10 ms is concealed (a slow sender); never below 20 ms of depth.
+const LOW_MARGIN: usize = 960;
 /// Periods between two drift corrections (so up to 4 % of drift is followed).
 const DRIFT_COOLDOWN: u32 = 25;
 /// Periods a pending drop waits for a quiet spot before it crossfades anyway.
@@ -319,7 +322,13 @@ impl Track {
 
     fn play(&mut self, out: &mut Period) {
         let high = self.smoothed > (self.target + DRIFT_MARGIN) as f32;
-        let low = self.smoothed < self.target.saturating_sub(DRIFT_MARGIN).max(PERIOD) as f32;
+        // The buffer's natural mean is about the target less half a frame (it fills a
+        // frame at a time and drains a period at a time).
+        let low_mark = self
+            .target
+            .saturating_sub(self.last_frame / 2 + LOW_MARGIN)
+            .max(2 * PERIOD);
+        let low = self.smoothed < low_mark as f32;
         if self.cooldown > 0 {
             self.cooldown -= 1;
         }
@@ -474,8 +483,13 @@ impl Track {
                 } else {
                     g711::ulaw_to_linear
                 };
+                let start = self.fifo.len();
                 for &code in payload {
                     up.push(f32::from(expand(code)) / 32768.0, &mut self.fifo);
+                }
+                // The filter's ringing may overshoot full scale a little.
+                for s in self.fifo.range_mut(start..) {
+                    *s = clamp(*s);
                 }
                 self.last_frame = payload.len() * FACTOR;
                 let n = self.fifo.len().min(PERIOD);
