@@ -77,7 +77,7 @@ fn state_with(video: bool, audio: bool) -> impl FnMut(&SourceInput) -> bool {
 async fn runtime_the_camera_and_microphone_switch_off_and_on() {
     let (feed, mut inputs, _key_frames) = SourceFeed::channel();
     let cfg = device_config("test-pattern", "tone");
-    let device = tokio::task::spawn_blocking(move || Device::start(&cfg, feed))
+    let device = tokio::task::spawn_blocking(move || Device::start(&cfg, feed, None))
         .await
         .unwrap()
         .expect("a device with a camera and a microphone");
@@ -185,7 +185,7 @@ async fn runtime_the_camera_and_microphone_switch_off_and_on() {
 async fn runtime_a_source_that_is_not_configured_cannot_be_switched() {
     let (feed, mut inputs, _key_frames) = SourceFeed::channel();
     let cfg = device_config("none", "tone");
-    let device = tokio::task::spawn_blocking(move || Device::start(&cfg, feed))
+    let device = tokio::task::spawn_blocking(move || Device::start(&cfg, feed, None))
         .await
         .unwrap()
         .expect("a device with a microphone");

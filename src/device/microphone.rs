@@ -2,6 +2,7 @@
 //! 48 kHz mono in 20 ms frames, encoded to Opus (libopus through `audiopus`, in-band
 //! FEC) and put into RTP for the SFU.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use audiopus::coder::Encoder;
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use log::{debug, warn};
 
 use super::camera::rand_u32;
+use super::echo::EchoCanceller;
 use super::h264::RtpPacket;
 use super::Source;
 use crate::config;
@@ -52,11 +54,25 @@ pub struct AudioSource {
     timestamp: u32,
     frame: Box<[i16; FRAME]>,
     encoded: Vec<u8>,
+    /// Echo cancellation, noise suppression and gain control before encoding.
+    echo: Option<Arc<EchoCanceller>>,
+    /// The processing failed once (logged): frames go on unprocessed.
+    echo_failed: bool,
 }
 
 impl AudioSource {
     pub fn new(microphone: Box<dyn Microphone>) -> AudioSource {
+        AudioSource::with_processing(microphone, None)
+    }
+
+    /// A microphone whose frames go through `echo` before they are encoded.
+    pub fn with_processing(
+        microphone: Box<dyn Microphone>,
+        echo: Option<Arc<EchoCanceller>>,
+    ) -> AudioSource {
         AudioSource {
+            echo,
+            echo_failed: false,
             microphone,
             encoder: None,
             ssrc: rand_u32(),
@@ -100,6 +116,15 @@ impl Source for AudioSource {
         if !self.microphone.read(timeout, &mut self.frame)? {
             return Ok(false);
         }
+        if let (Some(echo), false) = (&self.echo, self.echo_failed) {
+            if let Err(e) = echo.process(&mut self.frame[..]) {
+                warn!(
+                    "device: {}: {e}; going on without it",
+                    self.microphone.name()
+                );
+                self.echo_failed = true;
+            }
+        }
         let Some(encoder) = &self.encoder else {
             return Err("Opus encoder missing".into());
         };
@@ -128,8 +153,23 @@ impl Source for AudioSource {
     }
 }
 
-/// The microphone of this configuration (`None` for "none").
-pub fn from_config(cfg: &config::Device) -> Option<Box<dyn Source>> {
+/// Whether the configured microphone is a sound card (not a generated tone): only
+/// then does it hear the room, and its audio is processed.
+pub fn is_real(cfg: &config::Device) -> bool {
+    match cfg.microphone.as_str() {
+        "none" | "tone" => false,
+        "auto" => capture_card_exists(),
+        _ => true,
+    }
+}
+
+/// The microphone of this configuration (`None` for "none"), its frames processed by
+/// `echo` when it is a sound card.
+pub fn from_config(
+    cfg: &config::Device,
+    echo: Option<Arc<EchoCanceller>>,
+) -> Option<Box<dyn Source>> {
+    let echo = echo.filter(|_| is_real(cfg));
     let microphone: Box<dyn Microphone> = match cfg.microphone.as_str() {
         "none" => return None,
         "tone" => Box::new(Tone::new(440.0, 0.1)),
@@ -140,7 +180,7 @@ pub fn from_config(cfg: &config::Device) -> Option<Box<dyn Source>> {
         "auto" => Box::new(AlsaMicrophone::new("default".into())),
         pcm => Box::new(AlsaMicrophone::new(pcm.to_owned())),
     };
-    Some(Box::new(AudioSource::new(microphone)))
+    Some(Box::new(AudioSource::with_processing(microphone, echo)))
 }
 
 fn capture_card_exists() -> bool {

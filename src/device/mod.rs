@@ -24,6 +24,7 @@ pub mod h264;
 pub mod levels;
 pub mod microphone;
 pub mod participant;
+pub mod speaker;
 pub mod supervisor;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -162,7 +163,13 @@ pub enum Trouble {
 
 impl Device {
     /// Starts the configured camera and microphone (`None` when both are "none").
-    pub fn start(cfg: &config::Device, feed: DeviceFeed) -> Option<Device> {
+    /// `echo` processes the microphone (echo cancellation against the speaker, noise
+    /// suppression, gain control) when it is a sound card.
+    pub fn start(
+        cfg: &config::Device,
+        feed: DeviceFeed,
+        echo: Option<Arc<echo::EchoCanceller>>,
+    ) -> Option<Device> {
         let timing = Timing {
             retry: Duration::from_millis(cfg.retry_ms),
             stall: Duration::from_millis(cfg.stall_timeout_ms),
@@ -175,7 +182,7 @@ impl Device {
             };
             sources.push((camera, configured));
         }
-        if let Some(microphone) = microphone::from_config(cfg) {
+        if let Some(microphone) = microphone::from_config(cfg, echo) {
             sources.push((microphone, cfg.microphone.clone()));
         }
         if sources.is_empty() {

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::control::{AdminAnswer, AdminReply, AdminRequest};
 use super::recording::Recordings;
+use super::speaker::SpeakerWiring;
 use crate::device::Participant;
 use crate::events::{EventKind, Events};
 use crate::logging::escaped;
@@ -79,6 +80,8 @@ pub const DEVICE_SESSION: SessionId = 0;
 struct Parties {
     sessions: HashMap<SessionId, SessionHandle>,
     device: Option<Participant>,
+    /// What the device's speaker plays, when it has one.
+    speaker: Option<SpeakerWiring>,
     recordings: Recordings,
     events: Events,
     /// When each room was created (the admin API shows it).
@@ -92,6 +95,8 @@ struct Parties {
 pub(crate) struct Others {
     /// The device participant, when the device has a camera or microphone.
     pub device: Option<Participant>,
+    /// The device's speaker: the streams of the device's rooms to hear.
+    pub speaker: Option<SpeakerWiring>,
     pub recordings: Recordings,
     pub events: Events,
 }
@@ -106,6 +111,7 @@ pub(crate) async fn run(
     let mut parties = Parties {
         sessions: HashMap::new(),
         device: others.device,
+        speaker: others.speaker,
         recordings: others.recordings,
         events: others.events,
         created: HashMap::new(),
@@ -320,6 +326,9 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                 continue;
             }
             Output::Notice(notice) => {
+                if let Some(speaker) = &mut parties.speaker {
+                    speaker.hearing.notice(&notice);
+                }
                 emit_notice(&parties.events, notice);
                 continue;
             }
@@ -349,6 +358,9 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                     parties.recordings.room_finalized(&room);
                 }
                 parties.created.remove(&room);
+                if let Some(speaker) = &mut parties.speaker {
+                    speaker.hearing.room_finalized(&room);
+                }
                 parties.events.emit(
                     EventKind::RoomFinalized,
                     Some(&room),
@@ -364,6 +376,9 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
         for command in device_commands {
             core.command(now(), DEVICE_SESSION, command);
         }
+    }
+    if let (Some(speaker), Some(device)) = (&mut parties.speaker, &parties.device) {
+        speaker.sync(device);
     }
 }
 

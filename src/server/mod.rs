@@ -16,6 +16,7 @@ mod records;
 mod rtmp_edge;
 mod rtmp_push;
 mod session;
+mod speaker;
 pub mod tls;
 pub mod webhooks;
 
@@ -131,6 +132,8 @@ pub struct Server {
     driver: JoinHandle<()>,
     /// The camera and microphone threads, when the device has any.
     device: Option<Device>,
+    /// The speaker thread, when the device has a speaker.
+    speaker: Option<crate::device::speaker::Speaker>,
     /// Liveness of the SFU task.
     media: crate::sfu::task::SfuProbe,
     /// The `[[webhooks]]` delivery tasks (flushed, then stopped, at shutdown).
@@ -218,10 +221,13 @@ impl Server {
         let endpoints = sfu.endpoints();
         // Probing cameras and GStreamer's plugin registry may take a moment.
         // Registered before any request can reach the media task.
+        let levels = crate::device::levels::Levels::default();
+        let echo = crate::device::echo::from_config(&config.device);
         let device = match sfu.add_source(crate::device::SOURCE, crate::device::UNAVAILABLE) {
             Some(feed) => {
                 let device_cfg = config.device.clone();
-                tokio::task::spawn_blocking(move || Device::start(&device_cfg, feed))
+                let echo = echo.clone();
+                tokio::task::spawn_blocking(move || Device::start(&device_cfg, feed, echo))
                     .await
                     .unwrap_or_else(|e| {
                         warn!("device: start failed: {e}");
@@ -241,6 +247,14 @@ impl Server {
                 record: config.device.record,
             })
         });
+        // The speaker plays the rooms the device participant is in.
+        let speaker_thread = match &participant {
+            Some(_) => crate::device::speaker::Speaker::start(&config.device, levels.clone(), echo),
+            None => None,
+        };
+        let hearing = speaker_thread
+            .as_ref()
+            .map(|s| speaker::SpeakerWiring::start(endpoints.clone(), s.handle()));
         let live_records = Arc::new(crate::record::live::Live::new());
         let (recordings, recording) = recording::RecordingTask::start(
             &config.records,
@@ -255,6 +269,7 @@ impl Server {
             (sfu, media_events),
             driver::Others {
                 device: participant,
+                speaker: hearing,
                 recordings: recordings.clone(),
                 events: events.clone(),
             },
@@ -302,7 +317,7 @@ impl Server {
             media_counters,
             events,
             signalling_counters: Arc::default(),
-            levels: crate::device::levels::Levels::default(),
+            levels,
             live: live_records.clone(),
             admission: admission.clone(),
             origins,
@@ -361,6 +376,7 @@ impl Server {
             listeners,
             driver,
             device,
+            speaker: speaker_thread,
             media,
             webhooks: Some(webhooks),
         })
@@ -428,8 +444,14 @@ impl Server {
         if self.rtmp.as_ref().is_some_and(JoinHandle::is_finished) {
             return Err(Unhealthy::Dead("the RTMP listener task ended".into()));
         }
-        if let Some(device) = &self.device {
-            device.check().map_err(|t| match t {
+        let checks = self
+            .device
+            .as_ref()
+            .map(Device::check)
+            .into_iter()
+            .chain(self.speaker.as_ref().map(|s| s.check()));
+        for check in checks {
+            check.map_err(|t| match t {
                 crate::device::Trouble::Dead(why) => Unhealthy::Dead(format!("device: {why}")),
                 crate::device::Trouble::Hung(why) => Unhealthy::Hung(format!("device: {why}")),
             })?;
@@ -479,6 +501,9 @@ impl Server {
         }
         // The rooms are closed and their streams ended: the device's sources stop
         // without failing a stream (no "media source ended" warning on every stop).
+        if let Some(speaker) = self.speaker.take() {
+            let _ = tokio::task::spawn_blocking(move || speaker.stop()).await;
+        }
         if let Some(device) = self.device.take() {
             let _ = tokio::task::spawn_blocking(move || device.stop()).await;
         }

@@ -61,6 +61,8 @@ enum Command {
     /// A sink of another edge attached to a stream now (a recorder).
     Attach {
         stream: String,
+        /// Only the stream's audio (the device's speaker): video is not queued.
+        audio_only: bool,
         reply: tokio::sync::oneshot::Sender<Result<Attachment, StreamError>>,
     },
     /// The codecs of a stream, if it is published.
@@ -235,6 +237,8 @@ impl std::fmt::Debug for Command {
 /// queue, never waiting (full: dropped, the core asks for a key frame).
 struct ChannelSink {
     tx: mpsc::Sender<(Kind, rtc::rtp::Packet)>,
+    /// Video is taken and dropped here (an audio-only sink).
+    audio_only: bool,
 }
 
 impl Sink<Peers> for ChannelSink {
@@ -246,6 +250,9 @@ impl Sink<Peers> for ChannelSink {
         _codec: &Codec,
         packet: rtc::rtp::Packet,
     ) -> Delivery {
+        if self.audio_only && kind == Kind::Video {
+            return Delivery::Taken;
+        }
         match self.tx.try_send((kind, packet)) {
             Ok(()) => Delivery::Taken,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
@@ -300,10 +307,25 @@ impl Endpoints {
     /// A sink attached to a published stream now (a recorder): its packets from a key
     /// frame on, until the stream ends.
     pub async fn attach(&self, stream: &str) -> Result<Attachment, StreamError> {
+        self.attach_kinds(stream, false).await
+    }
+
+    /// A sink of a published stream's audio only (the device's speaker): its video is
+    /// never queued toward it.
+    pub async fn attach_audio(&self, stream: &str) -> Result<Attachment, StreamError> {
+        self.attach_kinds(stream, true).await
+    }
+
+    async fn attach_kinds(
+        &self,
+        stream: &str,
+        audio_only: bool,
+    ) -> Result<Attachment, StreamError> {
         let gone = || StreamError::Unavailable("The media engine is gone".into());
         let (reply, answer) = tokio::sync::oneshot::channel();
         let command = Command::Attach {
             stream: stream.to_owned(),
+            audio_only,
             reply,
         };
         self.commands.send(command).await.map_err(|_| gone())?;
@@ -398,7 +420,13 @@ impl ExternalSinks {
             packets,
             key_frame,
         };
-        (ChannelSink { tx }, make)
+        (
+            ChannelSink {
+                tx,
+                audio_only: false,
+            },
+            make,
+        )
     }
 
     /// Attaches the watchers of `stream` to it.
@@ -780,10 +808,11 @@ async fn run(
                     sinks.watchers.push((stream, attachments));
                 }
                 Some(Command::KeyFrame { stream }) => engine.request_key_frame(now(), &stream),
-                Some(Command::Attach { stream, reply }) => {
+                Some(Command::Attach { stream, audio_only, reply }) => {
                     let attached = match commands.upgrade() {
                         Some(commands) => {
-                            let (sink, make) = ExternalSinks::attachment(&commands, &stream);
+                            let (mut sink, make) = ExternalSinks::attachment(&commands, &stream);
+                            sink.audio_only = audio_only;
                             engine
                                 .attach_external(now(), &stream, Box::new(sink))
                                 .map(|(codecs, _)| make(codecs))

@@ -52,6 +52,9 @@ REQUIRED_DISTRO_FEATURES = "systemd"
 #             "commercial")
 # RTMP audio (AAC from publishers to Opus, Opus to AAC for players and pushes): libav
 # above, plus voaacenc (plugins-bad PACKAGECONFIG voaacenc, vo-aacenc from meta-oe).
+# Echo cancellation, noise suppression and gain control of the microphone ([device]
+# echo_cancel...): webrtcdsp/webrtcechoprobe (plugins-bad PACKAGECONFIG webrtcdsp, with
+# webrtc-audio-processing from meta-oe); without it the microphone works unprocessed.
 # The offline room mix runs the ffmpeg CLI at idle priority (chrt from util-linux) and
 # labels tiles with DejaVu Sans when installed (ffmpeg: LICENSE_FLAGS "commercial" for
 # libx264; a board can set [records.mixer] encoder to its V4L2 encoder instead).
@@ -61,6 +64,7 @@ PACKAGECONFIG[openh264] = ",,,gstreamer1.0-plugins-bad-openh264"
 PACKAGECONFIG[x264] = ",,,gstreamer1.0-plugins-ugly-x264"
 PACKAGECONFIG[rtmp-audio] = ",,,gstreamer1.0-libav gstreamer1.0-plugins-bad-voaacenc"
 PACKAGECONFIG[mix] = ",,,ffmpeg util-linux-chrt"
+PACKAGECONFIG[aec] = ",,,gstreamer1.0-plugins-bad-webrtcdsp"
 
 # The service runs as the system user `huddle` (group `huddle`, plus `video` for V4L2 and
 # `audio` for ALSA). useradd creates it when the package is installed into the image, which
@@ -102,6 +106,8 @@ SYSTEMD_SERVICE:${PN} = "huddle.service"
 #   test pattern (no camera)       base-videotestsrc, base-pango (clockoverlay), and a
 #                                  software encoder (PACKAGECONFIG x264 or openh264)
 #   microphone                     alsa-lib (the binary links it; listed for clarity)
+#   speaker                        alsa-lib (Opus decoding and the mix are Huddle's own)
+#   echo cancellation              PACKAGECONFIG aec (webrtcdsp)
 #   hardware H.264 (V4L2 mem2mem,  good-video4linux2 (v4l2h264enc),
 #   e.g. i.MX 8M Plus, RPi 4)      bad-videoparsersbad (h264parse)
 #   RTMP audio                     good-audioparsers (aacparse), base-opus (opusenc,
