@@ -401,7 +401,8 @@ impl Player {
 
     /// How long until the next period is due (zero: now).
     fn due_in(&mut self, now: Instant) -> Duration {
-        let due = self.anchor + PERIOD_TIME * (self.written as u32).saturating_sub(AHEAD);
+        let ahead = self.written.saturating_sub(u64::from(AHEAD));
+        let due = self.anchor + Duration::from_millis(10 * ahead);
         if due > now {
             return due - now;
         }
@@ -625,5 +626,98 @@ impl Output for AlsaOutput {
         if let Some(pcm) = self.pcm.take() {
             let _ = pcm.drop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the scripted card saw and does.
+    #[derive(Default)]
+    struct Card {
+        writes: u64,
+        opens: u64,
+        open_attempts: u64,
+        /// The write that fails as if the card was unplugged.
+        fail_at: Option<u64>,
+        /// Opens refused after that (the card is still away).
+        refuse_opens: u64,
+    }
+
+    /// A card the test scripts (the real ALSA paths are in tests/speaker.rs).
+    struct ScriptedCard(Arc<Mutex<Card>>);
+
+    impl Output for ScriptedCard {
+        fn name(&self) -> String {
+            "speaker scripted".into()
+        }
+        fn open(&mut self) -> Result<(), String> {
+            let mut c = self.0.lock().unwrap();
+            c.open_attempts += 1;
+            if c.refuse_opens > 0 {
+                c.refuse_opens -= 1;
+                return Err("No such device".into());
+            }
+            c.opens += 1;
+            Ok(())
+        }
+        fn write(&mut self, _period: &[i16; PERIOD]) -> Result<(), WriteError> {
+            let mut c = self.0.lock().unwrap();
+            c.writes += 1;
+            if c.fail_at == Some(c.writes) {
+                c.fail_at = None;
+                c.refuse_opens = 2;
+                return Err(WriteError::Failed("No such device".into()));
+            }
+            Ok(())
+        }
+        fn delay(&self) -> Option<i64> {
+            None
+        }
+        fn close(&mut self) {}
+    }
+
+    #[test]
+    fn a_card_that_vanishes_is_reopened_after_the_backoff_and_plays_again() {
+        let card = Arc::new(Mutex::new(Card {
+            fail_at: Some(20),
+            ..Card::default()
+        }));
+        let timing = super::super::Timing {
+            retry: Duration::from_millis(20),
+            stall: Duration::from_secs(5),
+        };
+        let speaker = Speaker::start_with(
+            Box::new(ScriptedCard(card.clone())),
+            Duration::from_millis(60),
+            timing,
+            Levels::default(),
+            None,
+        )
+        .unwrap();
+        let handle = speaker.handle();
+        let id = handle.next_id();
+        assert!(handle.send(Input::Start {
+            id,
+            stream: "r-alice".into(),
+            family: Family::Opus,
+            clock_rate: 48_000,
+        }));
+        // Paced in real time: 60 periods are 0.6 s; bounded wait.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while card.lock().unwrap().writes < 60 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let c = card.lock().unwrap();
+        assert!(c.writes >= 60, "{} periods written", c.writes);
+        // Opened, failed at write 20, refused twice (backoff), opened again.
+        assert_eq!(c.opens, 2);
+        assert_eq!(c.open_attempts, 4);
+        drop(c);
+        assert_eq!(handle.stats().opens.load(Ordering::Relaxed), 2);
+        speaker.check().unwrap();
+        speaker.stop();
     }
 }
