@@ -15,7 +15,7 @@ const STATUS_TEXT = { NEW: 'starting…', PENDING: 'connecting…', PUBLISHING: 
 let DEVICE_LOGIN = params.get('device') || 'Room system';
 // GET /client/info: {name, invite_base, https, max_name_chars}; null until answered (or when
 // the page is not served by Huddle).
-let info = null;
+let deviceInfo = null;
 let maxNameChars = 128;
 const ROOMS_POLL_MS = 3000;
 // Token mode: ?token=<JWT>, sent as custom.token; a payload with "moderator": true makes this
@@ -70,7 +70,7 @@ function show(id, text) { Object.assign($(id), { textContent: text, hidden: !tex
 // The device's advertised (HTTPS) address from /client/info, never the page's own loopback
 // origin; the page's origin only when the page is not served by Huddle.
 function inviteLink(name) {
-  const base = info?.invite_base || `${location.origin}${location.pathname}`;
+  const base = deviceInfo?.invite_base || `${location.origin}${location.pathname}`;
   let link = `${base}?roomName=${encodeURIComponent(name)}`;
   if (params.has('ws')) link += `&ws=${encodeURIComponent(WS_URL)}`; // keep a non-default server
   return link;
@@ -135,10 +135,10 @@ const roomEvents = {
     $('join-form').hidden = $('landing').hidden = true;
     $('call').hidden = false;
     $('invite').value = inviteLink(r.name);
-    if (info) {
+    if (deviceInfo) {
       $('invite-qr').src = `/client/qr.svg?room=${encodeURIComponent(r.name)}`;
       $('invite-qr').hidden = false;
-      $('invite-note').hidden = info.https;
+      $('invite-note').hidden = deviceInfo.https;
     }
     // A member who publishes nothing is a bare login; one who does is a {login, name} per stream.
     // Nobody here but maybe the device: this page created the room.
@@ -578,7 +578,8 @@ async function loadInfo() {
   try {
     const r = await fetch('/client/info', { cache: 'no-store' });
     if (!r.ok) return;
-    info = await r.json();
+    const info = await r.json();
+    deviceInfo = info;
     if (!params.get('device') && info.name) DEVICE_LOGIN = info.name;
     if (info.name) { $('device-name').textContent = info.name; document.title = `${info.name} — Huddle`; }
     if (Number.isInteger(info.max_name_chars)) maxNameChars = info.max_name_chars;
