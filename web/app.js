@@ -67,10 +67,14 @@ function setStatus(state, text) {
 }
 function show(id, text) { Object.assign($(id), { textContent: text, hidden: !text }); }
 
-// The device's advertised (HTTPS) address from /client/info, never the page's own loopback
-// origin; the page's origin only when the page is not served by Huddle.
+// The page's own origin when people reached the device over HTTPS by a name or address that is
+// not loopback (it works for them, and its certificate fits); else the device's advertised
+// address from /client/info (never 127.0.0.1/localhost of a page on the device's own screen, and
+// HTTPS when it is on); the page's origin when the page is not served by Huddle.
+const PAGE_IS_REACHABLE = location.protocol === 'https:' && !/^(localhost|127\.|\[::1\]$|\[::ffff:127\.)/i.test(location.hostname);
 function inviteLink(name) {
-  const base = deviceInfo?.invite_base || `${location.origin}${location.pathname}`;
+  const own = `${location.origin}${location.pathname}`;
+  const base = (!PAGE_IS_REACHABLE && deviceInfo?.invite_base) || own;
   let link = `${base}?roomName=${encodeURIComponent(name)}`;
   if (params.has('ws')) link += `&ws=${encodeURIComponent(WS_URL)}`; // keep a non-default server
   return link;
