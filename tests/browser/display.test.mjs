@@ -14,10 +14,11 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { BrowserPage, E2eFile, assertChromiumInstalled, assertPageClean, huddleConfig, waitFor } from './harness.mjs';
 
 const STEP_TIMEOUT_MS = 15_000;
-const FILE_WATCHDOG_MS = 100_000;
+const FILE_WATCHDOG_MS = 170_000;
 const ROOM = 'display room 🎬';
 const [ANN, BORIS] = ['ann', 'Борис <b>'];
 const CHAT = 'Привет 👋 <i>not italic</i>';
@@ -27,6 +28,7 @@ const { diag } = e2e;
 let server;
 let origin;
 let browser;
+let config; // a fixed HTTP port: the restart test starts the service again on it
 
 const until = (description, fn, timeout = STEP_TIMEOUT_MS) =>
   waitFor(fn, { what: description, timeout, interval: 150, diagnostics: () => diag.text() });
@@ -60,7 +62,16 @@ async function open(label, pathAndQuery) {
 before(async () => {
   await e2e.makeTmpDir('huddle-display-e2e-');
   assertChromiumInstalled();
-  server = await e2e.startHuddle({ config: huddleConfig(), startTimeout: 20_000 });
+  const port = await new Promise((resolve, reject) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port: p } = probe.address();
+      probe.close(() => resolve(p));
+    });
+    probe.on('error', reject);
+  });
+  // Only [http] listen (the first "127.0.0.1:0"); RTMP keeps a free port.
+  config = huddleConfig().replace('listen = "127.0.0.1:0"', `listen = "127.0.0.1:${port}"`);
+  server = await e2e.startHuddle({ config, startTimeout: 20_000 });
   origin = `http://${server.addr}`;
   browser = await e2e.launchChromium({ timeout: 15_000 });
 }, { timeout: 40_000 });
@@ -136,6 +147,35 @@ test('the display shows the room: two tiles with names, muted, no publishing, ch
     for (const p of [ann, boris]) await p.page.click('#leave');
     await until('display: back to waiting', async () => display.page.isVisible('#waiting'), 20_000);
     for (const p of [display, ann, boris]) assertPageClean(p);
+  } finally {
+    await diag.closeAll();
+  }
+});
+
+test('the display recovers by itself when the service restarts', { timeout: 70_000 }, async () => {
+  const display = await open('display', '/display');
+  const ann = await open(ANN, '/');
+  const annJoins = async () => {
+    await ann.page.fill('#login', ANN);
+    await ann.page.fill('#room', 'after restart');
+    await ann.page.click('#join');
+    await until('ann publishing', async () => ann.page.evaluate(() => window.__huddle.streams().some((s) => s.published && s.status === 'PUBLISHING')));
+  };
+  const annShown = () => until('display: ann\'s tile playing', async () => display.page.evaluate(() => {
+    const tiles = [...document.querySelectorAll('#tiles .tile')];
+    return tiles.length === 1 && tiles[0].dataset.status === 'PLAYING' && tiles[0].querySelector('.name').textContent === 'ann';
+  }), 25_000);
+  try {
+    await annJoins();
+    await annShown();
+    await server.stop({ timeout: 10_000 });
+    await until('display: the connection lost', async () => (await display.page.getAttribute('#status', 'data-state')) === 'offline');
+    server = await e2e.startHuddle({ config, startTimeout: 20_000 });
+    assert.equal(`http://${server.addr}`, origin, 'the same address again');
+    await until('ann: back at the join form', async () => ann.page.isVisible('#join-form'));
+    await annJoins();
+    await annShown();
+    for (const p of [display, ann]) assert.deepEqual(p.pageErrors, [], `${p.label}: uncaught errors`);
   } finally {
     await diag.closeAll();
   }
