@@ -11,7 +11,13 @@ const CAMERA = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ide
 const STATUS_TEXT = { NEW: 'starting…', PENDING: 'connecting…', PUBLISHING: 'live', PLAYING: 'live' };
 // The meeting-room device's own participant (its [device] login): a room holding only the
 // device is still a new room, and whoever joins it first is its creator.
-const DEVICE_LOGIN = params.get('device') || 'Room system';
+// /client/info names it; ?device= overrides.
+let DEVICE_LOGIN = params.get('device') || 'Room system';
+// GET /client/info: {name, invite_base, https, max_name_chars}; null until answered (or when
+// the page is not served by Huddle).
+let deviceInfo = null;
+let maxNameChars = 128;
+const ROOMS_POLL_MS = 3000;
 // Token mode: ?token=<JWT>, sent as custom.token; a payload with "moderator": true makes this
 // page a moderator (the server decides; the page only chooses which controls to show).
 const TOKEN = params.get('token') || '';
@@ -61,8 +67,15 @@ function setStatus(state, text) {
 }
 function show(id, text) { Object.assign($(id), { textContent: text, hidden: !text }); }
 
+// The page's own origin when people reached the device over HTTPS by a name or address that is
+// not loopback (it works for them, and its certificate fits); else the device's advertised
+// address from /client/info (never 127.0.0.1/localhost of a page on the device's own screen, and
+// HTTPS when it is on); the page's origin when the page is not served by Huddle.
+const PAGE_IS_REACHABLE = location.protocol === 'https:' && !/^(localhost|127\.|\[::1\]$|\[::ffff:127\.)/i.test(location.hostname);
 function inviteLink(name) {
-  let link = `${location.origin}${location.pathname}?roomName=${encodeURIComponent(name)}`;
+  const own = `${location.origin}${location.pathname}`;
+  const base = (!PAGE_IS_REACHABLE && deviceInfo?.invite_base) || own;
+  let link = `${base}?roomName=${encodeURIComponent(name)}`;
   if (params.has('ws')) link += `&ws=${encodeURIComponent(WS_URL)}`; // keep a non-default server
   return link;
 }
@@ -70,9 +83,15 @@ function inviteLink(name) {
 // Camera and microphone, else whichever of them exists. Never rejects: without devices (or
 // without permission, or on a plain-http page) the user still joins to watch and chat.
 async function getMedia() {
+  const cam = $('camera-select').value;
+  const mic = $('mic-select').value;
+  if (cam === 'none' && mic === 'none') return { error: 'you chose to join without them' };
   if (!navigator.mediaDevices?.getUserMedia) return { error: 'the browser allows them only on HTTPS pages' };
+  const video = cam === 'none' ? false : { ...CAMERA, ...(cam ? { deviceId: { exact: cam } } : {}) };
+  const audio = mic === 'none' ? false : (mic ? { deviceId: { exact: mic } } : true);
+  const tries = [{ audio, video }, { audio }, { video }].filter((c) => c.audio || c.video);
   let error;
-  for (const c of [{ audio: true, video: CAMERA }, { audio: true }, { video: CAMERA }]) {
+  for (const c of tries) {
     try { return { stream: await navigator.mediaDevices.getUserMedia(c) }; } catch (e) {
       error = e;
       if (e.name === 'NotAllowedError' || e.name === 'SecurityError') break; // asking again will not help
@@ -86,7 +105,9 @@ $('join-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const login = $('login').value.trim();
   const roomName = $('room').value.trim();
-  if (!login || !roomName) return;
+  const problem = nameProblem('your name', login) || nameProblem('the room name', roomName);
+  if (problem) { show('error', problem); (nameProblem('your name', login) ? $('login') : $('room')).focus(); return; }
+  stopCheck();
   try { localStorage.setItem('huddle.login', login); } catch { /* storage disabled */ }
   show('error', '');
   show('notice', '');
@@ -115,9 +136,14 @@ const roomEvents = {
   async STATE(info) {
     const r = room;
     setStatus('joined', `In room “${r.name}” as ${session.login}`);
-    $('join-form').hidden = true;
+    $('join-form').hidden = $('landing').hidden = true;
     $('call').hidden = false;
     $('invite').value = inviteLink(r.name);
+    if (deviceInfo) {
+      $('invite-qr').src = `/client/qr.svg?room=${encodeURIComponent(r.name)}`;
+      $('invite-qr').hidden = false;
+      $('invite-note').hidden = deviceInfo.https;
+    }
     // A member who publishes nothing is a bare login; one who does is a {login, name} per stream.
     // Nobody here but maybe the device: this page created the room.
     const logins = info.map((entry) => (typeof entry === 'string' ? entry : entry.login));
@@ -399,12 +425,175 @@ function teardown(statusText) {
   setModerator(false);
   show('mod-info', '');
   $('call').hidden = true;
-  $('join-form').hidden = false;
+  $('join-form').hidden = $('landing').hidden = false;
   $('join').disabled = $('leave').disabled = false;
+  refreshLanding();
   for (const [id, text] of [['mute-audio', 'Mute audio'], ['mute-video', 'Mute video']]) {
     $(id).textContent = text;
     $(id).setAttribute('aria-pressed', 'false');
     $(id).title = '';
   }
   setStatus('offline', statusText);
+}
+
+// ----- The landing page: names, the device check, live rooms, records --------------------------
+
+// Characters as people count them (grapheme clusters), as the server counts.
+function graphemes(text) {
+  if (typeof Intl?.Segmenter !== 'function') return [...text].length;
+  let n = 0;
+  for (const _ of new Intl.Segmenter(undefined, { granularity: 'grapheme' }).segment(text)) n += 1;
+  return n;
+}
+
+// A visible reason why `value` (already trimmed) cannot be a name, or ''.
+function nameProblem(what, value) {
+  if (!value) return `Please enter ${what}: it cannot be empty or only spaces.`;
+  if (graphemes(value) > maxNameChars) return `${what[0].toUpperCase()}${what.slice(1)} is too long: at most ${maxNameChars} characters.`;
+  return '';
+}
+
+// The camera and microphone check: a preview of the chosen camera, a level meter of the chosen
+// microphone, the devices to choose from. Stopped at Join (the call asks for its own media).
+let check = null; // {stream, ctx, raf}
+function stopCheck() {
+  if (!check) return;
+  check.stream?.getTracks().forEach((t) => t.stop());
+  cancelAnimationFrame(check.raf);
+  check.ctx?.close().catch(() => {});
+  check = null;
+  $('preview').srcObject = null;
+  $('mic-level').value = 0;
+}
+
+async function fillDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  for (const [id, kind, word] of [['camera-select', 'videoinput', 'Camera'], ['mic-select', 'audioinput', 'Microphone']]) {
+    const select = $(id);
+    const chosen = select.value;
+    const keep = [...select.options].filter((o) => o.value === '' || o.value === 'none');
+    const found = devices.filter((d) => d.kind === kind && d.deviceId && d.deviceId !== 'default');
+    select.replaceChildren(...keep, ...found.map((d, i) => Object.assign(document.createElement('option'), {
+      value: d.deviceId, textContent: d.label || `${word} ${i + 1}`,
+    })));
+    if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+  }
+}
+
+async function startCheck() {
+  stopCheck();
+  show('check-message', '');
+  if (!navigator.mediaDevices?.getUserMedia) {
+    show('check-message', 'The browser allows the camera and microphone only on HTTPS pages: you can still join to watch and chat.');
+    return;
+  }
+  const mine = {};
+  check = mine;
+  const { stream, error } = await getMedia();
+  if (check !== mine) { stream?.getTracks().forEach((t) => t.stop()); return; }
+  if (!stream) {
+    check = null;
+    show('check-message', `No camera or microphone (${error}): you can still join without them, to listen, watch and chat.`);
+    return;
+  }
+  mine.stream = stream;
+  try { await fillDevices(); } catch { /* the lists stay as they are */ }
+  if (!stream.getVideoTracks().length) show('check-message', 'No camera: you will join with sound only.');
+  else if (!stream.getAudioTracks().length) show('check-message', 'No microphone: you will join with video only.');
+  $('preview').srcObject = stream.getVideoTracks().length ? new MediaStream(stream.getVideoTracks()) : null;
+  if (stream.getAudioTracks().length) {
+    const ctx = new AudioContext();
+    mine.ctx = ctx;
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 1024;
+    ctx.createMediaStreamSource(stream).connect(analyser);
+    const samples = new Float32Array(analyser.fftSize);
+    const tick = () => {
+      if (check !== mine) return;
+      analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (const x of samples) sum += x * x;
+      const rms = Math.sqrt(sum / samples.length);
+      // -60 dBFS .. 0 dBFS as 0..1, like the device's own meter.
+      $('mic-level').value = rms > 1e-6 ? Math.min(1, Math.max(0, (20 * Math.log10(rms) + 60) / 60)) : 0;
+      mine.raf = requestAnimationFrame(tick);
+    };
+    ctx.resume().catch(() => {});
+    tick();
+  }
+}
+$('check-start').onclick = () => { startCheck(); };
+for (const id of ['camera-select', 'mic-select']) $(id).addEventListener('change', () => { if (check) startCheck(); });
+
+// Live rooms with who is in them; a click joins (or fills the room and asks for a name).
+function renderRooms(rooms) {
+  const items = rooms.map((r) => {
+    const li = document.createElement('li');
+    li.dataset.room = r.name;
+    const name = Object.assign(document.createElement('span'), { className: 'room-name', textContent: r.name });
+    const members = Object.assign(document.createElement('span'), { className: 'members', textContent: r.members.join(', ') });
+    const button = Object.assign(document.createElement('button'), { type: 'button', textContent: 'Join' });
+    button.setAttribute('aria-label', `Join ${r.name}`);
+    button.onclick = () => {
+      $('room').value = r.name;
+      if ($('login').value.trim()) $('join-form').requestSubmit();
+      else { $('login').focus(); show('notice', 'Enter your name to join.'); }
+    };
+    li.append(name, members, button);
+    return li;
+  });
+  $('rooms-list').replaceChildren(...items);
+  $('no-rooms').hidden = items.length > 0;
+}
+
+const authHeaders = () => (TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {});
+
+async function refreshRooms() {
+  try {
+    const r = await fetch('/client/rooms', { headers: authHeaders(), cache: 'no-store' });
+    if (!r.ok) { $('live').hidden = true; return; }
+    const { rooms } = await r.json();
+    $('live').hidden = false;
+    renderRooms(Array.isArray(rooms) ? rooms : []);
+  } catch { $('live').hidden = true; }
+}
+
+async function refreshRecords() {
+  try {
+    const r = await fetch('/client/records', { headers: { Accept: 'application/json', ...authHeaders() }, cache: 'no-store' });
+    if (!r.ok) { $('records').hidden = true; return; }
+    const { records = [] } = await r.json();
+    const items = records.slice(0, 5).map((rec) => {
+      const li = document.createElement('li');
+      const a = Object.assign(document.createElement('a'), { href: rec.url, textContent: `${rec.room} — ${rec.stream ?? 'room'} (${rec.started})` });
+      li.append(a);
+      return li;
+    });
+    $('records-list').replaceChildren(...items);
+    $('records').hidden = items.length === 0;
+  } catch { $('records').hidden = true; }
+}
+
+function refreshLanding() {
+  if (!$('landing').hidden) { refreshRooms(); refreshRecords(); }
+}
+
+async function loadInfo() {
+  try {
+    const r = await fetch('/client/info', { cache: 'no-store' });
+    if (!r.ok) return;
+    const info = await r.json();
+    deviceInfo = info;
+    if (!params.get('device') && info.name) DEVICE_LOGIN = info.name;
+    if (info.name) { $('device-name').textContent = info.name; document.title = `${info.name} — Huddle`; }
+    if (Number.isInteger(info.max_name_chars)) maxNameChars = info.max_name_chars;
+  } catch { /* not served by Huddle: the page's own origin */ }
+}
+
+if (!params.has('ws')) { // served by Huddle (else these routes are another server's)
+  loadInfo();
+  refreshLanding();
+  setInterval(() => { if (!$('landing').hidden) refreshRooms(); }, ROOMS_POLL_MS);
+} else {
+  $('live').hidden = true;
 }

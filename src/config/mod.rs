@@ -251,7 +251,24 @@ pub struct Rooms {
     pub max_rooms_per_session: usize,
     pub max_streams_per_session: usize,
     pub max_players_per_session: usize,
-    pub max_name_bytes: usize,
+    /// Longest room name and login in characters as people count them (grapheme
+    /// clusters).
+    pub max_name_chars: usize,
+    /// The byte bound of a room name or login (UTF-8); unset: 4 × `max_name_chars`.
+    pub max_name_bytes: Option<usize>,
+}
+
+impl Rooms {
+    /// `max_name_bytes`, or 4 bytes per character when unset.
+    pub fn name_bytes(&self) -> usize {
+        self.max_name_bytes
+            .unwrap_or(self.max_name_chars.saturating_mul(4))
+    }
+
+    /// Whether `name` is a valid room name or login (see `rooms::check_name`).
+    pub fn check_name(&self, what: &str, name: &str) -> Result<(), String> {
+        crate::rooms::check_name(what, name, self.max_name_chars, self.name_bytes())
+    }
 }
 
 impl Default for Rooms {
@@ -266,7 +283,8 @@ impl Default for Rooms {
             max_rooms_per_session: 4,
             max_streams_per_session: 4,
             max_players_per_session: 32,
-            max_name_bytes: 256,
+            max_name_chars: 128,
+            max_name_bytes: None,
         }
     }
 }
@@ -659,8 +677,11 @@ max_players = 256
 max_rooms_per_session = 4
 max_streams_per_session = 4
 max_players_per_session = 32
-# Longest room name and login, in bytes of UTF-8.
-max_name_bytes = 256
+# Longest room name and login, in characters as people count them (a CJK
+# character, "é" or a flag emoji is one). Names made only of spaces are refused.
+max_name_chars = 128
+# And in bytes of UTF-8, a bound for the protocol (default: 4 x max_name_chars).
+# max_name_bytes = 512
 
 [media]
 # The one UDP port every WebRTC peer uses (0: any free port, for tests).
@@ -1062,7 +1083,17 @@ impl Config {
             r.max_players_per_session as u64,
             1,
         )?;
-        at_least("rooms.max_name_bytes", r.max_name_bytes as u64, 16)?;
+        at_least("rooms.max_name_chars", r.max_name_chars as u64, 8)?;
+        if r.name_bytes() < r.max_name_chars {
+            return Err(invalid(
+                "rooms.max_name_bytes",
+                format!(
+                    "must be at least max_name_chars ({}), got {}",
+                    r.max_name_chars,
+                    r.name_bytes()
+                ),
+            ));
+        }
         at_least("media.ice_timeout_ms", self.media.ice_timeout_ms, 100)?;
         if self.records.dir.as_os_str().is_empty() {
             return Err(invalid("records.dir", "must not be empty".into()));
@@ -1128,18 +1159,12 @@ impl Config {
             10,
             30_000,
         )?;
-        if let Some(bad) = d
+        if let Some(why) = d
             .rooms
             .iter()
-            .find(|n| n.is_empty() || n.len() > r.max_name_bytes)
+            .find_map(|n| r.check_name("Room name", n).err())
         {
-            return Err(invalid(
-                "device.rooms",
-                format!(
-                    "room names must be 1 to {} bytes, got '{bad}'",
-                    r.max_name_bytes
-                ),
-            ));
+            return Err(invalid("device.rooms", why));
         }
         in_range(
             "device.speaker_latency_ms",
@@ -1159,11 +1184,8 @@ impl Config {
                 "must be \"auto\", \"none\" or an ALSA PCM name".into(),
             ));
         }
-        if d.login.is_empty() || d.login.len() > r.max_name_bytes {
-            return Err(invalid(
-                "device.login",
-                format!("must be 1 to {} bytes", r.max_name_bytes),
-            ));
+        if let Err(why) = r.check_name("Login", &d.login) {
+            return Err(invalid("device.login", why));
         }
         Ok(())
     }
@@ -1266,7 +1288,8 @@ impl Config {
             // one may appear later, and the name stays the device's.
             reserved_login: Some(self.device.login.clone()),
             max_sessions: self.signalling.max_sessions,
-            max_name_bytes: self.rooms.max_name_bytes,
+            max_name_chars: self.rooms.max_name_chars,
+            max_name_bytes: self.rooms.name_bytes(),
             ping_interval: Duration::from_millis(self.signalling.ping_interval_ms),
             ping_misses: self.signalling.ping_misses,
             rate_per_sec: self.signalling.rate_messages_per_sec,
@@ -1337,6 +1360,29 @@ mod tests {
             ..CoreConfig::default()
         };
         assert_eq!(format!("{core:?}"), format!("{plain:?}"));
+    }
+
+    #[test]
+    fn name_limits_count_characters() {
+        let c = Config::default();
+        assert_eq!(c.rooms.max_name_chars, 128);
+        assert_eq!(c.rooms.name_bytes(), 512);
+        assert_eq!(c.core().max_name_bytes, 512);
+        // A 128-character CJK room name (384 bytes) is a valid device room.
+        let cjk = "会".repeat(128);
+        let c = parse(&format!("[device]\nrooms = [\"{cjk}\"]\n")).unwrap();
+        assert_eq!(c.device.rooms, vec![cjk.clone()]);
+        let e = parse(&format!("[device]\nrooms = [\"{cjk}x\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("at most 128 characters"), "{e}");
+        let e = parse("[device]\nlogin = \"   \"\n").unwrap_err();
+        assert!(e.to_string().contains("device.login"), "{e}");
+        assert!(e.to_string().contains("only spaces"), "{e}");
+        let c = parse("[rooms]\nmax_name_chars = 20\nmax_name_bytes = 40\n").unwrap();
+        assert_eq!(c.core().max_name_chars, 20);
+        assert_eq!(c.core().max_name_bytes, 40);
+        let e = parse("[rooms]\nmax_name_chars = 20\nmax_name_bytes = 19\n").unwrap_err();
+        assert!(e.to_string().contains("rooms.max_name_bytes"), "{e}");
+        assert!(parse("[rooms]\nmax_name_chars = 2\n").is_err());
     }
 
     #[test]

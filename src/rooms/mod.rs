@@ -57,7 +57,11 @@ pub struct CoreConfig {
     /// lock it out of a room. `None`: nothing reserved.
     pub reserved_login: Option<String>,
     pub max_sessions: usize,
-    /// Longest room name and login, in bytes of UTF-8.
+    /// Longest room name and login, in characters as people count them (grapheme
+    /// clusters).
+    pub max_name_chars: usize,
+    /// Longest room name and login, in bytes of UTF-8: a protocol safety bound,
+    /// checked before the characters are counted.
     pub max_name_bytes: usize,
     pub ping_interval: Duration,
     /// A session silent for this many ping intervals is dead.
@@ -82,7 +86,8 @@ impl Default for CoreConfig {
             max_players_per_session: 32,
             reserved_login: None,
             max_sessions: 256,
-            max_name_bytes: 256,
+            max_name_chars: 128,
+            max_name_bytes: 512,
             ping_interval: Duration::from_secs(5),
             ping_misses: 3,
             rate_per_sec: 50,
@@ -1423,16 +1428,7 @@ impl Core {
     }
 
     fn check_name(&self, what: &str, name: &str) -> Result<(), String> {
-        if name.is_empty() {
-            return Err(format!("{what} is required"));
-        }
-        if name.len() > self.cfg.max_name_bytes {
-            return Err(format!(
-                "{what} is too long: at most {} bytes",
-                self.cfg.max_name_bytes
-            ));
-        }
-        Ok(())
+        check_name(what, name, self.cfg.max_name_chars, self.cfg.max_name_bytes)
     }
 
     fn check_media_session_id(&self, session: SessionId, id: &str) -> Result<(), String> {
@@ -1534,6 +1530,38 @@ impl Core {
 /// Whether a client's login would pass for the reserved one: equal after trimming
 /// whitespace, ignoring case ("room system ", "ROOM SYSTEM"), so the device can be
 /// neither locked out of a room nor impersonated with a look-alike.
+/// The rule for room names and logins: not empty, not only whitespace, at most
+/// `max_bytes` bytes of UTF-8 (checked first: it bounds the counting) and at most
+/// `max_chars` characters as people count them (extended grapheme clusters: "é" as
+/// e + U+0301, a flag or a family emoji are one each). Names are not trimmed: they are
+/// identifiers, and "a " and "a" stay two rooms; the web app trims what people type.
+/// Err: the text the client sees.
+pub fn check_name(
+    what: &str,
+    name: &str,
+    max_chars: usize,
+    max_bytes: usize,
+) -> Result<(), String> {
+    use unicode_segmentation::UnicodeSegmentation;
+    if name.is_empty() {
+        return Err(format!("{what} is required"));
+    }
+    if name.chars().all(char::is_whitespace) {
+        return Err(format!("{what} must not be only spaces"));
+    }
+    if name.len() > max_bytes {
+        return Err(format!(
+            "{what} is too long: at most {max_bytes} bytes of UTF-8"
+        ));
+    }
+    if name.graphemes(true).count() > max_chars {
+        return Err(format!(
+            "{what} is too long: at most {max_chars} characters"
+        ));
+    }
+    Ok(())
+}
+
 fn same_login(login: &str, reserved: &str) -> bool {
     let (a, b) = (login.trim(), reserved.trim());
     a == b || a.to_lowercase() == b.to_lowercase()

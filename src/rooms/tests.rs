@@ -475,19 +475,42 @@ fn participant_and_room_limits() {
 #[test]
 fn names_are_checked() {
     let mut h = Harness::new(CoreConfig {
-        max_name_bytes: 16,
+        max_name_chars: 8,
+        max_name_bytes: 24,
         ..CoreConfig::default()
     });
     h.connect(1, "a");
     let out = h.join(1, "");
     assert_eq!(to(&out, 1), vec![failed("join-", "Room name is required")]);
-    let long = "я".repeat(9); // 18 bytes
+    let out = h.join(1, " \t ");
+    assert_eq!(
+        to(&out, 1),
+        vec![failed("join- \t ", "Room name must not be only spaces")]
+    );
+    // Characters as people count them: 8 CJK characters (24 bytes) fit, 9 do not.
+    let out = h.join(1, &"会".repeat(8));
+    assert!(join_ok(&out, 1), "{out:?}");
+    let long = "я".repeat(9); // 9 characters, 18 bytes
     let out = h.join(1, &long);
     assert_eq!(
         to(&out, 1),
         vec![failed(
             &format!("join-{long}"),
-            "Room name is too long: at most 16 bytes"
+            "Room name is too long: at most 8 characters"
+        )]
+    );
+    // A character of several code points is one: e + U+0301 (3 bytes), 8 of them = 24 bytes.
+    let accents = "e\u{301}".repeat(8);
+    let out = h.join(1, &accents);
+    assert!(join_ok(&out, 1), "{out:?}");
+    // The byte bound first: 7 flags are 7 characters but 56 bytes.
+    let flags = "\u{1F1EB}\u{1F1F7}".repeat(7);
+    let out = h.join(1, &flags);
+    assert_eq!(
+        to(&out, 1),
+        vec![failed(
+            &format!("join-{flags}"),
+            "Room name is too long: at most 24 bytes of UTF-8"
         )]
     );
     h.connect(2, "");
@@ -498,6 +521,34 @@ fn names_are_checked() {
             "join-r",
             "Login is required: connect with custom.login"
         )]
+    );
+    h.connect(3, "   ");
+    let out = h.join(3, "r");
+    assert_eq!(
+        to(&out, 3),
+        vec![failed("join-r", "Login must not be only spaces")]
+    );
+}
+
+fn join_ok(out: &[Output], id: SessionId) -> bool {
+    to(out, id)
+        .iter()
+        .any(|m| matches!(m, ServerMessage::DataStatus { result: Ok(_), .. }))
+}
+
+#[test]
+fn check_name_is_pure() {
+    assert_eq!(crate::rooms::check_name("Login", "Ann", 128, 512), Ok(()));
+    assert!(crate::rooms::check_name("Login", "\u{3000}", 128, 512).is_err());
+    assert_eq!(
+        crate::rooms::check_name("Room name", &"会".repeat(128), 128, 512),
+        Ok(())
+    );
+    assert!(crate::rooms::check_name("Room name", &"会".repeat(129), 128, 512).is_err());
+    // Not trimmed: leading and trailing spaces are part of a valid name.
+    assert_eq!(
+        crate::rooms::check_name("Room name", " r ", 128, 512),
+        Ok(())
     );
 }
 

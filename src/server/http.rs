@@ -1,6 +1,8 @@
 //! HTTP routes: the WebSocket upgrade (on any path, as the Flashphoner SDK connects
 //! to the root), the device's page, `/health`, `/metrics`, the records
-//! (`/client/records`, see `records`) and the admin API (`/api/v1`, see `api`).
+//! (`/client/records`, see `records`), the web app's public read-only routes and the
+//! room display (`/client/info|rooms|levels|qr.svg`, `/display`, see `client`) and the
+//! admin API (`/api/v1`, see `api`).
 //!
 //! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
 //! page on some other site a LAN user visits must not drive the device's rooms.
@@ -16,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use log::info;
 
-use super::{access, api, records, session, Shared};
+use super::{access, api, client, records, session, Shared};
 use crate::logging::escaped;
 
 /// Every route, for plain HTTP and HTTPS alike.
@@ -33,6 +35,12 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/app.js", get(asset))
         .route("/room-api.js", get(asset))
         .route("/style.css", get(asset))
+        .route("/display", get(display))
+        .route("/display.js", get(asset))
+        .route("/client/info", get(client::info))
+        .route("/client/rooms", get(client::rooms))
+        .route("/client/levels", get(client::levels))
+        .route("/client/qr.svg", get(client::qr))
         .route(records::PREFIX, get(records::list))
         .route(
             &format!("{}/{{name}}", records::PREFIX),
@@ -130,6 +138,11 @@ async fn root(
         Ok(ws) => upgrade(shared, peer, &headers, ws),
         Err(_) => Html(INDEX_HTML).into_response(),
     }
+}
+
+/// The room display (`web/display.html`): the device's own screen, a kiosk browser.
+async fn display() -> Response {
+    Html(DISPLAY_HTML).into_response()
 }
 
 async fn other_path(
@@ -263,7 +276,13 @@ async fn metrics(
 /// The device web app (`web/`), compiled in: an appliance serves it without a
 /// file system layout to get right.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
+const DISPLAY_HTML: &str = include_str!("../../web/display.html");
 const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/display.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/display.js"),
+    ),
     (
         "/app.js",
         "text/javascript; charset=utf-8",

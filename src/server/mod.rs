@@ -7,6 +7,7 @@
 
 mod access;
 mod api;
+mod client;
 pub(crate) mod control;
 mod driver;
 mod http;
@@ -101,6 +102,10 @@ pub(crate) struct Shared {
     pub signalling_counters: Arc<crate::metrics::SignallingCounters>,
     /// How loud each remote stream the device's speaker plays is (the room display).
     pub levels: crate::device::levels::Levels,
+    /// The media engine's advertised addresses (the web app's invite link).
+    pub advertised: Arc<[std::net::IpAddr]>,
+    /// The bound HTTP and HTTPS ports (the invite link).
+    pub ports: client::Ports,
 }
 
 /// A running service.
@@ -318,6 +323,11 @@ impl Server {
             events,
             signalling_counters: Arc::default(),
             levels,
+            advertised: advertised.clone().into(),
+            ports: client::Ports {
+                plain: plain.as_ref().map(|(_, bound)| bound.port()),
+                tls: secure.as_ref().map(|(_, bound)| bound.port()),
+            },
             live: live_records.clone(),
             admission: admission.clone(),
             origins,

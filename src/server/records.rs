@@ -55,7 +55,7 @@ struct Item {
 }
 
 /// The token of a request: `Authorization: Bearer`, else `?token=`.
-fn token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+pub(crate) fn token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -73,7 +73,7 @@ fn query_token(uri: &Uri) -> Option<String> {
 }
 
 /// `%XX` decoded; `None` when malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -92,7 +92,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Everything but the unreserved characters as `%XX`.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

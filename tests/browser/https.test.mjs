@@ -73,7 +73,7 @@ class Participant extends BrowserPage {
       badRequest: (u) => {
         const parsed = new URL(u);
         if (['data:', 'blob:'].includes(parsed.protocol)) return false;
-        return parsed.origin !== origin || !WEB_PATHS.has(parsed.pathname);
+        return parsed.origin !== origin || !(WEB_PATHS.has(parsed.pathname) || parsed.pathname.startsWith('/client/'));
       },
       badSocket: () => false, // the test checks `sockets` itself
     });

@@ -82,7 +82,8 @@ class Participant extends BrowserPage {
       badRequest: (u) => {
         const { protocol, origin, pathname } = new URL(u);
         if (['data:', 'blob:'].includes(protocol)) return false;
-        return origin !== pageBase.origin || !WEB_FILES[pathname];
+        // The landing's read-only routes (device name, live rooms, records, QR code) too.
+        return origin !== pageBase.origin || !(WEB_FILES[pathname] || pathname.startsWith('/client/'));
       },
       badSocket: (u) => u !== `ws://${server.addr}/`,
     });
