@@ -211,7 +211,7 @@ impl Track {
             None => (i64::from(sequence), i64::from(timestamp)),
             Some((high, high_ts, high_raw)) => (
                 extend_seq(high, sequence),
-                high_ts + i64::from(timestamp.wrapping_sub(high_raw) as i32),
+                high_ts.saturating_add(i64::from(timestamp.wrapping_sub(high_raw) as i32)),
             ),
         };
         if self.next_seq.is_some_and(|next| seq < next) {
@@ -425,7 +425,7 @@ impl Track {
         if let Some(packet) = self.held.remove(&next) {
             self.held_samples -= packet.samples;
             self.next_seq = Some(next + 1);
-            self.next_ts = packet.ts + packet.samples as i64;
+            self.next_ts = packet.ts.saturating_add(packet.samples as i64);
             self.conceal_run = 0;
             if packet.garbage || !self.decode(&packet.payload) {
                 self.conceal(packet.samples, 1.0);
@@ -447,7 +447,7 @@ impl Track {
         self.stats.lost += 1;
         self.stats.concealed += 1;
         self.conceal_run += 1;
-        let gap = after.ts - self.next_ts;
+        let gap = after.ts.saturating_sub(self.next_ts);
         let samples = if missing == 1 && gap > 0 && gap <= MAX_FRAME as i64 {
             gap as usize
         } else {
@@ -460,7 +460,7 @@ impl Track {
             self.conceal(samples, gain);
         }
         self.next_seq = Some(next + 1);
-        self.next_ts += samples as i64;
+        self.next_ts = self.next_ts.saturating_add(samples as i64);
         true
     }
 
