@@ -590,3 +590,43 @@ fn clamp(x: f32) -> f32 {
 fn push_clamped(fifo: &mut VecDeque<f32>, samples: &[f32]) {
     fifo.extend(samples.iter().map(|&s| clamp(s)));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_extend_across_the_wrap_both_ways() {
+        assert_eq!(extend_seq(65_535, 0), 65_536);
+        assert_eq!(extend_seq(65_536, 65_535), 65_535);
+        assert_eq!(extend_seq(10, 65_530), -6);
+        let high = 5 * 65_536 + 100;
+        assert_eq!(extend_seq(high, 105), high + 5);
+        assert_eq!(extend_seq(high, 95), high - 5);
+    }
+
+    #[test]
+    fn opus_decode_sizes_are_whole_2_5_ms_up_to_120_ms() {
+        assert_eq!(frame_size(0), 120);
+        assert_eq!(frame_size(1), 120);
+        assert_eq!(frame_size(480), 480);
+        assert_eq!(frame_size(481), 600);
+        assert_eq!(frame_size(1_000_000), MAX_FRAME);
+    }
+
+    #[test]
+    fn an_empty_or_undecodable_packet_is_concealed_and_counted() {
+        let mut track = Track::new(Family::Opus, 48_000, Duration::ZERO).expect("track");
+        let now = Instant::now();
+        track.push(now, 1, 0, &[]);
+        track.push(now, 2, 960, &[0xFF; 3]);
+        let mut out = [1.0f32; PERIOD];
+        for _ in 0..6 {
+            track.pull(now, &mut out);
+            assert!(out.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
+        }
+        let st = track.stats();
+        assert_eq!(st.concealed, 2, "{st:?}");
+        assert_eq!(st.received, 2, "{st:?}");
+    }
+}
