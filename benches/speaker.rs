@@ -193,6 +193,13 @@ fn main() {
          end. {SECONDS} s of audio per run, {REPEAT} runs per case: median (range).\n",
         machine()
     );
+    if cfg!(debug_assertions) {
+        s.push_str(
+            "**Not a release build** (the bench was built with debug assertions, e.g. \
+             `cargo build --bench speaker` with `--config 'profile.dev.package.huddle.opt-level=3'`): \
+             indicative only; `cargo bench --bench speaker` measures the release build.\n\n",
+        );
+    }
     s.push_str(
         "| remote Opus streams | tracks (jitter + decode), µs per 10 ms | mix (sum + limiter), µs per 10 ms | total, µs per 10 ms | % of one core | thread CPU (getrusage), µs per 10 ms |\n\
          |---:|---:|---:|---:|---:|---:|\n",
