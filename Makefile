@@ -41,6 +41,7 @@ bench: deps-build
 	$(CARGO) bench --locked --bench device
 	$(CARGO) bench --locked --bench rtmp
 	$(CARGO) bench --locked --bench record
+	$(CARGO) bench --locked --bench speaker
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

@@ -286,7 +286,13 @@ fn reordered_neighbours_are_put_back_in_place() {
     let mut s = Sender::opus(1000.0, 0.5, 20, 65_500, u32::MAX - 48_000);
     // Every even packet is delayed past its odd successor (by 25 ms), across the
     // 16-bit sequence and 32-bit timestamp wraps.
-    let mut net = |p: &Packet| Some(if p.seq % 2 == 0 { 26_000.0 } else { 1_000.0 });
+    let mut net = |p: &Packet| {
+        Some(if p.seq.is_multiple_of(2) {
+            26_000.0
+        } else {
+            1_000.0
+        })
+    };
     sim.run(3.0, Some(&mut s), 1.0, &mut net);
     let st = sim.track.stats();
     assert_eq!(
@@ -579,7 +585,7 @@ fn garbage_never_panics_and_the_track_recovers() {
             }
             let now = base + Duration::from_millis(10 * i);
             track.push(now, seq, ts, &payload);
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 track.pull(now, &mut period);
                 assert!(period.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
             }
@@ -628,4 +634,59 @@ fn tracks_mixed_keep_their_tones_and_the_limiter_holds() {
         let db = tone_db(tail, f);
         assert!((db - TONE_DB).abs() < 2.0, "{f} Hz at {db} dB in the mix");
     }
+}
+
+#[test]
+fn one_stray_packet_with_an_absurd_sequence_does_not_reset_the_stream() {
+    let mut sim = Sim::new(opus_track());
+    let mut s = Sender::opus(1000.0, 0.5, 20, 100, 0);
+    sim.run(1.0, Some(&mut s), 1.0, &mut on_time);
+    let stray = Sender::opus(1000.0, 0.5, 20, 30_000, 999).next();
+    let now = sim.at(sim.now_us);
+    sim.track.push(now, stray.seq, stray.ts, &stray.payload);
+    sim.run(1.0, Some(&mut s), 1.0, &mut on_time);
+    let st = sim.track.stats();
+    assert_eq!(
+        (st.reset, st.lost, st.concealed, st.underruns),
+        (0, 0, 0, 0),
+        "{st:?}"
+    );
+    let db = tone_db(sim.output(0.5, 2.0), 1000.0);
+    assert!((db - TONE_DB).abs() < 1.0, "1 kHz at {db} dB");
+}
+
+#[test]
+fn a_pause_in_the_talk_comes_back_at_the_target_delay_not_a_grown_one() {
+    // DTX-like: the sender sends nothing for 700 ms (sequence numbers continue, the
+    // timestamp jumps), three times, over a 1 % fast sender.
+    let mut sim = Sim::new(opus_track());
+    let mut s = Sender::opus(1000.0, 0.5, 20, 9, 9);
+    let mut depths = Vec::new();
+    for _ in 0..3 {
+        sim.run(2.0, Some(&mut s), 1.01, &mut on_time);
+        depths.push(sim.track.stats().depth_ms);
+        sim.run(0.7, None, 1.0, &mut on_time);
+        s.ts = s.ts.wrapping_add(48 * 700);
+        s.n += 48 * 700;
+    }
+    let st = sim.track.stats();
+    assert_eq!(st.underruns, 3, "{st:?}");
+    assert_eq!((st.lost, st.late, st.reset), (0, 0, 0), "{st:?}");
+    for d in &depths {
+        assert!((30..=90).contains(d), "depths {depths:?}");
+    }
+    // Each spurt starts again target + a frame after it resumes.
+    let resumed = (2.7 * 100.0) as usize;
+    let first = sim.first_sound(resumed).expect("sound after the pause");
+    assert!(
+        first <= resumed + 9,
+        "plays at {first}, resumed at {resumed}"
+    );
+}
+
+#[test]
+fn tracks_and_the_mixer_can_move_to_the_speaker_thread() {
+    fn send<T: Send>() {}
+    send::<Track>();
+    send::<Mixer>();
 }

@@ -211,7 +211,7 @@ impl Track {
             None => (i64::from(sequence), i64::from(timestamp)),
             Some((high, high_ts, high_raw)) => (
                 extend_seq(high, sequence),
-                high_ts + i64::from(timestamp.wrapping_sub(high_raw) as i32),
+                high_ts.saturating_add(i64::from(timestamp.wrapping_sub(high_raw) as i32)),
             ),
         };
         if self.next_seq.is_some_and(|next| seq < next) {
@@ -425,7 +425,7 @@ impl Track {
         if let Some(packet) = self.held.remove(&next) {
             self.held_samples -= packet.samples;
             self.next_seq = Some(next + 1);
-            self.next_ts = packet.ts + packet.samples as i64;
+            self.next_ts = packet.ts.saturating_add(packet.samples as i64);
             self.conceal_run = 0;
             if packet.garbage || !self.decode(&packet.payload) {
                 self.conceal(packet.samples, 1.0);
@@ -447,7 +447,7 @@ impl Track {
         self.stats.lost += 1;
         self.stats.concealed += 1;
         self.conceal_run += 1;
-        let gap = after.ts - self.next_ts;
+        let gap = after.ts.saturating_sub(self.next_ts);
         let samples = if missing == 1 && gap > 0 && gap <= MAX_FRAME as i64 {
             gap as usize
         } else {
@@ -460,7 +460,7 @@ impl Track {
             self.conceal(samples, gain);
         }
         self.next_seq = Some(next + 1);
-        self.next_ts += samples as i64;
+        self.next_ts = self.next_ts.saturating_add(samples as i64);
         true
     }
 
@@ -589,4 +589,44 @@ fn clamp(x: f32) -> f32 {
 
 fn push_clamped(fifo: &mut VecDeque<f32>, samples: &[f32]) {
     fifo.extend(samples.iter().map(|&s| clamp(s)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_extend_across_the_wrap_both_ways() {
+        assert_eq!(extend_seq(65_535, 0), 65_536);
+        assert_eq!(extend_seq(65_536, 65_535), 65_535);
+        assert_eq!(extend_seq(10, 65_530), -6);
+        let high = 5 * 65_536 + 100;
+        assert_eq!(extend_seq(high, 105), high + 5);
+        assert_eq!(extend_seq(high, 95), high - 5);
+    }
+
+    #[test]
+    fn opus_decode_sizes_are_whole_2_5_ms_up_to_120_ms() {
+        assert_eq!(frame_size(0), 120);
+        assert_eq!(frame_size(1), 120);
+        assert_eq!(frame_size(480), 480);
+        assert_eq!(frame_size(481), 600);
+        assert_eq!(frame_size(1_000_000), MAX_FRAME);
+    }
+
+    #[test]
+    fn an_empty_or_undecodable_packet_is_concealed_and_counted() {
+        let mut track = Track::new(Family::Opus, 48_000, Duration::ZERO).expect("track");
+        let now = Instant::now();
+        track.push(now, 1, 0, &[]);
+        track.push(now, 2, 960, &[0xFF; 3]);
+        let mut out = [1.0f32; PERIOD];
+        for _ in 0..6 {
+            track.pull(now, &mut out);
+            assert!(out.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
+        }
+        let st = track.stats();
+        assert_eq!(st.concealed, 2, "{st:?}");
+        assert_eq!(st.received, 2, "{st:?}");
+    }
 }
