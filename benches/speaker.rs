@@ -8,7 +8,11 @@
 //! the simulated speaker clock runs period by period, delivering the packets due and
 //! timing each stage with `Instant` (the stages' sum is checked against the thread's
 //! CPU time from `getrusage(RUSAGE_THREAD)`). Each stage is a function, so the echo
-//! canceller's cost can be added as one more. Every case runs `REPEAT` times; the
+//! canceller's cost is one more: the microphone's processing (`device::echo`,
+//! GStreamer's webrtcdsp with echo cancellation, noise suppression and gain control),
+//! fed the mix as its far end every period and a 20 ms microphone frame every other
+//! period; it runs on GStreamer's threads, so it is measured as the whole process's CPU
+//! (`RUSAGE_SELF`) over its own run. Every case runs `REPEAT` times; the
 //! table gives the median and the range. The section between the markers in
 //! `docs/benchmarks.md` is rewritten.
 
@@ -113,7 +117,11 @@ fn stage_mix(mixer: &mut Mixer, outs: &[Period], out: &mut [i16; PERIOD]) {
 }
 
 fn thread_cpu() -> Duration {
-    let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    cpu_of(UsageWho::RUSAGE_THREAD)
+}
+
+fn cpu_of(who: UsageWho) -> Duration {
+    let usage = getrusage(who).expect("getrusage");
     let tv = |t: nix::sys::time::TimeVal| {
         Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
     };
@@ -166,6 +174,43 @@ fn run(streams: &[Vec<Packet>]) -> Run {
     }
 }
 
+/// Stage 3, per period: the echo canceller gets the mix as its far end, and every
+/// other period processes a 20 ms microphone frame (the room: the speaker's echo and a
+/// talker). Returns the process's CPU per period (GStreamer's threads included).
+fn run_echo() -> Duration {
+    use huddle::device::echo::{EchoCanceller, Processing};
+    let aec = EchoCanceller::new(Processing {
+        echo_cancel: true,
+        noise_suppression: true,
+        auto_gain: true,
+    })
+    .expect("webrtcdsp (gstreamer1.0-plugins-bad)");
+    let tone = |f: f32, a: f32, from: usize, n: usize| -> Vec<i16> {
+        (from..from + n)
+            .map(|i| {
+                ((i as f32 * f * std::f32::consts::TAU / RATE as f32).sin() * a * 32767.0) as i16
+            })
+            .collect()
+    };
+    let periods = SECONDS * 100;
+    let cpu0 = cpu_of(UsageWho::RUSAGE_SELF);
+    for period in 0..periods {
+        let far = tone(1000.0, 0.3, period * PERIOD, PERIOD);
+        aec.far(&far);
+        if period % 2 == 1 {
+            let at = (period - 1) * PERIOD;
+            let mut mic: Vec<i16> = tone(1000.0, 0.1, at, 2 * PERIOD)
+                .iter()
+                .zip(tone(600.0, 0.1, at, 2 * PERIOD))
+                .map(|(e, n)| e.saturating_add(n))
+                .collect();
+            aec.process(&mut mic).expect("processing");
+            std::hint::black_box(&mic);
+        }
+    }
+    (cpu_of(UsageWho::RUSAGE_SELF) - cpu0) / periods as u32
+}
+
 fn median(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -179,12 +224,15 @@ fn main() {
     let load_start = loadavg();
     let encoded: Vec<(usize, Vec<Vec<Packet>>)> = STREAMS.iter().map(|&n| (n, encode(n))).collect();
     let mut runs: Vec<Vec<Run>> = encoded.iter().map(|_| Vec::new()).collect();
+    let mut echo = Vec::new();
     // Interleaved, so a busy moment of the machine does not land on one case.
     for _ in 0..REPEAT {
         for (i, (_, streams)) in encoded.iter().enumerate() {
             runs[i].push(run(streams));
         }
+        echo.push(run_echo());
     }
+    let echo = median(echo);
     let load_end = loadavg();
     let mut s = String::new();
     let _ = writeln!(
@@ -201,8 +249,8 @@ fn main() {
         );
     }
     s.push_str(
-        "| remote Opus streams | tracks (jitter + decode), µs per 10 ms | mix (sum + limiter), µs per 10 ms | total, µs per 10 ms | % of one core | thread CPU (getrusage), µs per 10 ms |\n\
-         |---:|---:|---:|---:|---:|---:|\n",
+        "| remote Opus streams | tracks (jitter + decode), µs per 10 ms | mix (sum + limiter), µs per 10 ms | total, µs per 10 ms | % of one core | thread CPU (getrusage), µs per 10 ms | with the echo canceller, % of one core |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for ((n, _), runs) in encoded.iter().zip(&runs) {
         let fmt = |(m, lo, hi): (Duration, Duration, Duration)| {
@@ -214,14 +262,26 @@ fn main() {
         let cpu = median(runs.iter().map(|r| r.cpu).collect());
         let _ = writeln!(
             s,
-            "| {n} | {} | {} | {} | {:.2} % | {} |",
+            "| {n} | {} | {} | {} | {:.2} % | {} | {:.2} % |",
             fmt(tracks),
             fmt(mix),
             fmt(total),
             us(total.0) / 10_000.0 * 100.0,
             fmt(cpu),
+            (us(total.0) + us(echo.0)) / 10_000.0 * 100.0,
         );
     }
+    let _ = writeln!(
+        s,
+        "\nThe echo canceller (webrtcdsp: echo cancellation, noise suppression, gain \
+         control, 48 kHz mono; the process's CPU over its own run, GStreamer's threads \
+         included): {:.1} µs per 10 ms ({:.1}–{:.1}), {:.2} % of one core, whatever the \
+         number of remote streams.",
+        us(echo.0),
+        us(echo.1),
+        us(echo.2),
+        us(echo.0) / 10_000.0 * 100.0
+    );
     println!("\n{s}");
     write_doc("speaker", &s);
 }

@@ -304,35 +304,9 @@ impl Microphone for AlsaMicrophone {
     }
 
     fn open(&mut self) -> Result<(), String> {
-        use alsa::pcm::{Access, Format, HwParams, PCM};
-        use alsa::{Direction, ValueOr};
         self.close();
-        let pcm = PCM::new(&self.pcm_name, Direction::Capture, false).map_err(|e| e.to_string())?;
-        {
-            let hw = HwParams::any(&pcm).map_err(|e| format!("hw params: {e}"))?;
-            let step = |what: &str, r: alsa::Result<()>| r.map_err(|e| format!("{what}: {e}"));
-            step("access", hw.set_access(Access::RWInterleaved))?;
-            step("format S16_LE", hw.set_format(Format::s16()))?;
-            step("rate 48000", hw.set_rate(RATE, ValueOr::Nearest))?;
-            hw.set_channels_near(1)
-                .map_err(|e| format!("channels: {e}"))?;
-            hw.set_period_size_near(FRAME as alsa::pcm::Frames, ValueOr::Nearest)
-                .map_err(|e| format!("period: {e}"))?;
-            hw.set_buffer_size_near(4 * FRAME as alsa::pcm::Frames)
-                .map_err(|e| format!("buffer: {e}"))?;
-            step("hw params", pcm.hw_params(&hw))?;
-        }
-        let current = pcm
-            .hw_params_current()
-            .map_err(|e| format!("hw params: {e}"))?;
-        let rate = current.get_rate().map_err(|e| e.to_string())?;
-        if rate != RATE {
-            return Err(format!(
-                "captures at {rate} Hz, not 48000 (use a plughw: device)"
-            ));
-        }
-        self.channels = current.get_channels().map_err(|e| e.to_string())?.max(1) as usize;
-        drop(current);
+        let (pcm, channels) = open_pcm(&self.pcm_name, alsa::Direction::Capture, FRAME, 4 * FRAME)?;
+        self.channels = channels;
         pcm.start().or_else(|e| {
             // Capture also starts by itself on the first read.
             debug!("{}: start: {e}", self.pcm_name);
@@ -374,6 +348,51 @@ impl Microphone for AlsaMicrophone {
             let _ = pcm.drop();
         }
     }
+}
+
+/// Opens an ALSA PCM for 48 kHz S16 interleaved, mono if it can (the channel count it
+/// took is returned), with about this period and buffer (frames). Shared by the
+/// microphone and the speaker.
+pub(crate) fn open_pcm(
+    name: &str,
+    direction: alsa::Direction,
+    period: usize,
+    buffer: usize,
+) -> Result<(alsa::pcm::PCM, usize), String> {
+    use alsa::pcm::{Access, Format, HwParams, PCM};
+    use alsa::ValueOr;
+    let pcm = PCM::new(name, direction, false).map_err(|e| e.to_string())?;
+    {
+        let hw = HwParams::any(&pcm).map_err(|e| format!("hw params: {e}"))?;
+        let step = |what: &str, r: alsa::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+        step("access", hw.set_access(Access::RWInterleaved))?;
+        step("format S16_LE", hw.set_format(Format::s16()))?;
+        step("rate 48000", hw.set_rate(RATE, ValueOr::Nearest))?;
+        hw.set_channels_near(1)
+            .map_err(|e| format!("channels: {e}"))?;
+        hw.set_period_size_near(period as alsa::pcm::Frames, ValueOr::Nearest)
+            .map_err(|e| format!("period: {e}"))?;
+        hw.set_buffer_size_near(buffer as alsa::pcm::Frames)
+            .map_err(|e| format!("buffer: {e}"))?;
+        step("hw params", pcm.hw_params(&hw))?;
+    }
+    let channels = {
+        let current = pcm
+            .hw_params_current()
+            .map_err(|e| format!("hw params: {e}"))?;
+        let rate = current.get_rate().map_err(|e| e.to_string())?;
+        if rate != RATE {
+            let verb = match direction {
+                alsa::Direction::Capture => "captures",
+                alsa::Direction::Playback => "plays",
+            };
+            return Err(format!(
+                "{verb} at {rate} Hz, not 48000 (use a plughw: device)"
+            ));
+        }
+        current.get_channels().map_err(|e| e.to_string())?.max(1) as usize
+    };
+    Ok((pcm, channels))
 }
 
 /// After an ALSA error: an overrun or suspend is recovered in place (`Ok(false)`: no

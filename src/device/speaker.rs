@@ -28,10 +28,10 @@ use log::{debug, info, warn};
 
 use super::echo::EchoCanceller;
 use super::levels::Levels;
-use super::microphone::{recovery_for, Recovery};
+use super::microphone::{open_pcm, recovery_for, Recovery};
 use super::supervisor::Supervisor;
 use super::{Beat, Trouble};
-use crate::audio::{Mixer, Period, Track, PERIOD, RATE};
+use crate::audio::{Mixer, Period, Track, PERIOD};
 use crate::config;
 use crate::media::Family;
 
@@ -539,36 +539,14 @@ impl Output for AlsaOutput {
     }
 
     fn open(&mut self) -> Result<(), String> {
-        use alsa::pcm::{Access, Format, HwParams, PCM};
-        use alsa::{Direction, ValueOr};
         self.close();
-        let pcm =
-            PCM::new(&self.pcm_name, Direction::Playback, false).map_err(|e| e.to_string())?;
-        {
-            let hw = HwParams::any(&pcm).map_err(|e| format!("hw params: {e}"))?;
-            let step = |what: &str, r: alsa::Result<()>| r.map_err(|e| format!("{what}: {e}"));
-            step("access", hw.set_access(Access::RWInterleaved))?;
-            step("format S16_LE", hw.set_format(Format::s16()))?;
-            step("rate 48000", hw.set_rate(RATE, ValueOr::Nearest))?;
-            hw.set_channels_near(1)
-                .map_err(|e| format!("channels: {e}"))?;
-            hw.set_period_size_near(PERIOD as alsa::pcm::Frames, ValueOr::Nearest)
-                .map_err(|e| format!("period: {e}"))?;
-            hw.set_buffer_size_near(8 * PERIOD as alsa::pcm::Frames)
-                .map_err(|e| format!("buffer: {e}"))?;
-            step("hw params", pcm.hw_params(&hw))?;
-        }
-        let current = pcm
-            .hw_params_current()
-            .map_err(|e| format!("hw params: {e}"))?;
-        let rate = current.get_rate().map_err(|e| e.to_string())?;
-        if rate != RATE {
-            return Err(format!(
-                "plays at {rate} Hz, not 48000 (use a plughw: device)"
-            ));
-        }
-        self.channels = current.get_channels().map_err(|e| e.to_string())?.max(1) as usize;
-        drop(current);
+        let (pcm, channels) = open_pcm(
+            &self.pcm_name,
+            alsa::Direction::Playback,
+            PERIOD,
+            8 * PERIOD,
+        )?;
+        self.channels = channels;
         {
             // Start playing once two periods are queued: a short start, no early underrun.
             let sw = pcm
