@@ -465,21 +465,26 @@ fn run(mut source: Box<dyn Source>, timing: Timing, lane: &Lane) {
 /// A closed source waits while it is switched off or idle, reporting why (again
 /// whenever the reason or the demand changes); `false` when the device stops.
 fn resting(name: &str, kind: Kind, mut rest: Rest, mut demand: u64, lane: &Lane) -> bool {
-    let report = |rest: Rest, demand: u64| {
+    // Logged when the reason changes, not when only the demand does.
+    let report = |rest: Rest, demand: u64, changed: bool| {
         let info = match rest {
             Rest::SwitchedOff => {
-                info!("device: {name}: switched off");
+                if changed {
+                    info!("device: {name}: switched off");
+                }
                 format!("{} switched off", capitalized(kind_word(kind)))
             }
             Rest::Idle => {
-                debug!("device: {name}: idle");
+                if changed {
+                    debug!("device: {name}: idle");
+                }
                 IDLE.to_owned()
             }
         };
         lane.switch.report(None, false, Some(info.clone()));
         lane.shared.report(kind, None, info, demand);
     };
-    report(rest, demand);
+    report(rest, demand, true);
     loop {
         if lane.stopped() {
             return false;
@@ -489,8 +494,9 @@ fn resting(name: &str, kind: Kind, mut rest: Rest, mut demand: u64, lane: &Lane)
         match lane.rest(now) {
             None => break,
             Some(r) if r != rest || now != demand => {
+                let changed = r != rest;
                 (rest, demand) = (r, now);
-                report(rest, demand);
+                report(rest, demand, changed);
             }
             Some(_) => std::thread::sleep(REST_POLL),
         }
