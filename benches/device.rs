@@ -23,7 +23,13 @@
 //! WebRTC player (a `webrtc` 0.21.1 client in this process, as in `benches/sfu.rs`).
 //! Every case runs `HUDDLE_BENCH_REPEAT` times (default 3), interleaved; the table
 //! gives the median and the range. The default plan also rewrites the section
-//! between the markers in `docs/benchmarks.md`.
+//! between the markers in `docs/benchmarks.md`. These cases run with `[device]
+//! always_on = true` (capturing with nobody in the room).
+//!
+//! Capture on demand: the whole service's CPU with no room at all, `always_on =
+//! true` against the default `false` (idle: the sources closed), `IDLE_MEASURE`
+//! each (process `utime + stime`); printed at the end of the default plan, and alone
+//! with `HUDDLE_BENCH_IDLE=1`.
 
 #[path = "../tests/common/webrtc_client.rs"]
 mod webrtc_client;
@@ -235,6 +241,7 @@ framerate = {FPS}
 bitrate_kbps = {BITRATE_KBPS}
 login = "{LOGIN}"
 rooms = ["{ROOM}"]
+always_on = true
 
 [log]
 level = "debug"
@@ -765,6 +772,99 @@ fn machine(load_start: &str, load_end: &str) -> String {
     )
 }
 
+// ---------------------------------------------------------------------------------
+// Capture on demand: idle CPU with no room
+
+/// How long each idle case is measured.
+const IDLE_MEASURE: Duration = Duration::from_secs(10);
+
+/// The service with the 720p test pattern and the tone, no room at all: CPU in % of
+/// one core over `IDLE_MEASURE`, after the warm-up (and, with `always_on`, once both
+/// sources deliver).
+fn idle_cpu(always_on: bool, ticks: f64) -> f64 {
+    let sections = format!(
+        r#"[device]
+camera = "test-pattern"
+microphone = "tone"
+width = 1280
+height = 720
+framerate = {FPS}
+bitrate_kbps = {BITRATE_KBPS}
+rooms = []
+always_on = {always_on}
+"#
+    );
+    let (tx, rx) = std_mpsc::channel::<Event>();
+    let mut proc = support::start_huddle(
+        "huddle-device-idle-bench",
+        if always_on { "always-on" } else { "on-demand" },
+        &sections,
+        |pid| format!("huddle (pid {pid})"),
+        move |line| {
+            if let Some(a) = http_address(line) {
+                let _ = tx.send(Event::Http(a));
+            }
+            if line.contains(": delivering ") {
+                let _ = tx.send(Event::Delivering(VIDEO));
+            }
+        },
+    );
+    let deadline = Instant::now() + STEP;
+    let (mut up, mut delivering) = (false, 0);
+    while !up || (always_on && delivering < 2) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Http(_)) => up = true,
+            Ok(Event::Delivering(_)) => delivering += 1,
+            Ok(_) => {}
+            Err(_) => {
+                proc.check_running();
+                panic!("huddle (always_on {always_on}) did not come up within {STEP:?}");
+            }
+        }
+    }
+    std::thread::sleep(WARMUP);
+    let pid = proc.pid.to_string();
+    let (u0, s0) = process_ticks(&pid);
+    let t0 = Instant::now();
+    std::thread::sleep(IDLE_MEASURE);
+    let (u1, s1) = process_ticks(&pid);
+    let wall = t0.elapsed().as_secs_f64();
+    proc.stop(true);
+    ((u1 + s1) - (u0 + s0)) as f64 / ticks / wall * 100.0
+}
+
+/// Idle CPU, `always_on` true and false, `reps` times each interleaved: the text of
+/// the comparison.
+fn idle_comparison(reps: usize, ticks: f64) -> String {
+    let (mut on, mut demand) = (Vec::new(), Vec::new());
+    for rep in 1..=reps {
+        on.push(idle_cpu(true, ticks));
+        demand.push(idle_cpu(false, ticks));
+        eprintln!(
+            "  idle {rep}: always_on {:.2} %, on demand {:.2} %",
+            on[rep - 1],
+            demand[rep - 1]
+        );
+    }
+    format!(
+        "| % of one core, no room, 1280x720@30: median (min–max) | |\n|---|---:|\n\
+         | `always_on = true` (capturing, encoding, nobody to send to) | {} |\n\
+         | `always_on = false` (idle: camera and microphone closed) | {} |\n",
+        stat2(on),
+        stat2(demand),
+    )
+}
+
+/// Median (min–max) in %, two decimals (idle figures are small).
+fn stat2(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => "–".into(),
+        1 => format!("{:.2} %", v[0]),
+        n => format!("{:.2} % ({:.2}–{:.2})", v[n / 2], v[0], v[n - 1]),
+    }
+}
+
 fn main() {
     let reps: usize = match std::env::var("HUDDLE_BENCH_REPEAT") {
         Ok(s) => s
@@ -776,6 +876,20 @@ fn main() {
         Err(_) => REPEAT,
     };
     let ticks = clock_ticks_per_sec();
+    if std::env::var_os("HUDDLE_BENCH_IDLE").is_some() {
+        let reps = std::env::var("HUDDLE_BENCH_REPEAT")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(REPEAT);
+        eprintln!(
+            "device bench, idle only: {reps} repetitions, load average {}",
+            loadavg()
+        );
+        println!("\n{}", idle_comparison(reps, ticks));
+        eprintln!("load average at the end {}", loadavg());
+        return;
+    }
     let load_start = loadavg();
     eprintln!("device bench: {reps} repetitions, load average {load_start}");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -824,6 +938,10 @@ fn main() {
         }
     }
     println!("\n{section}");
+    println!(
+        "Capture on demand, idle CPU:\n\n{}",
+        idle_comparison(reps, ticks)
+    );
     eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
     if std::env::var_os("HUDDLE_BENCH_REPEAT").is_none() {
         write_doc("device", &section);

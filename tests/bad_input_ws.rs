@@ -624,6 +624,8 @@ async fn a_greedy_session_hits_its_per_session_limits_while_others_are_served() 
         c.device.bitrate_kbps = 300;
         c.device.rooms = vec!["lobby".into()];
         c.device.join_new_rooms = false;
+        // Its stream is there before anyone joins.
+        c.device.always_on = true;
         c.rooms.max_players_per_session = 2;
         c.media.ice_timeout_ms = 60_000;
     })

@@ -2,7 +2,9 @@
 //! (`Device::control`, the admin API's handle), with the test-pattern camera and the
 //! tone microphone feeding a `SourceFeed` the test reads: off, the source is closed,
 //! announced gone ("Camera switched off") and delivers nothing, and its state says
-//! off; on, it opens again and delivers like a camera that came back.
+//! off; on, it opens again and delivers like a camera that came back. Capture on
+//! demand (`DeviceControl::set_demand`): idle, both are closed; needed again, the
+//! device's state comes back once, with both.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,8 @@ fn device_config(camera: &str, microphone: &str) -> huddle::config::Device {
     c.height = 240;
     c.framerate = 15;
     c.bitrate_kbps = 300;
+    // These tests switch the sources themselves; the demand has its own test.
+    c.always_on = true;
     c
 }
 
@@ -205,6 +209,123 @@ async fn runtime_a_source_that_is_not_configured_cannot_be_switched() {
         state_with(false, true),
     )
     .await;
+    tokio::task::spawn_blocking(move || device.stop())
+        .await
+        .unwrap();
+}
+
+/// The next state the feed announces (packets on the way are skipped): (audio, video).
+async fn next_state(inputs: &mut mpsc::Receiver<SourceInput>, limit: Duration) -> (bool, bool) {
+    let mut state = (false, false);
+    until(inputs, limit, "a state", |i| match i {
+        SourceInput::State { audio, video, .. } => {
+            state = (audio.is_some(), video.is_some());
+            true
+        }
+        _ => false,
+    })
+    .await;
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_idle_closes_both_and_resuming_brings_them_back_together() {
+    let (feed, mut inputs, _key_frames) = SourceFeed::channel();
+    let mut cfg = device_config("test-pattern", "tone");
+    cfg.always_on = false;
+    let device = tokio::task::spawn_blocking(move || Device::start(&cfg, feed, None))
+        .await
+        .unwrap()
+        .expect("a device with a camera and a microphone");
+    let control = device.control();
+    // Not needed from the start: nothing opens, nothing is delivered.
+    assert_eq!(
+        next_state(&mut inputs, Duration::from_secs(5)).await,
+        (false, false)
+    );
+    assert_eq!(
+        packets_for(&mut inputs, Duration::from_secs(1)).await,
+        (0, 0)
+    );
+    let view = control.state();
+    assert!(view.idle, "{view:?}");
+    for source in [
+        view.camera.as_ref().unwrap(),
+        view.microphone.as_ref().unwrap(),
+    ] {
+        assert!(
+            source.on && !source.capturing && !source.delivering,
+            "{view:?}"
+        );
+        assert_eq!(source.frames, 0);
+        assert_eq!(source.info.as_deref(), Some("Idle: nobody to send to"));
+    }
+
+    for round in 0..2 {
+        // Needed: the first state has both (no audio-only state first).
+        let asked = Instant::now();
+        control.set_demand(true);
+        assert_eq!(
+            next_state(&mut inputs, Duration::from_secs(10)).await,
+            (true, true),
+            "round {round}"
+        );
+        let up = asked.elapsed();
+        let (audio, video) = packets_for(&mut inputs, Duration::from_secs(1)).await;
+        assert!(audio > 10 && video > 3, "audio {audio} video {video}");
+        let view = control.state();
+        assert!(!view.idle);
+        let camera = view.camera.clone().unwrap();
+        let microphone = view.microphone.clone().unwrap();
+        assert!(
+            camera.capturing && camera.delivering && camera.frames > 3,
+            "{view:?}"
+        );
+        assert!(microphone.capturing && microphone.frames > 10, "{view:?}");
+        eprintln!(
+            "round {round}: both up {} ms after the demand",
+            up.as_millis()
+        );
+
+        // Not needed: one state with neither, then nothing; the counts stand still.
+        control.set_demand(false);
+        assert_eq!(
+            next_state(&mut inputs, Duration::from_secs(5)).await,
+            (false, false)
+        );
+        packets_for(&mut inputs, Duration::from_millis(300)).await;
+        let before = control.state();
+        assert_eq!(
+            packets_for(&mut inputs, Duration::from_secs(1)).await,
+            (0, 0)
+        );
+        let after = control.state();
+        assert!(
+            after.idle && !after.camera.as_ref().unwrap().capturing,
+            "{after:?}"
+        );
+        assert_eq!(
+            before.camera.unwrap().frames,
+            after.camera.as_ref().unwrap().frames
+        );
+        assert_eq!(
+            before.microphone.unwrap().frames,
+            after.microphone.as_ref().unwrap().frames
+        );
+    }
+
+    // Switched off by the admin while idle, the camera stays off when needed again:
+    // the device comes back with the microphone alone, at once.
+    control.set(Some(false), None).unwrap();
+    control.set_demand(true);
+    assert_eq!(
+        next_state(&mut inputs, Duration::from_secs(10)).await,
+        (true, false)
+    );
+    let camera = control.state().camera.unwrap();
+    assert!(!camera.capturing, "{camera:?}");
+    assert_eq!(camera.info.as_deref(), Some("Camera switched off"));
+    assert!(device.check().is_ok());
     tokio::task::spawn_blocking(move || device.stop())
         .await
         .unwrap();

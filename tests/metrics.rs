@@ -158,6 +158,7 @@ async fn exposition_parses_and_moves_with_signalling() {
         ("huddle_recordings_active", "gauge"),
         ("huddle_device_camera_up", "gauge"),
         ("huddle_device_microphone_up", "gauge"),
+        ("huddle_device_frames", "counter"),
         ("huddle_webhook_events_delivered", "counter"),
         ("huddle_webhook_delivery_failures", "counter"),
         ("huddle_webhook_events_dropped", "counter"),

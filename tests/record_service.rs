@@ -105,6 +105,8 @@ async fn the_device_and_an_rtmp_publisher_record_and_are_listed() {
         c.device.height = 240;
         c.device.rooms = vec!["lobby".into()];
         c.device.record = true;
+        // Recorded alone in its room (capture on demand would leave it idle).
+        c.device.always_on = true;
     })
     .await;
     let addr = server.local_addr();
@@ -207,7 +209,7 @@ fn a_full_disk_stops_the_recording_and_the_room_goes_on() {
              [rtmp]\nlisten = \"127.0.0.1:0\"\n\
              [records]\ndir = \"{}\"\n\
              [device]\ncamera = \"test-pattern\"\nmicrophone = \"tone\"\n\
-             rooms = [\"lobby\"]\nrecord = true\nbitrate_kbps = 2500\n",
+             rooms = [\"lobby\"]\nrecord = true\nalways_on = true\nbitrate_kbps = 2500\n",
             records.display()
         ),
     );

@@ -757,6 +757,8 @@ async fn the_devices_camera_switched_off_and_on_is_lost_then_back() {
         c.device.width = 320;
         c.device.height = 240;
         c.device.rooms = vec!["lobby".into()];
+        // Alone in its room: capturing all the same (capture on demand is not the point).
+        c.device.always_on = true;
     })
     .await;
     let addr = server.local_addr();

@@ -6,8 +6,12 @@
 //! its source. The thread writes what it is doing into the switch's small status
 //! (a few short strings, under a lock held only to copy them), so neither side ever
 //! waits on the other for long, and the state stays bounded.
+//!
+//! Capture also follows the demand (`set_demand`, from the driver's
+//! `device::demand::Demand`): a source captures while it is switched on AND the
+//! device is needed. Idle, its thread closes it exactly as when switched off.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::media::Kind;
@@ -23,12 +27,19 @@ pub struct SourceView {
     pub on: bool,
     /// Delivering media now.
     pub delivering: bool,
+    /// Open now (a camera's light is on).
+    pub capturing: bool,
+    /// Frames delivered since the service started (video access units, audio frames).
+    pub frames: u64,
     /// Why it delivers nothing, when it does not.
     pub info: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DeviceView {
+    /// Nothing needs the camera and microphone now (nobody to send to, no push, no
+    /// recording): they are closed until something does.
+    pub idle: bool,
     pub camera: Option<SourceView>,
     pub microphone: Option<SourceView>,
 }
@@ -46,6 +57,10 @@ struct Status {
 pub(crate) struct Switch {
     configured: String,
     on: AtomicBool,
+    /// The source is open.
+    capturing: AtomicBool,
+    /// Frames delivered (video access units, audio frames).
+    frames: AtomicU64,
     status: Mutex<Status>,
 }
 
@@ -54,6 +69,8 @@ impl Switch {
         Switch {
             configured,
             on: AtomicBool::new(true),
+            capturing: AtomicBool::new(false),
+            frames: AtomicU64::new(0),
             status: Mutex::new(Status {
                 info: Some("Starting".into()),
                 ..Status::default()
@@ -63,6 +80,16 @@ impl Switch {
 
     pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::Relaxed)
+    }
+
+    /// The thread opened (`true`) or closed its source.
+    pub(crate) fn set_capturing(&self, capturing: bool) {
+        self.capturing.store(capturing, Ordering::Relaxed);
+    }
+
+    /// `n` more frames delivered.
+    pub(crate) fn count_frames(&self, n: u64) {
+        self.frames.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The thread's report: the device in use (if open), delivering, and why not.
@@ -86,6 +113,8 @@ impl Switch {
             device: s.device,
             on: self.is_on(),
             delivering: s.delivering,
+            capturing: self.capturing.load(Ordering::Relaxed),
+            frames: self.frames.load(Ordering::Relaxed),
             info: s.info,
         }
     }
@@ -96,9 +125,30 @@ impl Switch {
 pub struct DeviceControl {
     camera: Option<Arc<Switch>>,
     microphone: Option<Arc<Switch>>,
+    /// The capture threads' common state, where the demand is kept.
+    shared: Option<Arc<super::Shared>>,
 }
 
 impl DeviceControl {
+    pub(crate) fn set_shared(&mut self, shared: Arc<super::Shared>) {
+        self.shared = Some(shared);
+    }
+
+    /// Whether the sources are needed (`device::demand::Demand`): not needed, they
+    /// close (as when switched off, but the admin's switches stay as they are) until
+    /// needed again; then the device's stream comes up once both have made their
+    /// first attempt. Answers at once; the threads follow within a poll interval.
+    pub fn set_demand(&self, needed: bool) {
+        if let Some(shared) = &self.shared {
+            shared.set_demand(needed);
+        }
+    }
+
+    /// Whether the sources are needed now.
+    pub fn is_needed(&self) -> bool {
+        self.shared.as_ref().is_none_or(|s| s.is_needed())
+    }
+
     pub(crate) fn add(&mut self, kind: Kind, switch: Arc<Switch>) {
         match kind {
             Kind::Video => self.camera = Some(switch),
@@ -108,6 +158,7 @@ impl DeviceControl {
 
     pub fn state(&self) -> DeviceView {
         DeviceView {
+            idle: !self.is_needed(),
             camera: self.camera.as_ref().map(|s| s.view()),
             microphone: self.microphone.as_ref().map(|s| s.view()),
         }

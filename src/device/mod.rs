@@ -6,12 +6,15 @@
 //! - `microphone`: ALSA capture or a generated tone, encoded to Opus.
 //! - `supervisor`: stall detection and retry backoff (pure, time as input).
 //! - `participant`: the device in the rooms (pure; driven by the room-core driver).
+//! - `demand`: whether capture is needed now, with a grace period (pure).
 //!
 //! Each source runs on its own thread: open, deliver RTP packets into the SFU's
 //! `DeviceFeed`, and on failure or stall close, report, wait (backoff) and reopen.
 //! Each source can be switched off and on at run time (`Device::control`, the admin
 //! API): off, its thread closes it (a camera's light goes out) and reports it gone,
 //! as for a camera that vanished; on, it opens it again like a camera that came back.
+//! Capture also follows the demand (`DeviceControl::set_demand`): not needed, every
+//! source is closed the same way (idle) until needed again.
 //!
 //! For the stream core (`crate::media`) the camera and microphone together are one
 //! ordinary named source, `SOURCE`; it forwards their packets to every room's device
@@ -19,6 +22,7 @@
 
 pub mod camera;
 pub mod control;
+pub mod demand;
 pub mod echo;
 pub mod h264;
 pub mod levels;
@@ -32,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 pub use participant::{Participant, Policy};
 use supervisor::Supervisor;
@@ -48,6 +52,9 @@ pub const SOURCE: &str = "device";
 
 /// Why a device stream cannot be published while neither source delivers.
 pub const UNAVAILABLE: &str = "The device's camera and microphone are not available";
+
+/// What an idle source says (nothing needs the device's media now).
+pub const IDLE: &str = "Idle: nobody to send to";
 
 /// A camera or microphone as the capture thread drives it: opened, polled for RTP
 /// packets, closed. Implementations block at most `timeout` in `poll`.
@@ -73,23 +80,36 @@ pub struct Timing {
     pub stall: Duration,
 }
 
-/// What every source delivers, combined into one device state for the SFU. The
-/// first state goes out only once every source has made its first attempt, so a
-/// stream starts with both camera and microphone instead of republishing at once.
-struct Shared {
+/// What every source delivers, combined into one device state for the SFU. After
+/// the start and after every change of the demand, the state goes out only once
+/// every source has made its first attempt under it (opened and delivering, failed,
+/// switched off, idle), so the device's stream starts (and resumes) with both camera
+/// and microphone instead of publishing one and republishing a moment later.
+pub(crate) struct Shared {
     feed: DeviceFeed,
     state: Mutex<Combined>,
+    /// How many times the demand changed: odd while capture is needed. Written under
+    /// `state`'s lock; the threads read it every time round their loops. A report
+    /// carries the value its source acted under.
+    demand: AtomicU64,
 }
 
 struct Combined {
     audio: Option<Codec>,
     video: Option<Codec>,
-    /// Sources that have not finished their first attempt yet.
-    waiting: usize,
+    /// Every source's kind.
+    kinds: Vec<Kind>,
+    /// Sources that have not reported under the current demand yet.
+    waiting: Vec<Kind>,
+}
+
+/// Whether a value of `Shared::demand` means "needed".
+fn needed(demand: u64) -> bool {
+    demand % 2 == 1
 }
 
 impl Shared {
-    fn report(&self, kind: Kind, codec: Option<Codec>, info: String, first: bool) {
+    fn report(&self, kind: Kind, codec: Option<Codec>, info: String, demand: u64) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -97,14 +117,34 @@ impl Shared {
             Kind::Audio => state.audio = codec,
             Kind::Video => state.video = codec,
         }
-        if first {
-            state.waiting = state.waiting.saturating_sub(1);
+        if demand == self.demand.load(Ordering::Acquire) {
+            state.waiting.retain(|k| *k != kind);
         }
-        if state.waiting == 0 {
+        if state.waiting.is_empty() {
             // Sent under the lock: the SFU sees the states in the order they happened.
             self.feed
                 .state(state.audio.clone(), state.video.clone(), info);
         }
+    }
+
+    fn demand(&self) -> u64 {
+        self.demand.load(Ordering::Acquire)
+    }
+
+    fn is_needed(&self) -> bool {
+        needed(self.demand())
+    }
+
+    /// Capture is needed (or not) from now on; `false` when that was already so.
+    fn set_demand(&self, now: bool) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let demand = self.demand.load(Ordering::Acquire);
+        if needed(demand) == now {
+            return false;
+        }
+        state.waiting = state.kinds.clone();
+        self.demand.store(demand + 1, Ordering::Release);
+        true
     }
 }
 
@@ -162,9 +202,11 @@ pub enum Trouble {
 }
 
 impl Device {
-    /// Starts the configured camera and microphone (`None` when both are "none").
-    /// `echo` processes the microphone (echo cancellation against the speaker, noise
-    /// suppression, gain control) when it is a sound card.
+    /// Starts the configured camera and microphone (`None` when both are "none"):
+    /// capturing at once with `[device] always_on`, else idle until
+    /// `DeviceControl::set_demand(true)`. `echo` processes the microphone (echo
+    /// cancellation against the speaker, noise suppression, gain control) when it is
+    /// a sound card.
     pub fn start(
         cfg: &config::Device,
         feed: DeviceFeed,
@@ -189,10 +231,16 @@ impl Device {
             info!("device: no camera and no microphone configured");
             return None;
         }
-        Some(Device::start_configured(sources, timing, feed))
+        Some(Device::start_configured(
+            sources,
+            timing,
+            feed,
+            cfg.always_on,
+        ))
     }
 
-    /// Runs these sources, each on its own thread, into `feed`.
+    /// Runs these sources, each on its own thread, into `feed`, capturing at once
+    /// (until `DeviceControl::set_demand(false)`).
     pub fn start_with(sources: Vec<Box<dyn Source>>, timing: Timing, feed: DeviceFeed) -> Device {
         let sources = sources
             .into_iter()
@@ -201,7 +249,7 @@ impl Device {
                 (s, configured)
             })
             .collect();
-        Device::start_configured(sources, timing, feed)
+        Device::start_configured(sources, timing, feed, true)
     }
 
     /// Runs these sources (each with what the configuration names it) into `feed`.
@@ -209,18 +257,23 @@ impl Device {
         sources: Vec<(Box<dyn Source>, String)>,
         timing: Timing,
         feed: DeviceFeed,
+        needed: bool,
     ) -> Device {
+        let kinds: Vec<Kind> = sources.iter().map(|(s, _)| s.kind()).collect();
         let shared = Arc::new(Shared {
             feed,
             state: Mutex::new(Combined {
                 audio: None,
                 video: None,
-                waiting: sources.len(),
+                waiting: kinds.clone(),
+                kinds,
             }),
+            demand: AtomicU64::new(u64::from(needed)),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut control = control::DeviceControl::default();
+        control.set_shared(shared.clone());
         for (source, configured) in sources {
             let name = source.name();
             info!("device: starting {name}");
@@ -333,45 +386,55 @@ impl Lane<'_> {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Whether the thread should leave what it is doing: stopping or switched off.
-    fn interrupted(&self) -> bool {
-        self.stopped() || !self.switch.is_on()
+    /// Why the source should not capture under `demand`, if it should not.
+    fn rest(&self, demand: u64) -> Option<Rest> {
+        if !self.switch.is_on() {
+            Some(Rest::SwitchedOff)
+        } else if !needed(demand) {
+            Some(Rest::Idle)
+        } else {
+            None
+        }
     }
+
+    /// Whether the thread should leave what it is doing under `demand`: stopping,
+    /// switched off, or the demand changed.
+    fn interrupted(&self, demand: u64) -> bool {
+        self.stopped() || !self.switch.is_on() || self.shared.demand() != demand
+    }
+}
+
+/// Why a source is closed while the device runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    /// By the admin API.
+    SwitchedOff,
+    /// Nothing needs it (`DeviceControl::set_demand(false)`).
+    Idle,
 }
 
 /// Why a source stopped delivering.
 enum Interruption {
     Stop,
-    SwitchedOff,
+    /// Switched off or idle.
+    Rest,
     Failed(String),
 }
 
 /// One source's life: open, deliver, and after a failure or stall close, report,
-/// wait and try again, until `stop`. Switched off, it is closed and reported gone
-/// until switched on again (then opened like a source that came back).
+/// wait and try again, until `stop`. Switched off or idle, it is closed and reported
+/// gone until it may capture again (then opened like a source that came back).
 fn run(mut source: Box<dyn Source>, timing: Timing, lane: &Lane) {
     let name = source.name();
     let kind = source.kind();
     let mut supervisor = Supervisor::new(timing.retry, timing.stall);
-    let mut first = true;
     while !lane.stopped() {
         lane.beat.touch();
-        if !lane.switch.is_on() {
-            let info = format!("{} switched off", capitalized(kind_word(kind)));
-            info!("device: {name}: switched off");
-            lane.switch.report(None, false, Some(info.clone()));
-            lane.shared
-                .report(kind, None, info, std::mem::take(&mut first));
-            while !lane.stopped() && !lane.switch.is_on() {
-                lane.beat.touch();
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if lane.stopped() {
+        let demand = lane.shared.demand();
+        if let Some(rest) = lane.rest(demand) {
+            if !resting(&name, kind, rest, demand, lane) {
                 break;
             }
-            info!("device: {name}: switched on");
-            lane.switch
-                .report(None, false, Some("Switched on, opening".into()));
             supervisor = Supervisor::new(timing.retry, timing.stall);
             continue;
         }
@@ -379,15 +442,17 @@ fn run(mut source: Box<dyn Source>, timing: Timing, lane: &Lane) {
             Err(e) => format!("is not available: {e}"),
             Ok(()) => {
                 info!("device: {name}: opened");
+                lane.switch.set_capturing(true);
                 let device = Some(without_kind(&source.name()));
                 lane.switch
                     .report(device, false, Some("Opened, waiting for media".into()));
                 supervisor.opened(Instant::now());
-                let interruption = deliver(&mut *source, timing, lane, &mut supervisor, &mut first);
+                let interruption = deliver(&mut *source, timing, lane, &mut supervisor, demand);
                 source.close();
+                lane.switch.set_capturing(false);
                 match interruption {
                     Interruption::Failed(reason) => format!("failed: {reason}"),
-                    Interruption::SwitchedOff => continue,
+                    Interruption::Rest => continue,
                     Interruption::Stop => break,
                 }
             }
@@ -395,15 +460,70 @@ fn run(mut source: Box<dyn Source>, timing: Timing, lane: &Lane) {
         warn!("device: {name} {why}");
         let info = format!("{} {why}", capitalized(&name));
         lane.switch.report(None, false, Some(info.clone()));
-        lane.shared
-            .report(kind, None, info, std::mem::take(&mut first));
+        lane.shared.report(kind, None, info, demand);
         let delay = supervisor.failed(Instant::now());
         info!("device: {name}: retrying in {} ms", delay.as_millis());
-        pause(delay, lane);
+        pause(delay, lane, demand);
     }
     lane.switch.report(None, false, Some("Stopped".into()));
     info!("device: {name}: stopped");
 }
+
+/// A closed source waits while it is switched off or idle, reporting why (again
+/// whenever the reason or the demand changes); `false` when the device stops.
+fn resting(name: &str, kind: Kind, mut rest: Rest, mut demand: u64, lane: &Lane) -> bool {
+    // Logged when the reason changes, not when only the demand does.
+    let report = |rest: Rest, demand: u64, changed: bool| {
+        let info = match rest {
+            Rest::SwitchedOff => {
+                if changed {
+                    info!("device: {name}: switched off");
+                }
+                format!("{} switched off", capitalized(kind_word(kind)))
+            }
+            Rest::Idle => {
+                if changed {
+                    debug!("device: {name}: idle");
+                }
+                IDLE.to_owned()
+            }
+        };
+        lane.switch.report(None, false, Some(info.clone()));
+        lane.shared.report(kind, None, info, demand);
+    };
+    report(rest, demand, true);
+    loop {
+        if lane.stopped() {
+            return false;
+        }
+        lane.beat.touch();
+        let now = lane.shared.demand();
+        match lane.rest(now) {
+            None => break,
+            Some(r) if r != rest || now != demand => {
+                let changed = r != rest;
+                (rest, demand) = (r, now);
+                report(rest, demand, changed);
+            }
+            Some(_) => std::thread::sleep(REST_POLL),
+        }
+    }
+    match rest {
+        Rest::SwitchedOff => {
+            info!("device: {name}: switched on");
+            lane.switch
+                .report(None, false, Some("Switched on, opening".into()));
+        }
+        Rest::Idle => {
+            debug!("device: {name}: needed, opening");
+            lane.switch.report(None, false, Some("Opening".into()));
+        }
+    }
+    true
+}
+
+/// How often a closed source looks whether it may capture again.
+const REST_POLL: Duration = Duration::from_millis(50);
 
 fn kind_word(kind: Kind) -> &'static str {
     match kind {
@@ -412,19 +532,20 @@ fn kind_word(kind: Kind) -> &'static str {
     }
 }
 
-/// Polls an open source into the SFU until it fails or stalls, is switched off, or
-/// `stop`. The codec is announced with the first media that has one.
+/// Polls an open source into the SFU until it fails or stalls, is switched off or
+/// idle, or `stop`. The codec is announced with the first media that has one, and
+/// again under a new demand (the resumption waits for every source's word).
 fn deliver(
     source: &mut dyn Source,
     timing: Timing,
     lane: &Lane,
     supervisor: &mut Supervisor,
-    first: &mut bool,
+    mut demand: u64,
 ) -> Interruption {
     let (name, kind) = (source.name(), source.kind());
     let shared = lane.shared;
     let mut out: Vec<RtpPacket> = Vec::new();
-    let mut announced = false;
+    let mut announced: Option<Codec> = None;
     let mut dropped = 0u64;
     let interruption = loop {
         lane.beat.touch();
@@ -432,7 +553,19 @@ fn deliver(
             break Interruption::Stop;
         }
         if !lane.switch.is_on() {
-            break Interruption::SwitchedOff;
+            break Interruption::Rest;
+        }
+        let now = shared.demand();
+        if now != demand {
+            if !needed(now) {
+                break Interruption::Rest;
+            }
+            // Idle and needed again before this thread noticed: it goes on, and says
+            // so under the new demand.
+            demand = now;
+            if let Some(codec) = &announced {
+                shared.report(kind, Some(codec.clone()), String::new(), demand);
+            }
         }
         if kind == Kind::Video && shared.feed.take_key_frame_request() {
             source.key_frame();
@@ -441,16 +574,22 @@ fn deliver(
         match source.poll(POLL, &mut out) {
             Ok(true) => {
                 supervisor.delivered(Instant::now());
-                if !announced {
+                if announced.is_none() {
                     let Some(codec) = source.codec() else {
                         continue;
                     };
                     info!("device: {name}: delivering {}", codec.family.name());
                     let device = Some(without_kind(&source.name()));
                     lane.switch.report(device, true, None);
-                    shared.report(kind, Some(codec), String::new(), std::mem::take(first));
-                    announced = true;
+                    shared.report(kind, Some(codec.clone()), String::new(), demand);
+                    announced = Some(codec);
                 }
+                let frames = match kind {
+                    // An access unit ends with the marker bit.
+                    Kind::Video => out.iter().filter(|p| p.header.marker).count(),
+                    Kind::Audio => out.len(),
+                };
+                lane.switch.count_frames(frames as u64);
                 for packet in out.drain(..) {
                     if !shared.feed.packet(kind, packet) && !shared.feed.is_closed() {
                         dropped += 1;
@@ -476,10 +615,11 @@ fn deliver(
     interruption
 }
 
-/// Sleeps `delay`, waking early on `stop` or when switched off.
-fn pause(delay: Duration, lane: &Lane) {
+/// Sleeps `delay`, waking early on `stop`, when switched off or when the demand
+/// changes.
+fn pause(delay: Duration, lane: &Lane, demand: u64) {
     let until = Instant::now() + delay;
-    while !lane.interrupted() {
+    while !lane.interrupted(demand) {
         lane.beat.touch();
         let now = Instant::now();
         if now >= until {

@@ -45,6 +45,17 @@ struct Membership {
     stream: Option<(String, String)>,
 }
 
+/// The login the room display (`/display`, the device's own screen) joins with: it is
+/// the device itself, not company to capture for.
+pub const DISPLAY_LOGIN: &str = "Room display";
+
+impl Membership {
+    /// Someone other than the device and its own screen is in the room.
+    fn has_company(&self) -> bool {
+        self.others.iter().any(|o| o != DISPLAY_LOGIN)
+    }
+}
+
 /// First delay before a refused join is sent again.
 pub const JOIN_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest delay between join attempts.
@@ -68,6 +79,8 @@ pub struct Participant {
     retries: BTreeMap<String, Retry>,
     /// What the sources deliver now: (audio, video).
     kinds: (bool, bool),
+    /// Capturing (`set_active`): idle, the device stays in its rooms without streams.
+    active: bool,
     next_id: u64,
 }
 
@@ -78,6 +91,7 @@ impl Participant {
             rooms: BTreeMap::new(),
             retries: BTreeMap::new(),
             kinds: (false, false),
+            active: true,
             next_id: 1,
         }
     }
@@ -89,6 +103,58 @@ impl Participant {
     /// The rooms the device is in (or joining).
     pub fn rooms(&self) -> impl Iterator<Item = &str> {
         self.rooms.keys().map(String::as_str)
+    }
+
+    /// Whether another member is in one of its rooms (someone to send to).
+    pub fn has_company(&self) -> bool {
+        self.rooms.values().any(Membership::has_company)
+    }
+
+    /// The rooms with another member in them.
+    pub fn rooms_with_company(&self) -> impl Iterator<Item = &str> {
+        self.rooms
+            .iter()
+            .filter(|(_, m)| m.has_company())
+            .map(|(r, _)| r.as_str())
+    }
+
+    /// Whether `stream` is (or would be) the device's stream in a room it is in or
+    /// wants (its fixed rooms): `<room>-<login>`.
+    pub fn wants_stream(&self, stream: &str) -> bool {
+        let Some(room) = stream
+            .strip_suffix(self.policy.login.as_str())
+            .and_then(|s| s.strip_suffix('-'))
+        else {
+            return false;
+        };
+        self.rooms.contains_key(room) || self.is_fixed(room)
+    }
+
+    /// Whether the device is in `room` (or joining it).
+    pub fn is_in(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Capture starts (`true`) or stops: stopping, every room's stream is unpublished
+    /// first (so no stream fails when the sources close); starting, they are published
+    /// again with what the sources deliver (once they report, `device_changed`).
+    pub fn set_active(&mut self, active: bool) -> Vec<Command> {
+        if self.active == active {
+            return Vec::new();
+        }
+        self.active = active;
+        let rooms: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, m)| !m.joining)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut out = Vec::new();
+        for room in rooms {
+            out.extend(self.unpublish(&room));
+            out.extend(self.publish(&room));
+        }
+        out
     }
 
     /// Its first commands: identify, then join the fixed rooms.
@@ -289,7 +355,7 @@ impl Participant {
 
     fn publish(&mut self, room: &str) -> Vec<Command> {
         let (audio, video) = self.kinds;
-        if !(audio || video) {
+        if !self.active || !(audio || video) {
             return Vec::new();
         }
         let id = format!("device-{}", self.next_id);
@@ -690,5 +756,92 @@ mod tests {
             0,
             "no room recreated by a stale retry"
         );
+    }
+
+    #[test]
+    fn company_is_another_member_in_one_of_its_rooms() {
+        let mut w = World::new(&["lobby"], true);
+        assert!(!w.device.has_company(), "alone in its fixed room");
+        // Its own screen in the room is not company.
+        w.browser(3, DISPLAY_LOGIN, "lobby");
+        assert!(!w.device.has_company(), "only the room display with it");
+        w.browser(1, "alice", "lobby");
+        assert!(w.device.has_company());
+        assert_eq!(w.device.rooms_with_company().collect::<Vec<_>>(), ["lobby"]);
+        w.browser(2, "bob", "standup");
+        leave(&mut w, 1, "lobby");
+        assert!(w.device.has_company(), "bob in the room it joined");
+        leave(&mut w, 2, "standup");
+        assert!(!w.device.has_company());
+        assert_eq!(
+            w.device.rooms().collect::<Vec<_>>(),
+            ["lobby"],
+            "left standup"
+        );
+        assert!(w.device.wants_stream("lobby-Room system"));
+        assert!(!w.device.wants_stream("standup-Room system"));
+        assert!(!w.device.wants_stream("lobby-alice"));
+    }
+
+    #[test]
+    fn idle_it_stays_in_its_rooms_without_a_stream_and_nothing_fails() {
+        let mut w = World::new(&["lobby"], false);
+        w.device_changed(true, true);
+        w.browser(1, "alice", "lobby");
+        w.events(1);
+        // Capture stops: the stream is unpublished before the sources close.
+        let commands = w.device.set_active(false);
+        w.run(DEVICE, commands);
+        w.device_changed(true, false);
+        w.device_changed(false, false);
+        let unpublished = RoomEvent::Unpublished {
+            login: "Room system".into(),
+            name: "lobby-Room system".into(),
+        };
+        assert_eq!(w.events(1), vec![unpublished]);
+        assert_eq!(w.core.stats().streams, 0);
+        assert_eq!(w.device.rooms().collect::<Vec<_>>(), ["lobby"]);
+        // Capturing again: published once, when both sources are back.
+        let commands = w.device.set_active(true);
+        assert!(commands.is_empty(), "nothing delivers yet");
+        w.device_changed(true, true);
+        assert_eq!(
+            w.events(1),
+            vec![RoomEvent::Published {
+                login: "Room system".into(),
+                name: "lobby-Room system".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn with_the_demand_a_participant_who_comes_back_within_the_grace_changes_nothing() {
+        use crate::device::demand::Demand;
+        use std::time::Duration;
+        let grace = Duration::from_secs(10);
+        let mut w = World::new(&[], true);
+        let mut demand = Demand::new(grace, false);
+        let mut changes = Vec::new();
+        let mut step = |w: &mut World, d: Duration| {
+            w.advance(d);
+            if let Some(on) = demand.update(w.now, w.device.has_company()) {
+                changes.push((on, w.now));
+            }
+        };
+        step(&mut w, Duration::ZERO);
+        w.browser(1, "alice", "standup");
+        let t_join = w.now;
+        step(&mut w, Duration::ZERO);
+        leave(&mut w, 1, "standup");
+        step(&mut w, Duration::from_secs(3));
+        // Back 3 s later, gone again: the grace counts from the last departure.
+        w.browser(2, "alice", "standup");
+        step(&mut w, Duration::ZERO);
+        leave(&mut w, 2, "standup");
+        let t_left = w.now;
+        step(&mut w, Duration::ZERO);
+        step(&mut w, Duration::from_millis(9_999));
+        step(&mut w, Duration::from_millis(1));
+        assert_eq!(changes, vec![(true, t_join), (false, t_left + grace)]);
     }
 }

@@ -24,12 +24,16 @@ pub(crate) async fn sample(shared: &Shared) -> Sample {
             None
         }
     };
-    let (camera_up, microphone_up) = match control.device() {
+    let (camera_up, microphone_up, device_frames) = match control.device() {
         Ok(view) => (
             view.camera.as_ref().is_some_and(|c| c.delivering),
             view.microphone.as_ref().is_some_and(|m| m.delivering),
+            super::exposition::DeviceFrames {
+                video: view.camera.as_ref().map_or(0, |c| c.frames),
+                audio: view.microphone.as_ref().map_or(0, |m| m.frames),
+            },
         ),
-        Err(_) => (false, false),
+        Err(_) => (false, false, Default::default()),
     };
     let events = shared.events.counters();
     Sample {
@@ -43,6 +47,7 @@ pub(crate) async fn sample(shared: &Shared) -> Sample {
         recordings: control.recordings().await.len(),
         camera_up,
         microphone_up,
+        device_frames,
         webhook_delivered: events.delivered.get(),
         webhook_failed_attempts: events.failed_attempts.get(),
         webhook_dropped: events.dropped.get(),

@@ -34,10 +34,20 @@ pub struct Sample {
     pub recordings: usize,
     pub camera_up: bool,
     pub microphone_up: bool,
+    /// Frames the device's camera and microphone delivered (video access units, audio
+    /// frames); zero without a camera and a microphone.
+    pub device_frames: DeviceFrames,
     pub webhook_delivered: u64,
     pub webhook_failed_attempts: u64,
     pub webhook_dropped: u64,
     pub process: Process,
+}
+
+/// The device's frame counts (`huddle_device_frames_total{kind}`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeviceFrames {
+    pub video: u64,
+    pub audio: u64,
 }
 
 type Labeled = [(&'static str, &'static str); 1];
@@ -249,6 +259,14 @@ pub fn encode_sample(
         "device_microphone_up",
         "The device's microphone delivers audio (1) or not (0)",
         i64::from(sample.microphone_up),
+    );
+    let frames = sample.device_frames;
+    counters(
+        reg,
+        "device_frames",
+        "Frames the device's camera (access units) and microphone delivered",
+        "kind",
+        [("video", frames.video), ("audio", frames.audio)],
     );
     counter(
         reg,

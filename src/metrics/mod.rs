@@ -12,4 +12,4 @@ pub mod signalling;
 pub use counters::{
     Counter, DropReason, Gauge, MediaCounters, RefusalReason, RtmpSession, SignallingCounters,
 };
-pub use exposition::{encode_sample, Sample, CONTENT_TYPE};
+pub use exposition::{encode_sample, DeviceFrames, Sample, CONTENT_TYPE};

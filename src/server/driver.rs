@@ -4,8 +4,8 @@
 //! Sends toward sessions never wait: each session has a bounded queue, and a
 //! session whose queue is full is closed as too slow instead of stalling everyone.
 
-use std::collections::HashMap;
-use std::time::{Instant, SystemTime};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::control::{AdminAnswer, AdminReply, AdminRequest};
 use super::recording::Recordings;
 use super::speaker::SpeakerWiring;
+use crate::device::control::DeviceControl;
+use crate::device::demand::Demand;
 use crate::device::Participant;
 use crate::events::{EventKind, Events};
 use crate::logging::escaped;
@@ -89,6 +91,40 @@ struct Parties {
     /// Whether the device's camera delivered video at the last change (`None`: no
     /// change seen yet), for `device.camera_lost` / `device.camera_back`.
     camera: Option<bool>,
+    /// Capture on demand, when the device has sources.
+    capture: Option<OnDemand>,
+}
+
+/// Capture on demand: what needs the device's camera and microphone (company in a
+/// room, a push or an operator's recording of its stream), and the grace timer.
+pub(crate) struct OnDemand {
+    control: DeviceControl,
+    demand: Demand,
+    /// The streams pushed now (`rtmp_push::PushRegistry::pushed_streams`).
+    pushed: watch::Receiver<Vec<String>>,
+    /// The registry is there (its changes are watched).
+    pushes_open: bool,
+    /// Rooms whose recording an operator started (admin API), until stopped or ended.
+    recorded_rooms: BTreeSet<String>,
+    /// Streams whose recording an operator started, until stopped or their room ends.
+    recorded_streams: BTreeSet<String>,
+}
+
+impl OnDemand {
+    pub(crate) fn new(
+        control: DeviceControl,
+        cfg: &crate::config::Device,
+        pushed: watch::Receiver<Vec<String>>,
+    ) -> OnDemand {
+        OnDemand {
+            control,
+            demand: Demand::new(Duration::from_millis(cfg.capture_grace_ms), cfg.always_on),
+            pushed,
+            pushes_open: true,
+            recorded_rooms: BTreeSet::new(),
+            recorded_streams: BTreeSet::new(),
+        }
+    }
 }
 
 /// Who the driver carries the core's outputs to besides the sessions.
@@ -99,6 +135,8 @@ pub(crate) struct Others {
     pub speaker: Option<SpeakerWiring>,
     pub recordings: Recordings,
     pub events: Events,
+    /// Capture on demand, with the device participant.
+    pub capture: Option<OnDemand>,
 }
 
 pub(crate) async fn run(
@@ -116,20 +154,31 @@ pub(crate) async fn run(
         events: others.events,
         created: HashMap::new(),
         camera: None,
+        capture: others.capture,
     };
+    if let (Some(device), Some(capture)) = (&mut parties.device, &parties.capture) {
+        // Idle from the start: it joins its rooms without publishing.
+        device.set_active(capture.demand.is_on());
+    }
     if let Some(device) = &mut parties.device {
         core.connect_local(now(), DEVICE_SESSION, crate::device::SOURCE);
         for command in device.start() {
             core.command(now(), DEVICE_SESSION, command);
         }
         drain(&mut core, &mut parties, &sfu);
+        follow_demand(&mut core, &mut parties, &sfu);
     }
     let hang_room = fault_hang_room();
     loop {
-        // The device participant's timers (join retries) ride on the core's.
+        // The device participant's timers (join retries, the capture grace) ride on
+        // the core's.
         let deadline = [
             core.poll_timeout(),
             parties.device.as_ref().and_then(Participant::poll_timeout),
+            parties
+                .capture
+                .as_ref()
+                .and_then(|c| c.demand.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -139,7 +188,12 @@ pub(crate) async fn run(
             Some(event) = media_events.recv() => {
                 match event {
                     MediaEvent::SourceChanged { source, audio, video } if source == crate::device::SOURCE => {
-                        camera_event(&mut parties, video);
+                        if capturing(&parties) {
+                            camera_event(&mut parties, video);
+                        } else {
+                            // Closed because idle, not lost.
+                            parties.camera = None;
+                        }
                         let commands = parties
                             .device
                             .as_mut()
@@ -160,6 +214,17 @@ pub(crate) async fn run(
                     event => core.media_event(now(), event),
                 }
                 drain(&mut core, &mut parties, &sfu);
+                follow_demand(&mut core, &mut parties, &sfu);
+                publish_stats(&core, &stats);
+                continue;
+            }
+            changed = pushes_changed(&mut parties.capture) => {
+                if changed.is_err() {
+                    if let Some(c) = &mut parties.capture {
+                        c.pushes_open = false;
+                    }
+                }
+                follow_demand(&mut core, &mut parties, &sfu);
                 publish_stats(&core, &stats);
                 continue;
             }
@@ -175,6 +240,7 @@ pub(crate) async fn run(
                     core.command(now, DEVICE_SESSION, command);
                 }
                 drain(&mut core, &mut parties, &sfu);
+                follow_demand(&mut core, &mut parties, &sfu);
                 publish_stats(&core, &stats);
                 continue;
             }
@@ -230,12 +296,19 @@ pub(crate) async fn run(
                 let _ = reply.send(core.stats());
             }
             ToCore::Admin { request, reply } => {
+                let recording = recording_request(&request);
                 let answer = admin(&mut core, &parties, request);
+                if answer.is_ok() {
+                    note_recording(&mut parties, recording);
+                }
                 let _ = reply.send(answer);
             }
             ToCore::Shutdown => core.shutdown(now()),
         }
         drain(&mut core, &mut parties, &sfu);
+        if !stop {
+            follow_demand(&mut core, &mut parties, &sfu);
+        }
         publish_stats(&core, &stats);
         if stop {
             break;
@@ -361,6 +434,7 @@ fn drain(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
                 if let Some(speaker) = &mut parties.speaker {
                     speaker.hearing.room_finalized(&room);
                 }
+                forget_recordings(&mut parties.capture, parties.device.as_ref(), &room);
                 parties.events.emit(
                     EventKind::RoomFinalized,
                     Some(&room),
@@ -414,6 +488,118 @@ fn admin(
             core.record_room(&room, on).map(|()| AdminAnswer::Done)
         }
     }
+}
+
+// ----- capture on demand -------------------------------------------------------------
+
+/// Waits until the set of pushed streams changes (forever without a registry).
+async fn pushes_changed(capture: &mut Option<OnDemand>) -> Result<(), watch::error::RecvError> {
+    match capture {
+        Some(c) if c.pushes_open => c.pushed.changed().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Whether the device's sources are to capture now (always without capture on demand).
+fn capturing(parties: &Parties) -> bool {
+    parties.capture.as_ref().is_none_or(|c| c.demand.is_on())
+}
+
+/// Why the device's camera and microphone are needed now, if they are.
+fn why_needed(device: &Participant, capture: &OnDemand) -> Option<String> {
+    if let Some(room) = device.rooms_with_company().next() {
+        return Some(format!("room {}", escaped(room)));
+    }
+    if let Some(stream) = capture
+        .pushed
+        .borrow()
+        .iter()
+        .find(|s| device.wants_stream(s))
+    {
+        return Some(format!("the push of stream {}", escaped(stream)));
+    }
+    if let Some(room) = capture.recorded_rooms.iter().find(|r| device.is_in(r)) {
+        return Some(format!("the recording of room {}", escaped(room)));
+    }
+    if let Some(stream) = capture
+        .recorded_streams
+        .iter()
+        .find(|s| device.wants_stream(s))
+    {
+        return Some(format!("the recording of stream {}", escaped(stream)));
+    }
+    None
+}
+
+/// Computes what is needed after the core's outputs were carried out and applies a
+/// change of the demand: capture starts at once; it stops after the grace, the
+/// device's streams unpublished before its sources close (an idle device has no
+/// stream; nothing fails).
+fn follow_demand(core: &mut Core, parties: &mut Parties, sfu: &Sfu) {
+    let (Some(device), Some(capture)) = (&mut parties.device, &mut parties.capture) else {
+        return;
+    };
+    let why = why_needed(device, capture);
+    let Some(on) = capture.demand.update(now(), why.is_some()) else {
+        return;
+    };
+    let commands = device.set_active(on);
+    match (on, why) {
+        (true, Some(why)) => info!("device: capturing for {why}"),
+        (true, None) => info!("device: capturing (always on)"),
+        (false, _) => info!("device: idle, capture stopped"),
+    }
+    if on {
+        capture.control.set_demand(true);
+    }
+    for command in commands {
+        core.command(now(), DEVICE_SESSION, command);
+    }
+    drain(core, parties, sfu);
+    if !on {
+        // The streams are unpublished (the media engine has their close queued
+        // before the sources' state): the sources close now.
+        if let Some(capture) = &parties.capture {
+            capture.control.set_demand(false);
+        }
+        parties.camera = None;
+    }
+}
+
+/// What an admin request does to an operator's recording: (room?, name, on).
+fn recording_request(request: &AdminRequest) -> Option<(bool, String, bool)> {
+    match request {
+        AdminRequest::RecordRoom { room, on } => Some((true, room.clone(), *on)),
+        AdminRequest::RecordStream { stream, on } => Some((false, stream.clone(), *on)),
+        _ => None,
+    }
+}
+
+/// Remembers an operator's recording that was started (or forgets a stopped one).
+fn note_recording(parties: &mut Parties, recording: Option<(bool, String, bool)>) {
+    let (Some(capture), Some((room, name, on))) = (&mut parties.capture, recording) else {
+        return;
+    };
+    let set = match room {
+        true => &mut capture.recorded_rooms,
+        false => &mut capture.recorded_streams,
+    };
+    if on {
+        set.insert(name);
+    } else {
+        set.remove(&name);
+    }
+}
+
+/// A room ended: its recordings no longer need the device.
+fn forget_recordings(capture: &mut Option<OnDemand>, device: Option<&Participant>, room: &str) {
+    let (Some(capture), Some(device)) = (capture, device) else {
+        return;
+    };
+    capture.recorded_rooms.remove(room);
+    capture
+        .recorded_streams
+        .remove(&format!("{room}-{}", device.login()));
 }
 
 /// A notice of the core as an event for the hooks.

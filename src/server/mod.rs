@@ -260,6 +260,12 @@ impl Server {
         let hearing = speaker_thread
             .as_ref()
             .map(|s| speaker::SpeakerWiring::start(endpoints.clone(), s.handle()));
+        let pushes = rtmp_push::PushRegistry::start_config(&endpoints, &config.rtmp.push);
+        // Capture on demand: the driver starts the sources when the device has company,
+        // a push of its stream or an operator's recording.
+        let capture = device
+            .as_ref()
+            .map(|d| driver::OnDemand::new(d.control(), &config.device, pushes.pushed_streams()));
         let live_records = Arc::new(crate::record::live::Live::new());
         let (recordings, recording) = recording::RecordingTask::start(
             &config.records,
@@ -277,6 +283,7 @@ impl Server {
                 speaker: hearing,
                 recordings: recordings.clone(),
                 events: events.clone(),
+                capture,
             },
         ));
 
@@ -286,7 +293,6 @@ impl Server {
             &advertised,
         ));
         let next_session = Arc::new(AtomicU64::new(1));
-        let pushes = rtmp_push::PushRegistry::start_config(&endpoints, &config.rtmp.push);
         let control = control::Control {
             to_core: to_core.clone(),
             endpoints: endpoints.clone(),

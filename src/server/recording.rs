@@ -666,6 +666,8 @@ mod tests {
     fn config(dir: &std::path::Path) -> Config {
         let mut c = crate::server::test_support::device_config(dir);
         c.rtmp.enabled = false;
+        // The device's stream is recorded with nobody in its room.
+        c.device.always_on = true;
         c
     }
 

@@ -108,19 +108,51 @@ struct Table {
 
 /// The pushes of the configuration and of the admin API, started and stopped at run
 /// time; cheap to clone (the server and the admin API share one).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct PushRegistry {
     endpoints: Option<Endpoints>,
     table: Arc<Mutex<Table>>,
+    /// The streams pushed now (the driver starts the device's capture for its own).
+    pushed: Arc<watch::Sender<Vec<String>>>,
+}
+
+impl Default for PushRegistry {
+    fn default() -> PushRegistry {
+        PushRegistry {
+            endpoints: None,
+            table: Arc::default(),
+            pushed: Arc::new(watch::channel(Vec::new()).0),
+        }
+    }
 }
 
 impl PushRegistry {
+    /// The names of the streams pushed now, updated whenever a push starts or stops.
+    pub fn pushed_streams(&self) -> watch::Receiver<Vec<String>> {
+        self.pushed.subscribe()
+    }
+
+    /// Tells `pushed_streams` what the table holds now.
+    fn publish_streams(&self) {
+        let streams: Vec<String> = self
+            .lock()
+            .pushes
+            .iter()
+            .map(|e| e.stream.clone())
+            .collect();
+        self.pushed.send_if_modified(|s| {
+            let changed = *s != streams;
+            *s = streams;
+            changed
+        });
+    }
+
     /// Starts one push per `[[rtmp.push]]` entry (validated with the config), ids
     /// `config-1`, `config-2`...
     pub fn start_config(endpoints: &Endpoints, entries: &[RtmpPush]) -> PushRegistry {
         let registry = PushRegistry {
             endpoints: Some(endpoints.clone()),
-            table: Arc::default(),
+            ..PushRegistry::default()
         };
         for (i, entry) in entries.iter().enumerate() {
             match Push::from_config(entry) {
@@ -158,6 +190,7 @@ impl PushRegistry {
         };
         let view = entry.view();
         self.lock().pushes.push(entry);
+        self.publish_streams();
         Some(view)
     }
 
@@ -214,6 +247,7 @@ impl PushRegistry {
             }
         };
         info!("push {id} of stream {}: stopped", escaped(&entry.stream));
+        self.publish_streams();
         entry.stop.send_replace(true);
         // The task ends on its own: it closes the connection (bounded by the push).
         drop(entry.task);
@@ -229,6 +263,7 @@ impl PushRegistry {
             table.closed = true;
             std::mem::take(&mut table.pushes)
         };
+        self.publish_streams();
         for mut entry in entries {
             if tokio::time::timeout(STOP_TIMEOUT, &mut entry.task)
                 .await
