@@ -175,7 +175,15 @@ async fn until(c: &mut Client, what: &str, mut matches: impl FnMut(&Value) -> bo
 /// Alice joins the room and publishes audio only.
 async fn alice_publishes(addr: std::net::SocketAddr) -> (Client, RtcClient) {
     let mut alice = Client::connect(addr, "alice").await;
-    alice.join(ROOM).await;
+    let state = alice.join(ROOM).await;
+    // Alice is company: the device starts capturing and publishes its stream.
+    if !state.iter().any(|e| e["name"] == DEVICE_STREAM) {
+        until(&mut alice, "the device's PUBLISHED", |v| {
+            let p = &v["data"][0]["payload"];
+            p["name"] == "PUBLISHED" && p["info"]["name"] == DEVICE_STREAM
+        })
+        .await;
+    }
     let mut pc = RtcClient::publisher("alice-pc", &[(AUDIO, opus(111), 0x1111_2222)]).await;
     room_media::start_stream(
         &mut alice,

@@ -143,18 +143,7 @@ impl Participant {
             return Vec::new();
         }
         self.active = active;
-        let rooms: Vec<String> = self
-            .rooms
-            .iter()
-            .filter(|(_, m)| !m.joining)
-            .map(|(r, _)| r.clone())
-            .collect();
-        let mut out = Vec::new();
-        for room in rooms {
-            out.extend(self.unpublish(&room));
-            out.extend(self.publish(&room));
-        }
-        out
+        self.republish()
     }
 
     /// Its first commands: identify, then join the fixed rooms.
@@ -223,6 +212,11 @@ impl Participant {
             return Vec::new();
         }
         self.kinds = (audio, video);
+        self.republish()
+    }
+
+    /// Every joined room's stream published again with what there is now.
+    fn republish(&mut self) -> Vec<Command> {
         let rooms: Vec<String> = self
             .rooms
             .iter()
