@@ -131,7 +131,9 @@ before(async () => {
   await fsp.writeFile(wav, sineWav(TONE_HZ, TONE_LEVEL, 10));
   server = await e2e.startHuddle({
     config: huddleConfig({
-      device: `camera = "none"\nmicrophone = "tone"\nspeaker = "spk"\nrooms = ["${ROOM}"]\njoin_new_rooms = false\n`,
+      // always_on: the device publishes its own tone before anyone joins (capture on demand
+      // would wait for company), so "never the device's own" covers the whole run.
+      device: `camera = "none"\nmicrophone = "tone"\nspeaker = "spk"\nrooms = ["${ROOM}"]\njoin_new_rooms = false\nalways_on = true\n`,
     }),
     env: { ALSA_CONFIG_PATH: asoundrc },
     startTimeout: 30_000,
