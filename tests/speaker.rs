@@ -372,6 +372,14 @@ impl Drop for EchoRoom {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_speakers_echo_is_cancelled_in_the_devices_stream() {
+    // The FIFO microphone is paced by this test's own clock; under CPU emulation (the
+    // aarch64 run in qemu) the device cannot keep up with it in real time and the run
+    // hung there. The canceller itself is tested under emulation by the unit tests of
+    // `device::echo`; this end-to-end path runs natively.
+    if emulated() {
+        eprintln!("skipped under CPU emulation (real-time FIFO microphone)");
+        return;
+    }
     let dir = alsa_dir();
     let played = dir.join("spk2.raw");
     let limit = Duration::from_secs(if emulated() { 120 } else { 40 });
