@@ -172,18 +172,24 @@ async fn until(c: &mut Client, what: &str, mut matches: impl FnMut(&Value) -> bo
     panic!("{}: no {what}", c.name);
 }
 
-/// Alice joins the room and publishes audio only.
-async fn alice_publishes(addr: std::net::SocketAddr) -> (Client, RtcClient) {
-    let mut alice = Client::connect(addr, "alice").await;
-    let state = alice.join(ROOM).await;
-    // Alice is company: the device starts capturing and publishes its stream.
+/// `c` joins the room and waits until the device's stream is in it (in STATE, or
+/// PUBLISHED once the device captures).
+async fn join_with_the_device(c: &mut Client) {
+    let state = c.join(ROOM).await;
     if !state.iter().any(|e| e["name"] == DEVICE_STREAM) {
-        until(&mut alice, "the device's PUBLISHED", |v| {
+        until(c, "the device's PUBLISHED", |v| {
             let p = &v["data"][0]["payload"];
             p["name"] == "PUBLISHED" && p["info"]["name"] == DEVICE_STREAM
         })
         .await;
     }
+}
+
+/// Alice joins the room and publishes audio only.
+async fn alice_publishes(addr: std::net::SocketAddr) -> (Client, RtcClient) {
+    let mut alice = Client::connect(addr, "alice").await;
+    // Alice is company: the device starts capturing and publishes its stream.
+    join_with_the_device(&mut alice).await;
     let mut pc = RtcClient::publisher("alice-pc", &[(AUDIO, opus(111), 0x1111_2222)]).await;
     room_media::start_stream(
         &mut alice,
@@ -402,14 +408,7 @@ async fn the_speakers_echo_is_cancelled_in_the_devices_stream() {
 
     // Bob plays the device's stream once it is published.
     let mut bob = Client::connect(addr, "bob").await;
-    let state = bob.join(ROOM).await;
-    if !state.iter().any(|e| e["name"] == DEVICE_STREAM) {
-        until(&mut bob, "the device's PUBLISHED", |v| {
-            let p = &v["data"][0]["payload"];
-            p["name"] == "PUBLISHED" && p["info"]["name"] == DEVICE_STREAM
-        })
-        .await;
-    }
+    join_with_the_device(&mut bob).await;
     let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111))]).await;
     room_media::start_stream(
         &mut bob,

@@ -24,14 +24,13 @@ import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { BrowserPage, E2eFile, assertChromiumInstalled, assertPageClean, huddleConfig, sleep, waitFor } from './harness.mjs';
+import { BrowserPage, E2eFile, assertChromiumInstalled, assertPageClean, huddleConfig, sleep, waitFor, sineWav } from './harness.mjs';
 
 const STEP_TIMEOUT_MS = 15_000;
 const FILE_WATCHDOG_MS = 230_000;
 const ROOM = 'display room 🎬';
 const [ANN, BORIS] = ['ann', 'Борис <b>'];
 const CHAT = 'Привет 👋 <i>not italic</i>';
-const RATE = 48_000;
 const TONE_HZ = 1000;
 const TONE_LEVEL = 0.3; // of full scale, in the WAV the participants' Chromium captures
 const TALKING_STEP_MS = 8_000; // the tone through the jitter buffer, levels every 100 ms, polled every 250 ms
@@ -66,21 +65,6 @@ function initScript() {
   };
 }
 
-// A mono 16-bit PCM WAV at 48 kHz: `seconds` of a sine (a whole number of cycles, so Chromium's
-// loop of the file is seamless), as in speaker.test.mjs.
-function sineWav(freq, amplitude, seconds) {
-  const n = RATE * seconds;
-  const data = Buffer.alloc(2 * n);
-  for (let i = 0; i < n; i++) {
-    data.writeInt16LE(Math.round(Math.sin((2 * Math.PI * freq * i) / RATE) * amplitude * 32767), 2 * i);
-  }
-  const h = Buffer.alloc(44);
-  h.write('RIFF', 0); h.writeUInt32LE(36 + data.length, 4); h.write('WAVE', 8);
-  h.write('fmt ', 12); h.writeUInt32LE(16, 16); h.writeUInt16LE(1, 20); h.writeUInt16LE(1, 22);
-  h.writeUInt32LE(RATE, 24); h.writeUInt32LE(RATE * 2, 28); h.writeUInt16LE(2, 32); h.writeUInt16LE(16, 34);
-  h.write('data', 36); h.writeUInt32LE(data.length, 40);
-  return Buffer.concat([h, data]);
-}
 
 // The display opens in `browser`, participants (`talker`) in `talkers`.
 async function open(label, pathAndQuery, { talker = false } = {}) {

@@ -617,3 +617,21 @@ export function assertPageClean(h, { errorsHint = '', requestsHint = 'requests t
   assert.deepEqual(h.pageErrors, [], `${h.label}: uncaught errors in the page${errorsHint}`);
   assert.deepEqual(h.badRequests, [], `${h.label}: ${requestsHint}`);
 }
+
+// A mono 16-bit PCM WAV at 48 kHz: `seconds` of a sine at `amplitude` of full scale (a whole
+// number of cycles, so Chromium's loop of it as a fake microphone,
+// --use-file-for-fake-audio-capture, is seamless).
+export function sineWav(freq, amplitude, seconds) {
+  const rate = 48_000;
+  const n = rate * seconds;
+  const data = Buffer.alloc(2 * n);
+  for (let i = 0; i < n; i++) {
+    data.writeInt16LE(Math.round(Math.sin((2 * Math.PI * freq * i) / rate) * amplitude * 32767), 2 * i);
+  }
+  const h = Buffer.alloc(44);
+  h.write('RIFF', 0); h.writeUInt32LE(36 + data.length, 4); h.write('WAVE', 8);
+  h.write('fmt ', 12); h.writeUInt32LE(16, 16); h.writeUInt16LE(1, 20); h.writeUInt16LE(1, 22);
+  h.writeUInt32LE(rate, 24); h.writeUInt32LE(rate * 2, 28); h.writeUInt16LE(2, 32); h.writeUInt16LE(16, 34);
+  h.write('data', 36); h.writeUInt32LE(data.length, 40);
+  return Buffer.concat([h, data]);
+}

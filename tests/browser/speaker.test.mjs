@@ -27,8 +27,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import {
   HERE, E2eFile, SdkPage, MEDIA_PAGE_READY, assertChromiumInstalled, assertPageClean, assertSdkBundleInstalled,
-  huddleConfig, sdkPageRoutes, sleep, waitFor,
-} from './harness.mjs';
+  huddleConfig, sdkPageRoutes, sleep, waitFor, sineWav } from './harness.mjs';
 
 const PAGE_HTML = path.join(HERE, 'media-page.html');
 const ROOM = 'r';
@@ -101,21 +100,6 @@ async function lastSamples(p, n) {
   }
 }
 
-// A mono 16-bit PCM WAV at 48 kHz: `seconds` of a sine (a whole number of cycles, so Chromium's
-// loop of the file is seamless).
-function sineWav(freq, amplitude, seconds) {
-  const n = RATE * seconds;
-  const data = Buffer.alloc(2 * n);
-  for (let i = 0; i < n; i++) {
-    data.writeInt16LE(Math.round(Math.sin((2 * Math.PI * freq * i) / RATE) * amplitude * 32767), 2 * i);
-  }
-  const h = Buffer.alloc(44);
-  h.write('RIFF', 0); h.writeUInt32LE(36 + data.length, 4); h.write('WAVE', 8);
-  h.write('fmt ', 12); h.writeUInt32LE(16, 16); h.writeUInt16LE(1, 20); h.writeUInt16LE(1, 22);
-  h.writeUInt32LE(RATE, 24); h.writeUInt32LE(RATE * 2, 28); h.writeUInt16LE(2, 32); h.writeUInt16LE(16, 34);
-  h.write('data', 36); h.writeUInt32LE(data.length, 40);
-  return Buffer.concat([h, data]);
-}
 
 // ---------------------------------------------------------------------------------------------
 
