@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use tokio::net::UdpSocket;
+use rtc::shared::TransportProtocol;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig, Peers};
+use super::tcp::{self, Connections, Inbound, TcpIn};
 use crate::config::Media;
 use std::collections::HashMap;
 
@@ -27,6 +29,8 @@ pub enum SfuError {
     // The OS error in the message, not as a `source`: a chain would print it twice.
     #[error("cannot bind the media UDP port {port} ([media] udp_port): {why}")]
     Bind { port: u16, why: std::io::Error },
+    #[error("cannot listen on the ICE-TCP port {port} ([media] tcp_port; 0 turns it off): {why}")]
+    BindTcp { port: u16, why: std::io::Error },
     #[error("cannot create the DTLS certificate: {0}")]
     Certificate(String),
     #[error("no address to advertise: set [media] advertise_ips")]
@@ -493,6 +497,9 @@ impl ExternalSinks {
 pub struct Sfu {
     commands: mpsc::Sender<Command>,
     port: u16,
+    /// The ICE-TCP port, when on.
+    tcp_port: Option<u16>,
+    tcp_task: Option<JoinHandle<()>>,
     advertise: Vec<IpAddr>,
     peers: Arc<AtomicUsize>,
     counters: Arc<crate::metrics::MediaCounters>,
@@ -538,8 +545,17 @@ impl Sfu {
                 why,
             })?
             .port();
+        let tcp = listen_tcp(any, media, port).await?;
+        let tcp_port = match &tcp {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|why| SfuError::BindTcp { port, why })?
+                    .port(),
+            ),
+            None => None,
+        };
         let cert = certificate()?;
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             EngineConfig {
                 advertise: advertise.clone(),
                 port,
@@ -551,21 +567,38 @@ impl Sfu {
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
         let counters = engine.counters();
+        let (tcp_task, tcp_in) = match (tcp, tcp_port) {
+            (Some(listener), Some(tcp_port)) => {
+                engine.enable_tcp(tcp_port);
+                let (to_sfu, from_tcp) = mpsc::channel(tcp::IN_QUEUE);
+                let task = tokio::spawn(tcp::listen(
+                    listener,
+                    tcp::Limits::default(),
+                    to_sfu,
+                    counters.clone(),
+                ));
+                (Some(task), Some(from_tcp))
+            }
+            _ => (None, None),
+        };
         let task = tokio::spawn(run(
             engine,
-            socket,
+            (socket, tcp_in),
             (inbox, commands.downgrade()),
             events,
             peers.clone(),
         ));
         let list: Vec<String> = advertise.iter().map(ToString::to_string).collect();
+        let tcp_info = tcp_port.map_or("ICE-TCP off".to_owned(), |p| format!("ICE-TCP port {p}"));
         info!(
-            "media on UDP port {port}, advertised as {}",
+            "media on UDP port {port} and {tcp_info}, advertised as {}",
             list.join(", ")
         );
         Ok(Sfu {
             commands,
             port,
+            tcp_port,
+            tcp_task,
             advertise,
             peers,
             counters,
@@ -575,6 +608,11 @@ impl Sfu {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The ICE-TCP port (`None`: off).
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_port
     }
 
     pub fn advertised(&self) -> &[IpAddr] {
@@ -629,6 +667,9 @@ impl Sfu {
 
     /// Closes every peer (DTLS close alerts go out) and stops the task.
     pub async fn shutdown(self) {
+        if let Some(t) = &self.tcp_task {
+            t.abort();
+        }
         let _ = self.commands.send(Command::Shutdown).await;
         if let Err(e) = self.task.await {
             warn!("media task ended abnormally: {e}");
@@ -678,6 +719,68 @@ pub fn local_addresses() -> Vec<IpAddr> {
     found
 }
 
+/// The ICE-TCP listener on `[media] tcp_port` (not set: the UDP port's number; with
+/// `udp_port = 0`, any free port when that number is taken on TCP), on the same
+/// wildcard address as the media socket. `None` when `tcp_port = 0`.
+async fn listen_tcp(any: IpAddr, media: &Media, udp: u16) -> Result<Option<TcpListener>, SfuError> {
+    let port = match media.tcp_port {
+        Some(0) => return Ok(None),
+        Some(port) => port,
+        None => udp,
+    };
+    match TcpListener::bind(SocketAddr::new(any, port)).await {
+        Ok(l) => Ok(Some(l)),
+        Err(_) if media.tcp_port.is_none() && media.udp_port == 0 => {
+            TcpListener::bind(SocketAddr::new(any, 0))
+                .await
+                .map(Some)
+                .map_err(|why| SfuError::BindTcp { port: 0, why })
+        }
+        Err(why) => Err(SfuError::BindTcp { port, why }),
+    }
+}
+
+/// The next message of the ICE-TCP connections; never, when ICE-TCP is off.
+async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpIn>>) -> Option<TcpIn> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One message of the ICE-TCP connections. A connection's first frame must be a STUN
+/// binding request the engine routes (it verifies for a known peer); otherwise the
+/// connection is closed.
+fn tcp_input(engine: &mut Engine, conns: &mut Connections, input: TcpIn) {
+    match input {
+        TcpIn::Opened {
+            id,
+            from,
+            out,
+            verified,
+        } => conns.opened(id, from, out, verified),
+        TcpIn::Closed { id, from } => conns.closed(id, from),
+        TcpIn::Frame { id, from, data } => {
+            match conns.inbound(id, from) {
+                Inbound::Ignore => {}
+                Inbound::Deliver { first: false } => {
+                    engine.receive(now(), TransportProtocol::TCP, from, &data);
+                }
+                Inbound::Deliver { first: true } => {
+                    let request = super::demux::parse_stun(&data).is_some_and(|v| v.class == 0);
+                    if request && engine.receive(now(), TransportProtocol::TCP, from, &data) {
+                        conns.verify(from);
+                    } else {
+                        engine.counters().tcp.invalid.inc();
+                        debug!("ICE-TCP connection from {from} closed: its first frame does not verify");
+                        conns.reject(from);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A v4 address as the dual-stack socket wants it.
 fn target(socket_v6: bool, to: SocketAddr) -> SocketAddr {
     match (socket_v6, to) {
@@ -713,7 +816,7 @@ async fn next_input(
 
 async fn run(
     mut engine: Engine,
-    socket: UdpSocket,
+    (socket, mut tcp_in): (UdpSocket, Option<mpsc::Receiver<TcpIn>>),
     (mut inbox, commands): (mpsc::Receiver<Command>, mpsc::WeakSender<Command>),
     events: mpsc::Sender<MediaEvent>,
     peers: Arc<AtomicUsize>,
@@ -726,6 +829,7 @@ async fn run(
     let mut buf = vec![0u8; DATAGRAM];
     let fault_panic = fault_panic_on_request();
     let counters = engine.counters();
+    let mut conns = Connections::default();
     loop {
         let opened = engine.take_opened();
         if let (false, Some(commands)) = (opened.is_empty(), commands.upgrade()) {
@@ -734,6 +838,13 @@ async fn run(
             }
         }
         while let Some(t) = engine.poll_transmit() {
+            if t.protocol == TransportProtocol::TCP {
+                if !conns.send(t.to, &t.data) {
+                    counters.tcp.dropped.inc();
+                    engine.transmit_dropped(now(), t.peer);
+                }
+                continue;
+            }
             match socket.try_send_to(&t.data, target(v6, t.to)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -765,6 +876,15 @@ async fn run(
                         Err(e) => debug!("media socket: {e}"),
                     }
                     next = socket.try_recv_from(&mut buf);
+                }
+            }
+            Some(input) = next_tcp(&mut tcp_in) => {
+                tcp_input(&mut engine, &mut conns, input);
+                for _ in 0..BATCH {
+                    match tcp_in.as_mut().map(mpsc::Receiver::try_recv) {
+                        Some(Ok(input)) => tcp_input(&mut engine, &mut conns, input),
+                        _ => break,
+                    }
                 }
             }
             (i, input) = next_input(&mut feeds), if !feeds.is_empty() => match input {
@@ -838,7 +958,11 @@ async fn run(
                 Some(Command::Shutdown) | None => {
                     engine.close_all();
                     while let Some(t) = engine.poll_transmit() {
-                        let _ = socket.try_send_to(&t.data, target(v6, t.to));
+                        if t.protocol == TransportProtocol::TCP {
+                            conns.send(t.to, &t.data);
+                        } else {
+                            let _ = socket.try_send_to(&t.data, target(v6, t.to));
+                        }
                     }
                     peers.store(0, Ordering::Relaxed);
                     break;
