@@ -490,6 +490,9 @@ async fn connection(
         End::WriteTimedOut => counters.tcp.write_timed_out.inc(),
     }
     counters.tcp.open.dec();
+    // The slot is free before the peer sees the connection closed.
+    drop(slot);
+    drop((rd, wr));
     let _ = to_sfu.send(TcpIn::Closed { id, from }).await;
 }
 
