@@ -692,31 +692,70 @@ pub(crate) fn certificate() -> Result<RTCCertificate, SfuError> {
     .map_err(|e| SfuError::Certificate(e.to_string()))
 }
 
-/// The machine's non-loopback IPv4 addresses (up, not link-local) plus 127.0.0.1.
+/// IPv6 addresses advertised at most, when `[media] advertise_ips` is empty (each one
+/// adds a UDP and a TCP candidate to every answer).
+pub const MAX_AUTO_V6: usize = 2;
+
+/// The machine's addresses for `[media] advertise_ips = []`: see `advertisable`.
 pub fn local_addresses() -> Vec<IpAddr> {
-    let mut found: Vec<IpAddr> = Vec::new();
+    let mut found: Vec<(bool, IpAddr)> = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ifa in addrs {
             let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-            let Some(ip) = ifa
-                .address
-                .as_ref()
-                .and_then(|a| a.as_sockaddr_in())
-                .map(|a| IpAddr::V4(a.ip()))
-            else {
+            let Some(a) = ifa.address.as_ref() else {
                 continue;
             };
-            let usable = match ip {
-                IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-                IpAddr::V6(_) => false,
-            };
-            if up && usable && !found.contains(&ip) {
-                found.push(ip);
+            if let Some(v4) = a.as_sockaddr_in() {
+                found.push((up, IpAddr::V4(v4.ip())));
+            } else if let Some(v6) = a.as_sockaddr_in6() {
+                found.push((up, IpAddr::V6(v6.ip())));
             }
         }
     }
-    found.push(Ipv4Addr::LOCALHOST.into());
-    found
+    advertisable(&found)
+}
+
+/// Which interface addresses (`(up, address)`, in interface order) go into ICE
+/// candidates when none are configured: every IPv4 address of an interface that is up
+/// but loopback and link-local ones; then up to `MAX_AUTO_V6` global unicast IPv6
+/// addresses (2000::/3, not documentation, Teredo or 6to4), which is how a device on a
+/// dual-stack network is reached over IPv6 from outside. Link-local IPv6 needs a scope
+/// browsers cannot use, and unique local addresses (fc00::/7) reach nothing the LAN's
+/// IPv4 does not: neither is advertised. Last, 127.0.0.1 (a browser on the device).
+pub fn advertisable(addrs: &[(bool, IpAddr)]) -> Vec<IpAddr> {
+    let mut v4: Vec<IpAddr> = Vec::new();
+    let mut v6: Vec<IpAddr> = Vec::new();
+    for (up, ip) in addrs.iter().copied() {
+        if !up {
+            continue;
+        }
+        let (list, usable) = match ip {
+            IpAddr::V4(a) => (
+                &mut v4,
+                !a.is_loopback() && !a.is_link_local() && !a.is_unspecified(),
+            ),
+            IpAddr::V6(a) => (&mut v6, is_global_v6(a)),
+        };
+        if usable && !list.contains(&ip) {
+            list.push(ip);
+        }
+    }
+    v6.truncate(MAX_AUTO_V6);
+    v4.extend(v6);
+    v4.push(Ipv4Addr::LOCALHOST.into());
+    v4
+}
+
+/// A global unicast IPv6 address worth a candidate (RFC 4291 2000::/3), without the
+/// documentation prefix (2001:db8::/32) and the tunnels (Teredo 2001::/32, 6to4
+/// 2002::/16).
+fn is_global_v6(a: Ipv6Addr) -> bool {
+    let s = a.segments();
+    let global_unicast = s[0] & 0xe000 == 0x2000;
+    let documentation = s[0] == 0x2001 && s[1] == 0x0db8;
+    let teredo = s[0] == 0x2001 && s[1] == 0;
+    let six_to_four = s[0] == 0x2002;
+    global_unicast && !documentation && !teredo && !six_to_four
 }
 
 /// The ICE-TCP listener on `[media] tcp_port` (not set: the UDP port's number; with
@@ -991,6 +1030,47 @@ fn fault_panic_on_request() -> bool {
 mod tests {
     use super::*;
     use crate::media::Family;
+
+    #[test]
+    fn auto_advertising_takes_ipv4_and_global_ipv6_but_not_local_scopes() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let addrs = [
+            (true, ip("127.0.0.1")),
+            (true, ip("::1")),
+            (true, ip("192.168.1.20")),
+            (true, ip("fe80::1c2:3ff:fe04:506")),
+            (true, ip("fd00::2")),
+            (true, ip("2a01:4f8:1:2::20")),
+            (false, ip("10.0.0.7")),
+            (false, ip("2a01:4f8:1:3::30")),
+            (true, ip("169.254.3.4")),
+            (true, ip("2001:db8::1")),
+            (true, ip("2001:0:4136:e378::1")),
+            (true, ip("2002:c000:204::1")),
+            (true, ip("192.168.1.20")),
+            (true, ip("2a01:4f8:1:2::20")),
+            (true, ip("2600:1700::5")),
+            (true, ip("2600:1700::6")),
+            (true, ip("::ffff:10.1.1.1")),
+            (true, ip("10.8.0.1")),
+        ];
+        assert_eq!(
+            advertisable(&addrs),
+            vec![
+                ip("192.168.1.20"),
+                ip("10.8.0.1"),
+                ip("2a01:4f8:1:2::20"),
+                ip("2600:1700::5"),
+                ip("127.0.0.1"),
+            ]
+        );
+        // IPv4 only (or nothing at all): as before, loopback last.
+        assert_eq!(
+            advertisable(&[(true, ip("10.0.0.2")), (true, ip("fd12::1"))]),
+            vec![ip("10.0.0.2"), ip("127.0.0.1")]
+        );
+        assert_eq!(advertisable(&[]), vec![ip("127.0.0.1")]);
+    }
 
     #[tokio::test]
     async fn stream_stats_and_counters_come_from_the_task() {
