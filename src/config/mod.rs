@@ -691,7 +691,9 @@ max_name_chars = 128
 # The one UDP port every WebRTC peer uses (0: any free port, for tests).
 udp_port = 20000
 # Addresses put into ICE candidates (1:1 NAT: list the public address). Empty: the
-# machine's non-loopback IPv4 addresses plus 127.0.0.1.
+# machine's non-loopback IPv4 addresses, up to two global IPv6 addresses (not
+# link-local, not unique-local fc00::/7) and 127.0.0.1. List them to choose (IPv4 only:
+# leave the IPv6 ones out).
 advertise_ips = []
 # A publish or play whose media path is not up after this long fails with
 # "Failed by ICE timeout".
