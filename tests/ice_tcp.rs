@@ -396,3 +396,78 @@ async fn junk_on_the_tcp_port_is_closed_and_counted_while_peers_flow() {
     drop(call.bob_ws);
     stop(server).await;
 }
+
+/// IPv6: the server advertises ::1 only (its sockets listen on [::] then); a publisher
+/// over UDP on ::1 and a player over ICE-TCP on ::1 meet, and media flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_publisher_over_udp_and_player_over_tcp() {
+    let server = start_server(|c| c.media.advertise_ips = vec!["::1".parse().unwrap()]).await;
+    let addr = server.local_addr();
+    let mut alice_ws = Client::connect(addr, "alice").await;
+    alice_ws.join(ROOM).await;
+    let mut alice = RtcClient::publisher_on(
+        "alice",
+        &[
+            (AUDIO, opus(111), AUDIO_SSRC),
+            (VIDEO, h264(125), VIDEO_SSRC),
+        ],
+        Transport::Udp6,
+    )
+    .await;
+    let offer = alice.create_offer().await;
+    alice_ws
+        .send_json(stream_request(
+            true,
+            "m-pub",
+            STREAM,
+            ROOM,
+            &offer,
+            (true, true),
+        ))
+        .await;
+    loop {
+        let v = alice_ws.recv().await;
+        match v["message"].as_str() {
+            Some("setRemoteSDP") => {
+                let sdp = v["data"][1].as_str().expect("answer text");
+                let udp = candidates(sdp, "udp");
+                let tcp = candidates(sdp, "tcp");
+                assert!(!udp.is_empty() && !tcp.is_empty(), "{sdp}");
+                assert!(
+                    udp.iter().chain(&tcp).all(|c| c.1 == "::1"),
+                    "only ::1 advertised: {sdp}"
+                );
+                alice.apply_answer(sdp).await;
+            }
+            Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
+            Some("notifyStreamStatusEvent") => {
+                assert_eq!(v["data"][0]["status"], "PUBLISHING", "{v}");
+                break;
+            }
+            _ => panic!("unexpected frame while publishing: {v}"),
+        }
+    }
+    alice.wait_connected(Duration::from_secs(10)).await;
+    let mut bob_ws = Client::connect(addr, "bob").await;
+    bob_ws.join(ROOM).await;
+    alice_ws.expect_event_in(ROOM, "JOINED").await;
+    let mut bob = RtcClient::player_on(
+        "bob",
+        &[(AUDIO, opus(111)), (VIDEO, h264(125))],
+        Transport::TcpOnly6,
+    )
+    .await;
+    start_over_tcp(&mut bob_ws, &mut bob, false, "m-play").await;
+    assert_eq!(metric(addr, "huddle_ice_tcp_connections_open").await, 1.0);
+    bob.drain_media();
+    send(&alice, 0, 60).await;
+    let (got, _) = bob.collect_rtp(&[AUDIO], 55, Duration::from_secs(5)).await;
+    assert!(
+        got[0].1.len() >= 55,
+        "audio over IPv6: {} of 60",
+        got[0].1.len()
+    );
+    drop(alice_ws);
+    drop(bob_ws);
+    stop(server).await;
+}

@@ -278,6 +278,9 @@ pub struct RtcClient {
 pub enum Transport {
     Udp,
     TcpOnly,
+    /// The same on ::1.
+    Udp6,
+    TcpOnly6,
 }
 
 impl RtcClient {
@@ -316,6 +319,8 @@ impl RtcClient {
         let builder = match transport {
             Transport::Udp => builder.with_udp_addrs(vec!["127.0.0.1:0".to_string()]),
             Transport::TcpOnly => builder.with_tcp_addrs(vec!["127.0.0.1:0".to_string()]),
+            Transport::Udp6 => builder.with_udp_addrs(vec!["[::1]:0".to_string()]),
+            Transport::TcpOnly6 => builder.with_tcp_addrs(vec!["[::1]:0".to_string()]),
         };
         let pc = builder
             .build()
