@@ -57,6 +57,17 @@ fn candidates(answer: &str, transport: &str) -> Vec<(u32, String, u16)> {
 /// applied and its passive TCP candidate handed over, then PUBLISHING/PLAYING must
 /// come and the peer connect. Returns the answer.
 async fn start_over_tcp(ws: &mut Client, pc: &mut RtcClient, publish: bool, msid: &str) -> String {
+    start_over_tcp_via(ws, pc, publish, msid, None).await
+}
+
+/// `start_over_tcp`, with the answer's TCP candidate port changed to `via` (a relay).
+async fn start_over_tcp_via(
+    ws: &mut Client,
+    pc: &mut RtcClient,
+    publish: bool,
+    msid: &str,
+    via: Option<u16>,
+) -> String {
     let offer = pc.create_offer().await;
     ws.send_json(stream_request(
         publish,
@@ -72,8 +83,15 @@ async fn start_over_tcp(ws: &mut Client, pc: &mut RtcClient, publish: bool, msid
         let v = ws.recv().await;
         match v["message"].as_str() {
             Some("setRemoteSDP") => {
-                let sdp = v["data"][1].as_str().expect("answer text");
-                pc.apply_answer(sdp).await;
+                let mut sdp = v["data"][1].as_str().expect("answer text").to_owned();
+                if let Some(port) = via {
+                    let (_, _, real) = candidates(&sdp, "tcp")[0].clone();
+                    sdp = sdp.replace(
+                        &format!(" {real} typ host tcptype passive"),
+                        &format!(" {port} typ host tcptype passive"),
+                    );
+                }
+                pc.apply_answer(&sdp).await;
                 assert_eq!(
                     pc.connect_tcp().await,
                     1,
@@ -469,5 +487,145 @@ async fn ipv6_publisher_over_udp_and_player_over_tcp() {
     );
     drop(alice_ws);
     drop(bob_ws);
+    stop(server).await;
+}
+
+/// A TCP relay on 127.0.0.1 for one connection toward `to` that stops reading from `to`
+/// once `stall` is set (a browser whose network went away without a FIN): the server's
+/// writes then back up. Its socket toward `to` has a small receive buffer, so that
+/// happens soon.
+async fn stalling_relay(
+    to: SocketAddr,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay bind");
+    let port = listener.local_addr().expect("relay address").port();
+    tokio::spawn(async move {
+        let Ok((client, _)) = listener.accept().await else {
+            return;
+        };
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("small receive buffer");
+        let Ok(server) = socket.connect(to).await else {
+            return;
+        };
+        let (mut client_rd, mut client_wr) = client.into_split();
+        let (mut server_rd, mut server_wr) = server.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+        });
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if stall.load(std::sync::atomic::Ordering::Relaxed) {
+                // Holds the connection open, reading nothing.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                return;
+            }
+            match server_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if client_wr.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    port
+}
+
+/// A player whose TCP path stops taking data: its queue toward it fills (frames dropped
+/// and counted), the write times out and the connection is closed (counted); another
+/// player over TCP keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_stops_reading_is_cut_off_by_the_write_timeout() {
+    let server = start_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut call = tcp_call(addr).await;
+    let tcp: SocketAddr = ([127, 0, 0, 1], call.tcp_port).into();
+    let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = stalling_relay(tcp, stall.clone()).await;
+    let mut carol_ws = Client::connect(addr, "carol").await;
+    carol_ws.join(ROOM).await;
+    call.alice_ws.expect_event_in(ROOM, "JOINED").await;
+    call.bob_ws.expect_event_in(ROOM, "JOINED").await;
+    let mut carol = RtcClient::player_on(
+        "carol",
+        &[(AUDIO, opus(111)), (VIDEO, h264(125))],
+        Transport::TcpOnly,
+    )
+    .await;
+    start_over_tcp_via(&mut carol_ws, &mut carol, false, "m-carol", Some(relay)).await;
+    send(&call.alice, 0, 10).await;
+    let (got, _) = carol.collect_rtp(&[AUDIO], 5, Duration::from_secs(5)).await;
+    assert!(
+        got[0].1.len() >= 5,
+        "carol receives through the relay before it stalls"
+    );
+
+    // The relay stops reading; alice sends about 1 MB/s of video until the server gives
+    // carol's connection up (bounded).
+    stall.store(true, std::sync::atomic::Ordering::Relaxed);
+    call.bob.drain_media();
+    let started = tokio::time::Instant::now();
+    let write_timeouts = "huddle_ice_tcp_closed_total{reason=\"write_timeout\"}";
+    let mut i = 0u32;
+    loop {
+        for _ in 0..20 {
+            let p = rtp_packet(
+                125,
+                VIDEO_SSRC,
+                (1000 + i) as u16,
+                i * 90,
+                false,
+                vec![0x41; 1100],
+            );
+            call.alice.write_rtp(VIDEO, p).await;
+            i += 1;
+        }
+        let audio = rtp_packet(
+            111,
+            AUDIO_SSRC,
+            (1000 + i) as u16,
+            i * 960,
+            false,
+            vec![0xfc, 1, 2],
+        );
+        call.alice.write_rtp(AUDIO, audio).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if i.is_multiple_of(500) && metric(addr, write_timeouts).await > 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "carol's stalled connection was not closed within 40 s"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5),
+        "not before the 5 s write timeout: {took:?}"
+    );
+    assert_eq!(metric(addr, write_timeouts).await, 1.0);
+    assert!(metric(addr, "huddle_ice_tcp_frames_dropped_total").await > 0.0);
+    assert_eq!(metric(addr, "huddle_ice_tcp_connections_open").await, 2.0);
+    // bob, on his own connection, kept receiving all along.
+    let rtp = call
+        .bob
+        .drain_media()
+        .iter()
+        .filter(|m| matches!(m, Media::Rtp { .. }))
+        .count();
+    assert!(
+        rtp > 1000,
+        "bob received {rtp} packets while carol's path stalled"
+    );
+    drop(carol_ws);
+    drop(call.alice_ws);
+    drop(call.bob_ws);
     stop(server).await;
 }
