@@ -758,9 +758,11 @@ fn is_global_v6(a: Ipv6Addr) -> bool {
     global_unicast && !documentation && !teredo && !six_to_four
 }
 
-/// The ICE-TCP listener on `[media] tcp_port` (not set: the UDP port's number; with
-/// `udp_port = 0`, any free port when that number is taken on TCP), on the same
-/// wildcard address as the media socket. `None` when `tcp_port = 0`.
+/// The ICE-TCP listener on `[media] tcp_port`, on the same wildcard address as the
+/// media socket; `None` when `tcp_port = 0`. Not set, it is the UDP port's number, and
+/// when that is taken on TCP the service still starts: with `udp_port = 0` (tests) on
+/// any free port, otherwise without ICE-TCP (a warning says why), so an upgrade never
+/// stops a device that worked. A port set explicitly must be free.
 async fn listen_tcp(any: IpAddr, media: &Media, udp: u16) -> Result<Option<TcpListener>, SfuError> {
     let port = match media.tcp_port {
         Some(0) => return Ok(None),
@@ -774,6 +776,13 @@ async fn listen_tcp(any: IpAddr, media: &Media, udp: u16) -> Result<Option<TcpLi
                 .await
                 .map(Some)
                 .map_err(|why| SfuError::BindTcp { port: 0, why })
+        }
+        Err(why) if media.tcp_port.is_none() => {
+            warn!(
+                "ICE-TCP off: cannot listen on TCP port {port} (the UDP port's number): {why}; \
+                 set [media] tcp_port to a free port, or 0"
+            );
+            Ok(None)
         }
         Err(why) => Err(SfuError::BindTcp { port, why }),
     }
@@ -1030,6 +1039,37 @@ fn fault_panic_on_request() -> bool {
 mod tests {
     use super::*;
     use crate::media::Family;
+
+    #[tokio::test]
+    async fn a_taken_tcp_port_is_an_error_only_when_set() {
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let (events, _rx) = mpsc::channel(16);
+        let mut media = Media {
+            udp_port: port,
+            advertise_ips: vec![Ipv4Addr::LOCALHOST.into()],
+            ..Media::default()
+        };
+        // Not set: the service starts, without ICE-TCP.
+        let sfu = Sfu::start(&media, events.clone()).await.unwrap();
+        assert_eq!((sfu.port(), sfu.tcp_port()), (port, None));
+        sfu.shutdown().await;
+        // Set to the taken port: a clear error.
+        media.tcp_port = Some(port);
+        let e = Sfu::start(&media, events.clone()).await.err().unwrap();
+        assert!(e.to_string().contains("[media] tcp_port"), "{e}");
+        // Off.
+        media.tcp_port = Some(0);
+        let sfu = Sfu::start(&media, events.clone()).await.unwrap();
+        assert_eq!(sfu.tcp_port(), None);
+        sfu.shutdown().await;
+        // Not set, and free: the UDP port's number.
+        drop(taken);
+        media.tcp_port = None;
+        let sfu = Sfu::start(&media, events).await.unwrap();
+        assert_eq!(sfu.tcp_port(), Some(port));
+        sfu.shutdown().await;
+    }
 
     #[test]
     fn auto_advertising_takes_ipv4_and_global_ipv6_but_not_local_scopes() {
