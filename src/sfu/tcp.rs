@@ -32,9 +32,10 @@ pub const MAX_FRAME: usize = 4096;
 /// A connection must deliver a verified STUN binding request this soon after it is
 /// accepted (slow or silent connections are closed).
 pub const FIRST_FRAME: Duration = Duration::from_secs(5);
-/// A verified connection that delivers no frame for this long is closed (browsers
-/// check consent every few seconds).
-pub const IDLE: Duration = Duration::from_secs(30);
+/// A verified connection that delivers no frame for this long is closed. The selected
+/// path carries consent checks every few seconds and RTCP every second; Chrome also
+/// connects on paths it then leaves unused (when UDP works too), which this reaps.
+pub const IDLE: Duration = Duration::from_secs(15);
 /// A write the peer does not take within this closes the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued toward one connection (about a second of 720p video).
@@ -57,7 +58,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            total: 256,
+            total: 512,
             per_address: 64,
             pending_per_address: 8,
         }
