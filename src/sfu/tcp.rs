@@ -548,6 +548,35 @@ mod tests {
     }
 
     #[test]
+    fn random_packets_in_random_pieces_come_out_as_sent() {
+        // A small LCG: the same pseudo-random cases on every run.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |bound: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % bound
+        };
+        for _ in 0..200 {
+            let packets: Vec<Vec<u8>> = (0..next(20) + 1)
+                .map(|i| vec![i as u8; next(MAX_FRAME) + 1])
+                .collect();
+            let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+            let stream = frames_of(&refs);
+            let mut d = Deframer::new(MAX_FRAME);
+            let mut got = Vec::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let piece = (next(3000) + 1).min(stream.len() - at);
+                d.push(&stream[at..at + piece], |p| got.push(p.to_vec()))
+                    .unwrap();
+                at += piece;
+            }
+            assert_eq!(got, packets);
+        }
+    }
+
+    #[test]
     fn an_oversize_frame_is_an_error_before_its_body_is_read() {
         let mut d = Deframer::new(1500);
         let mut got = Vec::new();
