@@ -34,6 +34,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
+use crate::media::speaking::Speakers;
 use crate::media::{
     Delivery, Event, Numbering, Renumber, Sink, SinkId, Source, SourceId, Stats, StreamError,
     Streams, Tally,
@@ -238,6 +239,8 @@ pub struct Engine {
     rtp: Vec<(Kind, Packet)>,
     /// What the engine and its stream core count (`/metrics`).
     counters: Arc<MediaCounters>,
+    /// Who is talking among the publishers whose audio carries RFC 6464 levels.
+    speaking: Speakers<PeerId>,
 }
 
 /// The publisher's video receiver and the SSRC its offer announced (`a=ssrc`), known
@@ -284,6 +287,7 @@ impl Engine {
             events: VecDeque::new(),
             rtp: Vec::new(),
             counters,
+            speaking: Speakers::default(),
         }
     }
 
@@ -324,6 +328,13 @@ impl Engine {
                 }),
             }
         }
+        while let Some(a) = self.speaking.poll_activity() {
+            self.events.push_back(MediaEvent::Speaking {
+                stream: a.stream,
+                talking: a.talking,
+                loudness: a.loudness,
+            });
+        }
         self.events.pop_front()
     }
 
@@ -338,11 +349,13 @@ impl Engine {
             .map
             .values_mut()
             .filter_map(|p| p.pc.poll_timeout());
-        key_frames.into_iter().chain(peers).min()
+        let speaking = self.speaking.poll_timeout();
+        key_frames.into_iter().chain(peers).chain(speaking).min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.media.handle_timeout(&mut self.peers, now);
+        self.speaking.handle_timeout(now);
         let due: Vec<PeerId> = self
             .peers
             .map
@@ -727,6 +740,9 @@ impl Engine {
                 return Err(e.to_string());
             }
         }
+        if let Some(ext) = super::audio_level::offered_id(sdp) {
+            self.speaking.add(now, id, stream, ext);
+        }
         self.drive(now, id);
         Ok(answer)
     }
@@ -914,6 +930,7 @@ impl Engine {
             }
         }
         self.peers.push_writes(id);
+        self.speaking.remove(&id);
         let Some(p) = self.peers.map.remove(&id) else {
             return;
         };
@@ -1038,6 +1055,9 @@ impl Engine {
                     self.media.source_ready(&mut self.peers, now, source);
                 }
                 for (kind, packet) in rtp.drain(..) {
+                    if kind == Kind::Audio {
+                        self.speaking.packet(&id, &packet.header);
+                    }
                     self.media
                         .packet(&mut self.peers, now, source, kind, &packet);
                 }
