@@ -19,7 +19,7 @@ impl Core {
         let Some(p) = self.streams.get(&stream).filter(|p| p.is_live()) else {
             return;
         };
-        let (room_name, login) = (p.room.clone(), p.login.clone());
+        let room_name = p.room.clone();
         let Some(room) = self.rooms.get_mut(&room_name) else {
             return;
         };
@@ -28,7 +28,13 @@ impl Core {
             talking,
             loudness,
         };
+        // The new speaker may be another stream than the one reported about (its
+        // silence lets a talker take over).
         let Some(name) = room.speaker.update(now, &activity) else {
+            return;
+        };
+        let members: Vec<SessionId> = room.members.iter().map(|m| m.session).collect();
+        let Some(login) = self.streams.get(&name).map(|p| p.login.clone()) else {
             return;
         };
         debug!(
@@ -36,7 +42,6 @@ impl Core {
             escaped(&room_name),
             escaped(&login)
         );
-        let members: Vec<SessionId> = room.members.iter().map(|m| m.session).collect();
         for session in members {
             let event = RoomEvent::ActiveSpeaker {
                 login: login.clone(),

@@ -2084,10 +2084,10 @@ fn the_active_speaker_is_told_to_every_member_on_changes_only() {
         Some(("alice".into(), "r-alice".into()))
     );
 
-    // Alice falls silent, bob talks: bob.
+    // Bob talks too, alice then falls silent: bob, told on alice's report.
     h.now += Duration::from_millis(900);
-    assert!(h.media(speaking("r-alice", false, 20)).is_empty());
-    let out = h.media(speaking("r-bob", true, 100));
+    assert!(h.media(speaking("r-bob", true, 100)).is_empty());
+    let out = h.media(speaking("r-alice", false, 20));
     let bob = RoomEvent::ActiveSpeaker {
         login: "bob".into(),
         name: "r-bob".into(),
@@ -2095,6 +2095,10 @@ fn the_active_speaker_is_told_to_every_member_on_changes_only() {
     for id in [1, 2, 3] {
         assert_eq!(events(&out, id), vec![bob.clone()], "session {id}");
     }
+    assert_eq!(
+        speaker_notices(&out),
+        vec![("r".into(), "bob".into(), "r-bob".into())]
+    );
 
     // A joiner hears the current speaker right after its STATE.
     h.connect(5, "erin");

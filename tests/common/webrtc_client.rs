@@ -275,10 +275,29 @@ pub struct RtcClient {
 impl RtcClient {
     /// A peer connection on 127.0.0.1 with exactly `codecs` in its media engine.
     pub async fn new(name: &str, codecs: &[(RtpCodecKind, RTCRtpCodecParameters)]) -> RtcClient {
+        RtcClient::with_extensions(name, codecs, &[]).await
+    }
+
+    /// `new`, also offering these RTP header extensions (URIs) for their kinds.
+    pub async fn with_extensions(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        extensions: &[(RtpCodecKind, &str)],
+    ) -> RtcClient {
         let mut me = MediaEngine::default();
         for (kind, c) in codecs {
             me.register_codec(c.clone(), *kind)
                 .unwrap_or_else(|e| panic!("{name}: register codec {c:?}: {e}"));
+        }
+        for (kind, uri) in extensions {
+            me.register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: (*uri).to_owned(),
+                },
+                *kind,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{name}: register extension {uri}: {e}"));
         }
         let reg = Registry::new().with(Slot::from(14_000), KeyFrameRequests::default());
         let reg = register_default_interceptors(reg, &mut me)
