@@ -14,7 +14,8 @@ use crate::logging::escaped;
 use crate::media::speaking::Activity;
 
 impl Core {
-    /// A report about a stream's talking (ignored unless the stream is live).
+    /// A report about a stream's talking (ignored unless the stream is live). A member
+    /// whose audio a moderator muted is heard by nobody: it does not talk.
     pub(super) fn speaking(&mut self, now: Instant, stream: String, talking: bool, loudness: u8) {
         let Some(p) = self.streams.get(&stream).filter(|p| p.is_live()) else {
             return;
@@ -23,9 +24,12 @@ impl Core {
         let Some(room) = self.rooms.get_mut(&room_name) else {
             return;
         };
+        let muted = room
+            .member_by_login(&p.login)
+            .is_some_and(|m| m.muted_audio);
         let activity = Activity {
             stream,
-            talking,
+            talking: talking && !muted,
             loudness,
         };
         // The new speaker may be another stream than the one reported about (its

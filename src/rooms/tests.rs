@@ -2147,3 +2147,25 @@ fn a_stream_not_up_yet_is_not_a_speaker() {
     let out = h.media(speaking("r-alice", true, 110));
     assert_eq!(events(&out, 2).len(), 1, "{out:?}");
 }
+
+#[test]
+fn a_member_muted_by_a_moderator_is_not_the_speaker() {
+    // alice created the room: she may mute bob.
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
+    h.publish_live(2, "r", "m-b", "r-bob");
+    let out = h.cmd(
+        1,
+        Command::Moderate {
+            operation_id: "mute".into(),
+            room: "r".into(),
+            login: "bob".into(),
+            action: Moderation::Mute {
+                audio: Some(true),
+                video: None,
+            },
+        },
+    );
+    assert!(to(&out, 1).contains(&accepted("mute")), "{out:?}");
+    assert!(h.media(speaking("r-bob", true, 120)).is_empty());
+    assert_eq!(h.core.snapshot().rooms[0].active_speaker, None);
+}
