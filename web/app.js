@@ -639,5 +639,4 @@ function speakerTile(t) {
   el.dataset.pinned = String(speaker.pinned === t.stream.name);
   el.querySelector('.pin').setAttribute('aria-pressed', String(speaker.pinned === t.stream.name));
   el.querySelector('.pin').textContent = speaker.pinned === t.stream.name ? 'Unpin' : 'Pin';
-  $('tiles').dataset.focus = String(Boolean(focused) && tiles.size > 2);
 }

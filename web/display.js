@@ -107,14 +107,11 @@ function play({ login, name }) {
 // The active speaker's camera tile: class 'speaker', data-speaker="true"; large (first, the
 // whole row) when more than two tiles share the screen.
 function markSpeaker() {
-  let any = false;
   for (const t of tiles.values()) {
     const on = t.login === activeSpeaker && t.el.dataset.kind === 'camera';
-    any ||= on;
     t.el.classList.toggle('speaker', on);
     t.el.dataset.speaker = String(on);
   }
-  $('tiles').dataset.focus = String(any && tiles.size > 2);
 }
 
 function removeTile(name) {

@@ -131,6 +131,16 @@ test('web app and display: the loud participant\'s tile is highlighted and focus
     await listener.page.click('#tiles .tile.local .pin');
     tiles = await tilesOf(listener);
     assert.equal(tiles.find((x) => x.login === 'talker').focused, 'true', JSON.stringify(tiles));
+    // Two tiles share the row; from three on, the focused one is large and first (CSS). A third
+    // tile is stood in by an empty figure for the layout check only.
+    const layout = () => listener.page.evaluate(() => {
+      const s = getComputedStyle(document.querySelector('#tiles .tile[data-login="talker"]'));
+      return { column: s.gridColumnStart, order: s.order };
+    });
+    assert.deepEqual(await layout(), { column: 'auto', order: '0' });
+    await listener.page.evaluate(() => document.getElementById('tiles').append(Object.assign(document.createElement('figure'), { className: 'tile' })));
+    assert.deepEqual(await layout(), { column: '1', order: '-1' });
+    await listener.page.evaluate(() => document.querySelector('#tiles > figure.tile:not([data-login])').remove());
 
     // The room display of the room highlights the talker too (a viewer joining later hears the
     // current speaker right after its STATE).
