@@ -12,6 +12,9 @@
 // 2. An unmodified Flashphoner SDK page (media-page.html, flashphoner-room-api.js) in the silent
 //    browser joins the talker's room: it receives ACTIVE_SPEAKER right after STATE (checked in its
 //    WebSocket frames), ignores it, and keeps working: it publishes, plays the talker and hears it.
+// 3. Firefox ESR (when installed, with puppeteer-core) publishing through the SDK page with its
+//    fake microphone (a tone) negotiates the extension too: the silent web-app listener highlights
+//    it.
 //
 // Run from the repository root:   node --test tests/browser/active-speaker.test.mjs
 // Env: HUDDLE_BIN (default target/debug/huddle), CHROMIUM (default /usr/bin/chromium),
@@ -19,12 +22,36 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import {
   HERE, BrowserPage, E2eFile, SdkPage, MEDIA_PAGE_READY, assertChromiumInstalled, assertPageClean,
-  assertSdkBundleInstalled, huddleConfig, sdkPageRoutes, sineWav, waitFor,
+  assertSdkBundleInstalled, huddleConfig, isForeign, sdkPageRoutes, sineWav, waitFor,
 } from './harness.mjs';
+
+const FIREFOX = process.env.FIREFOX || '/usr/bin/firefox-esr';
+// As in firefox.test.mjs: fake devices without a prompt, loopback ICE, nothing beyond 127.0.0.1.
+const FIREFOX_PREFS = {
+  'media.navigator.streams.fake': true,
+  'media.navigator.permission.disabled': true,
+  'media.autoplay.default': 0,
+  'media.autoplay.blocking_policy': 0,
+  'media.peerconnection.ice.loopback': true,
+  'permissions.default.camera': 1,
+  'permissions.default.microphone': 1,
+  'media.gmp-manager.updateEnabled': false,
+  'media.gmp-gmpopenh264.autoupdate': false,
+  'network.proxy.type': 1,
+  'network.proxy.http': '127.0.0.1',
+  'network.proxy.http_port': 9,
+  'network.proxy.share_proxy_settings': true,
+  'network.proxy.allow_hijacking_localhost': false,
+  'network.proxy.no_proxies_on': '127.0.0.1, localhost',
+  'network.captive-portal-service.enabled': false,
+  'network.connectivity-service.enabled': false,
+  'network.trr.mode': 5,
+};
 
 const STEP_TIMEOUT_MS = 15_000;
 const TEST_TIMEOUT_MS = 60_000;
@@ -202,5 +229,58 @@ test('an unmodified Flashphoner SDK page ignores ACTIVE_SPEAKER and keeps workin
       ((e.type === 'PLAY_STATUS' || e.type === 'PUBLISH_STATUS') && e.status === 'FAILED'));
     assert.deepEqual(bad, [], 'no failure in the SDK page');
     for (const p of [talker, sdk]) assertPageClean(p);
+  });
+});
+
+test('a Firefox publisher negotiates the audio levels and becomes the active speaker', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  let puppeteer;
+  try {
+    puppeteer = (await import('puppeteer-core')).default;
+  } catch (e) {
+    return t.skip(`puppeteer-core is not installed in tests/browser: ${e.message}`);
+  }
+  if (!fs.existsSync(FIREFOX)) return t.skip(`Firefox missing at ${FIREFOX}`);
+  const firefox = await puppeteer.launch({
+    browser: 'firefox', executablePath: FIREFOX, headless: true, timeout: 30_000,
+    userDataDir: path.join(e2e.tmpDir, 'firefox-profile'), extraPrefsFirefox: FIREFOX_PREFS,
+  });
+  e2e.addBrowser(firefox, { timeout: 8_000, what: 'firefox close' });
+  const local = ['data:', 'blob:', 'about:', 'chrome:', 'moz-extension:', 'resource:'];
+  const room = 'speaker-fox';
+  await diag.withPages([
+    () => openApp(silent, 'listener', '/'),
+    () => SdkPage.openFirefox(firefox, 'fox', {
+      origin: sdkStatic.origin, ready: MEDIA_PAGE_READY, diag, stepTimeout: STEP_TIMEOUT_MS, frameLimit: 600,
+      badRequest: (u) => isForeign(u, local), badSocket: (u) => isForeign(u, local),
+    }),
+  ], async (listener, fox) => {
+    await joinApp(listener, 'listener', room);
+    await fox.call('connect', `ws://${server.addr}/`, 'fox');
+    await fox.waitFor('session ESTABLISHED', (e) => e.type === 'ESTABLISHED');
+    await fox.call('join', room, { constraints: { audio: true, video: false } });
+    const pub = await fox.waitFor('own stream PUBLISHING', (e) => e.type === 'PUBLISH_STATUS');
+    assert.equal(pub.status, 'PUBLISHING', JSON.stringify(pub));
+    // The publish's peer connection (a closed one, e.g. a play refused for want of H.264 in this
+    // Firefox, throws on its descriptions).
+    const [offer, answer] = await fox.page.evaluate(() => {
+      for (const pc of window.__pcs) {
+        try {
+          const local = pc.localDescription?.sdp ?? '';
+          if (/a=sendonly/.test(local)) return [local, pc.remoteDescription?.sdp ?? ''];
+        } catch { /* closed */ }
+      }
+      return ['', ''];
+    });
+    assert.match(offer, /a=extmap:\d+(\/\w+)? urn:ietf:params:rtp-hdrext:ssrc-audio-level/, `Firefox offers the extension:\n${offer}`);
+    assert.match(answer, /a=extmap:\d+ urn:ietf:params:rtp-hdrext:ssrc-audio-level/, `the answer accepts it:\n${answer}`);
+    let seen = [];
+    await until('the listener names Firefox the active speaker', async () => {
+      seen = framesWith(listener, '"ACTIVE_SPEAKER"');
+      return seen.some((f) => f.includes('"login":"fox"'));
+    }, HIGHLIGHT_TIMEOUT_MS);
+    t.diagnostic(`listener: ${seen.join('\n')}`);
+    await until('the listener highlights the Firefox tile', async () =>
+      (await tilesOf(listener)).some((x) => x.login === 'fox' && x.speaking === 'true'));
+    for (const h of [listener, fox]) assertPageClean(h);
   });
 });
