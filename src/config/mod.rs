@@ -861,7 +861,8 @@ allow = []
 # by default. `events` lists the event names to send (empty: all): room.created,
 # room.finalized, participant.joined, participant.left, stream.published,
 # stream.unpublished, stream.failed, recording.started, recording.finished,
-# recording.failed, mix.finished, device.camera_lost, device.camera_back.
+# recording.failed, mix.finished, device.camera_lost, device.camera_back,
+# room.active_speaker.
 # [[webhooks]]
 # url = "https://fleet.example.com/huddle/events"
 # secret = "a long random string"

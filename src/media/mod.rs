@@ -15,10 +15,12 @@
 //! - `numbering`: a sink's payload type, SSRC, sequence numbers and timestamps.
 //! - `picture`: key-frame starts and picture sizes in H.264 and VP8 payloads.
 //! - `streams`: `Streams`, the `Source` and `Sink` traits, events, mutes, statistics.
+//! - `speaking`: RFC 6464 audio levels, who is talking, the dominant speaker of a room.
 
 pub mod codec;
 pub mod numbering;
 pub mod picture;
+pub mod speaking;
 pub mod streams;
 
 pub use codec::{Chosen, Codec, Family, Kind};
@@ -40,6 +42,7 @@ mod tests {
             ("numbering.rs", include_str!("numbering.rs")),
             ("picture.rs", include_str!("picture.rs")),
             ("streams.rs", include_str!("streams.rs")),
+            ("speaking.rs", include_str!("speaking.rs")),
         ];
         let needles = [
             concat!("tok", "io"),

@@ -34,6 +34,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
+use crate::media::speaking::Speakers;
 use crate::media::{
     Delivery, Event, Numbering, Renumber, Sink, SinkId, Source, SourceId, Stats, StreamError,
     Streams, Tally,
@@ -248,6 +249,8 @@ pub struct Engine {
     counters: Arc<MediaCounters>,
     /// The ICE-TCP port, when answers offer it (`enable_tcp`).
     tcp_port: Option<u16>,
+    /// Who is talking among the publishers whose audio carries RFC 6464 levels.
+    speaking: Speakers<PeerId>,
 }
 
 /// The publisher's video receiver and the SSRC its offer announced (`a=ssrc`), known
@@ -295,6 +298,7 @@ impl Engine {
             rtp: Vec::new(),
             counters,
             tcp_port: None,
+            speaking: Speakers::default(),
         }
     }
 
@@ -335,6 +339,13 @@ impl Engine {
                 }),
             }
         }
+        while let Some(a) = self.speaking.poll_activity() {
+            self.events.push_back(MediaEvent::Speaking {
+                stream: a.stream,
+                talking: a.talking,
+                loudness: a.loudness,
+            });
+        }
         self.events.pop_front()
     }
 
@@ -349,11 +360,13 @@ impl Engine {
             .map
             .values_mut()
             .filter_map(|p| p.pc.poll_timeout());
-        key_frames.into_iter().chain(peers).min()
+        let speaking = self.speaking.poll_timeout();
+        key_frames.into_iter().chain(peers).chain(speaking).min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.media.handle_timeout(&mut self.peers, now);
+        self.speaking.handle_timeout(now);
         let due: Vec<PeerId> = self
             .peers
             .map
@@ -757,6 +770,9 @@ impl Engine {
                 return Err(e.to_string());
             }
         }
+        if let Some(ext) = super::audio_level::offered_id(sdp) {
+            self.speaking.add(now, id, stream, ext);
+        }
         self.drive(now, id);
         Ok(answer)
     }
@@ -947,6 +963,7 @@ impl Engine {
             }
         }
         self.peers.push_writes(id);
+        self.speaking.remove(&id);
         let Some(p) = self.peers.map.remove(&id) else {
             return;
         };
@@ -1076,6 +1093,9 @@ impl Engine {
                     self.media.source_ready(&mut self.peers, now, source);
                 }
                 for (kind, packet) in rtp.drain(..) {
+                    if kind == Kind::Audio {
+                        self.speaking.packet(&id, &packet.header);
+                    }
                     self.media
                         .packet(&mut self.peers, now, source, kind, &packet);
                 }

@@ -4,6 +4,7 @@
 //! core asks through `MediaRequest` and hears back through `MediaEvent`; `task` is the
 //! I/O around the Sans-I/O `engine`.
 
+pub mod audio_level;
 pub mod codecs;
 pub mod demux;
 pub mod engine;

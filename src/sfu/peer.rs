@@ -56,6 +56,9 @@ pub fn build(
         ..KeyFrameRequests::default()
     };
     let registry = Registry::new().with(Slot::from(14_000), requests);
+    if direction == Direction::Publish {
+        super::audio_level::register(&mut engine)?;
+    }
     let registry = match direction {
         Direction::Publish => register_default_interceptors(registry, &mut engine)
             .map_err(|e| format!("interceptors: {e}"))?,

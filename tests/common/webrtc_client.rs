@@ -286,7 +286,7 @@ pub enum Transport {
 impl RtcClient {
     /// A peer connection on 127.0.0.1 with exactly `codecs` in its media engine.
     pub async fn new(name: &str, codecs: &[(RtpCodecKind, RTCRtpCodecParameters)]) -> RtcClient {
-        RtcClient::new_on(name, codecs, Transport::Udp).await
+        RtcClient::with_options(name, codecs, &[], Transport::Udp).await
     }
 
     /// `new` reaching the server over `transport`.
@@ -295,10 +295,39 @@ impl RtcClient {
         codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
         transport: Transport,
     ) -> RtcClient {
+        RtcClient::with_options(name, codecs, &[], transport).await
+    }
+
+    /// `new`, also offering these RTP header extensions (URIs) for their kinds.
+    pub async fn with_extensions(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        extensions: &[(RtpCodecKind, &str)],
+    ) -> RtcClient {
+        RtcClient::with_options(name, codecs, extensions, Transport::Udp).await
+    }
+
+    /// A peer connection with exactly `codecs`, offering `extensions`, over `transport`.
+    pub async fn with_options(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        extensions: &[(RtpCodecKind, &str)],
+        transport: Transport,
+    ) -> RtcClient {
         let mut me = MediaEngine::default();
         for (kind, c) in codecs {
             me.register_codec(c.clone(), *kind)
                 .unwrap_or_else(|e| panic!("{name}: register codec {c:?}: {e}"));
+        }
+        for (kind, uri) in extensions {
+            me.register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: (*uri).to_owned(),
+                },
+                *kind,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{name}: register extension {uri}: {e}"));
         }
         let reg = Registry::new().with(Slot::from(14_000), KeyFrameRequests::default());
         let reg = register_default_interceptors(reg, &mut me)
