@@ -762,3 +762,28 @@ async fn shutdown_ends_resources() {
     );
     pc.close().await;
 }
+
+/// A publisher that vanishes after connecting (no DELETE): the media engine's peer
+/// fails, the resource ends, the member leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_vanishes_is_ended() {
+    let server = start_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut bob = Client::connect(addr, "bob").await;
+    bob.join("r").await;
+    let (location, pc, camera, _) = whip_publish(addr, "r", "alice", &mut bob).await;
+    camera.stop().await;
+    let started = std::time::Instant::now();
+    pc.close().await;
+    drop(pc);
+    // The engine's peer fails when ICE has heard nothing for its failed timeout
+    // (~30 s with the rtc crate's defaults).
+    let end = events_until(&mut bob, "r", "LEFT", Duration::from_secs(45)).await;
+    let names: Vec<&str> = end.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["FAILED", "LEFT"], "{end:?}");
+    eprintln!("alice left {:?} after she vanished", started.elapsed());
+    let (status, _, _) = http_request(addr, "DELETE", &location, &[], None).await;
+    assert_eq!(status, 404, "the resource is gone");
+    expect_only_sessions(&server, 1, "after the publisher vanished").await;
+    stop(server).await;
+}

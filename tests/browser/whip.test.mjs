@@ -1,0 +1,141 @@
+// End to end: WHIP and WHEP from Chromium with no SDK (whip-page.html: RTCPeerConnection + fetch,
+// the offer POSTed once ICE gathering is done, as OBS and the WHIP/WHEP web players do), seen by
+// the unmodified Flashphoner Web SDK (media-page.html): the WHIP publisher JOINs and PUBLISHes
+// `<room>-<login>-<4 hex>`, the SDK page plays and decodes it (framesDecoded grows, 320x240); a
+// WHEP page decodes the SDK page's own stream; DELETE ends both (the SDK page's play of the WHIP
+// stream stops, both leave). GStreamer's whipsink/whipclientsink/whepsrc are not in Debian 12's
+// GStreamer 1.22, so Chromium is the real client here.
+//
+// Run from the repository root:   node --test tests/browser/whip.test.mjs
+// Env: HUDDLE_BIN, CHROMIUM, HUDDLE_E2E_FRAMES=1, HUDDLE_E2E_SERVER_LOG=1 (see harness.mjs).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import {
+  HERE, HTML, BrowserPage, E2eFile, SdkPage, MEDIA_PAGE_READY, assertChromiumInstalled, assertPageClean,
+  assertSdkBundleInstalled, huddleConfig, sdkPageRoutes, waitFor, waitForMedia, startHuddle,
+} from './harness.mjs';
+
+const SDK_PAGE = path.join(HERE, 'media-page.html');
+const WHIP_PAGE = path.join(HERE, 'whip-page.html');
+const ROOM = 'stage';
+const LOGIN = 'obs';
+const STEP_TIMEOUT_MS = 20_000;
+const SERVER_START_TIMEOUT_MS = 30_000;
+const SERVER_STOP_TIMEOUT_MS = 10_000;
+const FILE_WATCHDOG_MS = 120_000;
+
+const e2e = new E2eFile({ watchdogMs: FILE_WATCHDOG_MS, tag: 'whip-e2e' });
+const { diag } = e2e;
+let staticServer;
+let browser;
+
+before(async () => {
+  await e2e.makeTmpDir('huddle-whip-e2e-');
+  assertSdkBundleInstalled();
+  assertChromiumInstalled();
+  staticServer = await e2e.startStaticServer({
+    ...sdkPageRoutes(SDK_PAGE),
+    '/whip.html': { file: WHIP_PAGE, type: HTML },
+  });
+  browser = await e2e.launchChromium({ timeout: 15_000 });
+}, { timeout: 40_000 });
+
+after(async () => {
+  await e2e.teardown({ stop: { timeout: SERVER_STOP_TIMEOUT_MS } });
+}, { timeout: 20_000 });
+
+// whip-page.html in a context of its own (another origin than the server's: CORS).
+async function openWhipPage(label) {
+  const h = await BrowserPage.openChromium(browser, label, {
+    diag, stepTimeout: STEP_TIMEOUT_MS, viewport: { width: 700, height: 500 },
+  });
+  await h.page.goto(`${staticServer.origin}/whip.html`, { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
+  return h;
+}
+
+async function pollStats(h, fn, what, pred) {
+  let last;
+  let log = null;
+  await waitFor(async () => {
+    last = await h.call(fn);
+    log = await h.page.evaluate(() => window.__log).catch(() => null);
+    return pred(last);
+  }, {
+    timeout: STEP_TIMEOUT_MS,
+    interval: 250,
+    message: () => `${h.label}: timed out waiting for ${what}; last ${fn}(): ${JSON.stringify(last)}\n` +
+      `log: ${JSON.stringify(log)}\n${diag.text()}`,
+  });
+  return last;
+}
+
+test('a WHIP publisher is seen and decoded by an SDK page, a WHEP player decodes a room stream, DELETE ends both', { timeout: 100_000 }, async (t) => {
+  const server = await startHuddle({ dir: e2e.tmpDir, config: huddleConfig(), startTimeout: SERVER_START_TIMEOUT_MS });
+  diag.server = server;
+  try {
+    const openSdk = () => SdkPage.openChromium(browser, 'alice', {
+      origin: staticServer.origin, ready: MEDIA_PAGE_READY, diag, stepTimeout: STEP_TIMEOUT_MS,
+      viewport: { width: 700, height: 500 }, frameLimit: 600,
+    });
+    await diag.withPages([openSdk, () => openWhipPage('obs'), () => openWhipPage('viewer')], async (alice, obs, viewer) => {
+      await alice.call('connect', `ws://${server.addr}/`, alice.label);
+      await alice.waitFor('session ESTABLISHED', (e) => e.type === 'ESTABLISHED');
+      await alice.call('join', ROOM, {});
+      await alice.waitFor('STATE', (e) => e.type === 'STATE');
+      const own = await alice.waitFor('own stream PUBLISHING', (e) => e.type === 'PUBLISH_STATUS');
+      assert.equal(own.status, 'PUBLISHING', JSON.stringify(own));
+
+      // WHIP: the page publishes its fake camera and microphone.
+      const whip = await obs.call('whipPublish', `http://${server.addr}/whip/${ROOM}/${LOGIN}`);
+      t.diagnostic(`WHIP POST: ${JSON.stringify(whip)}`);
+      assert.equal(whip.status, 201, JSON.stringify(whip));
+      assert.equal(whip.contentType, 'application/sdp');
+      assert.match(whip.location, new RegExp(`^/whip/${ROOM}/${LOGIN}/[0-9a-f]{32}$`));
+      assert.ok(whip.candidates > 0, 'the answer carries its candidates');
+      await pollStats(obs, 'outboundStats', 'the WHIP peer sending', (s) => s?.state === 'connected' && s.video?.framesEncoded > 10);
+
+      await alice.waitFor('the WHIP publisher JOINED', (e) => e.type === 'JOINED' && e.login === LOGIN);
+      const published = await alice.waitFor('the WHIP publisher PUBLISHED', (e) => e.type === 'PUBLISHED' && e.login === LOGIN);
+      assert.equal(published.streams.length, 1);
+      assert.match(published.streams[0], new RegExp(`^${ROOM}-${LOGIN}-[0-9a-f]{4}$`), 'named as the SDK names streams');
+      const { last } = await waitForMedia(alice, LOGIN);
+      t.diagnostic(`WHIP stream in the SDK page: ${JSON.stringify({ video: last.video, audio: last.audio })}`);
+      assert.equal(last.video.frameWidth, 320);
+      assert.equal(last.video.frameHeight, 240);
+
+      // WHEP: another page plays alice's own (SDK-published) stream.
+      const whep = await viewer.call('whepPlay', `http://${server.addr}/whep/${ROOM}/${encodeURIComponent(own.name)}`);
+      t.diagnostic(`WHEP POST: ${JSON.stringify(whep)}`);
+      assert.equal(whep.status, 201, JSON.stringify(whep));
+      assert.ok(whep.location.startsWith(`/whep/${ROOM}/`), whep.location);
+      const first = await pollStats(viewer, 'inboundStats', 'WHEP video decoding', (s) => s?.video?.framesDecoded > 0 && s.audio?.packetsReceived > 0);
+      const grown = await pollStats(viewer, 'inboundStats', 'WHEP frames growing', (s) => s?.video?.framesDecoded >= first.video.framesDecoded + 10);
+      t.diagnostic(`WHEP player: ${JSON.stringify(grown)}`);
+      assert.equal(grown.video.frameWidth, 320);
+      const whepJoined = await alice.waitFor('the WHEP player JOINED', (e) => e.type === 'JOINED' && /^WHEP player /.test(e.login));
+
+      // DELETE ends the WHIP stream: the SDK page's play of it stops, the publisher leaves.
+      assert.equal(await obs.call('stop'), 200);
+      const stopped = await alice.waitFor('the play of the WHIP stream STOPPED',
+        (e) => e.type === 'PLAY_STATUS' && e.login === LOGIN && e.status === 'STOPPED');
+      assert.equal(stopped.info, 'Stopped by publisher stop');
+      await alice.waitFor('the WHIP publisher LEFT', (e) => e.type === 'LEFT' && e.login === LOGIN);
+      assert.equal(await alice.call('participantStreams', LOGIN), null);
+      // The WHEP player's DELETE: it leaves; alice's stream goes on.
+      assert.equal(await viewer.call('stop'), 200);
+      await alice.waitFor('the WHEP player LEFT', (e) => e.type === 'LEFT' && e.login === whepJoined.login);
+      const still = await alice.call('publisherStats');
+      assert.ok(!still.error, JSON.stringify(still));
+      assertPageClean(alice, { errorsHint: `\n${diag.text()}` });
+      assertPageClean(obs);
+      assertPageClean(viewer);
+      assert.equal(await alice.call('leave'), 'resolved');
+    });
+  } finally {
+    await server.stop({ timeout: SERVER_STOP_TIMEOUT_MS });
+  }
+  assert.ok(server.stderrLines.some((l) => l.includes(`whip publisher "${LOGIN}" in room "${ROOM}"`) && l.includes('joined as session')),
+    'the log names the WHIP publisher');
+});
