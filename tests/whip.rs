@@ -787,3 +787,47 @@ async fn a_publisher_that_vanishes_is_ended() {
     expect_only_sessions(&server, 1, "after the publisher vanished").await;
     stop(server).await;
 }
+
+/// A second WHIP publish of the same room and login replaces the first (OBS reconnecting
+/// before its old peer failed); a browser member's login stays taken (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_whip_publish_of_the_same_login_replaces_the_old_one() {
+    let server = start_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut bob = Client::connect(addr, "bob").await;
+    bob.join("r").await;
+    let (old, pc, camera, stream) = whip_publish(addr, "r", "alice", &mut bob).await;
+    camera.stop().await;
+    let (new, pc2, camera2, stream2) = whip_publish(addr, "r", "alice", &mut bob).await;
+    assert_ne!(old, new);
+    assert_ne!(stream, stream2);
+    let (status, _, _) = http_request(addr, "DELETE", &old, &[], None).await;
+    assert_eq!(status, 404, "the old resource is gone");
+    assert_eq!(server.stats().streams, 1);
+    assert_eq!(server.stats().participants, 2);
+    let (status, _, _) = http_request(addr, "DELETE", &new, &[], None).await;
+    assert_eq!(status, 200);
+    camera2.stop().await;
+    expect_only_sessions(&server, 1, "after the DELETE").await;
+    pc.close().await;
+    pc2.close().await;
+    stop(server).await;
+}
+
+/// A full room refuses a WHIP publisher as it refuses a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_refuses_a_whip_publisher() {
+    let server = start_server(|c| c.rooms.max_participants = 1).await;
+    let addr = server.local_addr();
+    let mut bob = Client::connect(addr, "bob").await;
+    bob.join("r").await;
+    let mut pc = publisher("alice").await;
+    let offer = pc.create_offer().await;
+    let (status, _, body) = post(addr, "/whip/r/alice", &offer, &[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("Room is full"), "{body}");
+    expect_only_sessions(&server, 1, "after the refusal").await;
+    bob.sync().await;
+    pc.close().await;
+    stop(server).await;
+}

@@ -443,6 +443,17 @@ async fn start(
         info!("{who}: refused: {}", escaped(&refused.1));
         return Err(refused);
     }
+    // The token's rooms, before anything about the room is told.
+    if let Access::Granted { rooms, .. } = &access {
+        if !rooms.allows(&room) {
+            let why = format!("Restricted access: the token does not allow room '{room}'");
+            info!("{who}: refused: {}", escaped(&why));
+            return Err(Refused(StatusCode::FORBIDDEN, why));
+        }
+    }
+    if kind == Kind::Whip {
+        replace(edge, &room, &login, &who).await;
+    }
     let Some(admission) = shared.admission.session(peer.ip()) else {
         let max = shared.config.signalling.max_sessions_per_address;
         info!("{who}: refused: too many sessions from the address");
@@ -566,20 +577,43 @@ async fn delete(edge: &Edge, room: &str, name: &str, id: &str) -> Response {
             .is_some_and(|r| r.kind == edge.kind && r.room == room && r.name == name);
         matches.then(|| map.remove(id)).flatten()
     });
-    let Some(resource) = found else {
-        return plain(StatusCode::NOT_FOUND, "No such resource");
-    };
+    match found {
+        Some(resource) => {
+            end_resource(resource, id).await;
+            plain(StatusCode::OK, "Ended")
+        }
+        None => plain(StatusCode::NOT_FOUND, "No such resource"),
+    }
+}
+
+/// Ends the WHIP resource of `room`/`login`, if there is one (a client that reconnects
+/// before its old peer has failed: OBS after a crash or a network change).
+async fn replace(edge: &Edge, room: &str, login: &str, who: &str) {
+    let found = edge.resources.lock().ok().and_then(|mut map| {
+        let id = map
+            .iter()
+            .find(|(_, r)| r.kind == Kind::Whip && r.room == room && r.name == login)
+            .map(|(id, _)| id.clone())?;
+        map.remove(&id).map(|r| (id, r))
+    });
+    if let Some((id, resource)) = found {
+        info!("{who}: replaces resource {id} of the same room and login");
+        end_resource(resource, &id).await;
+    }
+}
+
+/// Tells a resource's task to end and waits (bounded) until its member has left.
+async fn end_resource(resource: Resource, id: &str) {
     let (done_tx, done) = oneshot::channel();
     if resource.stop.send(done_tx).is_ok()
         && tokio::time::timeout(DELETE_TIMEOUT, done).await.is_err()
     {
         warn!(
             "{} resource {}: did not end in time",
-            edge.kind.label(),
+            resource.kind.label(),
             escaped(id)
         );
     }
-    plain(StatusCode::OK, "Ended")
 }
 
 /// What the resource's task needs to end its stream.
