@@ -275,6 +275,10 @@ fn status_of(reason: &str) -> StatusCode {
     if lower.contains("overloaded") || lower.contains("in time") || lower.contains("stopping") {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
+    // The device's own login: taken, like a member's.
+    if lower.contains("reserved for the device") {
+        return StatusCode::CONFLICT;
+    }
     // A name the core refuses ("... is too long: at most N characters").
     if lower.contains("too long") || lower.contains("is required") || lower.contains("must not") {
         return StatusCode::BAD_REQUEST;
@@ -919,6 +923,11 @@ mod tests {
     fn refusals_map_to_http_statuses() {
         for (reason, status) in [
             ("Room already has user with such login", 409),
+            (
+                "Login 'Room system' is reserved for the device: connect with another login",
+                409,
+            ),
+            ("Login is required: connect with custom.login", 400),
             ("Room is full: at most 16 participants", 403),
             ("Too many rooms on this device: at most 64", 503),
             ("Too many streams on this device: at most 32", 503),
