@@ -831,3 +831,34 @@ async fn a_full_room_refuses_a_whip_publisher() {
     pc.close().await;
     stop(server).await;
 }
+
+/// An operator's kick (admin API) closes the WHIP member's session: the resource ends,
+/// its URL is unknown, no session is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_whip_publisher_is_ended() {
+    let server = start_server(|_| {}).await;
+    let addr = server.local_addr();
+    let mut bob = Client::connect(addr, "bob").await;
+    bob.join("r").await;
+    let (location, pc, camera, stream) = whip_publish(addr, "r", "alice", &mut bob).await;
+    let (status, _, body) = http_request(
+        addr,
+        "POST",
+        "/api/v1/rooms/r/participants/alice/kick",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let end = events_until(&mut bob, "r", "LEFT", MEDIA_WAIT).await;
+    let names: Vec<&str> = end.iter().filter_map(|p| p["name"].as_str()).collect();
+    // As for a kicked browser: its stream ends with its session (FAILED), then LEFT.
+    assert_eq!(names, ["FAILED", "LEFT"], "{end:?}");
+    assert_eq!(end[0]["info"], json!({"login": "alice", "name": stream}));
+    camera.stop().await;
+    expect_only_sessions(&server, 1, "after the kick").await;
+    let (status, _, _) = http_request(addr, "DELETE", &location, &[], None).await;
+    assert_eq!(status, 404, "the kicked resource is gone");
+    pc.close().await;
+    stop(server).await;
+}
