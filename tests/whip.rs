@@ -862,3 +862,78 @@ async fn a_kicked_whip_publisher_is_ended() {
     pc.close().await;
     stop(server).await;
 }
+
+/// A resource answers the room core's pings itself: it outlives many ping timeouts
+/// (here 200 ms × 3 misses) while its media flows. No WebSocket client here: one that
+/// is not reading all the time would be closed by such pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_answer_the_cores_pings() {
+    // The log says why, if a resource is closed.
+    common::rtmp::capture_logs();
+    let server = start_server(|c| {
+        c.signalling.ping_interval_ms = 200;
+        c.signalling.ping_misses = 3;
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut pc = publisher("alice").await;
+    let offer = pc.create_offer().await;
+    let answer = post(addr, "/whip/r/alice", &offer, &[]).await;
+    let (location, answer) = created("WHIP POST", answer, "/whip/r/alice/");
+    pc.apply_answer(&answer).await;
+    pc.wait_connected(MEDIA_WAIT).await;
+    let camera = Camera::start(
+        &pc,
+        Position {
+            video: (1, 0),
+            audio: (1, 0),
+        },
+    )
+    .await;
+    // Its name from the admin API (loopback), once it is live.
+    let deadline = tokio::time::Instant::now() + MEDIA_WAIT;
+    let stream = loop {
+        let (status, _, body) = http_get(addr, "/api/v1/streams").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let live = v["streams"].as_array().and_then(|a| {
+            a.iter()
+                .find(|s| s["state"] == "publishing")
+                .and_then(|s| s["name"].as_str().map(str::to_owned))
+        });
+        if let Some(name) = live {
+            break name;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not publishing: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut viewer = player("viewer").await;
+    let offer = viewer.create_offer().await;
+    let whep = post(addr, &format!("/whep/r/{stream}"), &offer, &[]).await;
+    let (whep_location, answer) = created("WHEP POST", whep, &format!("/whep/r/{stream}/"));
+    viewer.apply_answer(&answer).await;
+    viewer.wait_connected(MEDIA_WAIT).await;
+    // 3 s = 15 ping intervals: a session that did not answer would be closed after 0.6 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = server.stats();
+    assert_eq!(
+        (s.sessions, s.participants, s.streams, s.players),
+        (2, 2, 1, 1),
+        "{s:?}"
+    );
+    viewer.drain_media();
+    let (got, _) = viewer.collect_rtp(&[VIDEO], 10, MEDIA_WAIT).await;
+    assert!(got[0].1.len() >= 10, "still playing");
+    for l in [&whep_location, &location] {
+        let (status, _, _) = http_request(addr, "DELETE", l, &[], None).await;
+        assert_eq!(status, 200, "DELETE {l}");
+    }
+    camera.stop().await;
+    expect_only_sessions(&server, 0, "after the DELETEs").await;
+    pc.close().await;
+    viewer.close().await;
+    stop(server).await;
+}
