@@ -416,13 +416,13 @@ async fn bad_requests_are_refused_and_everyone_else_is_served() {
                 Some(b"a=x".to_vec()),
             )
             .await,
-            "PATCH",
+            "no trickle ICE",
         ),
         (
             "GET of the endpoint",
             405,
             http_get(addr, "/whip/r/alice").await,
-            "Method not allowed",
+            "Method not allowed: POST, OPTIONS",
         ),
         (
             "DELETE of an unknown resource",

@@ -153,7 +153,7 @@ async fn endpoint(
     let mut response = match method {
         Method::POST => offer(&edge, peer, (room, name), &headers, body).await,
         Method::OPTIONS => options(ALLOW, cors.is_some()),
-        _ => not_allowed(ALLOW),
+        _ => not_allowed(&method, ALLOW),
     };
     add_cors(&mut response, cors);
     response
@@ -174,17 +174,18 @@ async fn resource(
     let mut response = match method {
         Method::DELETE => delete(&edge, &room, &name, &id).await,
         Method::OPTIONS => options(ALLOW, cors.is_some()),
-        _ => not_allowed(ALLOW),
+        _ => not_allowed(&method, ALLOW),
     };
     add_cors(&mut response, cors);
     response
 }
 
-fn not_allowed(allow: &'static str) -> Response {
-    let mut r = plain(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method not allowed: the offer carries no candidates to trickle, the answer has every candidate (RFC 9725 §4.3.1 lets a server refuse PATCH)",
-    );
+fn not_allowed(method: &Method, allow: &'static str) -> Response {
+    let text = match *method {
+        Method::PATCH => "Method not allowed: no trickle ICE and no ICE restart here (RFC 9725 §4.3.1); the answer carries every candidate, POST a new offer to reconnect".to_string(),
+        _ => format!("Method not allowed: {allow}"),
+    };
+    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, &text);
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
