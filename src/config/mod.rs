@@ -296,6 +296,9 @@ pub struct Media {
     pub advertise_ips: Vec<IpAddr>,
     pub ice_timeout_ms: u64,
     pub preferred_video_codec: VideoCodec,
+    /// ICE-TCP (RFC 6544) for networks that block UDP: `None` (not set) the same port
+    /// number as `udp_port`, `Some(0)` off.
+    pub tcp_port: Option<u16>,
 }
 
 impl Default for Media {
@@ -305,6 +308,7 @@ impl Default for Media {
             advertise_ips: Vec::new(),
             ice_timeout_ms: 15_000,
             preferred_video_codec: VideoCodec::H264,
+            tcp_port: None,
         }
     }
 }
@@ -687,7 +691,9 @@ max_name_chars = 128
 # The one UDP port every WebRTC peer uses (0: any free port, for tests).
 udp_port = 20000
 # Addresses put into ICE candidates (1:1 NAT: list the public address). Empty: the
-# machine's non-loopback IPv4 addresses plus 127.0.0.1.
+# machine's non-loopback IPv4 addresses, up to two global IPv6 addresses (not
+# link-local, not unique-local fc00::/7) and 127.0.0.1. List them to choose (IPv4 only:
+# leave the IPv6 ones out).
 advertise_ips = []
 # A publish or play whose media path is not up after this long fails with
 # "Failed by ICE timeout".
@@ -696,6 +702,12 @@ ice_timeout_ms = 15000
 # (the device camera, RTMP and MP4 recording use it) or "vp8". Players must decode
 # the publisher's codec: there is no transcoding.
 preferred_video_codec = "h264"
+# ICE-TCP (RFC 6544, RFC 4571 framing) for networks that block UDP (hotel and guest
+# Wi-Fi, corporate firewalls): answers also offer a TCP candidate on this port, and a
+# browser that cannot reach the UDP port connects here. Browsers prefer UDP when both
+# work. Not set: the same number as udp_port (open both UDP and TCP 20000 in the
+# firewall); 0: off.
+# tcp_port = 20000
 
 [records]
 # Where stream and room recordings are written (relative to the working directory
@@ -1409,6 +1421,18 @@ mod tests {
         assert_eq!(c.media.advertise_ips.len(), 2);
         assert_eq!(c.rooms.max_participants, 3);
         assert_eq!(c.device.camera, "test-pattern");
+    }
+
+    #[test]
+    fn ice_tcp_port_defaults_to_the_udp_number_and_zero_turns_it_off() {
+        assert_eq!(parse("").unwrap().media.tcp_port, None);
+        assert_eq!(Config::default().media.tcp_port, None);
+        let c = parse("[media]\ntcp_port = 0\n").unwrap();
+        assert_eq!(c.media.tcp_port, Some(0));
+        let c = parse("[media]\ntcp_port = 443\n").unwrap();
+        assert_eq!(c.media.tcp_port, Some(443));
+        assert!(parse("[media]\ntcp_port = 70000\n").is_err());
+        assert!(parse("[media]\ntcp_port = \"udp\"\n").is_err());
     }
 
     #[test]

@@ -49,7 +49,12 @@ pub struct Transmit {
     pub peer: PeerId,
     pub to: SocketAddr,
     pub data: BytesMut,
+    /// UDP from the media socket; TCP on the ICE-TCP connection from `to`.
+    pub protocol: TransportProtocol,
 }
+
+/// A remote end of a path: over UDP, or the TCP connection from that address.
+type Remote = (TransportProtocol, SocketAddr);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -91,7 +96,7 @@ struct Peer {
 /// sources and sinks while it forwards.
 pub struct Peers {
     map: HashMap<PeerId, Peer>,
-    routes: Routes<PeerId>,
+    routes: Routes<PeerId, Remote>,
     transmits: VecDeque<Transmit>,
 }
 
@@ -103,11 +108,14 @@ impl Peers {
             return;
         };
         while let Some(m) = p.pc.poll_write() {
-            self.routes.sent(id, m.transport.peer_addr, &m.message);
+            let protocol = m.transport.transport_protocol;
+            self.routes
+                .sent(id, (protocol, m.transport.peer_addr), &m.message);
             self.transmits.push_back(Transmit {
                 peer: id,
                 to: m.transport.peer_addr,
                 data: m.message,
+                protocol,
             });
         }
     }
@@ -238,6 +246,8 @@ pub struct Engine {
     rtp: Vec<(Kind, Packet)>,
     /// What the engine and its stream core count (`/metrics`).
     counters: Arc<MediaCounters>,
+    /// The ICE-TCP port, when answers offer it (`enable_tcp`).
+    tcp_port: Option<u16>,
 }
 
 /// The publisher's video receiver and the SSRC its offer announced (`a=ssrc`), known
@@ -284,6 +294,7 @@ impl Engine {
             events: VecDeque::new(),
             rtp: Vec::new(),
             counters,
+            tcp_port: None,
         }
     }
 
@@ -361,13 +372,25 @@ impl Engine {
 
     /// One datagram received on the media socket.
     pub fn datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(id) = self.peers.routes.route(from, data) else {
+        self.receive(now, TransportProtocol::UDP, from, data);
+    }
+
+    /// One datagram received over UDP, or one frame of the ICE-TCP connection from
+    /// `from`; whether it reached a peer (see `demux::Routes::route`).
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        protocol: TransportProtocol,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let Some(id) = self.peers.routes.route((protocol, from), data) else {
             self.counters.dropped(DropReason::NoRoute);
-            return;
+            return false;
         };
-        let local = self.local_address(from);
+        let local = self.local_address(from, protocol);
         let Some(p) = self.peers.map.get_mut(&id) else {
-            return;
+            return false;
         };
         let message = TaggedBytesMut {
             now,
@@ -375,7 +398,7 @@ impl Engine {
                 local_addr: local,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol,
             },
             message: BytesMut::from(data),
         };
@@ -384,6 +407,13 @@ impl Engine {
             debug!("peer {id}: datagram from {from} refused: {e}");
         }
         self.drive(now, id);
+        true
+    }
+
+    /// Answers also carry a passive ICE-TCP host candidate on `port` (RFC 6544) for
+    /// every advertised address.
+    pub fn enable_tcp(&mut self, port: u16) {
+        self.tcp_port = Some(port);
     }
 
     /// A datagram toward this peer was dropped (socket full): a player then misses
@@ -874,6 +904,9 @@ impl Engine {
         }
         for ip in &self.cfg.advertise {
             peer::add_host_candidate(&mut pc, SocketAddr::new(*ip, self.cfg.port))?;
+            if let Some(port) = self.tcp_port {
+                peer::add_tcp_host_candidate(&mut pc, SocketAddr::new(*ip, port))?;
+            }
         }
         let answer = pc
             .create_answer(None)
@@ -933,8 +966,9 @@ impl Engine {
     }
 
     /// The local address a datagram from `from` arrived on, as the ICE agent knows it:
-    /// the advertised address of the peer's kind (loopback for loopback peers).
-    fn local_address(&self, from: SocketAddr) -> SocketAddr {
+    /// the advertised address of the peer's kind (loopback for loopback peers), with
+    /// the port of the transport.
+    fn local_address(&self, from: SocketAddr, protocol: TransportProtocol) -> SocketAddr {
         let ip = self
             .cfg
             .advertise
@@ -951,7 +985,11 @@ impl Engine {
             .or(self.cfg.advertise.first())
             .copied()
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        SocketAddr::new(ip, self.cfg.port)
+        let port = match (protocol, self.tcp_port) {
+            (TransportProtocol::TCP, Some(port)) => port,
+            _ => self.cfg.port,
+        };
+        SocketAddr::new(ip, port)
     }
 
     /// Drains one peer: datagrams out, state changes, media in.

@@ -9,6 +9,7 @@ pub mod demux;
 pub mod engine;
 pub mod peer;
 pub mod task;
+pub mod tcp;
 
 pub use engine::{Engine, EngineConfig};
 pub use task::{Sfu, SfuError};
