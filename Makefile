@@ -25,8 +25,10 @@ test-rust:
 	$(CARGO) test --locked
 
 # Real browser (Debian Chromium) with the unmodified Flashphoner Web SDK.
+# `cargo test --no-run` builds target/debug/huddle with the test build's features (the
+# dev-dependencies unify some): a plain `cargo build` would compile the tree once more.
 test-browser:
-	$(CARGO) build --locked --bin huddle
+	$(CARGO) test --locked --no-run
 	HUDDLE_BIN=$(CURDIR)/target/debug/huddle HUDDLE_E2E_REQUIRE_FIREFOX=1 node --test tests/browser/*.test.mjs
 
 ## Benchmarks, figures into docs/benchmarks.md: the SFU (one publisher -> 1, 10, 30
