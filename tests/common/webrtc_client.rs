@@ -275,10 +275,23 @@ pub struct RtcClient {
 impl RtcClient {
     /// A peer connection on 127.0.0.1 with exactly `codecs` in its media engine.
     pub async fn new(name: &str, codecs: &[(RtpCodecKind, RTCRtpCodecParameters)]) -> RtcClient {
+        RtcClient::with_engine(name, codecs, false).await
+    }
+
+    /// `new`, with the mid/rid header extensions of rid-based simulcast when `simulcast`.
+    pub async fn with_engine(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        simulcast: bool,
+    ) -> RtcClient {
         let mut me = MediaEngine::default();
         for (kind, c) in codecs {
             me.register_codec(c.clone(), *kind)
                 .unwrap_or_else(|e| panic!("{name}: register codec {c:?}: {e}"));
+        }
+        if simulcast {
+            rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut me)
+                .unwrap_or_else(|e| panic!("{name}: simulcast extensions: {e}"));
         }
         let reg = Registry::new().with(Slot::from(14_000), KeyFrameRequests::default());
         let reg = register_default_interceptors(reg, &mut me)
@@ -356,20 +369,36 @@ impl RtcClient {
         codec: RTCRtpCodecParameters,
         ssrc: u32,
     ) {
+        self.add_send_layers(kind, codec, &[("", ssrc)]).await;
+    }
+
+    /// A sent track with one encoding per `(rid, ssrc)`: simulcast when there are
+    /// several (rids non-empty). Each layer is listed in `sending` (same track).
+    pub async fn add_send_layers(
+        &mut self,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodecParameters,
+        layers: &[(&str, u32)],
+    ) {
         let label = format!("{}-{kind}", self.name);
+        let encodings = layers
+            .iter()
+            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: (*rid).to_owned(),
+                    ssrc: Some(*ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            })
+            .collect();
         let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
             format!("{}-stream", self.name),
             label.clone(),
             label,
             kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp_codec.clone(),
-                ..Default::default()
-            }],
+            encodings,
         )));
         self.pc
             .add_transceiver_from_track(
@@ -413,12 +442,14 @@ impl RtcClient {
                 }
             }
         });
-        self.sending.push(SendTrack {
-            kind,
-            ssrc,
-            codec,
-            track,
-        });
+        for (_, ssrc) in layers {
+            self.sending.push(SendTrack {
+                kind,
+                ssrc: *ssrc,
+                codec: codec.clone(),
+                track: Arc::clone(&track),
+            });
+        }
     }
 
     /// createOffer + setLocalDescription; returns the offer without candidates (kept in `offer`).

@@ -1,0 +1,197 @@
+//! A player's bandwidth as far as the layer choice needs it: the receiver's estimate
+//! (REMB) and the loss it reports (RTCP receiver reports) cap the simulcast layer it
+//! gets. Down at once (the estimate fell below the layer, or more than a tenth of the
+//! packets were lost), up one layer at a time and only after the next layer has fit
+//! for a few seconds (longer after a loss). Pure: the time is passed in.
+
+use std::time::{Duration, Instant};
+
+/// Share of the estimate a layer may use (the rest is audio, RTCP, retransmissions).
+const HEADROOM_PERCENT: u64 = 85;
+/// A receiver report's fraction lost (of 256) above which the layer steps down: 10 %.
+const LOSS_DOWN: u8 = 26;
+/// How long the next layer must fit before a step up.
+pub const UP_AFTER: Duration = Duration::from_secs(3);
+/// After a step down for loss, no step up for this long.
+pub const HOLD_AFTER_LOSS: Duration = Duration::from_secs(8);
+/// An estimate older than this no longer counts (the player stopped sending it).
+const STALE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default)]
+pub struct Estimator {
+    /// The receiver's last estimate, bits per second, and when it came.
+    remb: Option<(u64, Instant)>,
+    /// Loss reported since the last decision (the worst fraction, of 256).
+    loss: Option<u8>,
+    /// The layer allowed now (`None`: not decided yet).
+    cap: Option<usize>,
+    /// Since when the layer above `cap` has fit.
+    up_since: Option<Instant>,
+    /// No step up before this (after a loss).
+    hold_until: Option<Instant>,
+}
+
+impl Estimator {
+    /// A REMB from the player: what its receiver thinks it can take.
+    pub fn remb(&mut self, now: Instant, bps: u64) {
+        self.remb = Some((bps, now));
+    }
+
+    /// A receiver report's fraction lost (of 256) for the video it is sent.
+    pub fn loss(&mut self, fraction_lost: u8) {
+        self.loss = Some(self.loss.unwrap_or(0).max(fraction_lost));
+    }
+
+    /// The receiver's estimate, when fresh.
+    pub fn estimate(&self, now: Instant) -> Option<u64> {
+        self.remb
+            .filter(|(_, at)| now.saturating_duration_since(*at) < STALE)
+            .map(|(bps, _)| bps)
+    }
+
+    /// The highest layer the player may get now, given each layer's received bitrate
+    /// (low → high; 0 for a layer not arriving). `None`: no limit (no layers, or the
+    /// top one fits).
+    pub fn cap(&mut self, now: Instant, layers: &[u64]) -> Option<usize> {
+        let top = layers.len().checked_sub(1)?;
+        let fit = match self.estimate(now) {
+            Some(bps) => {
+                let budget = bps * HEADROOM_PERCENT / 100;
+                layers.iter().rposition(|&l| l <= budget).unwrap_or(0)
+            }
+            None => top,
+        };
+        let current = self.cap.unwrap_or(top).min(top);
+        let lossy = self.loss.take().is_some_and(|f| f > LOSS_DOWN);
+        let new = if lossy {
+            self.up_since = None;
+            self.hold_until = Some(now + HOLD_AFTER_LOSS);
+            fit.min(current.saturating_sub(1))
+        } else if fit < current {
+            self.up_since = None;
+            fit
+        } else if fit > current && self.hold_until.is_none_or(|t| now >= t) {
+            match self.up_since {
+                Some(since) if now.saturating_duration_since(since) >= UP_AFTER => {
+                    // One layer at a time; the next step waits again.
+                    self.up_since = Some(now);
+                    current + 1
+                }
+                Some(_) => current,
+                None => {
+                    self.up_since = Some(now);
+                    current
+                }
+            }
+        } else {
+            if fit <= current {
+                self.up_since = None;
+            }
+            current
+        };
+        self.cap = Some(new);
+        (new < top).then_some(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYERS: [u64; 3] = [150_000, 500_000, 1_500_000];
+
+    #[test]
+    fn no_feedback_no_limit() {
+        let mut e = Estimator::default();
+        let t0 = Instant::now();
+        assert_eq!(e.cap(t0, &LAYERS), None);
+        assert_eq!(e.cap(t0, &[]), None);
+    }
+
+    #[test]
+    fn a_low_estimate_caps_at_once_and_the_way_up_takes_seconds_per_layer() {
+        let mut e = Estimator::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 85 % of 400 kbps: only the low layer fits.
+        e.remb(at(0), 400_000);
+        assert_eq!(e.cap(at(0), &LAYERS), Some(0));
+        // 150 kbps: nothing fits, the low layer still plays.
+        e.remb(at(500), 150_000);
+        assert_eq!(e.cap(at(500), &LAYERS), Some(0));
+        // The link recovers: up one layer only after UP_AFTER, then the next.
+        let mut got = Vec::new();
+        for s in 1..=10u64 {
+            e.remb(at(s * 1000), 5_000_000);
+            got.push(e.cap(at(s * 1000), &LAYERS));
+        }
+        assert_eq!(
+            got,
+            vec![
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(1),
+                Some(1),
+                Some(1),
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+        // And down again at once.
+        e.remb(at(11_000), 700_000);
+        assert_eq!(e.cap(at(11_000), &LAYERS), Some(1));
+    }
+
+    #[test]
+    fn an_estimate_that_flickers_up_does_not_raise_the_layer() {
+        let mut e = Estimator::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        e.remb(at(0), 300_000);
+        assert_eq!(e.cap(at(0), &LAYERS), Some(0));
+        for s in 1..=20u64 {
+            // Above the middle layer every other second only.
+            let bps = if s % 2 == 0 { 800_000 } else { 300_000 };
+            e.remb(at(s * 1000), bps);
+            assert_eq!(e.cap(at(s * 1000), &LAYERS), Some(0), "second {s}");
+        }
+    }
+
+    #[test]
+    fn heavy_loss_steps_down_and_holds() {
+        let mut e = Estimator::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(e.cap(at(0), &LAYERS), None);
+        // 5 % loss: nothing changes.
+        e.loss(13);
+        assert_eq!(e.cap(at(1000), &LAYERS), None);
+        // 30 % loss: one layer down per report.
+        e.loss(77);
+        assert_eq!(e.cap(at(2000), &LAYERS), Some(1));
+        e.loss(77);
+        assert_eq!(e.cap(at(3000), &LAYERS), Some(0));
+        // The loss is over: held down for HOLD_AFTER_LOSS, then up step by step.
+        let mut first_up = None;
+        for s in 4..=30u64 {
+            if e.cap(at(s * 1000), &LAYERS) == Some(1) && first_up.is_none() {
+                first_up = Some(s);
+            }
+        }
+        let first_up = first_up.expect("back up");
+        assert!(first_up >= 3 + HOLD_AFTER_LOSS.as_secs(), "{first_up}");
+        assert_eq!(e.cap(at(31_000), &LAYERS), None, "all the way up");
+    }
+
+    #[test]
+    fn a_stale_estimate_no_longer_caps() {
+        let mut e = Estimator::default();
+        let t0 = Instant::now();
+        e.remb(t0, 100_000);
+        assert_eq!(e.estimate(t0), Some(100_000));
+        assert_eq!(e.estimate(t0 + STALE), None);
+    }
+}
