@@ -1534,4 +1534,107 @@ mod tests {
         );
         assert!(m.codecs("c").is_none());
     }
+
+    /// A source whose key-frame requests are recorded by layer.
+    #[derive(Clone, Default)]
+    struct Layered(Arc<Mutex<Vec<usize>>>);
+
+    impl Source<()> for Layered {
+        fn key_frame(&mut self, _edge: &mut (), _now: Instant) -> bool {
+            self.0.lock().unwrap().push(usize::MAX);
+            true
+        }
+        fn layer_key_frame(&mut self, _edge: &mut (), _now: Instant, layer: usize) -> bool {
+            self.0.lock().unwrap().push(layer);
+            true
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_one_layer_and_switches_at_its_key_frame_without_a_gap() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let asked = Layered::default();
+        let src = m
+            .add_source("s", codecs(), Box::new(asked.clone()))
+            .unwrap();
+        m.set_layers(src, 2);
+        // Layer l: SSRC 100 + l, its own sequence numbers and clock.
+        let layer = |l: usize, n: u16, key: bool| {
+            let mut p = vp8(
+                n + 1000 * l as u16,
+                10_000 * l as u32 + u32::from(n) * 3000,
+                key,
+            );
+            p.header.ssrc = 100 + l as u32;
+            p
+        };
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let own = Numbering::Own {
+            audio: None,
+            video: Some(Renumber::new(96, 5, 500, 0, 3000)),
+        };
+        let sink = m
+            .attach(&mut (), at(0), "s", Box::new(Timed(got.clone())), own, true)
+            .unwrap();
+        let mut n = 0u16;
+        let mut send = |m: &mut Streams<()>, ms: u64, keys: [bool; 2]| {
+            for (l, key) in keys.into_iter().enumerate() {
+                m.layer_packet(&mut (), at(ms), src, l, &layer(l, n, key));
+            }
+            n += 1;
+        };
+        // The low layer comes first: the sink starts with its key frame; then the top
+        // one arrives, a key frame of it is asked, and the low layer flows until it.
+        send(&mut m, 0, [true, false]);
+        send(&mut m, 20, [false, false]);
+        assert_eq!(got.lock().unwrap().len(), 2);
+        // Asked at the attach (the top layer), of the low one when it alone came,
+        // and of the top one again once the interval is over.
+        assert_eq!(*asked.0.lock().unwrap(), vec![1, 0]);
+        assert_eq!(m.poll_timeout(), Some(at(500)));
+        send(&mut m, 40, [false, true]);
+        send(&mut m, 60, [false, false]);
+        assert_eq!(
+            got.lock().unwrap().len(),
+            5,
+            "switched at the top's key frame"
+        );
+        assert_eq!(
+            m.sink_layer("s", sink).map(|l| (l.current, l.target)),
+            Some((Some(1), 1))
+        );
+        // Asked down (the interval is over): a key frame of layer 0 is requested; the
+        // top layer flows until it.
+        asked.0.lock().unwrap().clear();
+        assert!(m.set_layer_preference(&mut (), at(600), "s", sink, Preference::Low));
+        assert_eq!(*asked.0.lock().unwrap(), vec![0]);
+        send(&mut m, 600, [false, false]);
+        send(&mut m, 620, [true, false]);
+        send(&mut m, 640, [false, true]);
+        let seen: Vec<(u16, u32)> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s, t)| (*s, *t))
+            .collect();
+        // Sequence numbers go on; the clock is rebased one frame on at each switch.
+        let expected: Vec<(u16, u32)> = (0..8u16).map(|i| (500 + i, u32::from(i) * 3000)).collect();
+        assert_eq!(seen, expected);
+        // A PLI of the player asks its layer; bitrates are per layer.
+        asked.0.lock().unwrap().clear();
+        m.request_sink_key_frame(&mut (), at(1200), "s", sink);
+        assert_eq!(*asked.0.lock().unwrap(), vec![0]);
+        let rates = m.layer_bitrates(at(1000), "s");
+        assert_eq!(rates.len(), 2);
+        // The bandwidth cap lowers the target too (and says nothing when unchanged).
+        assert!(m.set_layer_preference(&mut (), at(1000), "s", sink, Preference::High));
+        assert!(m.set_layer_cap(&mut (), at(1000), "s", sink, Some(0)));
+        assert_eq!(m.sink_layer("s", sink).map(|l| l.target), Some(0));
+        assert!(
+            !m.set_layer_cap(&mut (), at(1000), "s", 999, None),
+            "no such sink"
+        );
+    }
 }
