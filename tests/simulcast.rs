@@ -4,7 +4,7 @@
 //! layer's SSRC from its rid and forwards exactly one layer per player. A player that
 //! asks for the low layer (`sendData` `setLayer`) and then the high one switches at a
 //! key frame of each new layer, with continuous sequence numbers and a monotonic
-//! clock; a player whose REMB says 150 kbps moves to the low layer while another
+//! clock; a player whose REMB says 90 kbps moves to the low layer while another
 //! player stays on the high one. The server runs in process on 127.0.0.1; every wait
 //! is bounded.
 
@@ -271,7 +271,8 @@ async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_band
     let switches = layers.windows(2).filter(|w| w[0] != w[1]).count();
     assert!(switches >= 2, "{layers:?}");
 
-    // Carol plays; her receiver says 150 kbps: only the low layer (80 kbps) fits.
+    // Carol plays; her receiver says 90 kbps: only the low layer (80 kbps) fits, and 90
+    // is not enough above it to try the next one.
     let mut carol_pc = RtcClient::player("carol-pc", &codecs).await;
     room_media::play_in_room(&mut carol, &mut carol_pc, ROOM, STREAM).await;
     let mut carol_video = video_for(&mut carol_pc, Duration::from_millis(1000)).await;
@@ -282,7 +283,7 @@ async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_band
         track
             .write_rtcp(vec![Box::new(ReceiverEstimatedMaximumBitrate {
                 sender_ssrc: 1,
-                bitrate: 150_000.0,
+                bitrate: 90_000.0,
                 ssrcs: vec![carol_ssrc],
             })])
             .await

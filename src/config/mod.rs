@@ -296,6 +296,9 @@ pub struct Media {
     pub advertise_ips: Vec<IpAddr>,
     pub ice_timeout_ms: u64,
     pub preferred_video_codec: VideoCodec,
+    /// The web app publishes simulcast (three layers) when a room has at least this
+    /// many people, itself included (0: never).
+    pub simulcast_min_participants: u32,
 }
 
 impl Default for Media {
@@ -305,6 +308,7 @@ impl Default for Media {
             advertise_ips: Vec::new(),
             ice_timeout_ms: 15_000,
             preferred_video_codec: VideoCodec::H264,
+            simulcast_min_participants: 3,
         }
     }
 }
@@ -696,6 +700,10 @@ ice_timeout_ms = 15000
 # (the device camera, RTMP and MP4 recording use it) or "vp8". Players must decode
 # the publisher's codec: there is no transcoding.
 preferred_video_codec = "h264"
+# The web app publishes its camera in three simulcast layers (quarter, half and full
+# size) when the room has at least this many people, itself included; each player then
+# gets the layer its tile and its bandwidth need. 0: never.
+simulcast_min_participants = 3
 
 [records]
 # Where stream and room recordings are written (relative to the working directory
