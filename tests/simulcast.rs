@@ -5,8 +5,9 @@
 //! asks for the low layer (`sendData` `setLayer`) and then the high one switches at a
 //! key frame of each new layer, with continuous sequence numbers and a monotonic
 //! clock; a player whose REMB says 90 kbps moves to the low layer while another
-//! player stays on the high one. The server runs in process on 127.0.0.1; every wait
-//! is bounded.
+//! player stays on the high one; a player behind a relay that loses a third of its RTP
+//! (retransmissions too) moves to the low layer from its receiver reports. The server
+//! runs in process on 127.0.0.1; every wait is bounded.
 
 mod common;
 #[path = "common/room_media.rs"]
@@ -140,24 +141,11 @@ fn check(name: &str, packets: &[Packet], mid_stream: bool) -> Vec<u8> {
     layers
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_bandwidth() {
-    let server = start_server(|c| {
-        c.media.udp_port = 0;
-        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
-    })
-    .await;
-    let addr = server.local_addr();
-    let mut alice = Client::connect(addr, "alice").await;
-    alice.join(ROOM).await;
-    let mut bob = Client::connect(addr, "bob").await;
-    bob.join(ROOM).await;
-    let mut carol = Client::connect(addr, "carol").await;
-    carol.join(ROOM).await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    bob.expect_event_in(ROOM, "JOINED").await;
-
+/// Alice publishes Opus and one H.264 track in three rid layers into `ROOM` (checking
+/// the answer's simulcast lines); a task sends a packet of each layer every 20 ms (a
+/// frame each), a key frame of each layer once a second, the layers a third of a second
+/// apart.
+async fn publish_layers(alice: &mut Client) -> (RtcClient, tokio::task::JoinHandle<()>) {
     // Alice: Opus and one H.264 track in three rid layers.
     let mut alice_pc =
         RtcClient::with_engine("alice-pc", &[(AUDIO, opus(111)), (VIDEO, h264(125))], true).await;
@@ -165,7 +153,7 @@ async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_band
     let rids: Vec<(&str, u32)> = LAYERS.iter().map(|l| (l.0, l.1)).collect();
     alice_pc.add_send_layers(VIDEO, h264(125), &rids).await;
     room_media::start_stream(
-        &mut alice,
+        alice,
         &mut alice_pc,
         true,
         ("m-alice", ROOM, STREAM),
@@ -222,6 +210,27 @@ async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_band
                 .await;
         }
     });
+    (alice_pc, sender)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_bandwidth() {
+    let server = start_server(|c| {
+        c.media.udp_port = 0;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut alice = Client::connect(addr, "alice").await;
+    alice.join(ROOM).await;
+    let mut bob = Client::connect(addr, "bob").await;
+    bob.join(ROOM).await;
+    let mut carol = Client::connect(addr, "carol").await;
+    carol.join(ROOM).await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    bob.expect_event_in(ROOM, "JOINED").await;
+    let (mut alice_pc, sender) = publish_layers(&mut alice).await;
 
     // Bob plays: the high layer (nothing asked, nothing limits him), audio too.
     let codecs = [(AUDIO, opus(111)), (VIDEO, h264(106))];
@@ -314,6 +323,127 @@ async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_band
     alice_pc.close().await;
     bob_pc.close().await;
     carol_pc.close().await;
+    tokio::time::timeout(Duration::from_secs(8), server.shutdown())
+        .await
+        .expect("server shutdown");
+}
+
+/// A UDP relay between a player and the SFU on 127.0.0.1 that drops 3 of every 10 RTP
+/// packets toward the player, and every retransmission of a dropped one (so NACK cannot
+/// repair the loss; STUN, DTLS and RTCP pass). Returns the address the player is to use
+/// as the SFU's. Packets are SRTP: the header (SSRC, sequence number) is in the clear.
+async fn lossy_relay(sfu: std::net::SocketAddr) -> std::net::SocketAddr {
+    let player_side = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sfu_side = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    sfu_side.connect(sfu).await.expect("connect");
+    let addr = player_side.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+        let mut player = None;
+        let mut n = 0u64;
+        let mut dropped = std::collections::HashSet::new();
+        loop {
+            tokio::select! {
+                r = player_side.recv_from(&mut a) => {
+                    let Ok((len, from)) = r else { return };
+                    player = Some(from);
+                    let _ = sfu_side.send(&a[..len]).await;
+                }
+                r = sfu_side.recv(&mut b) => {
+                    let Ok(len) = r else { return };
+                    // RTP: version 2, and not an RTCP packet type (200-207).
+                    let rtp = len > 12 && b[0] >> 6 == 2 && !(200..=207).contains(&b[1]);
+                    if rtp {
+                        let id = (u16::from_be_bytes([b[2], b[3]]), u32::from_be_bytes([b[8], b[9], b[10], b[11]]));
+                        n += 1;
+                        if dropped.contains(&id) || n % 10 < 3 {
+                            dropped.insert(id);
+                            continue;
+                        }
+                    }
+                    if let Some(to) = player {
+                        let _ = player_side.send_to(&b[..len], to).await;
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_losing_a_third_of_its_packets_moves_to_the_low_layer() {
+    let server = start_server(|c| {
+        c.media.udp_port = 0;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut alice = Client::connect(addr, "alice").await;
+    alice.join(ROOM).await;
+    let mut dave = Client::connect(addr, "dave").await;
+    dave.join(ROOM).await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let (alice_pc, sender) = publish_layers(&mut alice).await;
+    until(&mut dave, "PUBLISHED", |v| {
+        v["message"] == "OnDataEvent" && v["data"][0]["payload"]["name"] == "PUBLISHED"
+    })
+    .await;
+
+    // Dave plays through the relay: the answer's candidate is rewritten to it.
+    let codecs = [(AUDIO, opus(111)), (VIDEO, h264(106))];
+    let mut dave_pc = RtcClient::player("dave-pc", &codecs).await;
+    let offer = dave_pc.create_offer().await;
+    dave.send_json(stream_request(
+        false,
+        "m-play",
+        STREAM,
+        ROOM,
+        &offer,
+        (true, true),
+    ))
+    .await;
+    let answer = until(&mut dave, "setRemoteSDP", |v| {
+        v["message"] == "setRemoteSDP"
+    })
+    .await;
+    let answer = answer["data"][1].as_str().expect("answer").to_owned();
+    let sfu: std::net::SocketAddr = answer
+        .lines()
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (l.starts_with("a=candidate:") && words.get(4) == Some(&"127.0.0.1"))
+                .then(|| format!("127.0.0.1:{}", words[5]).parse().ok())
+                .flatten()
+        })
+        .expect("a candidate");
+    let relay = lossy_relay(sfu).await;
+    let answer = answer.replace(
+        &format!(" 127.0.0.1 {} typ host", sfu.port()),
+        &format!(" 127.0.0.1 {} typ host", relay.port()),
+    );
+    dave_pc.apply_answer(&answer).await;
+    dave_pc.wait_connected(Duration::from_secs(10)).await;
+
+    // The player's receiver reports say about 30 % lost: down one layer per report.
+    let mut lows = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline && lows < 20 {
+        let got = video_for(&mut dave_pc, Duration::from_millis(500)).await;
+        let tail = &got[got.len().saturating_sub(20)..];
+        if !tail.is_empty() && tail.iter().all(|p| what(p).0 == 0) {
+            lows = tail.len();
+        }
+    }
+    assert!(lows >= 20, "dave ends on the low layer");
+
+    sender.abort();
+    alice_pc.close().await;
+    dave_pc.close().await;
     tokio::time::timeout(Duration::from_secs(8), server.shutdown())
         .await
         .expect("server shutdown");
