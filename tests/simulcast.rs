@@ -375,6 +375,42 @@ async fn lossy_relay(sfu: std::net::SocketAddr) -> std::net::SocketAddr {
     addr
 }
 
+/// Plays `STREAM` over `ws` through `lossy_relay`: the answer's candidate is rewritten
+/// to the relay's address.
+async fn play_through_relay(ws: &mut Client, name: &str) -> RtcClient {
+    let codecs = [(AUDIO, opus(111)), (VIDEO, h264(106))];
+    let mut pc = RtcClient::player(name, &codecs).await;
+    let offer = pc.create_offer().await;
+    ws.send_json(stream_request(
+        false,
+        "m-play",
+        STREAM,
+        ROOM,
+        &offer,
+        (true, true),
+    ))
+    .await;
+    let answer = until(ws, "setRemoteSDP", |v| v["message"] == "setRemoteSDP").await;
+    let answer = answer["data"][1].as_str().expect("answer").to_owned();
+    let sfu: std::net::SocketAddr = answer
+        .lines()
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (l.starts_with("a=candidate:") && words.get(4) == Some(&"127.0.0.1"))
+                .then(|| format!("127.0.0.1:{}", words[5]).parse().ok())
+                .flatten()
+        })
+        .expect("a candidate");
+    let relay = lossy_relay(sfu).await;
+    let answer = answer.replace(
+        &format!(" 127.0.0.1 {} typ host", sfu.port()),
+        &format!(" 127.0.0.1 {} typ host", relay.port()),
+    );
+    pc.apply_answer(&answer).await;
+    pc.wait_connected(Duration::from_secs(10)).await;
+    pc
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_losing_a_third_of_its_packets_moves_to_the_low_layer() {
     let server = start_server(|c| {
@@ -394,56 +430,102 @@ async fn a_player_losing_a_third_of_its_packets_moves_to_the_low_layer() {
     })
     .await;
 
-    // Dave plays through the relay: the answer's candidate is rewritten to it.
-    let codecs = [(AUDIO, opus(111)), (VIDEO, h264(106))];
-    let mut dave_pc = RtcClient::player("dave-pc", &codecs).await;
-    let offer = dave_pc.create_offer().await;
-    dave.send_json(stream_request(
-        false,
-        "m-play",
-        STREAM,
-        ROOM,
-        &offer,
-        (true, true),
-    ))
-    .await;
-    let answer = until(&mut dave, "setRemoteSDP", |v| {
-        v["message"] == "setRemoteSDP"
-    })
-    .await;
-    let answer = answer["data"][1].as_str().expect("answer").to_owned();
-    let sfu: std::net::SocketAddr = answer
-        .lines()
-        .find_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            (l.starts_with("a=candidate:") && words.get(4) == Some(&"127.0.0.1"))
-                .then(|| format!("127.0.0.1:{}", words[5]).parse().ok())
-                .flatten()
-        })
-        .expect("a candidate");
-    let relay = lossy_relay(sfu).await;
-    let answer = answer.replace(
-        &format!(" 127.0.0.1 {} typ host", sfu.port()),
-        &format!(" 127.0.0.1 {} typ host", relay.port()),
-    );
-    dave_pc.apply_answer(&answer).await;
-    dave_pc.wait_connected(Duration::from_secs(10)).await;
+    let mut dave_pc = play_through_relay(&mut dave, "dave-pc").await;
 
     // The player's receiver reports say about 30 % lost: down one layer per report.
-    let mut lows = 0usize;
+    let mut low = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::time::Instant::now() < deadline && lows < 20 {
-        let got = video_for(&mut dave_pc, Duration::from_millis(500)).await;
-        let tail = &got[got.len().saturating_sub(20)..];
-        if !tail.is_empty() && tail.iter().all(|p| what(p).0 == 0) {
-            lows = tail.len();
-        }
+    while tokio::time::Instant::now() < deadline && !low {
+        // A second of what gets through the relay (about 35 of 50 packets).
+        let got = video_for(&mut dave_pc, Duration::from_millis(1000)).await;
+        low = got.len() >= 15 && got.iter().all(|p| what(p).0 == 0);
     }
-    assert!(lows >= 20, "dave ends on the low layer");
+    assert!(low, "dave ends on the low layer");
 
     sender.abort();
     alice_pc.close().await;
     dave_pc.close().await;
+    tokio::time::timeout(Duration::from_secs(8), server.shutdown())
+        .await
+        .expect("server shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_simulcast_a_player_losing_a_third_gets_key_frames_only_and_others_all() {
+    let server = start_server(|c| {
+        c.media.udp_port = 0;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut alice = Client::connect(addr, "alice").await;
+    alice.join(ROOM).await;
+    let mut dave = Client::connect(addr, "dave").await;
+    dave.join(ROOM).await;
+    let mut erin = Client::connect(addr, "erin").await;
+    erin.join(ROOM).await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    dave.expect_event_in(ROOM, "JOINED").await;
+    // Alice publishes without simulcast: a key frame (IDR) every 10th video packet.
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), 0x1111_1111),
+            (VIDEO, h264(125), 0x2222_2222),
+        ],
+    )
+    .await;
+    room_media::start_stream(
+        &mut alice,
+        &mut alice_pc,
+        true,
+        ("m-alice", ROOM, STREAM),
+        (true, true),
+    )
+    .await;
+    let video = Arc::clone(&alice_pc.send_track(VIDEO).track);
+    let vpt = alice_pc.negotiated_pt(VIDEO).await;
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for n in 0..3000u32 {
+            tick.tick().await;
+            let mut v = vec![if n % 10 == 0 { 0x65 } else { 0x41 }, 0];
+            v.extend(body(n as usize, 600));
+            let _ = video
+                .write_rtp(rtp_packet(vpt, 0x2222_2222, n as u16, n * 1800, true, v))
+                .await;
+        }
+    });
+    for c in [&mut dave, &mut erin] {
+        until(c, "PUBLISHED", |v| {
+            v["message"] == "OnDataEvent" && v["data"][0]["payload"]["name"] == "PUBLISHED"
+        })
+        .await;
+    }
+    let mut dave_pc = play_through_relay(&mut dave, "dave-pc").await;
+    let mut erin_pc = RtcClient::player("erin-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    room_media::play_in_room(&mut erin, &mut erin_pc, ROOM, STREAM).await;
+
+    // Dave's reports say about 30 % lost: only key frames for him (what the relay
+    // lets through of them), with his sequence numbers closing the withheld gaps.
+    let mut only_keys = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline && !only_keys {
+        let got = video_for(&mut dave_pc, Duration::from_millis(1500)).await;
+        only_keys = got.len() >= 3 && got.iter().all(|p| what(p).1);
+    }
+    assert!(only_keys, "dave gets key frames only");
+    // Erin gets every frame.
+    erin_pc.drain_media();
+    let erin_got = video_for(&mut erin_pc, Duration::from_millis(1000)).await;
+    let deltas = erin_got.iter().filter(|p| !what(p).1).count();
+    assert!(deltas >= 30, "erin gets the delta frames too: {deltas}");
+
+    sender.abort();
+    alice_pc.close().await;
+    dave_pc.close().await;
+    erin_pc.close().await;
     tokio::time::timeout(Duration::from_secs(8), server.shutdown())
         .await
         .expect("server shutdown");

@@ -124,6 +124,26 @@ impl Estimator {
     }
 }
 
+/// A player of a stream without layers that cannot keep up: more than a tenth of its
+/// video lost (after retransmissions) puts it on key frames only for `HOLD_AFTER_LOSS`,
+/// renewed by every lossy report. The estimate is not used: a browser's REMB follows
+/// what it receives (see above) and would thin every player at its start.
+#[derive(Debug, Clone, Default)]
+pub struct Thinning {
+    until: Option<Instant>,
+}
+
+impl Thinning {
+    /// A receiver report's fraction lost (`None`: another feedback); whether the
+    /// player gets key frames only now.
+    pub fn report(&mut self, now: Instant, fraction_lost: Option<u8>) -> bool {
+        if fraction_lost.is_some_and(|f| f > LOSS_DOWN) {
+            self.until = Some(now + HOLD_AFTER_LOSS);
+        }
+        self.until.is_some_and(|t| now < t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +254,21 @@ mod tests {
         let first_up = first_up.expect("back up");
         assert!(first_up >= 3 + HOLD_AFTER_LOSS.as_secs(), "{first_up}");
         assert_eq!(e.cap(at(31_000), &LAYERS), None, "all the way up");
+    }
+
+    #[test]
+    fn heavy_loss_without_layers_means_key_frames_only_for_a_while() {
+        let mut t = Thinning::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!t.report(at(0), Some(13)));
+        assert!(t.report(at(1), Some(77)));
+        assert!(t.report(at(2), None));
+        assert!(t.report(at(8), Some(0)));
+        assert!(
+            !t.report(at(9), Some(0)),
+            "HOLD_AFTER_LOSS after the last lossy report"
+        );
     }
 
     #[test]

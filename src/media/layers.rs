@@ -50,6 +50,12 @@ pub struct SinkLayer {
     pub current: Option<usize>,
     /// The layer it should be fed.
     pub target: usize,
+    /// Only key frames (a player that cannot keep up with a stream without layers).
+    pub key_frames_only: bool,
+    /// The timestamp of the key frame being passed in that mode.
+    key_ts: Option<u32>,
+    /// Every frame again from the next key frame.
+    pub resume: bool,
 }
 
 impl SinkLayer {
@@ -64,6 +70,26 @@ impl SinkLayer {
             return key;
         }
         self.current == Some(layer)
+    }
+
+    /// Whether a video packet passes the key-frames-only mode (`key`: it starts a key
+    /// frame; `ts`: its timestamp): when on, only the packets of key frames do.
+    pub fn passes(&mut self, key: bool, ts: u32) -> bool {
+        if !self.key_frames_only {
+            self.key_ts = None;
+            return true;
+        }
+        if key {
+            self.key_ts = Some(ts);
+            if self.resume {
+                // Every frame from this key frame on.
+                self.key_frames_only = false;
+                self.resume = false;
+                self.key_ts = None;
+                return true;
+            }
+        }
+        self.key_ts == Some(ts)
     }
 
     /// A switch is wanted: a key frame of the target is needed.
@@ -122,5 +148,21 @@ mod tests {
         assert!(s.forwards(0, true));
         assert!(!s.forwards(2, true), "the old layer stops at the switch");
         assert!(!s.retarget(&[true, true, true]), "no change");
+    }
+
+    #[test]
+    fn key_frames_only_passes_whole_key_frames() {
+        let mut s = SinkLayer::default();
+        assert!(s.passes(false, 1));
+        s.key_frames_only = true;
+        assert!(!s.passes(false, 2));
+        assert!(s.passes(true, 3), "a key frame's first packet");
+        assert!(s.passes(false, 3), "and the rest of it");
+        assert!(!s.passes(false, 4));
+        // Resuming waits for the next key frame.
+        s.resume = true;
+        assert!(!s.passes(false, 5));
+        assert!(s.passes(true, 6));
+        assert!(s.passes(false, 7) && !s.key_frames_only);
     }
 }

@@ -789,6 +789,20 @@ impl<E: ?Sized> Streams<E> {
                     }
                     return true;
                 }
+                if kind == Kind::Video
+                    && !sink
+                        .layer
+                        .passes(key_frame.is_some(), packet.header.timestamp)
+                {
+                    // Withheld: the next packet given continues the numbering.
+                    if let Numbering::Own {
+                        video: Some(track), ..
+                    } = &mut sink.numbering
+                    {
+                        track.resync();
+                    }
+                    return true;
+                }
                 let Some(out) = copy(packet, &mut sink.numbering, kind) else {
                     return true;
                 };
@@ -1038,6 +1052,36 @@ impl<E: ?Sized> Streams<E> {
         cap: Option<usize>,
     ) -> bool {
         self.update_layer(edge, now, stream, sink, |l| l.cap = cap)
+    }
+
+    /// A player that cannot keep up (a stream without layers): only key frames from now
+    /// on (`true`), or everything again from the next key frame (`false`, which is
+    /// asked for). `false` as the result: no such sink.
+    pub fn set_key_frames_only(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        sink: SinkId,
+        on: bool,
+    ) -> bool {
+        let Some(p) = self.publications.get_mut(stream) else {
+            return false;
+        };
+        let source = p.source;
+        let Some(s) = p.sinks.iter_mut().find(|s| s.id == sink) else {
+            return false;
+        };
+        if on {
+            s.layer.key_frames_only = true;
+            s.layer.resume = false;
+        } else if s.layer.key_frames_only && !s.layer.resume {
+            // Back to every frame from a key frame (the decoder would get deltas of
+            // frames it never had), which is asked for.
+            s.layer.resume = true;
+            self.ask_key_frame(edge, now, source);
+        }
+        true
     }
 
     /// A sink of this stream needs a key frame (a player's PLI): of the layer it is
@@ -1635,6 +1679,71 @@ mod tests {
         assert!(
             !m.set_layer_cap(&mut (), at(1000), "s", 999, None),
             "no such sink"
+        );
+    }
+
+    #[test]
+    fn a_sink_on_key_frames_only_gets_them_without_a_sequence_gap() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let flag = KeyFrameFlag::default();
+        let src = m.add_source("s", codecs(), Box::new(flag.clone())).unwrap();
+        let (slow, fast) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let own = || Numbering::Own {
+            audio: None,
+            video: Some(Renumber::new(96, 5, 100, 0, 3000)),
+        };
+        let sink = m
+            .attach(
+                &mut (),
+                at(0),
+                "s",
+                Box::new(Timed(slow.clone())),
+                own(),
+                true,
+            )
+            .unwrap();
+        m.attach(
+            &mut (),
+            at(0),
+            "s",
+            Box::new(Timed(fast.clone())),
+            own(),
+            true,
+        )
+        .unwrap();
+        assert!(m.set_key_frames_only(&mut (), at(0), "s", sink, true));
+        // A key frame every 4th packet.
+        for i in 0..12u16 {
+            let p = vp8(i, u32::from(i) * 3000, i % 4 == 0);
+            m.packet(&mut (), at(u64::from(i) * 33), src, Kind::Video, &p);
+        }
+        type Seen = Arc<Mutex<Vec<(Kind, u16, u32)>>>;
+        let seqs = |got: &Seen| -> Vec<(u16, u32)> {
+            got.lock()
+                .unwrap()
+                .iter()
+                .map(|(_, s, t)| (*s, *t))
+                .collect()
+        };
+        // Key frames only, numbered on without gaps, on the source's clock.
+        assert_eq!(seqs(&slow), vec![(100, 0), (101, 12_000), (102, 24_000)]);
+        assert_eq!(seqs(&fast).len(), 12, "the other sink gets everything");
+        // Back to every frame: a key frame is asked, and it resumes there.
+        flag.take();
+        assert!(m.set_key_frames_only(&mut (), at(1000), "s", sink, false));
+        assert!(flag.take());
+        m.packet(&mut (), at(1000), src, Kind::Video, &vp8(12, 36_000, false));
+        m.packet(&mut (), at(1033), src, Kind::Video, &vp8(13, 39_000, true));
+        m.packet(&mut (), at(1066), src, Kind::Video, &vp8(14, 42_000, false));
+        assert_eq!(
+            seqs(&slow)[3..],
+            [(103, 39_000), (104, 42_000)],
+            "from the key frame on"
         );
     }
 }

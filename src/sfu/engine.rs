@@ -35,6 +35,7 @@ use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
 use super::simulcast;
+use crate::media::bandwidth::Thinning;
 use crate::media::{
     Delivery, Estimator, Event, Numbering, Preference, Renumber, Sink, SinkId, Source, SourceId,
     Stats, StreamError, Streams, Tally,
@@ -89,6 +90,9 @@ struct Peer {
     bwe: Estimator,
     cap: Option<usize>,
     video_out: Option<u32>,
+    /// A player of a stream without layers on key frames only (heavy loss), and why.
+    thin: Thinning,
+    thinned: bool,
     up: bool,
     ice_connected: bool,
     failed: bool,
@@ -1000,6 +1004,8 @@ impl Engine {
                 bwe: Estimator::default(),
                 cap: None,
                 video_out: None,
+                thin: Thinning::default(),
+                thinned: false,
                 up: false,
                 ice_connected: false,
                 failed: false,
@@ -1063,6 +1069,7 @@ impl Engine {
         let mut became_up = false;
         let mut video_opened = false;
         let mut feedback = false;
+        let mut lost: Option<u8> = None;
         self.peers.push_writes(id);
         let Some(p) = self.peers.map.get_mut(&id) else {
             self.rtp = rtp;
@@ -1146,8 +1153,9 @@ impl Engine {
                         p.bwe.remb(now, bps);
                         feedback = true;
                     }
-                    if let Some(lost) = f.loss {
-                        p.bwe.loss(lost);
+                    if let Some(fraction) = f.loss {
+                        p.bwe.loss(fraction);
+                        lost = Some(lost.unwrap_or(0).max(fraction));
                         feedback = true;
                     }
                 }
@@ -1187,9 +1195,18 @@ impl Engine {
                 sink: Some(sink),
             } if became_up || key_frame_requested || feedback => {
                 let (stream, sink) = (stream.clone(), *sink);
-                // The player's bandwidth caps its simulcast layer.
+                // The player's bandwidth caps its simulcast layer; without layers, heavy
+                // loss puts it on key frames only.
+                let mut thin = None;
                 let cap = if feedback {
                     let bitrates = self.media.layer_bitrates(now, &stream);
+                    if bitrates.is_empty() {
+                        let on = p.thin.report(now, lost);
+                        if on != p.thinned {
+                            p.thinned = on;
+                            thin = Some(on);
+                        }
+                    }
                     let cap = p.bwe.cap(now, &bitrates);
                     (cap != p.cap).then(|| {
                         p.cap = cap;
@@ -1198,11 +1215,14 @@ impl Engine {
                 } else {
                     None
                 };
+                let estimate = p.bwe.estimate(now);
+                if let Some(on) = thin {
+                    debug!("peer {id}: key frames only: {on}");
+                    self.media
+                        .set_key_frames_only(&mut self.peers, now, &stream, sink, on);
+                }
                 if let Some(cap) = cap {
-                    debug!(
-                        "peer {id}: layer cap {cap:?} (estimate {:?} bps)",
-                        p.bwe.estimate(now)
-                    );
+                    debug!("peer {id}: layer cap {cap:?} (estimate {estimate:?} bps)");
                     self.media
                         .set_layer_cap(&mut self.peers, now, &stream, sink, cap);
                 }
