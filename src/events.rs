@@ -28,10 +28,11 @@ pub enum EventKind {
     MixFinished,
     DeviceCameraLost,
     DeviceCameraBack,
+    RoomActiveSpeaker,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::RoomCreated,
         EventKind::RoomFinalized,
         EventKind::ParticipantJoined,
@@ -45,6 +46,7 @@ impl EventKind {
         EventKind::MixFinished,
         EventKind::DeviceCameraLost,
         EventKind::DeviceCameraBack,
+        EventKind::RoomActiveSpeaker,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +64,7 @@ impl EventKind {
             EventKind::MixFinished => "mix.finished",
             EventKind::DeviceCameraLost => "device.camera_lost",
             EventKind::DeviceCameraBack => "device.camera_back",
+            EventKind::RoomActiveSpeaker => "room.active_speaker",
         }
     }
 

@@ -184,6 +184,7 @@ const roomEvents = {
   UNPUBLISHED(info) { removeTile(info.name); },
   FAILED(info) { removeTile(info.name); },
   MESSAGE({ from, text }) { addMessage(from, text); },
+  ACTIVE_SPEAKER(info) { showSpeaker(info); },
 };
 
 // Camera and screen share of one member are separate streams, shown as separate tiles.
@@ -236,6 +237,7 @@ function addTile(stream, label, { login, local = false, screen = false }) {
   setupModeration(t, label, screen);
   stream.addEventListener('event', ({ detail }) => onStreamEvent(t, detail));
   tiles.set(stream.name, t);
+  speakerTile(t);
   $('tiles')[local ? 'prepend' : 'append'](el); // own tiles first
   $('tiles').dataset.count = tiles.size; // the CSS picks a layout per count
 }
@@ -452,6 +454,7 @@ function onClosed(e) {
 
 function teardown(statusText) {
   for (const name of [...tiles.keys()]) removeTile(name);
+  speaker = { login: null, pinned: null };
   media?.then(({ stream }) => stream?.getTracks().forEach((t) => t.stop()));
   const s = session;
   session = room = media = camera = cameraPub = null;
@@ -633,4 +636,44 @@ if (!params.has('ws')) { // served by Huddle (else these routes are another serv
   setInterval(() => { if (!$('landing').hidden) refreshRooms(); }, ROOMS_POLL_MS);
 } else {
   $('live').hidden = true;
+}
+
+// ----- The active speaker: the server's ACTIVE_SPEAKER room event ------------------------------
+// {login, name}: the room's dominant speaker (from the audio levels of every publisher) and the
+// stream it talks in. Its camera tile is highlighted (data-speaking) and, unless the user pinned
+// a tile, focused: shown large first (data-focused; a remote tile only, never one's own preview).
+let speaker = { login: null, pinned: null }; // pinned: the stream name of the pinned tile
+
+function showSpeaker({ login } = {}) {
+  speaker.login = typeof login === 'string' ? login : null;
+  for (const t of tiles.values()) speakerTile(t);
+}
+
+function focusedName() {
+  if (speaker.pinned && tiles.has(speaker.pinned)) return speaker.pinned;
+  const t = [...tiles.values()].find((x) => !x.local && x.login === speaker.login && x.el.dataset.kind === 'camera');
+  return t?.stream.name ?? null;
+}
+
+// Marks one tile (called for every tile when the speaker or the pin changes, and for a new one).
+function speakerTile(t) {
+  const { el } = t;
+  if (!el.querySelector('.pin')) {
+    const pin = Object.assign(document.createElement('button'), { type: 'button', className: 'pin', textContent: 'Pin' });
+    pin.setAttribute('aria-pressed', 'false');
+    pin.setAttribute('aria-label', `Pin ${el.querySelector('.name').textContent}`);
+    pin.onclick = () => {
+      speaker.pinned = speaker.pinned === t.stream.name ? null : t.stream.name;
+      for (const x of tiles.values()) speakerTile(x);
+    };
+    el.append(pin);
+  }
+  const speaking = t.login === speaker.login && el.dataset.kind === 'camera';
+  el.dataset.speaking = String(speaking);
+  el.classList.toggle('speaking', speaking);
+  const focused = focusedName();
+  el.dataset.focused = String(focused === t.stream.name);
+  el.dataset.pinned = String(speaker.pinned === t.stream.name);
+  el.querySelector('.pin').setAttribute('aria-pressed', String(speaker.pinned === t.stream.name));
+  el.querySelector('.pin').textContent = speaker.pinned === t.stream.name ? 'Unpin' : 'Pin';
 }

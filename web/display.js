@@ -1,7 +1,9 @@
 // The room display (/display): the device's own screen, opened by a kiosk browser. Joins the
 // device's room as a viewer (publishes nothing, asks for no camera or microphone), shows every
 // remote participant's stream with names (not the device's own), who is talking (from the
-// device speaker's levels, GET /client/levels), the chat, and the invite link with its QR code.
+// device speaker's levels, GET /client/levels), the room's active speaker (the server's
+// ACTIVE_SPEAKER room event: outlined, and large when there are more than two tiles), the chat,
+// and the invite link with its QR code.
 // Every media element is muted: the device's speaker plays the sound. Recovers by itself when
 // the service restarts. All text from the network goes into the page with textContent.
 import { connect } from './room-api.js';
@@ -23,6 +25,7 @@ let room = null;
 let failures = 0; // consecutive failed connections (the backoff)
 const tiles = new Map(); // stream name -> {el, stream, login}
 const members = new Set(); // the others' logins (not the device, not this display)
+let activeSpeaker = null; // login of the room's active speaker (ACTIVE_SPEAKER)
 
 const authHeaders = () => (TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {});
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -98,6 +101,17 @@ function play({ login, name }) {
   tiles.set(name, { el, stream, login });
   $('tiles').append(el);
   $('tiles').dataset.count = tiles.size;
+  markSpeaker();
+}
+
+// The active speaker's camera tile: class 'speaker', data-speaker="true"; large (first, the
+// whole row) when more than two tiles share the screen.
+function markSpeaker() {
+  for (const t of tiles.values()) {
+    const on = t.login === activeSpeaker && t.el.dataset.kind === 'camera';
+    t.el.classList.toggle('speaker', on);
+    t.el.dataset.speaker = String(on);
+  }
 }
 
 function removeTile(name) {
@@ -140,6 +154,7 @@ function stay(name) {
       UNPUBLISHED(i) { removeTile(i.name); },
       FAILED(i) { removeTile(i.name); },
       MESSAGE({ from, text }) { addMessage(from, text); },
+      ACTIVE_SPEAKER(i) { activeSpeaker = typeof i?.login === 'string' ? i.login : null; markSpeaker(); },
     };
     for (const [ev, handler] of Object.entries(events)) {
       r.addEventListener(ev, (e) => { if (room === r) handler(e.detail); });
@@ -157,6 +172,7 @@ function stay(name) {
 function reset() {
   for (const n of [...tiles.keys()]) removeTile(n);
   members.clear();
+  activeSpeaker = null;
   const s = session;
   session = room = null;
   s?.close();

@@ -299,6 +299,9 @@ pub struct Media {
     /// The web app publishes simulcast (three layers) when a room has at least this
     /// many people, itself included (0: never).
     pub simulcast_min_participants: u32,
+    /// ICE-TCP (RFC 6544) for networks that block UDP: `None` (not set) the same port
+    /// number as `udp_port`, `Some(0)` off.
+    pub tcp_port: Option<u16>,
 }
 
 impl Default for Media {
@@ -309,6 +312,7 @@ impl Default for Media {
             ice_timeout_ms: 15_000,
             preferred_video_codec: VideoCodec::H264,
             simulcast_min_participants: 3,
+            tcp_port: None,
         }
     }
 }
@@ -691,7 +695,9 @@ max_name_chars = 128
 # The one UDP port every WebRTC peer uses (0: any free port, for tests).
 udp_port = 20000
 # Addresses put into ICE candidates (1:1 NAT: list the public address). Empty: the
-# machine's non-loopback IPv4 addresses plus 127.0.0.1.
+# machine's non-loopback IPv4 addresses, up to two global IPv6 addresses (not
+# link-local, not unique-local fc00::/7) and 127.0.0.1. List them to choose (IPv4 only:
+# leave the IPv6 ones out).
 advertise_ips = []
 # A publish or play whose media path is not up after this long fails with
 # "Failed by ICE timeout".
@@ -704,6 +710,12 @@ preferred_video_codec = "h264"
 # size) when the room has at least this many people, itself included; each player then
 # gets the layer its tile and its bandwidth need. 0: never.
 simulcast_min_participants = 3
+# ICE-TCP (RFC 6544, RFC 4571 framing) for networks that block UDP (hotel and guest
+# Wi-Fi, corporate firewalls): answers also offer a TCP candidate on this port, and a
+# browser that cannot reach the UDP port connects here. Browsers prefer UDP when both
+# work. Not set: the same number as udp_port (open both UDP and TCP 20000 in the
+# firewall); 0: off.
+# tcp_port = 20000
 
 [records]
 # Where stream and room recordings are written (relative to the working directory
@@ -857,7 +869,8 @@ allow = []
 # by default. `events` lists the event names to send (empty: all): room.created,
 # room.finalized, participant.joined, participant.left, stream.published,
 # stream.unpublished, stream.failed, recording.started, recording.finished,
-# recording.failed, mix.finished, device.camera_lost, device.camera_back.
+# recording.failed, mix.finished, device.camera_lost, device.camera_back,
+# room.active_speaker.
 # [[webhooks]]
 # url = "https://fleet.example.com/huddle/events"
 # secret = "a long random string"
@@ -1417,6 +1430,18 @@ mod tests {
         assert_eq!(c.media.advertise_ips.len(), 2);
         assert_eq!(c.rooms.max_participants, 3);
         assert_eq!(c.device.camera, "test-pattern");
+    }
+
+    #[test]
+    fn ice_tcp_port_defaults_to_the_udp_number_and_zero_turns_it_off() {
+        assert_eq!(parse("").unwrap().media.tcp_port, None);
+        assert_eq!(Config::default().media.tcp_port, None);
+        let c = parse("[media]\ntcp_port = 0\n").unwrap();
+        assert_eq!(c.media.tcp_port, Some(0));
+        let c = parse("[media]\ntcp_port = 443\n").unwrap();
+        assert_eq!(c.media.tcp_port, Some(443));
+        assert!(parse("[media]\ntcp_port = 70000\n").is_err());
+        assert!(parse("[media]\ntcp_port = \"udp\"\n").is_err());
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl Estimator {
 /// video lost (after retransmissions) puts it on key frames only for `HOLD_AFTER_LOSS`,
 /// renewed by every lossy report. The estimate is not used: a browser's REMB follows
 /// what it receives (see above) and would thin every player at its start.
+/// Not wired into the engine yet (see "Without simulcast" in docs/decisions.md).
 #[derive(Debug, Clone, Default)]
 pub struct Thinning {
     until: Option<Instant>,

@@ -17,12 +17,14 @@
 //! - `layers`: simulcast layers, a sink's choice among them and its switch at a key frame.
 //! - `bandwidth`: a player's bandwidth estimate (REMB, loss) capping its layer.
 //! - `streams`: `Streams`, the `Source` and `Sink` traits, events, mutes, statistics.
+//! - `speaking`: RFC 6464 audio levels, who is talking, the dominant speaker of a room.
 
 pub mod bandwidth;
 pub mod codec;
 pub mod layers;
 pub mod numbering;
 pub mod picture;
+pub mod speaking;
 pub mod streams;
 
 pub use bandwidth::Estimator;
@@ -48,6 +50,7 @@ mod tests {
             ("numbering.rs", include_str!("numbering.rs")),
             ("picture.rs", include_str!("picture.rs")),
             ("streams.rs", include_str!("streams.rs")),
+            ("speaking.rs", include_str!("speaking.rs")),
         ];
         let needles = [
             concat!("tok", "io"),

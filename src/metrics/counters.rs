@@ -83,6 +83,39 @@ pub struct MediaCounters {
     /// Peers whose ICE or DTLS did not come up, or failed later.
     pub ice_failures: Counter,
     pub dtls_failures: Counter,
+    /// The ICE-TCP port's connections (`sfu::tcp`).
+    pub tcp: TcpCounters,
+}
+
+/// ICE-TCP connections: what was accepted and why connections ended early.
+#[derive(Debug, Default)]
+pub struct TcpCounters {
+    /// Connections open now.
+    pub open: Gauge,
+    pub accepted: Counter,
+    /// Refused at accept: over the total or per-address cap.
+    pub refused: Counter,
+    /// Closed for bad input: a frame over the size limit, or a first frame that is
+    /// not a verified STUN binding request for a known peer.
+    pub invalid: Counter,
+    /// Closed because no verified first frame came in time, or nothing came for long.
+    pub timed_out: Counter,
+    /// Closed because the peer did not take what we wrote in time.
+    pub write_timed_out: Counter,
+    /// Frames not sent: the connection's outbound queue was full, or it was gone.
+    pub dropped: Counter,
+}
+
+impl TcpCounters {
+    /// `(reason, count)` of the connections ended early, for `/metrics`.
+    pub fn closed(&self) -> [(&'static str, u64); 4] {
+        [
+            ("invalid", self.invalid.get()),
+            ("timeout", self.timed_out.get()),
+            ("write_timeout", self.write_timed_out.get()),
+            ("refused", self.refused.get()),
+        ]
+    }
 }
 
 impl MediaCounters {

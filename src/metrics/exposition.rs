@@ -212,6 +212,31 @@ pub fn encode_sample(
         "Peers whose DTLS did not come up or failed",
         media.dtls_failures.get(),
     );
+    gauge(
+        reg,
+        "ice_tcp_connections_open",
+        "ICE-TCP connections open",
+        media.tcp.open.get(),
+    );
+    counter(
+        reg,
+        "ice_tcp_connections",
+        "ICE-TCP connections accepted",
+        media.tcp.accepted.get(),
+    );
+    counters(
+        reg,
+        "ice_tcp_closed",
+        "ICE-TCP connections refused or closed early, by reason",
+        "reason",
+        media.tcp.closed(),
+    );
+    counter(
+        reg,
+        "ice_tcp_frames_dropped",
+        "Frames not sent on an ICE-TCP connection (its queue full or gone)",
+        media.tcp.dropped.get(),
+    );
 
     counters(
         reg,

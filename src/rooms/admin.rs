@@ -58,6 +58,8 @@ pub struct RoomInfo {
     pub record: bool,
     /// In join order.
     pub members: Vec<MemberInfo>,
+    /// The dominant speaker: login and stream.
+    pub active_speaker: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +124,12 @@ pub enum Notice {
         stream: String,
         info: String,
     },
+    /// The room's dominant speaker changed.
+    ActiveSpeaker {
+        room: String,
+        login: String,
+        stream: String,
+    },
 }
 
 fn no_room(room: &str) -> AdminError {
@@ -181,6 +189,9 @@ impl Core {
                         muted_video: m.muted_video,
                     })
                     .collect(),
+                active_speaker: self
+                    .active_speaker(&r.name)
+                    .map(|(login, stream)| (login.to_owned(), stream.to_owned())),
             })
             .collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));

@@ -164,6 +164,12 @@ pub enum RoomEvent {
         from: String,
         text: Arc<str>,
     },
+    /// The room's dominant speaker changed: `login` talks in stream `name`. Not a
+    /// WCS event: the Flashphoner SDK ignores event names it does not know.
+    ActiveSpeaker {
+        login: String,
+        name: String,
+    },
 }
 
 impl RoomEvent {
@@ -176,6 +182,7 @@ impl RoomEvent {
             RoomEvent::Unpublished { .. } => "UNPUBLISHED",
             RoomEvent::Failed { .. } => "FAILED",
             RoomEvent::Message { .. } => "MESSAGE",
+            RoomEvent::ActiveSpeaker { .. } => "ACTIVE_SPEAKER",
         }
     }
 }

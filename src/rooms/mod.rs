@@ -16,6 +16,7 @@ mod admin;
 pub mod messages;
 mod room;
 mod session;
+mod speaker;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -184,6 +185,13 @@ pub enum MediaEvent {
         source: String,
         audio: bool,
         video: bool,
+    },
+    /// A publisher's talking state changed, or a talking one's loudness (0..=127)
+    /// is refreshed (`media::speaking`): the room's dominant speaker is decided here.
+    Speaking {
+        stream: String,
+        talking: bool,
+        loudness: u8,
     },
 }
 
@@ -498,7 +506,7 @@ impl Core {
     }
 
     /// A report from the media engine.
-    pub fn media_event(&mut self, _now: Instant, event: MediaEvent) {
+    pub fn media_event(&mut self, now: Instant, event: MediaEvent) {
         match event {
             MediaEvent::Answer {
                 session,
@@ -525,6 +533,11 @@ impl Core {
                 info,
             } => self.media_failed(session, &media_session_id, &info),
             MediaEvent::SourceChanged { .. } => {}
+            MediaEvent::Speaking {
+                stream,
+                talking,
+                loudness,
+            } => self.speaking(now, stream, talking, loudness),
         }
     }
 
@@ -752,6 +765,7 @@ impl Core {
             },
         );
         self.room_event(session, room_name, RoomEvent::State(state));
+        self.tell_active_speaker(session, room_name);
         if !already_member {
             for other in others {
                 self.room_event(other, room_name, RoomEvent::Joined(login.clone()));
@@ -1242,6 +1256,7 @@ impl Core {
         let Some(p) = self.streams.remove(name) else {
             return;
         };
+        self.speaker_gone(&p.room, name);
         if let Some(s) = self.sessions.get_mut(&p.owner) {
             s.endpoints.remove(&p.media_session_id);
         }

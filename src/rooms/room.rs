@@ -41,6 +41,8 @@ pub(crate) struct Room {
     /// meeting, worth keeping for a rejoin when its last member vanishes. A room only
     /// one session ever saw is finalized as soon as that session is gone.
     pub shared: bool,
+    /// Who talks, and the dominant speaker (`speaker.rs`).
+    pub speaker: crate::media::speaking::Dominance,
 }
 
 impl Room {
@@ -52,6 +54,7 @@ impl Room {
             idle_deadline: None,
             first: None,
             shared: false,
+            speaker: Default::default(),
         }
     }
 

@@ -147,6 +147,8 @@ impl Harness {
                 | RoomEvent::Unpublished { login, .. }
                 | RoomEvent::Failed { login, .. } => Some(login),
                 RoomEvent::Message { from, .. } => Some(from),
+                // Every member hears who speaks, the speaker too.
+                RoomEvent::ActiveSpeaker { .. } => None,
                 RoomEvent::State(entries) => {
                     for e in entries {
                         let l = match e {
@@ -2050,4 +2052,148 @@ fn a_layer_wish_of_a_play_goes_to_the_media_engine_and_others_are_refused() {
         );
         assert_eq!(to(&out, session), vec![failed("l2", "No such play")]);
     }
+}
+fn speaking(stream: &str, talking: bool, loudness: u8) -> MediaEvent {
+    MediaEvent::Speaking {
+        stream: stream.into(),
+        talking,
+        loudness,
+    }
+}
+
+fn speaker_notices(out: &[Output]) -> Vec<(String, String, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Notice(Notice::ActiveSpeaker {
+                room,
+                login,
+                stream,
+            }) => Some((room.clone(), login.clone(), stream.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_active_speaker_is_told_to_every_member_on_changes_only() {
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob"), (3, "carol")]);
+    h.publish_live(1, "r", "m-a", "r-alice");
+    h.publish_live(2, "r", "m-b", "r-bob");
+    // Another room's member hears nothing of it.
+    h.connect(4, "dave");
+    h.join(4, "other");
+    h.drain();
+
+    let alice = RoomEvent::ActiveSpeaker {
+        login: "alice".into(),
+        name: "r-alice".into(),
+    };
+    let out = h.media(speaking("r-alice", true, 110));
+    for id in [1, 2, 3] {
+        assert_eq!(events(&out, id), vec![alice.clone()], "session {id}");
+    }
+    assert!(events(&out, 4).is_empty());
+    assert_eq!(
+        speaker_notices(&out),
+        vec![("r".into(), "alice".into(), "r-alice".into())]
+    );
+    // A refresh of the same speaker is no news.
+    h.now += Duration::from_millis(300);
+    let out = h.media(speaking("r-alice", true, 108));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        h.core
+            .snapshot()
+            .rooms
+            .iter()
+            .find(|r| r.name == "r")
+            .unwrap()
+            .active_speaker,
+        Some(("alice".into(), "r-alice".into()))
+    );
+
+    // Bob talks too, alice then falls silent: bob, told on alice's report.
+    h.now += Duration::from_millis(900);
+    assert!(h.media(speaking("r-bob", true, 100)).is_empty());
+    let out = h.media(speaking("r-alice", false, 20));
+    let bob = RoomEvent::ActiveSpeaker {
+        login: "bob".into(),
+        name: "r-bob".into(),
+    };
+    for id in [1, 2, 3] {
+        assert_eq!(events(&out, id), vec![bob.clone()], "session {id}");
+    }
+    assert_eq!(
+        speaker_notices(&out),
+        vec![("r".into(), "bob".into(), "r-bob".into())]
+    );
+
+    // A joiner hears the current speaker right after its STATE.
+    h.connect(5, "erin");
+    let out = h.join(5, "r");
+    let got = events(&out, 5);
+    assert!(matches!(got.first(), Some(RoomEvent::State(_))), "{got:?}");
+    assert_eq!(got.get(1), Some(&bob), "{got:?}");
+
+    // The speaker's stream ends: nobody is the speaker, and nothing is sent for it.
+    let out = h.cmd(
+        2,
+        Command::Unpublish(StreamRef {
+            media_session_id: "m-b".into(),
+            name: Some("r-bob".into()),
+        }),
+    );
+    assert!(speaker_notices(&out).is_empty());
+    assert!(!events(&out, 1)
+        .iter()
+        .any(|e| matches!(e, RoomEvent::ActiveSpeaker { .. })));
+    let room = h
+        .core
+        .snapshot()
+        .rooms
+        .into_iter()
+        .find(|r| r.name == "r")
+        .unwrap();
+    assert_eq!(room.active_speaker, None);
+    // Reports about an unknown or ended stream are ignored.
+    h.now += Duration::from_secs(2);
+    assert!(h.media(speaking("r-bob", true, 120)).is_empty());
+    assert!(h.media(speaking("nope", true, 120)).is_empty());
+    h.check_invariants();
+}
+
+#[test]
+fn a_stream_not_up_yet_is_not_a_speaker() {
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
+    h.cmd(1, Command::Publish(req("m-a", "r-alice", "r")));
+    h.drain();
+    assert!(h.media(speaking("r-alice", true, 110)).is_empty());
+    h.media(MediaEvent::Up {
+        session: 1,
+        media_session_id: "m-a".into(),
+    });
+    let out = h.media(speaking("r-alice", true, 110));
+    assert_eq!(events(&out, 2).len(), 1, "{out:?}");
+}
+
+#[test]
+fn a_member_muted_by_a_moderator_is_not_the_speaker() {
+    // alice created the room: she may mute bob.
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
+    h.publish_live(2, "r", "m-b", "r-bob");
+    let out = h.cmd(
+        1,
+        Command::Moderate {
+            operation_id: "mute".into(),
+            room: "r".into(),
+            login: "bob".into(),
+            action: Moderation::Mute {
+                audio: Some(true),
+                video: None,
+            },
+        },
+    );
+    assert!(to(&out, 1).contains(&accepted("mute")), "{out:?}");
+    assert!(h.media(speaking("r-bob", true, 120)).is_empty());
+    assert_eq!(h.core.snapshot().rooms[0].active_speaker, None);
 }

@@ -132,6 +132,14 @@ pub struct RoomView {
     /// The whole room is being recorded.
     pub recording: bool,
     pub members: Vec<MemberView>,
+    /// Who talks in the room now (RFC 6464 audio levels), if anybody has.
+    pub active_speaker: Option<SpeakerView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeakerView {
+    pub login: String,
+    pub stream: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -361,6 +369,13 @@ fn room_views(snapshot: &Snapshot, created: &HashMap<String, SystemTime>) -> Vec
                         .collect(),
                 })
                 .collect(),
+            active_speaker: r
+                .active_speaker
+                .as_ref()
+                .map(|(login, stream)| SpeakerView {
+                    login: login.clone(),
+                    stream: stream.clone(),
+                }),
         })
         .collect()
 }

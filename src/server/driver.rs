@@ -642,6 +642,15 @@ fn emit_notice(events: &Events, notice: Notice) {
             room,
             json!({ "login": login, "stream": stream, "reason": info }),
         ),
+        Notice::ActiveSpeaker {
+            room,
+            login,
+            stream,
+        } => (
+            EventKind::RoomActiveSpeaker,
+            room,
+            json!({ "login": login, "stream": stream }),
+        ),
     };
     events.emit(kind, Some(&room), data);
 }

@@ -2,7 +2,7 @@
 //! to the root), the device's page, `/health`, `/metrics`, the records
 //! (`/client/records`, see `records`), the web app's public read-only routes and the
 //! room display (`/client/info|rooms|levels|qr.svg`, `/display`, see `client`) and the
-//! admin API (`/api/v1`, see `api`).
+//! admin API (`/api/v1`, see `api`), WHIP and WHEP (`/whip`, `/whep`, see `whip`).
 //!
 //! An upgrade from a web page is allowed only for the origins of [`OriginPolicy`]: a
 //! page on some other site a LAN user visits must not drive the device's rooms.
@@ -18,13 +18,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use log::info;
 
-use super::{access, api, client, records, session, Shared};
+use super::{access, api, client, records, session, whip, Shared};
 use crate::logging::escaped;
 
 /// Every route, for plain HTTP and HTTPS alike.
 pub(crate) fn router(shared: Shared) -> Router {
     let gate = api::Gate::new(&shared.config.api);
     let metrics_gate = gate.clone();
+    let (whip_routes, whep_routes) = whip::routers(shared.clone());
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))
@@ -47,6 +48,8 @@ pub(crate) fn router(shared: Shared) -> Router {
             get(records::download),
         )
         .nest_service(api::PREFIX, api::router(shared.clone(), gate.clone()))
+        .nest_service(whip::WHIP_PREFIX, whip_routes)
+        .nest_service(whip::WHEP_PREFIX, whep_routes)
         .fallback(get(other_path))
         .with_state(shared)
 }

@@ -20,6 +20,7 @@ mod session;
 mod speaker;
 pub mod tls;
 pub mod webhooks;
+mod whip;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

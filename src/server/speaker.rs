@@ -53,7 +53,7 @@ impl Hearing {
             Notice::Unpublished { stream, .. } | Notice::Failed { stream, .. } => {
                 self.live.remove(stream);
             }
-            Notice::Joined { .. } | Notice::Left { .. } => {}
+            Notice::Joined { .. } | Notice::Left { .. } | Notice::ActiveSpeaker { .. } => {}
         }
     }
 

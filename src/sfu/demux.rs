@@ -15,6 +15,10 @@
 //! dropped here, before it reaches a peer.
 //! The table is bounded: a peer keeps at most `MAX_ADDRS_PER_PEER` addresses and the
 //! last `MAX_TRANSACTIONS_PER_PEER` requests it sent.
+//!
+//! An address is whatever names the remote end of a path (`A`): a `SocketAddr` for one
+//! UDP socket; the engine uses (transport, address), so a TCP connection (ICE-TCP) and
+//! a UDP port of the same number are two different paths.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -224,24 +228,40 @@ struct Credentials<K> {
 }
 
 /// What the table knows of one peer besides its ufrag.
-#[derive(Debug, Default)]
-struct PeerRoutes {
+#[derive(Debug)]
+struct PeerRoutes<A> {
     /// Addresses it was seen from, oldest first.
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<A>,
     /// Requests it sent: (destination, transaction id), a ring.
-    transactions: [Option<(SocketAddr, [u8; 12])>; MAX_TRANSACTIONS_PER_PEER],
+    transactions: [Option<(A, [u8; 12])>; MAX_TRANSACTIONS_PER_PEER],
     next_transaction: usize,
 }
 
-/// The route table: ufrag → peer (with its ICE password), remote address → peer.
-#[derive(Debug, Default)]
-pub struct Routes<K: Copy + Eq + std::hash::Hash> {
-    by_ufrag: HashMap<String, Credentials<K>>,
-    by_addr: HashMap<SocketAddr, K>,
-    peers: HashMap<K, PeerRoutes>,
+impl<A> Default for PeerRoutes<A> {
+    fn default() -> Self {
+        PeerRoutes {
+            addrs: Vec::new(),
+            transactions: std::array::from_fn(|_| None),
+            next_transaction: 0,
+        }
+    }
 }
 
-impl<K: Copy + Eq + std::hash::Hash> Routes<K> {
+/// The route table: ufrag → peer (with its ICE password), remote address → peer.
+#[derive(Debug)]
+pub struct Routes<K: Copy + Eq + std::hash::Hash, A: Copy + Eq + std::hash::Hash = SocketAddr> {
+    by_ufrag: HashMap<String, Credentials<K>>,
+    by_addr: HashMap<A, K>,
+    peers: HashMap<K, PeerRoutes<A>>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash, A: Copy + Eq + std::hash::Hash> Default for Routes<K, A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash, A: Copy + Eq + std::hash::Hash> Routes<K, A> {
     pub fn new() -> Self {
         Routes {
             by_ufrag: HashMap::new(),
@@ -273,7 +293,7 @@ impl<K: Copy + Eq + std::hash::Hash> Routes<K> {
 
     /// Notes a datagram a peer sends to `to`: when it is a STUN request, its response
     /// will be let through.
-    pub fn sent(&mut self, key: K, to: SocketAddr, datagram: &[u8]) {
+    pub fn sent(&mut self, key: K, to: A, datagram: &[u8]) {
         if !looks_like_stun(datagram) {
             return;
         }
@@ -291,7 +311,7 @@ impl<K: Copy + Eq + std::hash::Hash> Routes<K> {
     /// ufrag and verifies with that peer's password goes to it and teaches the route
     /// its address; a response to a request a peer sent to `from` goes to that peer;
     /// any other STUN message goes nowhere; the rest by address.
-    pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<K> {
+    pub fn route(&mut self, from: A, datagram: &[u8]) -> Option<K> {
         if !looks_like_stun(datagram) {
             return self.by_addr.get(&from).copied();
         }
@@ -316,7 +336,7 @@ impl<K: Copy + Eq + std::hash::Hash> Routes<K> {
         Some(key)
     }
 
-    fn learn(&mut self, from: SocketAddr, key: K) {
+    fn learn(&mut self, from: A, key: K) {
         if self.by_addr.get(&from) == Some(&key) {
             return;
         }
@@ -642,5 +662,22 @@ mod tests {
             assert_eq!(r.route(from, &m), Some(1));
         }
         assert_eq!(r.addresses(), MAX_ADDRS_PER_PEER);
+    }
+
+    #[test]
+    fn one_address_over_udp_and_over_tcp_is_two_paths() {
+        // The engine's addresses: (transport, remote address).
+        let mut r: Routes<u32, (u8, SocketAddr)> = Routes::new();
+        r.add_peer("aaaa".into(), PWD, 1);
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let (udp, tcp) = (0u8, 1u8);
+        assert_eq!(
+            r.route((tcp, a), &signed_request("aaaa:zz", PWD, true)),
+            Some(1)
+        );
+        assert_eq!(r.route((tcp, a), b"\x80srtp"), Some(1));
+        assert_eq!(r.route((udp, a), b"\x80srtp"), None, "not learnt over UDP");
+        r.remove_peer(1);
+        assert_eq!(r.route((tcp, a), b"\x80srtp"), None);
     }
 }

@@ -35,7 +35,7 @@ use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
 use super::simulcast;
-use crate::media::bandwidth::Thinning;
+use crate::media::speaking::Speakers;
 use crate::media::{
     Delivery, Estimator, Event, Numbering, Preference, Renumber, Sink, SinkId, Source, SourceId,
     Stats, StreamError, Streams, Tally,
@@ -51,7 +51,12 @@ pub struct Transmit {
     pub peer: PeerId,
     pub to: SocketAddr,
     pub data: BytesMut,
+    /// UDP from the media socket; TCP on the ICE-TCP connection from `to`.
+    pub protocol: TransportProtocol,
 }
+
+/// A remote end of a path: over UDP, or the TCP connection from that address.
+type Remote = (TransportProtocol, SocketAddr);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -90,9 +95,6 @@ struct Peer {
     bwe: Estimator,
     cap: Option<usize>,
     video_out: Option<u32>,
-    /// A player of a stream without layers on key frames only (heavy loss), and why.
-    thin: Thinning,
-    thinned: bool,
     up: bool,
     ice_connected: bool,
     failed: bool,
@@ -102,7 +104,7 @@ struct Peer {
 /// sources and sinks while it forwards.
 pub struct Peers {
     map: HashMap<PeerId, Peer>,
-    routes: Routes<PeerId>,
+    routes: Routes<PeerId, Remote>,
     transmits: VecDeque<Transmit>,
 }
 
@@ -114,11 +116,14 @@ impl Peers {
             return;
         };
         while let Some(m) = p.pc.poll_write() {
-            self.routes.sent(id, m.transport.peer_addr, &m.message);
+            let protocol = m.transport.transport_protocol;
+            self.routes
+                .sent(id, (protocol, m.transport.peer_addr), &m.message);
             self.transmits.push_back(Transmit {
                 peer: id,
                 to: m.transport.peer_addr,
                 data: m.message,
+                protocol,
             });
         }
     }
@@ -272,6 +277,10 @@ pub struct Engine {
     rtp: Vec<(Kind, Packet)>,
     /// What the engine and its stream core count (`/metrics`).
     counters: Arc<MediaCounters>,
+    /// The ICE-TCP port, when answers offer it (`enable_tcp`).
+    tcp_port: Option<u16>,
+    /// Who is talking among the publishers whose audio carries RFC 6464 levels.
+    speaking: Speakers<PeerId>,
 }
 
 /// The publisher's video receiver and the SSRC its offer announced (`a=ssrc`), known
@@ -318,6 +327,8 @@ impl Engine {
             events: VecDeque::new(),
             rtp: Vec::new(),
             counters,
+            tcp_port: None,
+            speaking: Speakers::default(),
         }
     }
 
@@ -358,6 +369,13 @@ impl Engine {
                 }),
             }
         }
+        while let Some(a) = self.speaking.poll_activity() {
+            self.events.push_back(MediaEvent::Speaking {
+                stream: a.stream,
+                talking: a.talking,
+                loudness: a.loudness,
+            });
+        }
         self.events.pop_front()
     }
 
@@ -372,11 +390,13 @@ impl Engine {
             .map
             .values_mut()
             .filter_map(|p| p.pc.poll_timeout());
-        key_frames.into_iter().chain(peers).min()
+        let speaking = self.speaking.poll_timeout();
+        key_frames.into_iter().chain(peers).chain(speaking).min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.media.handle_timeout(&mut self.peers, now);
+        self.speaking.handle_timeout(now);
         let due: Vec<PeerId> = self
             .peers
             .map
@@ -395,13 +415,25 @@ impl Engine {
 
     /// One datagram received on the media socket.
     pub fn datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(id) = self.peers.routes.route(from, data) else {
+        self.receive(now, TransportProtocol::UDP, from, data);
+    }
+
+    /// One datagram received over UDP, or one frame of the ICE-TCP connection from
+    /// `from`; whether it reached a peer (see `demux::Routes::route`).
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        protocol: TransportProtocol,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let Some(id) = self.peers.routes.route((protocol, from), data) else {
             self.counters.dropped(DropReason::NoRoute);
-            return;
+            return false;
         };
-        let local = self.local_address(from);
+        let local = self.local_address(from, protocol);
         let Some(p) = self.peers.map.get_mut(&id) else {
-            return;
+            return false;
         };
         let message = TaggedBytesMut {
             now,
@@ -409,7 +441,7 @@ impl Engine {
                 local_addr: local,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol,
             },
             message: BytesMut::from(data),
         };
@@ -418,6 +450,13 @@ impl Engine {
             debug!("peer {id}: datagram from {from} refused: {e}");
         }
         self.drive(now, id);
+        true
+    }
+
+    /// Answers also carry a passive ICE-TCP host candidate on `port` (RFC 6544) for
+    /// every advertised address.
+    pub fn enable_tcp(&mut self, port: u16) {
+        self.tcp_port = Some(port);
     }
 
     /// A datagram toward this peer was dropped (socket full): a player then misses
@@ -826,6 +865,9 @@ impl Engine {
                 return Err(e.to_string());
             }
         }
+        if let Some(ext) = super::audio_level::offered_id(sdp) {
+            self.speaking.add(now, id, stream, ext);
+        }
         self.drive(now, id);
         Ok(answer)
     }
@@ -976,6 +1018,9 @@ impl Engine {
         }
         for ip in &self.cfg.advertise {
             peer::add_host_candidate(&mut pc, SocketAddr::new(*ip, self.cfg.port))?;
+            if let Some(port) = self.tcp_port {
+                peer::add_tcp_host_candidate(&mut pc, SocketAddr::new(*ip, port))?;
+            }
         }
         let answer = pc
             .create_answer(None)
@@ -1004,8 +1049,6 @@ impl Engine {
                 bwe: Estimator::default(),
                 cap: None,
                 video_out: None,
-                thin: Thinning::default(),
-                thinned: false,
                 up: false,
                 ice_connected: false,
                 failed: false,
@@ -1022,6 +1065,7 @@ impl Engine {
             }
         }
         self.peers.push_writes(id);
+        self.speaking.remove(&id);
         let Some(p) = self.peers.map.remove(&id) else {
             return;
         };
@@ -1041,8 +1085,9 @@ impl Engine {
     }
 
     /// The local address a datagram from `from` arrived on, as the ICE agent knows it:
-    /// the advertised address of the peer's kind (loopback for loopback peers).
-    fn local_address(&self, from: SocketAddr) -> SocketAddr {
+    /// the advertised address of the peer's kind (loopback for loopback peers), with
+    /// the port of the transport.
+    fn local_address(&self, from: SocketAddr, protocol: TransportProtocol) -> SocketAddr {
         let ip = self
             .cfg
             .advertise
@@ -1059,7 +1104,11 @@ impl Engine {
             .or(self.cfg.advertise.first())
             .copied()
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        SocketAddr::new(ip, self.cfg.port)
+        let port = match (protocol, self.tcp_port) {
+            (TransportProtocol::TCP, Some(port)) => port,
+            _ => self.cfg.port,
+        };
+        SocketAddr::new(ip, port)
     }
 
     /// Drains one peer: datagrams out, state changes, media in.
@@ -1069,7 +1118,6 @@ impl Engine {
         let mut became_up = false;
         let mut video_opened = false;
         let mut feedback = false;
-        let mut lost: Option<u8> = None;
         self.peers.push_writes(id);
         let Some(p) = self.peers.map.get_mut(&id) else {
             self.rtp = rtp;
@@ -1155,7 +1203,6 @@ impl Engine {
                     }
                     if let Some(fraction) = f.loss {
                         p.bwe.loss(fraction);
-                        lost = Some(lost.unwrap_or(0).max(fraction));
                         feedback = true;
                     }
                 }
@@ -1178,6 +1225,9 @@ impl Engine {
                     self.media.source_ready(&mut self.peers, now, source);
                 }
                 for (kind, packet) in rtp.drain(..) {
+                    if kind == Kind::Audio {
+                        self.speaking.packet(&id, &packet.header);
+                    }
                     if layered && kind == Kind::Video {
                         let ssrc = Some(packet.header.ssrc);
                         if let Some(layer) = layer_ssrcs.iter().position(|s| *s == ssrc) {
@@ -1195,18 +1245,9 @@ impl Engine {
                 sink: Some(sink),
             } if became_up || key_frame_requested || feedback => {
                 let (stream, sink) = (stream.clone(), *sink);
-                // The player's bandwidth caps its simulcast layer; without layers, heavy
-                // loss puts it on key frames only.
-                let mut thin = None;
+                // The player's bandwidth caps its simulcast layer.
                 let cap = if feedback {
                     let bitrates = self.media.layer_bitrates(now, &stream);
-                    if bitrates.is_empty() {
-                        let on = p.thin.report(now, lost);
-                        if on != p.thinned {
-                            p.thinned = on;
-                            thin = Some(on);
-                        }
-                    }
                     let cap = p.bwe.cap(now, &bitrates);
                     (cap != p.cap).then(|| {
                         p.cap = cap;
@@ -1216,11 +1257,6 @@ impl Engine {
                     None
                 };
                 let estimate = p.bwe.estimate(now);
-                if let Some(on) = thin {
-                    debug!("peer {id}: key frames only: {on}");
-                    self.media
-                        .set_key_frames_only(&mut self.peers, now, &stream, sink, on);
-                }
                 if let Some(cap) = cap {
                     debug!("peer {id}: layer cap {cap:?} (estimate {estimate:?} bps)");
                     self.media

@@ -4,12 +4,14 @@
 //! core asks through `MediaRequest` and hears back through `MediaEvent`; `task` is the
 //! I/O around the Sans-I/O `engine`.
 
+pub mod audio_level;
 pub mod codecs;
 pub mod demux;
 pub mod engine;
 pub mod peer;
 pub mod simulcast;
 pub mod task;
+pub mod tcp;
 
 pub use engine::{Engine, EngineConfig};
 pub use task::{Sfu, SfuError};

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -77,6 +78,9 @@ pub fn build(
         ..KeyFrameRequests::default()
     };
     let registry = Registry::new().with(Slot::from(14_000), requests);
+    if direction == Direction::Publish {
+        super::audio_level::register(&mut engine)?;
+    }
     let registry = match direction {
         Direction::Publish => register_default_interceptors(registry, &mut engine)
             .map_err(|e| format!("interceptors: {e}"))?,
@@ -135,6 +139,30 @@ pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Resul
         .map_err(|e| format!("candidate {addr}: {e}"))?;
     pc.add_local_candidate(init)
         .map_err(|e| format!("candidate {addr}: {e}"))
+}
+
+/// A passive ICE-TCP host candidate for `addr` (an advertised address and the ICE-TCP
+/// port, RFC 6544): `a=candidate:… 1 tcp … typ host tcptype passive`. The browser
+/// connects to it and frames everything as RFC 4571 says; its priority is below the
+/// UDP candidate's, so a browser that can use UDP does.
+pub fn add_tcp_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<(), String> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: TcpType::Passive,
+    }
+    .new_candidate_host()
+    .map_err(|e| format!("TCP candidate {addr}: {e}"))?;
+    let init = RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| format!("TCP candidate {addr}: {e}"))?;
+    pc.add_local_candidate(init)
+        .map_err(|e| format!("TCP candidate {addr}: {e}"))
 }
 
 /// The answer as the browser gets it: without the component-2 candidates the library

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use tokio::net::UdpSocket;
+use rtc::shared::TransportProtocol;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig, Peers};
+use super::tcp::{self, Connections, Inbound, TcpIn};
 use crate::config::Media;
 use std::collections::HashMap;
 
@@ -27,6 +29,8 @@ pub enum SfuError {
     // The OS error in the message, not as a `source`: a chain would print it twice.
     #[error("cannot bind the media UDP port {port} ([media] udp_port): {why}")]
     Bind { port: u16, why: std::io::Error },
+    #[error("cannot listen on the ICE-TCP port {port} ([media] tcp_port; 0 turns it off): {why}")]
+    BindTcp { port: u16, why: std::io::Error },
     #[error("cannot create the DTLS certificate: {0}")]
     Certificate(String),
     #[error("no address to advertise: set [media] advertise_ips")]
@@ -493,6 +497,9 @@ impl ExternalSinks {
 pub struct Sfu {
     commands: mpsc::Sender<Command>,
     port: u16,
+    /// The ICE-TCP port, when on.
+    tcp_port: Option<u16>,
+    tcp_task: Option<JoinHandle<()>>,
     advertise: Vec<IpAddr>,
     peers: Arc<AtomicUsize>,
     counters: Arc<crate::metrics::MediaCounters>,
@@ -538,8 +545,17 @@ impl Sfu {
                 why,
             })?
             .port();
+        let tcp = listen_tcp(any, media, port).await?;
+        let tcp_port = match &tcp {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|why| SfuError::BindTcp { port, why })?
+                    .port(),
+            ),
+            None => None,
+        };
         let cert = certificate()?;
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             EngineConfig {
                 advertise: advertise.clone(),
                 port,
@@ -551,21 +567,38 @@ impl Sfu {
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
         let counters = engine.counters();
+        let (tcp_task, tcp_in) = match (tcp, tcp_port) {
+            (Some(listener), Some(tcp_port)) => {
+                engine.enable_tcp(tcp_port);
+                let (to_sfu, from_tcp) = mpsc::channel(tcp::IN_QUEUE);
+                let task = tokio::spawn(tcp::listen(
+                    listener,
+                    tcp::Limits::default(),
+                    to_sfu,
+                    counters.clone(),
+                ));
+                (Some(task), Some(from_tcp))
+            }
+            _ => (None, None),
+        };
         let task = tokio::spawn(run(
             engine,
-            socket,
+            (socket, tcp_in),
             (inbox, commands.downgrade()),
             events,
             peers.clone(),
         ));
         let list: Vec<String> = advertise.iter().map(ToString::to_string).collect();
+        let tcp_info = tcp_port.map_or("ICE-TCP off".to_owned(), |p| format!("ICE-TCP port {p}"));
         info!(
-            "media on UDP port {port}, advertised as {}",
+            "media on UDP port {port} and {tcp_info}, advertised as {}",
             list.join(", ")
         );
         Ok(Sfu {
             commands,
             port,
+            tcp_port,
+            tcp_task,
             advertise,
             peers,
             counters,
@@ -575,6 +608,11 @@ impl Sfu {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The ICE-TCP port (`None`: off).
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_port
     }
 
     pub fn advertised(&self) -> &[IpAddr] {
@@ -629,6 +667,9 @@ impl Sfu {
 
     /// Closes every peer (DTLS close alerts go out) and stops the task.
     pub async fn shutdown(self) {
+        if let Some(t) = &self.tcp_task {
+            t.abort();
+        }
         let _ = self.commands.send(Command::Shutdown).await;
         if let Err(e) = self.task.await {
             warn!("media task ended abnormally: {e}");
@@ -651,31 +692,141 @@ pub(crate) fn certificate() -> Result<RTCCertificate, SfuError> {
     .map_err(|e| SfuError::Certificate(e.to_string()))
 }
 
-/// The machine's non-loopback IPv4 addresses (up, not link-local) plus 127.0.0.1.
+/// IPv6 addresses advertised at most, when `[media] advertise_ips` is empty (each one
+/// adds a UDP and a TCP candidate to every answer).
+pub const MAX_AUTO_V6: usize = 2;
+
+/// The machine's addresses for `[media] advertise_ips = []`: see `advertisable`.
 pub fn local_addresses() -> Vec<IpAddr> {
-    let mut found: Vec<IpAddr> = Vec::new();
+    let mut found: Vec<(bool, IpAddr)> = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ifa in addrs {
             let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-            let Some(ip) = ifa
-                .address
-                .as_ref()
-                .and_then(|a| a.as_sockaddr_in())
-                .map(|a| IpAddr::V4(a.ip()))
-            else {
+            let Some(a) = ifa.address.as_ref() else {
                 continue;
             };
-            let usable = match ip {
-                IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-                IpAddr::V6(_) => false,
-            };
-            if up && usable && !found.contains(&ip) {
-                found.push(ip);
+            if let Some(v4) = a.as_sockaddr_in() {
+                found.push((up, IpAddr::V4(v4.ip())));
+            } else if let Some(v6) = a.as_sockaddr_in6() {
+                found.push((up, IpAddr::V6(v6.ip())));
             }
         }
     }
-    found.push(Ipv4Addr::LOCALHOST.into());
-    found
+    advertisable(&found)
+}
+
+/// Which interface addresses (`(up, address)`, in interface order) go into ICE
+/// candidates when none are configured: every IPv4 address of an interface that is up
+/// but loopback and link-local ones; then up to `MAX_AUTO_V6` global unicast IPv6
+/// addresses (2000::/3, not documentation, Teredo or 6to4), which is how a device on a
+/// dual-stack network is reached over IPv6 from outside. Link-local IPv6 needs a scope
+/// browsers cannot use, and unique local addresses (fc00::/7) reach nothing the LAN's
+/// IPv4 does not: neither is advertised. Last, 127.0.0.1 (a browser on the device).
+pub fn advertisable(addrs: &[(bool, IpAddr)]) -> Vec<IpAddr> {
+    let mut v4: Vec<IpAddr> = Vec::new();
+    let mut v6: Vec<IpAddr> = Vec::new();
+    for (up, ip) in addrs.iter().copied() {
+        if !up {
+            continue;
+        }
+        let (list, usable) = match ip {
+            IpAddr::V4(a) => (
+                &mut v4,
+                !a.is_loopback() && !a.is_link_local() && !a.is_unspecified(),
+            ),
+            IpAddr::V6(a) => (&mut v6, is_global_v6(a)),
+        };
+        if usable && !list.contains(&ip) {
+            list.push(ip);
+        }
+    }
+    v6.truncate(MAX_AUTO_V6);
+    v4.extend(v6);
+    v4.push(Ipv4Addr::LOCALHOST.into());
+    v4
+}
+
+/// A global unicast IPv6 address worth a candidate (RFC 4291 2000::/3), without the
+/// documentation prefix (2001:db8::/32) and the tunnels (Teredo 2001::/32, 6to4
+/// 2002::/16).
+fn is_global_v6(a: Ipv6Addr) -> bool {
+    let s = a.segments();
+    let global_unicast = s[0] & 0xe000 == 0x2000;
+    let documentation = s[0] == 0x2001 && s[1] == 0x0db8;
+    let teredo = s[0] == 0x2001 && s[1] == 0;
+    let six_to_four = s[0] == 0x2002;
+    global_unicast && !documentation && !teredo && !six_to_four
+}
+
+/// The ICE-TCP listener on `[media] tcp_port`, on the same wildcard address as the
+/// media socket; `None` when `tcp_port = 0`. Not set, it is the UDP port's number, and
+/// when that is taken on TCP the service still starts: with `udp_port = 0` (tests) on
+/// any free port, otherwise without ICE-TCP (a warning says why), so an upgrade never
+/// stops a device that worked. A port set explicitly must be free.
+async fn listen_tcp(any: IpAddr, media: &Media, udp: u16) -> Result<Option<TcpListener>, SfuError> {
+    let port = match media.tcp_port {
+        Some(0) => return Ok(None),
+        Some(port) => port,
+        None => udp,
+    };
+    match TcpListener::bind(SocketAddr::new(any, port)).await {
+        Ok(l) => Ok(Some(l)),
+        Err(_) if media.tcp_port.is_none() && media.udp_port == 0 => {
+            TcpListener::bind(SocketAddr::new(any, 0))
+                .await
+                .map(Some)
+                .map_err(|why| SfuError::BindTcp { port: 0, why })
+        }
+        Err(why) if media.tcp_port.is_none() => {
+            warn!(
+                "ICE-TCP off: cannot listen on TCP port {port} (the UDP port's number): {why}; \
+                 set [media] tcp_port to a free port, or 0"
+            );
+            Ok(None)
+        }
+        Err(why) => Err(SfuError::BindTcp { port, why }),
+    }
+}
+
+/// The next message of the ICE-TCP connections; never, when ICE-TCP is off.
+async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpIn>>) -> Option<TcpIn> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One message of the ICE-TCP connections. A connection's first frame must be a STUN
+/// binding request the engine routes (it verifies for a known peer); otherwise the
+/// connection is closed.
+fn tcp_input(engine: &mut Engine, conns: &mut Connections, input: TcpIn) {
+    match input {
+        TcpIn::Opened {
+            id,
+            from,
+            out,
+            verified,
+        } => conns.opened(id, from, out, verified),
+        TcpIn::Closed { id, from } => conns.closed(id, from),
+        TcpIn::Frame { id, from, data } => {
+            match conns.inbound(id, from) {
+                Inbound::Ignore => {}
+                Inbound::Deliver { first: false } => {
+                    engine.receive(now(), TransportProtocol::TCP, from, &data);
+                }
+                Inbound::Deliver { first: true } => {
+                    let request = super::demux::parse_stun(&data).is_some_and(|v| v.class == 0);
+                    if request && engine.receive(now(), TransportProtocol::TCP, from, &data) {
+                        conns.verify(from);
+                    } else {
+                        engine.counters().tcp.invalid.inc();
+                        debug!("ICE-TCP connection from {from} closed: its first frame does not verify");
+                        conns.reject(from);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A v4 address as the dual-stack socket wants it.
@@ -713,7 +864,7 @@ async fn next_input(
 
 async fn run(
     mut engine: Engine,
-    socket: UdpSocket,
+    (socket, mut tcp_in): (UdpSocket, Option<mpsc::Receiver<TcpIn>>),
     (mut inbox, commands): (mpsc::Receiver<Command>, mpsc::WeakSender<Command>),
     events: mpsc::Sender<MediaEvent>,
     peers: Arc<AtomicUsize>,
@@ -726,6 +877,7 @@ async fn run(
     let mut buf = vec![0u8; DATAGRAM];
     let fault_panic = fault_panic_on_request();
     let counters = engine.counters();
+    let mut conns = Connections::default();
     loop {
         let opened = engine.take_opened();
         if let (false, Some(commands)) = (opened.is_empty(), commands.upgrade()) {
@@ -734,6 +886,13 @@ async fn run(
             }
         }
         while let Some(t) = engine.poll_transmit() {
+            if t.protocol == TransportProtocol::TCP {
+                if !conns.send(t.to, &t.data) {
+                    counters.tcp.dropped.inc();
+                    engine.transmit_dropped(now(), t.peer);
+                }
+                continue;
+            }
             match socket.try_send_to(&t.data, target(v6, t.to)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -765,6 +924,15 @@ async fn run(
                         Err(e) => debug!("media socket: {e}"),
                     }
                     next = socket.try_recv_from(&mut buf);
+                }
+            }
+            Some(input) = next_tcp(&mut tcp_in) => {
+                tcp_input(&mut engine, &mut conns, input);
+                for _ in 0..BATCH {
+                    match tcp_in.as_mut().map(mpsc::Receiver::try_recv) {
+                        Some(Ok(input)) => tcp_input(&mut engine, &mut conns, input),
+                        _ => break,
+                    }
                 }
             }
             (i, input) = next_input(&mut feeds), if !feeds.is_empty() => match input {
@@ -838,7 +1006,11 @@ async fn run(
                 Some(Command::Shutdown) | None => {
                     engine.close_all();
                     while let Some(t) = engine.poll_transmit() {
-                        let _ = socket.try_send_to(&t.data, target(v6, t.to));
+                        if t.protocol == TransportProtocol::TCP {
+                            conns.send(t.to, &t.data);
+                        } else {
+                            let _ = socket.try_send_to(&t.data, target(v6, t.to));
+                        }
                     }
                     peers.store(0, Ordering::Relaxed);
                     break;
@@ -867,6 +1039,78 @@ fn fault_panic_on_request() -> bool {
 mod tests {
     use super::*;
     use crate::media::Family;
+
+    #[tokio::test]
+    async fn a_taken_tcp_port_is_an_error_only_when_set() {
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let (events, _rx) = mpsc::channel(16);
+        let mut media = Media {
+            udp_port: port,
+            advertise_ips: vec![Ipv4Addr::LOCALHOST.into()],
+            ..Media::default()
+        };
+        // Not set: the service starts, without ICE-TCP.
+        let sfu = Sfu::start(&media, events.clone()).await.unwrap();
+        assert_eq!((sfu.port(), sfu.tcp_port()), (port, None));
+        sfu.shutdown().await;
+        // Set to the taken port: a clear error.
+        media.tcp_port = Some(port);
+        let e = Sfu::start(&media, events.clone()).await.err().unwrap();
+        assert!(e.to_string().contains("[media] tcp_port"), "{e}");
+        // Off.
+        media.tcp_port = Some(0);
+        let sfu = Sfu::start(&media, events.clone()).await.unwrap();
+        assert_eq!(sfu.tcp_port(), None);
+        sfu.shutdown().await;
+        // Not set, and free: the UDP port's number.
+        drop(taken);
+        media.tcp_port = None;
+        let sfu = Sfu::start(&media, events).await.unwrap();
+        assert_eq!(sfu.tcp_port(), Some(port));
+        sfu.shutdown().await;
+    }
+
+    #[test]
+    fn auto_advertising_takes_ipv4_and_global_ipv6_but_not_local_scopes() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let addrs = [
+            (true, ip("127.0.0.1")),
+            (true, ip("::1")),
+            (true, ip("192.168.1.20")),
+            (true, ip("fe80::1c2:3ff:fe04:506")),
+            (true, ip("fd00::2")),
+            (true, ip("2a01:4f8:1:2::20")),
+            (false, ip("10.0.0.7")),
+            (false, ip("2a01:4f8:1:3::30")),
+            (true, ip("169.254.3.4")),
+            (true, ip("2001:db8::1")),
+            (true, ip("2001:0:4136:e378::1")),
+            (true, ip("2002:c000:204::1")),
+            (true, ip("192.168.1.20")),
+            (true, ip("2a01:4f8:1:2::20")),
+            (true, ip("2600:1700::5")),
+            (true, ip("2600:1700::6")),
+            (true, ip("::ffff:10.1.1.1")),
+            (true, ip("10.8.0.1")),
+        ];
+        assert_eq!(
+            advertisable(&addrs),
+            vec![
+                ip("192.168.1.20"),
+                ip("10.8.0.1"),
+                ip("2a01:4f8:1:2::20"),
+                ip("2600:1700::5"),
+                ip("127.0.0.1"),
+            ]
+        );
+        // IPv4 only (or nothing at all): as before, loopback last.
+        assert_eq!(
+            advertisable(&[(true, ip("10.0.0.2")), (true, ip("fd12::1"))]),
+            vec![ip("10.0.0.2"), ip("127.0.0.1")]
+        );
+        assert_eq!(advertisable(&[]), vec![ip("127.0.0.1")]);
+    }
 
     #[tokio::test]
     async fn stream_stats_and_counters_come_from_the_task() {

@@ -481,7 +481,8 @@ fn room_event_info(event: &RoomEvent) -> Value {
         RoomEvent::Joined(login) | RoomEvent::Left(login) => json!(login),
         RoomEvent::Published { login, name }
         | RoomEvent::Unpublished { login, name }
-        | RoomEvent::Failed { login, name } => json!({"login": login, "name": name}),
+        | RoomEvent::Failed { login, name }
+        | RoomEvent::ActiveSpeaker { login, name } => json!({"login": login, "name": name}),
         RoomEvent::Message { from, text } => json!({"from": from, "text": &**text}),
     }
 }
@@ -712,6 +713,30 @@ mod tests {
         assert_eq!(v["data"][0]["type"], "videoMuted");
         assert_eq!(v["data"][0]["payload"]["login"], "bob");
         assert_eq!(v["data"][0]["payload"]["by"], "alice");
+    }
+
+    #[test]
+    fn the_active_speaker_is_an_on_data_event_shaped_like_published() {
+        let text = render_server_message(
+            &ServerMessage::Room {
+                room: "комната".into(),
+                event: RoomEvent::ActiveSpeaker {
+                    login: "bob".into(),
+                    name: "комната-bob-1".into(),
+                },
+            },
+            7,
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["message"], "OnDataEvent");
+        let payload = &v["data"][0]["payload"];
+        assert_eq!(payload["roomName"], "комната");
+        assert_eq!(payload["name"], "ACTIVE_SPEAKER");
+        assert_eq!(
+            payload["info"],
+            json!({"login": "bob", "name": "комната-bob-1"})
+        );
+        assert_eq!(v["data"][0]["operationId"], "evt-7");
     }
 
     #[test]

@@ -272,10 +272,30 @@ pub struct RtcClient {
     pub answer: Option<String>,
 }
 
+/// How a client reaches the server: UDP, or ICE-TCP only (no UDP socket at all; it
+/// connects to the server's passive TCP candidate, see `RtcClient::connect_tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    TcpOnly,
+    /// The same on ::1.
+    Udp6,
+    TcpOnly6,
+}
+
 impl RtcClient {
     /// A peer connection on 127.0.0.1 with exactly `codecs` in its media engine.
     pub async fn new(name: &str, codecs: &[(RtpCodecKind, RTCRtpCodecParameters)]) -> RtcClient {
-        RtcClient::with_engine(name, codecs, false).await
+        RtcClient::with_options(name, codecs, &[], Transport::Udp).await
+    }
+
+    /// `new` reaching the server over `transport`.
+    pub async fn new_on(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        transport: Transport,
+    ) -> RtcClient {
+        RtcClient::with_options(name, codecs, &[], transport).await
     }
 
     /// `new`, with the mid/rid header extensions of rid-based simulcast when `simulcast`.
@@ -284,14 +304,52 @@ impl RtcClient {
         codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
         simulcast: bool,
     ) -> RtcClient {
+        let video = RtpCodecKind::Video;
+        let extensions: &[(RtpCodecKind, &str)] = if simulcast {
+            &[
+                (video, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+                (video, "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+                (
+                    video,
+                    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+                ),
+            ]
+        } else {
+            &[]
+        };
+        RtcClient::with_options(name, codecs, extensions, Transport::Udp).await
+    }
+
+    /// `new`, also offering these RTP header extensions (URIs) for their kinds.
+    pub async fn with_extensions(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        extensions: &[(RtpCodecKind, &str)],
+    ) -> RtcClient {
+        RtcClient::with_options(name, codecs, extensions, Transport::Udp).await
+    }
+
+    /// A peer connection with exactly `codecs`, offering `extensions`, over `transport`.
+    pub async fn with_options(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        extensions: &[(RtpCodecKind, &str)],
+        transport: Transport,
+    ) -> RtcClient {
         let mut me = MediaEngine::default();
         for (kind, c) in codecs {
             me.register_codec(c.clone(), *kind)
                 .unwrap_or_else(|e| panic!("{name}: register codec {c:?}: {e}"));
         }
-        if simulcast {
-            rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut me)
-                .unwrap_or_else(|e| panic!("{name}: simulcast extensions: {e}"));
+        for (kind, uri) in extensions {
+            me.register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: (*uri).to_owned(),
+                },
+                *kind,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{name}: register extension {uri}: {e}"));
         }
         let reg = Registry::new().with(Slot::from(14_000), KeyFrameRequests::default());
         let reg = register_default_interceptors(reg, &mut me)
@@ -305,11 +363,17 @@ impl RtcClient {
             media: media_tx,
             remote: Mutex::new(Vec::new()),
         });
-        let pc = PeerConnectionBuilder::new()
+        let builder = PeerConnectionBuilder::new()
             .with_media_engine(me)
             .with_interceptor_registry(reg)
-            .with_handler(Arc::new(Handler(Arc::clone(&shared))))
-            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            .with_handler(Arc::new(Handler(Arc::clone(&shared))));
+        let builder = match transport {
+            Transport::Udp => builder.with_udp_addrs(vec!["127.0.0.1:0".to_string()]),
+            Transport::TcpOnly => builder.with_tcp_addrs(vec!["127.0.0.1:0".to_string()]),
+            Transport::Udp6 => builder.with_udp_addrs(vec!["[::1]:0".to_string()]),
+            Transport::TcpOnly6 => builder.with_tcp_addrs(vec!["[::1]:0".to_string()]),
+        };
+        let pc = builder
             .build()
             .await
             .unwrap_or_else(|e| panic!("{name}: build peer connection: {e}"));
@@ -331,8 +395,17 @@ impl RtcClient {
         name: &str,
         tracks: &[(RtpCodecKind, RTCRtpCodecParameters, u32)],
     ) -> RtcClient {
+        RtcClient::publisher_on(name, tracks, Transport::Udp).await
+    }
+
+    /// `publisher` reaching the server over `transport`.
+    pub async fn publisher_on(
+        name: &str,
+        tracks: &[(RtpCodecKind, RTCRtpCodecParameters, u32)],
+        transport: Transport,
+    ) -> RtcClient {
         let codecs: Vec<_> = tracks.iter().map(|(k, c, _)| (*k, c.clone())).collect();
-        let mut c = RtcClient::new(name, &codecs).await;
+        let mut c = RtcClient::new_on(name, &codecs, transport).await;
         for (kind, codec, ssrc) in tracks {
             c.add_send_track(*kind, codec.clone(), *ssrc).await;
         }
@@ -341,7 +414,16 @@ impl RtcClient {
 
     /// A player: one recvonly transceiver per kind, `codecs` in the media engine.
     pub async fn player(name: &str, codecs: &[(RtpCodecKind, RTCRtpCodecParameters)]) -> RtcClient {
-        let c = RtcClient::new(name, codecs).await;
+        RtcClient::player_on(name, codecs, Transport::Udp).await
+    }
+
+    /// `player` reaching the server over `transport`.
+    pub async fn player_on(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        transport: Transport,
+    ) -> RtcClient {
+        let c = RtcClient::new_on(name, codecs, transport).await;
         let mut kinds: Vec<RtpCodecKind> = Vec::new();
         for (k, _) in codecs {
             if !kinds.contains(k) {
@@ -480,6 +562,40 @@ impl RtcClient {
                 )
             });
         self.answer = Some(sdp.to_owned());
+    }
+
+    /// Hands the answer's passive ICE-TCP candidates to the peer connection as trickled
+    /// ones: webrtc-rs connects to a passive TCP candidate only when it is added that
+    /// way. Returns how many there were.
+    pub async fn connect_tcp(&self) -> usize {
+        let answer = self.answer.clone().unwrap_or_default();
+        let mut n = 0;
+        let mut seen: Vec<&str> = Vec::new();
+        for line in answer.split("\r\n") {
+            let Some(c) = line.strip_prefix("a=") else {
+                continue;
+            };
+            let passive_tcp =
+                c.starts_with("candidate:") && c.contains(" tcp ") && c.contains("tcptype passive");
+            // Every m-line repeats the candidates: each is added once.
+            if !passive_tcp || seen.contains(&c) {
+                continue;
+            }
+            seen.push(c);
+            let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+                candidate: c.to_owned(),
+                sdp_mid: Some("0".to_owned()),
+                sdp_mline_index: Some(0),
+                username_fragment: None,
+                url: None,
+            };
+            self.pc
+                .add_ice_candidate(init)
+                .await
+                .unwrap_or_else(|e| panic!("{}: add_ice_candidate {c}: {e}", self.name));
+            n += 1;
+        }
+        n
     }
 
     pub fn state(&self) -> RTCPeerConnectionState {
