@@ -20,7 +20,6 @@ let maxNameChars = 128;
 // [media] simulcast_min_participants (from /client/info): the camera goes out in three
 // layers when the room has at least this many people (0: never).
 let simulcastFrom = 3;
-let focused = null; // the stream name of the focused tile (shown large), if any
 const ROOMS_POLL_MS = 3000;
 // Token mode: ?token=<JWT>, sent as custom.token; a payload with "moderator": true makes this
 // page a moderator (the server decides; the page only chooses which controls to show).
@@ -229,11 +228,8 @@ function addTile(stream, label, { login, local = false, screen = false }) {
     if (['STOPPED', 'FAILED', 'UNPUBLISHED'].includes(status)) removeTile(stream.name);
   });
   const t = { el, stream, login, local, muted: { audio: false, video: false }, layer: null };
-  // Another member's tile: a click focuses it (large, the high layer), the others get small.
-  if (!local) {
-    video.addEventListener('click', () => focusTile(focused === stream.name ? null : stream.name));
-    stream.addEventListener('status', ({ detail: { status } }) => { if (status === 'PLAYING') applyLayers(); });
-  }
+  // Another member's tile asks its simulcast layer once it plays (see applyLayers).
+  if (!local) stream.addEventListener('status', ({ detail: { status } }) => { if (status === 'PLAYING') applyLayers(); });
   setupModeration(t, label, screen);
   stream.addEventListener('event', ({ detail }) => onStreamEvent(t, detail));
   tiles.set(stream.name, t);
@@ -242,17 +238,11 @@ function addTile(stream, label, { login, local = false, screen = false }) {
   $('tiles').dataset.count = tiles.size; // the CSS picks a layout per count
 }
 
-// The focused tile (null: none) is shown large; see applyLayers.
-function focusTile(name) {
-  focused = tiles.has(name) ? name : null;
-  for (const [n, t] of tiles) t.el.classList.toggle('focused', n === focused);
-  $('tiles').dataset.focused = String(focused !== null);
-  applyLayers();
-}
-
-// Which simulcast layer each played tile asks for: with a focused tile, 'high' for it and
-// 'low' for the small ones; without, 'auto'. Streams without layers ignore it.
+// Which simulcast layer each played tile asks for: with a focused tile (the pinned one, else
+// the active speaker's; see focusedName), 'high' for it and 'low' for the small ones;
+// without, 'auto'. Streams without layers ignore it.
 function applyLayers() {
+  const focused = focusedName();
   for (const [name, t] of tiles) {
     if (t.local || t.stream.status !== 'PLAYING') continue;
     const layer = focused === null ? 'auto' : (name === focused ? 'high' : 'low');
@@ -266,7 +256,7 @@ function removeTile(name) {
   const t = tiles.get(name);
   if (!t) return;
   tiles.delete(name);
-  if (focused === name) focusTile(null);
+  applyLayers();
   t.el.remove();
   $('tiles').dataset.count = tiles.size;
   t.stream.stop(); // no-op when the server ended it already
@@ -647,6 +637,7 @@ let speaker = { login: null, pinned: null }; // pinned: the stream name of the p
 function showSpeaker({ login } = {}) {
   speaker.login = typeof login === 'string' ? login : null;
   for (const t of tiles.values()) speakerTile(t);
+  applyLayers();
 }
 
 function focusedName() {
@@ -665,6 +656,7 @@ function speakerTile(t) {
     pin.onclick = () => {
       speaker.pinned = speaker.pinned === t.stream.name ? null : t.stream.name;
       for (const x of tiles.values()) speakerTile(x);
+      applyLayers();
     };
     el.append(pin);
   }

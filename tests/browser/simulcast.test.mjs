@@ -1,7 +1,7 @@
 // Simulcast with Huddle's own web app in headless Chromium: three participants publish their
 // cameras in three layers (the room has as many people as `[media] simulcast_min_participants`
-// asks), one of them focuses another's tile: the focused tile gets the full layer, the small
-// one the quarter layer (the frame widths the player decodes, from getStats).
+// asks), one of them pins another's tile (focused: large): the focused tile gets the highest
+// layer, a small one the lowest (the frame widths the player decodes, from getStats).
 //
 // Run from the repository root:   node --test tests/browser/simulcast.test.mjs
 // Env: as webapp.test.mjs (HUDDLE_BIN, CHROMIUM, HUDDLE_E2E_FRAMES, HUDDLE_E2E_SERVER_LOG).
@@ -129,18 +129,18 @@ test('a focused tile gets the highest layer, a small one the lowest', { timeout:
     return Object.keys(s).length === 3 && s.q > 0 && top(s) > s.q && s;
   }, 40_000);
   process.stderr.write(`[simulcast-e2e] carol sends ${JSON.stringify(layers)}\n`);
-  // Alice plays carol's camera; she focuses carol's tile: the full layer.
+  // Alice plays carol's camera; she pins carol's tile (focused: large): the highest layer.
   const carolStream = await until('alice plays carol', async () => Object.keys(await alice.widths()).find((n) => n.includes('-carol-')));
-  await alice.page.click(`#tiles .tile[data-stream="${carolStream}"] video`);
+  await alice.page.click(`#tiles .tile[data-stream="${carolStream}"] .pin`);
   const focused = await until("alice decodes carol's highest layer", async () => {
     const [w, s] = [(await alice.widths())[carolStream], await carol.sent()];
     return w?.width > s.q && w.width === top(s) && w;
   }, 40_000);
-  // Bob focuses alice's tile (not simulcast: she joined an empty room): carol's small tile
+  // Bob pins alice's tile (not simulcast: she joined an empty room): carol's small tile
   // on his page gets the quarter layer.
   const bobCarol = await until('bob plays carol', async () => Object.keys(await bob.widths()).find((n) => n.includes('-carol-')));
   const aliceStream = await until('bob plays alice', async () => Object.keys(await bob.widths()).find((n) => n.includes('-alice-')));
-  await bob.page.click(`#tiles .tile[data-stream="${aliceStream}"] video`);
+  await bob.page.click(`#tiles .tile[data-stream="${aliceStream}"] .pin`);
   const small = await until(`bob decodes carol's lowest layer (${layers.q} wide)`, async () => {
     const w = (await bob.widths())[bobCarol];
     return w?.width === layers.q && w;
