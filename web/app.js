@@ -17,6 +17,9 @@ let DEVICE_LOGIN = params.get('device') || 'Room system';
 // the page is not served by Huddle).
 let deviceInfo = null;
 let maxNameChars = 128;
+// [media] simulcast_min_participants (from /client/info): the camera goes out in three
+// layers when the room has at least this many people (0: never).
+let simulcastFrom = 3;
 const ROOMS_POLL_MS = 3000;
 // Token mode: ?token=<JWT>, sent as custom.token; a payload with "moderator": true makes this
 // page a moderator (the server decides; the page only chooses which controls to show).
@@ -158,7 +161,13 @@ const roomEvents = {
       show('notice', `No camera or microphone (${error}): you joined without sending video or sound; you can still watch and chat.`);
     } else {
       camera = stream;
-      cameraPub = r.publish(camera);
+      const people = new Set(logins).size + 1;
+      const simulcast = simulcastFrom > 0 && people >= simulcastFrom;
+      // Three layers need a picture worth dividing: ask the camera for 720p then.
+      const track = simulcast && camera.getVideoTracks()[0];
+      if (track) await track.applyConstraints({ width: { ideal: 1280 }, height: { ideal: 720 } }).catch(() => {});
+      if (room !== r) { camera.getTracks().forEach((t) => t.stop()); camera = null; return; }
+      cameraPub = r.publish(camera, undefined, { simulcast });
       addTile(cameraPub, 'You', { login: session.login, local: true });
     }
     $('mute-audio').disabled = !camera?.getAudioTracks().length || Boolean(forced.audio);
@@ -218,7 +227,9 @@ function addTile(stream, label, { login, local = false, screen = false }) {
     if (status === 'FAILED' && !local) addMessage('', `Cannot show ${label}: ${info}`); // e.g. "No common codecs"
     if (['STOPPED', 'FAILED', 'UNPUBLISHED'].includes(status)) removeTile(stream.name);
   });
-  const t = { el, stream, login, local, muted: { audio: false, video: false } };
+  const t = { el, stream, login, local, muted: { audio: false, video: false }, layer: null };
+  // Another member's tile asks its simulcast layer once it plays (see applyLayers).
+  if (!local) stream.addEventListener('status', ({ detail: { status } }) => { if (status === 'PLAYING') applyLayers(); });
   setupModeration(t, label, screen);
   stream.addEventListener('event', ({ detail }) => onStreamEvent(t, detail));
   tiles.set(stream.name, t);
@@ -227,10 +238,25 @@ function addTile(stream, label, { login, local = false, screen = false }) {
   $('tiles').dataset.count = tiles.size; // the CSS picks a layout per count
 }
 
+// Which simulcast layer each played tile asks for: with a focused tile (the pinned one, else
+// the active speaker's; see focusedName), 'high' for it and 'low' for the small ones;
+// without, 'auto'. Streams without layers ignore it.
+function applyLayers() {
+  const focused = focusedName();
+  for (const [name, t] of tiles) {
+    if (t.local || t.stream.status !== 'PLAYING') continue;
+    const layer = focused === null ? 'auto' : (name === focused ? 'high' : 'low');
+    if (t.layer === layer) continue;
+    t.layer = layer;
+    t.stream.setLayer(layer).catch(() => { t.layer = null; });
+  }
+}
+
 function removeTile(name) {
   const t = tiles.get(name);
   if (!t) return;
   tiles.delete(name);
+  applyLayers();
   t.el.remove();
   $('tiles').dataset.count = tiles.size;
   t.stream.stop(); // no-op when the server ended it already
@@ -590,6 +616,7 @@ async function loadInfo() {
     if (!params.get('device') && info.name) DEVICE_LOGIN = info.name;
     if (info.name) { $('device-name').textContent = info.name; document.title = `${info.name} — Huddle`; }
     if (Number.isInteger(info.max_name_chars)) maxNameChars = info.max_name_chars;
+    if (Number.isInteger(info.simulcast_min_participants)) simulcastFrom = info.simulcast_min_participants;
   } catch { /* not served by Huddle: the page's own origin */ }
 }
 
@@ -610,6 +637,7 @@ let speaker = { login: null, pinned: null }; // pinned: the stream name of the p
 function showSpeaker({ login } = {}) {
   speaker.login = typeof login === 'string' ? login : null;
   for (const t of tiles.values()) speakerTile(t);
+  applyLayers();
 }
 
 function focusedName() {
@@ -628,6 +656,7 @@ function speakerTile(t) {
     pin.onclick = () => {
       speaker.pinned = speaker.pinned === t.stream.name ? null : t.stream.name;
       for (const x of tiles.values()) speakerTile(x);
+      applyLayers();
     };
     el.append(pin);
   }

@@ -126,9 +126,11 @@ class Room extends EventTarget {
   sendMessage(to, text) { return this.session.sendData('sendMessage', { roomConfig: { name: this.name }, to, text }); }
 
   // Name rule of the SDK's room module: <room>-<login>-<4 hex>[-suffix].
-  publish(mediaStream, suffix) {
+  // `simulcast`: the video goes out in three layers (rids q, h, f: quarter, half and full
+  // size); the server gives each player one of them.
+  publish(mediaStream, suffix, { simulcast = false } = {}) {
     const name = `${this.name}-${this.session.login}-${randomHex(2)}${suffix ? `-${suffix}` : ''}`;
-    return new Stream(this, name, true, mediaStream);
+    return new Stream(this, name, true, mediaStream, simulcast);
   }
 
   play(name) { return new Stream(this, name, false); }
@@ -136,8 +138,15 @@ class Room extends EventTarget {
 
 // One publish or play: one RTCPeerConnection, one mediaSessionId. Fires 'status' events, and
 // 'event' ({type, streamName, login, by}) for the stream's mute notices.
+// Simulcast layers low -> high, as the server orders rids q/h/f.
+const SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
 class Stream extends EventTarget {
-  constructor(room, name, published, mediaStream) {
+  constructor(room, name, published, mediaStream, simulcast = false) {
     super();
     Object.assign(this, { room, name, published, id: uuid(), status: 'NEW', info: '' });
     this.session = room.session;
@@ -146,7 +155,11 @@ class Stream extends EventTarget {
     this.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
     if (published) {
       this.media = mediaStream;
-      for (const track of mediaStream.getTracks()) this.pc.addTransceiver(track, { direction: 'sendonly', streams: [mediaStream] });
+      for (const track of mediaStream.getTracks()) {
+        const init = { direction: 'sendonly', streams: [mediaStream] };
+        if (simulcast && track.kind === 'video') init.sendEncodings = SIMULCAST.map((e) => ({ ...e }));
+        this.pc.addTransceiver(track, init);
+      }
     } else {
       // Explicit recvonly transceivers work in every browser (Safari ignores offerToReceive*).
       // Their receivers' tracks exist right away and start flowing once the answer is applied,
@@ -203,6 +216,10 @@ class Stream extends EventTarget {
     if (TERMINAL.has(status)) { this.pc.close(); this.session.streams.delete(this.id); }
     this.dispatchEvent(new CustomEvent('status', { detail: { status, info } }));
   }
+
+  // A play's simulcast layer: 'low' (a small tile), 'high' (the focused one), 'medium' or
+  // 'auto' (as high as the bandwidth allows). Huddle's own sendData command.
+  setLayer(layer) { return this.session.sendData('setLayer', { mediaSessionId: this.id, layer }); }
 
   // Mute notices (audioMuted, audioUnmuted, videoMuted, videoUnmuted) for the other side.
   event(type) { this.session.send('sendStreamEvent', { mediaSessionId: this.id, type }); }

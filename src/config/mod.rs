@@ -296,6 +296,9 @@ pub struct Media {
     pub advertise_ips: Vec<IpAddr>,
     pub ice_timeout_ms: u64,
     pub preferred_video_codec: VideoCodec,
+    /// The web app publishes simulcast (three layers) when a room has at least this
+    /// many people, itself included (0: never).
+    pub simulcast_min_participants: u32,
     /// ICE-TCP (RFC 6544) for networks that block UDP: `None` (not set) the same port
     /// number as `udp_port`, `Some(0)` off.
     pub tcp_port: Option<u16>,
@@ -308,6 +311,7 @@ impl Default for Media {
             advertise_ips: Vec::new(),
             ice_timeout_ms: 15_000,
             preferred_video_codec: VideoCodec::H264,
+            simulcast_min_participants: 3,
             tcp_port: None,
         }
     }
@@ -702,6 +706,10 @@ ice_timeout_ms = 15000
 # (the device camera, RTMP and MP4 recording use it) or "vp8". Players must decode
 # the publisher's codec: there is no transcoding.
 preferred_video_codec = "h264"
+# The web app publishes its camera in three simulcast layers (quarter, half and full
+# size) when the room has at least this many people, itself included; each player then
+# gets the layer its tile and its bandwidth need. 0: never.
+simulcast_min_participants = 3
 # ICE-TCP (RFC 6544, RFC 4571 framing) for networks that block UDP (hotel and guest
 # Wi-Fi, corporate firewalls): answers also offer a TCP candidate on this port, and a
 # browser that cannot reach the UDP port connects here. Browsers prefer UDP when both

@@ -14,16 +14,22 @@
 //! - `codec`: kinds, codec families, the codecs of a stream.
 //! - `numbering`: a sink's payload type, SSRC, sequence numbers and timestamps.
 //! - `picture`: key-frame starts and picture sizes in H.264 and VP8 payloads.
+//! - `layers`: simulcast layers, a sink's choice among them and its switch at a key frame.
+//! - `bandwidth`: a player's bandwidth estimate (REMB, loss) capping its layer.
 //! - `streams`: `Streams`, the `Source` and `Sink` traits, events, mutes, statistics.
 //! - `speaking`: RFC 6464 audio levels, who is talking, the dominant speaker of a room.
 
+pub mod bandwidth;
 pub mod codec;
+pub mod layers;
 pub mod numbering;
 pub mod picture;
 pub mod speaking;
 pub mod streams;
 
+pub use bandwidth::Estimator;
 pub use codec::{Chosen, Codec, Family, Kind};
+pub use layers::{Preference, SinkLayer};
 pub use numbering::Renumber;
 pub use streams::{
     Delivery, Event, KeyFrameFlag, Numbering, Sink, SinkId, Source, SourceId, Stats, StreamError,
@@ -39,6 +45,8 @@ mod tests {
         let files = [
             ("mod.rs", include_str!("mod.rs")),
             ("codec.rs", include_str!("codec.rs")),
+            ("layers.rs", include_str!("layers.rs")),
+            ("bandwidth.rs", include_str!("bandwidth.rs")),
             ("numbering.rs", include_str!("numbering.rs")),
             ("picture.rs", include_str!("picture.rs")),
             ("streams.rs", include_str!("streams.rs")),

@@ -16,6 +16,7 @@ use rtc::rtp::header::Header;
 use rtc::rtp::Packet;
 
 use super::codec::{Chosen, Codec, Kind};
+use super::layers::{Preference, SinkLayer, LAYER_IDLE_MS};
 use super::numbering::Renumber;
 use super::picture;
 
@@ -29,6 +30,13 @@ pub trait Source<E: ?Sized>: Send {
     /// whose video SSRC is not known); the core asks again after the interval or when
     /// the edge calls `Streams::source_ready`.
     fn key_frame(&mut self, edge: &mut E, now: Instant) -> bool;
+
+    /// Asks for a key frame of one simulcast layer (`Streams::set_layers`); a source
+    /// without layers is asked for its one video.
+    fn layer_key_frame(&mut self, edge: &mut E, now: Instant, layer: usize) -> bool {
+        let _ = layer;
+        self.key_frame(edge, now)
+    }
 }
 
 /// What became of a packet given to a sink.
@@ -215,6 +223,20 @@ struct SourceEntry<E: ?Sized> {
     rate: [Rate; 2],
     /// The picture size of the last video key frame that said it.
     size: Option<(u32, u32)>,
+    /// Simulcast video layers, low → high (empty: one video, no layers).
+    layers: Vec<LayerIn>,
+}
+
+/// One simulcast layer of a source.
+#[derive(Default)]
+struct LayerIn {
+    rate: Rate,
+    /// Its last packet, in milliseconds since the core's epoch.
+    last_ms: Option<u64>,
+    active: bool,
+    size: Option<(u32, u32)>,
+    last_key_frame_request: Option<Instant>,
+    key_frame_pending: bool,
 }
 
 struct SinkEntry<E: ?Sized> {
@@ -223,6 +245,8 @@ struct SinkEntry<E: ?Sized> {
     numbering: Numbering,
     /// Packets flow only to active sinks (a WebRTC player is active once up).
     active: bool,
+    /// Which simulcast layer it gets (unused without layers).
+    layer: SinkLayer,
 }
 
 struct Publication<E: ?Sized> {
@@ -340,6 +364,7 @@ impl<E: ?Sized> Streams<E> {
                 key_frame_pending: false,
                 rate: Default::default(),
                 size: None,
+                layers: Vec::new(),
             },
         );
         self.open(stream, id);
@@ -382,6 +407,7 @@ impl<E: ?Sized> Streams<E> {
                 key_frame_pending: false,
                 rate: Default::default(),
                 size: None,
+                layers: Vec::new(),
             },
         );
         self.named.insert(name.to_owned(), id);
@@ -598,12 +624,16 @@ impl<E: ?Sized> Streams<E> {
             return Err(StreamError::NotFound);
         }
         let id = self.id();
+        let arriving = self.arriving(stream);
         if let Some(p) = self.publications.get_mut(stream) {
+            let mut layer = SinkLayer::default();
+            layer.retarget(&arriving);
             p.sinks.push(SinkEntry {
                 id,
                 sink,
                 numbering,
                 active,
+                layer,
             });
         }
         if active {
@@ -643,6 +673,32 @@ impl<E: ?Sized> Streams<E> {
         kind: Kind,
         packet: &Packet,
     ) {
+        self.forward(edge, now, source, kind, 0, packet);
+    }
+
+    /// One video packet of simulcast layer `layer` (`set_layers`) of a source: each
+    /// sink gets it when that is its layer, or when it starts a key frame of the
+    /// layer the sink should switch to.
+    pub fn layer_packet(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        source: SourceId,
+        layer: usize,
+        packet: &Packet,
+    ) {
+        self.forward(edge, now, source, Kind::Video, layer, packet);
+    }
+
+    fn forward(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        source: SourceId,
+        kind: Kind,
+        layer: usize,
+        packet: &Packet,
+    ) {
         let ms = self.millis(now);
         let Some(s) = self.sources.get_mut(&source) else {
             return;
@@ -658,17 +714,59 @@ impl<E: ?Sized> Streams<E> {
             Kind::Video => picture::key_frame_start(codec.family, &packet.payload),
             Kind::Audio => None,
         };
-        if let Some(size) = key_frame.and_then(|k| k.size) {
+        // Simulcast: which layer this is, and whether the arriving layers changed.
+        let layered = kind == Kind::Video && !s.layers.is_empty();
+        let layer = layer.min(s.layers.len().saturating_sub(1));
+        let mut arriving: Option<Vec<bool>> = None;
+        if layered {
+            let l = &mut s.layers[layer];
+            l.rate.add(ms, bytes);
+            l.last_ms = Some(ms);
+            if let Some(k) = key_frame {
+                // What was asked came: no second request when the interval ends.
+                l.key_frame_pending = false;
+                l.size = k.size.or(l.size);
+            }
+            let mut changed = false;
+            for l in &mut s.layers {
+                let active = l
+                    .last_ms
+                    .is_some_and(|t| ms.saturating_sub(t) < LAYER_IDLE_MS);
+                changed |= active != l.active;
+                l.active = active;
+            }
+            if changed {
+                arriving = Some(s.layers.iter().map(|l| l.active).collect());
+            }
+            if let Some(size) = s
+                .layers
+                .iter()
+                .rev()
+                .find(|l| l.active)
+                .and_then(|l| l.size)
+            {
+                s.size = Some(size);
+            }
+        } else if let Some(size) = key_frame.and_then(|k| k.size) {
             s.size = Some(size);
         }
         let tally = &*self.tally;
         let mut dropped = false;
         let mut want_key_frame = false;
+        // Layers a sink waits for a key frame of (bit per layer).
+        let mut want_layers = 0u32;
         let mut taken = 0u64;
         for stream in &s.streams {
             let Some(p) = self.publications.get_mut(stream) else {
                 continue;
             };
+            if let Some(arriving) = &arriving {
+                for sink in &mut p.sinks {
+                    if sink.layer.retarget(arriving) {
+                        want_layers |= 1 << sink.layer.target.min(31);
+                    }
+                }
+            }
             if p.muted[kind.index()] {
                 tally.muted();
                 continue;
@@ -683,6 +781,26 @@ impl<E: ?Sized> Streams<E> {
             }
             p.sinks.retain_mut(|sink| {
                 if !sink.active {
+                    return true;
+                }
+                if layered && !sink.layer.forwards(layer, key_frame.is_some()) {
+                    if sink.layer.switching() {
+                        want_layers |= 1 << sink.layer.target.min(31);
+                    }
+                    return true;
+                }
+                if kind == Kind::Video
+                    && !sink
+                        .layer
+                        .passes(key_frame.is_some(), packet.header.timestamp)
+                {
+                    // Withheld: the next packet given continues the numbering.
+                    if let Numbering::Own {
+                        video: Some(track), ..
+                    } = &mut sink.numbering
+                    {
+                        track.resync();
+                    }
                     return true;
                 }
                 let Some(out) = copy(packet, &mut sink.numbering, kind) else {
@@ -709,6 +827,11 @@ impl<E: ?Sized> Streams<E> {
         if (dropped && kind == Kind::Video) || want_key_frame {
             self.ask_key_frame(edge, now, source);
         }
+        for l in 0..32usize {
+            if want_layers & (1 << l) != 0 {
+                self.ask_layer_key_frame(edge, now, source, l);
+            }
+        }
     }
 
     /// A sink of this stream needs a key frame (a player's PLI, a lost datagram).
@@ -719,12 +842,37 @@ impl<E: ?Sized> Streams<E> {
     }
 
     /// Asks the source for a key frame, at most once per interval: a request inside
-    /// the interval is coalesced into one when it is over, which serves everyone.
+    /// the interval is coalesced into one when it is over, which serves everyone. A
+    /// source with simulcast layers is asked for the layers its sinks get or wait for.
     fn ask_key_frame(&mut self, edge: &mut E, now: Instant, source: SourceId) {
         let interval = self.key_frame_interval;
         let Some(s) = self.sources.get_mut(&source) else {
             return;
         };
+        if !s.layers.is_empty() {
+            let mut wanted = 0u32;
+            for stream in &s.streams {
+                for sink in self
+                    .publications
+                    .get(stream)
+                    .into_iter()
+                    .flat_map(|p| &p.sinks)
+                {
+                    let l = sink.layer.current.unwrap_or(sink.layer.target);
+                    wanted |= 1 << l.min(31);
+                }
+            }
+            if wanted == 0 {
+                let top = s.layers.iter().rposition(|l| l.active).unwrap_or(0);
+                wanted = 1 << top.min(31);
+            }
+            for l in 0..32usize {
+                if wanted & (1 << l) != 0 {
+                    self.ask_layer_key_frame(edge, now, source, l);
+                }
+            }
+            return;
+        }
         if s.last_key_frame_request
             .is_some_and(|t| now.saturating_duration_since(t) < interval)
         {
@@ -739,29 +887,226 @@ impl<E: ?Sized> Streams<E> {
         }
     }
 
+    /// Asks for a key frame of one simulcast layer, at most once per interval per
+    /// layer (coalesced like `ask_key_frame`).
+    fn ask_layer_key_frame(&mut self, edge: &mut E, now: Instant, source: SourceId, layer: usize) {
+        let interval = self.key_frame_interval;
+        let Some(s) = self.sources.get_mut(&source) else {
+            return;
+        };
+        let Some(l) = s.layers.get_mut(layer) else {
+            return;
+        };
+        if l.last_key_frame_request
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            l.key_frame_pending = true;
+            return;
+        }
+        l.last_key_frame_request = Some(now);
+        let asked = s.source.layer_key_frame(edge, now, layer);
+        if let Some(l) = s.layers.get_mut(layer) {
+            l.key_frame_pending = !asked;
+        }
+        if asked {
+            self.tally.key_frame_requested();
+        }
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         let interval = self.key_frame_interval;
-        self.sources
+        let sources = self
+            .sources
             .values()
             .filter(|s| s.key_frame_pending)
-            .filter_map(|s| s.last_key_frame_request.map(|t| t + interval))
-            .min()
+            .filter_map(|s| s.last_key_frame_request.map(|t| t + interval));
+        let layers = self
+            .sources
+            .values()
+            .flat_map(|s| &s.layers)
+            .filter(|l| l.key_frame_pending)
+            .filter_map(|l| l.last_key_frame_request.map(|t| t + interval));
+        sources.chain(layers).min()
     }
 
     pub fn handle_timeout(&mut self, edge: &mut E, now: Instant) {
         let interval = self.key_frame_interval;
-        let due: Vec<SourceId> = self
+        let due = |pending: bool, last: Option<Instant>| {
+            pending && last.is_some_and(|t| now >= t + interval)
+        };
+        let sources: Vec<SourceId> = self
             .sources
             .iter()
-            .filter(|(_, s)| {
-                s.key_frame_pending
-                    && s.last_key_frame_request
-                        .is_some_and(|t| now >= t + interval)
-            })
+            .filter(|(_, s)| due(s.key_frame_pending, s.last_key_frame_request))
             .map(|(id, _)| *id)
             .collect();
-        for source in due {
+        for source in sources {
             self.ask_key_frame(edge, now, source);
+        }
+        let layers: Vec<(SourceId, usize)> = self
+            .sources
+            .iter()
+            .flat_map(|(id, s)| {
+                s.layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| due(l.key_frame_pending, l.last_key_frame_request))
+                    .map(|(i, _)| (*id, i))
+            })
+            .collect();
+        for (source, layer) in layers {
+            self.ask_layer_key_frame(edge, now, source, layer);
+        }
+    }
+
+    // ----- simulcast layers -------------------------------------------------------
+
+    /// The source's video comes in `count` simulcast layers, low → high (a WebRTC
+    /// publisher's rids), each given with `layer_packet`. Fewer than two: no layers.
+    pub fn set_layers(&mut self, source: SourceId, count: usize) {
+        if let Some(s) = self.sources.get_mut(&source) {
+            s.layers = if count >= 2 {
+                (0..count.min(8)).map(|_| LayerIn::default()).collect()
+            } else {
+                Vec::new()
+            };
+        }
+    }
+
+    /// Which layers of a stream's source are arriving (empty: no layers).
+    fn arriving(&self, stream: &str) -> Vec<bool> {
+        self.publications
+            .get(stream)
+            .and_then(|p| self.sources.get(&p.source))
+            .map(|s| s.layers.iter().map(|l| l.active).collect())
+            .unwrap_or_default()
+    }
+
+    /// The received bitrate of each layer of a stream, low → high (empty: no layers).
+    pub fn layer_bitrates(&self, now: Instant, stream: &str) -> Vec<u64> {
+        let ms = self.millis(now);
+        self.publications
+            .get(stream)
+            .and_then(|p| self.sources.get(&p.source))
+            .map(|s| s.layers.iter().map(|l| l.rate.bps(ms)).collect())
+            .unwrap_or_default()
+    }
+
+    /// A sink's layer state (the current and target layers), when the stream has layers.
+    pub fn sink_layer(&self, stream: &str, sink: SinkId) -> Option<SinkLayer> {
+        let p = self.publications.get(stream)?;
+        let layered = self
+            .sources
+            .get(&p.source)
+            .is_some_and(|s| !s.layers.is_empty());
+        let s = p.sinks.iter().find(|s| s.id == sink)?;
+        layered.then_some(s.layer)
+    }
+
+    /// Changes a sink's layer wish and cap; a new target it is not fed yet asks for a
+    /// key frame of it (the switch happens there). `false`: no such sink.
+    fn update_layer(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        sink: SinkId,
+        change: impl FnOnce(&mut SinkLayer),
+    ) -> bool {
+        let arriving = self.arriving(stream);
+        let Some(p) = self.publications.get_mut(stream) else {
+            return false;
+        };
+        let source = p.source;
+        let Some(s) = p.sinks.iter_mut().find(|s| s.id == sink) else {
+            return false;
+        };
+        change(&mut s.layer);
+        if !arriving.is_empty() && s.layer.retarget(&arriving) && s.active {
+            let target = s.layer.target;
+            self.ask_layer_key_frame(edge, now, source, target);
+        }
+        true
+    }
+
+    /// A player's explicit layer wish (`Low` for a small tile, `High` for the focused
+    /// one). `false`: no such sink.
+    pub fn set_layer_preference(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        sink: SinkId,
+        preference: Preference,
+    ) -> bool {
+        self.update_layer(edge, now, stream, sink, |l| l.preference = preference)
+    }
+
+    /// The highest layer a sink's bandwidth allows (`None`: no limit).
+    pub fn set_layer_cap(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        sink: SinkId,
+        cap: Option<usize>,
+    ) -> bool {
+        self.update_layer(edge, now, stream, sink, |l| l.cap = cap)
+    }
+
+    /// A player that cannot keep up (a stream without layers): only key frames from now
+    /// on (`true`), or everything again from the next key frame (`false`, which is
+    /// asked for). `false` as the result: no such sink.
+    pub fn set_key_frames_only(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        sink: SinkId,
+        on: bool,
+    ) -> bool {
+        let Some(p) = self.publications.get_mut(stream) else {
+            return false;
+        };
+        let source = p.source;
+        let Some(s) = p.sinks.iter_mut().find(|s| s.id == sink) else {
+            return false;
+        };
+        if on {
+            s.layer.key_frames_only = true;
+            s.layer.resume = false;
+        } else if s.layer.key_frames_only && !s.layer.resume {
+            // Back to every frame from a key frame (the decoder would get deltas of
+            // frames it never had), which is asked for.
+            s.layer.resume = true;
+            self.ask_key_frame(edge, now, source);
+        }
+        true
+    }
+
+    /// A sink of this stream needs a key frame (a player's PLI): of the layer it is
+    /// fed, when the stream has layers.
+    pub fn request_sink_key_frame(
+        &mut self,
+        edge: &mut E,
+        now: Instant,
+        stream: &str,
+        sink: SinkId,
+    ) {
+        let Some(p) = self.publications.get(stream) else {
+            return;
+        };
+        let source = p.source;
+        let layered = self
+            .sources
+            .get(&source)
+            .is_some_and(|s| !s.layers.is_empty());
+        match p.sinks.iter().find(|s| s.id == sink) {
+            Some(s) if layered => {
+                let l = s.layer.current.unwrap_or(s.layer.target);
+                self.ask_layer_key_frame(edge, now, source, l);
+            }
+            _ => self.ask_key_frame(edge, now, source),
         }
     }
 
@@ -1232,5 +1577,173 @@ mod tests {
             })
         );
         assert!(m.codecs("c").is_none());
+    }
+
+    /// A source whose key-frame requests are recorded by layer.
+    #[derive(Clone, Default)]
+    struct Layered(Arc<Mutex<Vec<usize>>>);
+
+    impl Source<()> for Layered {
+        fn key_frame(&mut self, _edge: &mut (), _now: Instant) -> bool {
+            self.0.lock().unwrap().push(usize::MAX);
+            true
+        }
+        fn layer_key_frame(&mut self, _edge: &mut (), _now: Instant, layer: usize) -> bool {
+            self.0.lock().unwrap().push(layer);
+            true
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_one_layer_and_switches_at_its_key_frame_without_a_gap() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let asked = Layered::default();
+        let src = m
+            .add_source("s", codecs(), Box::new(asked.clone()))
+            .unwrap();
+        m.set_layers(src, 2);
+        // Layer l: SSRC 100 + l, its own sequence numbers and clock.
+        let layer = |l: usize, n: u16, key: bool| {
+            let mut p = vp8(
+                n + 1000 * l as u16,
+                10_000 * l as u32 + u32::from(n) * 3000,
+                key,
+            );
+            p.header.ssrc = 100 + l as u32;
+            p
+        };
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let own = Numbering::Own {
+            audio: None,
+            video: Some(Renumber::new(96, 5, 500, 0, 3000)),
+        };
+        let sink = m
+            .attach(&mut (), at(0), "s", Box::new(Timed(got.clone())), own, true)
+            .unwrap();
+        let mut n = 0u16;
+        let mut send = |m: &mut Streams<()>, ms: u64, keys: [bool; 2]| {
+            for (l, key) in keys.into_iter().enumerate() {
+                m.layer_packet(&mut (), at(ms), src, l, &layer(l, n, key));
+            }
+            n += 1;
+        };
+        // The low layer comes first: the sink starts with its key frame; then the top
+        // one arrives, a key frame of it is asked, and the low layer flows until it.
+        send(&mut m, 0, [true, false]);
+        send(&mut m, 20, [false, false]);
+        assert_eq!(got.lock().unwrap().len(), 2);
+        // Asked at the attach (the top layer), of the low one when it alone came,
+        // and of the top one again once the interval is over.
+        assert_eq!(*asked.0.lock().unwrap(), vec![1, 0]);
+        assert_eq!(m.poll_timeout(), Some(at(500)));
+        send(&mut m, 40, [false, true]);
+        send(&mut m, 60, [false, false]);
+        assert_eq!(
+            got.lock().unwrap().len(),
+            5,
+            "switched at the top's key frame"
+        );
+        assert_eq!(
+            m.sink_layer("s", sink).map(|l| (l.current, l.target)),
+            Some((Some(1), 1))
+        );
+        // Asked down (the interval is over): a key frame of layer 0 is requested; the
+        // top layer flows until it.
+        asked.0.lock().unwrap().clear();
+        assert!(m.set_layer_preference(&mut (), at(600), "s", sink, Preference::Low));
+        assert_eq!(*asked.0.lock().unwrap(), vec![0]);
+        send(&mut m, 600, [false, false]);
+        send(&mut m, 620, [true, false]);
+        send(&mut m, 640, [false, true]);
+        let seen: Vec<(u16, u32)> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s, t)| (*s, *t))
+            .collect();
+        // Sequence numbers go on; the clock is rebased one frame on at each switch.
+        let expected: Vec<(u16, u32)> = (0..8u16).map(|i| (500 + i, u32::from(i) * 3000)).collect();
+        assert_eq!(seen, expected);
+        // A PLI of the player asks its layer; bitrates are per layer.
+        asked.0.lock().unwrap().clear();
+        m.request_sink_key_frame(&mut (), at(1200), "s", sink);
+        assert_eq!(*asked.0.lock().unwrap(), vec![0]);
+        let rates = m.layer_bitrates(at(1000), "s");
+        assert_eq!(rates.len(), 2);
+        // The bandwidth cap lowers the target too (and says nothing when unchanged).
+        assert!(m.set_layer_preference(&mut (), at(1000), "s", sink, Preference::High));
+        assert!(m.set_layer_cap(&mut (), at(1000), "s", sink, Some(0)));
+        assert_eq!(m.sink_layer("s", sink).map(|l| l.target), Some(0));
+        assert!(
+            !m.set_layer_cap(&mut (), at(1000), "s", 999, None),
+            "no such sink"
+        );
+    }
+
+    #[test]
+    fn a_sink_on_key_frames_only_gets_them_without_a_sequence_gap() {
+        let mut m: Streams<()> = Streams::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let flag = KeyFrameFlag::default();
+        let src = m.add_source("s", codecs(), Box::new(flag.clone())).unwrap();
+        let (slow, fast) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let own = || Numbering::Own {
+            audio: None,
+            video: Some(Renumber::new(96, 5, 100, 0, 3000)),
+        };
+        let sink = m
+            .attach(
+                &mut (),
+                at(0),
+                "s",
+                Box::new(Timed(slow.clone())),
+                own(),
+                true,
+            )
+            .unwrap();
+        m.attach(
+            &mut (),
+            at(0),
+            "s",
+            Box::new(Timed(fast.clone())),
+            own(),
+            true,
+        )
+        .unwrap();
+        assert!(m.set_key_frames_only(&mut (), at(0), "s", sink, true));
+        // A key frame every 4th packet.
+        for i in 0..12u16 {
+            let p = vp8(i, u32::from(i) * 3000, i % 4 == 0);
+            m.packet(&mut (), at(u64::from(i) * 33), src, Kind::Video, &p);
+        }
+        type Seen = Arc<Mutex<Vec<(Kind, u16, u32)>>>;
+        let seqs = |got: &Seen| -> Vec<(u16, u32)> {
+            got.lock()
+                .unwrap()
+                .iter()
+                .map(|(_, s, t)| (*s, *t))
+                .collect()
+        };
+        // Key frames only, numbered on without gaps, on the source's clock.
+        assert_eq!(seqs(&slow), vec![(100, 0), (101, 12_000), (102, 24_000)]);
+        assert_eq!(seqs(&fast).len(), 12, "the other sink gets everything");
+        // Back to every frame: a key frame is asked, and it resumes there.
+        flag.take();
+        assert!(m.set_key_frames_only(&mut (), at(1000), "s", sink, false));
+        assert!(flag.take());
+        m.packet(&mut (), at(1000), src, Kind::Video, &vp8(12, 36_000, false));
+        m.packet(&mut (), at(1033), src, Kind::Video, &vp8(13, 39_000, true));
+        m.packet(&mut (), at(1066), src, Kind::Video, &vp8(14, 42_000, false));
+        assert_eq!(
+            seqs(&slow)[3..],
+            [(103, 39_000), (104, 42_000)],
+            "from the key frame on"
+        );
     }
 }

@@ -20,7 +20,7 @@ pub fn message_index(command: &Command) -> usize {
         Command::Stop(_) => "stopStream",
         Command::StreamEvent { .. } => "sendStreamEvent",
         Command::AvailableStream { .. } => "availableStream",
-        Command::Ignored | Command::Rejected(_) => "other",
+        Command::Ignored | Command::Rejected(_) | Command::SetLayer { .. } => "other",
     };
     MESSAGES
         .iter()

@@ -103,6 +103,13 @@ pub enum Command {
     /// the wire layer (it knows which ids the frame carried) but is sent through the
     /// core so the session's replies keep their order.
     Rejected(ServerMessage),
+    /// `sendData` `setLayer` (Huddle's own; the Flashphoner SDK never sends it): which
+    /// simulcast layer one of the session's plays should get.
+    SetLayer {
+        operation_id: String,
+        media_session_id: String,
+        layer: VideoLayer,
+    },
 }
 
 impl Command {
@@ -321,6 +328,29 @@ impl CloseReason {
             CloseReason::Shutdown => "Server shutting down",
             CloseReason::Kicked => "Removed from the room by a moderator",
             CloseReason::RoomClosed => "The room was closed",
+        }
+    }
+}
+
+/// A simulcast layer a player asks for: `Low` for a small tile, `High` for the focused
+/// one, `Auto` the highest its bandwidth allows (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoLayer {
+    Auto,
+    Low,
+    Medium,
+    High,
+}
+
+impl VideoLayer {
+    /// `auto`, `low`, `medium`, `high` (the wire's words).
+    pub fn parse(word: &str) -> Option<VideoLayer> {
+        match word {
+            "auto" => Some(VideoLayer::Auto),
+            "low" => Some(VideoLayer::Low),
+            "medium" => Some(VideoLayer::Medium),
+            "high" => Some(VideoLayer::High),
+            _ => None,
         }
     }
 }

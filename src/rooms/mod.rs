@@ -150,6 +150,13 @@ pub enum MediaRequest {
         audio: bool,
         video: bool,
     },
+    /// A player's simulcast layer wish (`sendData` `setLayer`): which layer of the
+    /// stream its play gets, within what its bandwidth allows.
+    SetLayer {
+        session: SessionId,
+        media_session_id: String,
+        layer: VideoLayer,
+    },
 }
 
 /// What the media engine reports back about a media session.
@@ -455,6 +462,31 @@ impl Core {
                 media_session_id,
                 kind,
             } => self.stream_event(session, &media_session_id, &kind),
+            Command::SetLayer {
+                operation_id,
+                media_session_id,
+                layer,
+            } => {
+                let result = match self.endpoint(session, &media_session_id) {
+                    Some(Endpoint::Play(_)) => {
+                        self.outputs
+                            .push_back(Output::Media(MediaRequest::SetLayer {
+                                session,
+                                media_session_id,
+                                layer,
+                            }));
+                        Ok(())
+                    }
+                    _ => Err("No such play".to_owned()),
+                };
+                self.send(
+                    session,
+                    ServerMessage::DataStatus {
+                        operation_id,
+                        result,
+                    },
+                );
+            }
             Command::AvailableStream {
                 media_session_id,
                 name,
@@ -1505,10 +1537,12 @@ impl Core {
                 operation_id: operation_id.clone(),
                 result: Err(info.to_owned()),
             },
-            Command::Moderate { operation_id, .. } => ServerMessage::DataStatus {
-                operation_id: operation_id.clone(),
-                result: Err(info.to_owned()),
-            },
+            Command::Moderate { operation_id, .. } | Command::SetLayer { operation_id, .. } => {
+                ServerMessage::DataStatus {
+                    operation_id: operation_id.clone(),
+                    result: Err(info.to_owned()),
+                }
+            }
             Command::Publish(req) => stream_reply(req, true, StreamState::Failed, info),
             Command::Play(req) => stream_reply(req, false, StreamState::Failed, info),
             Command::Unpublish(r) | Command::Stop(r) => ServerMessage::Fail {

@@ -2025,6 +2025,34 @@ fn the_device_is_not_kicked_but_leaves_a_closed_room() {
     assert_eq!(to(&out, 0).first(), Some(&accepted("join-r")));
 }
 
+#[test]
+fn a_layer_wish_of_a_play_goes_to_the_media_engine_and_others_are_refused() {
+    let mut h = Harness::in_room("r", &[(1, "alice"), (2, "bob")]);
+    h.publish_live(1, "r", "pub-a", "r-alice");
+    h.cmd(2, Command::Play(req("play-b", "r-alice", "r")));
+    let layer = |op: &str, msid: &str| Command::SetLayer {
+        operation_id: op.into(),
+        media_session_id: msid.into(),
+        layer: VideoLayer::Low,
+    };
+    let out = h.cmd(2, layer("l1", "play-b"));
+    assert!(out.iter().any(|o| *o
+        == Output::Media(MediaRequest::SetLayer {
+            session: 2,
+            media_session_id: "play-b".into(),
+            layer: VideoLayer::Low
+        })));
+    assert_eq!(to(&out, 2), vec![accepted("l1")]);
+    // Not a play of this session: refused, nothing asked of the engine.
+    for (session, msid) in [(1, "pub-a"), (1, "play-b"), (2, "nope")] {
+        let out = h.cmd(session, layer("l2", msid));
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Media(_))),
+            "{out:?}"
+        );
+        assert_eq!(to(&out, session), vec![failed("l2", "No such play")]);
+    }
+}
 fn speaking(stream: &str, talking: bool, loudness: u8) -> MediaEvent {
     MediaEvent::Speaking {
         stream: stream.into(),

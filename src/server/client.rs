@@ -38,6 +38,9 @@ pub(crate) struct Info {
     pub https: bool,
     /// The longest room name and login in characters (`[rooms] max_name_chars`).
     pub max_name_chars: usize,
+    /// `[media] simulcast_min_participants`: the web app publishes simulcast from this
+    /// many people in a room (0: never).
+    pub simulcast_min_participants: u32,
 }
 
 /// The ports the service listens on (bound: `[http] listen` may say port 0).
@@ -86,6 +89,7 @@ fn info_of(shared: &Shared) -> Info {
         invite_base,
         https,
         max_name_chars: shared.config.rooms.max_name_chars,
+        simulcast_min_participants: shared.config.media.simulcast_min_participants,
     }
 }
 

@@ -694,7 +694,8 @@ fn refused(request: MediaRequest) -> Option<MediaEvent> {
         }),
         MediaRequest::Close { .. }
         | MediaRequest::SessionClosed { .. }
-        | MediaRequest::Mute { .. } => None,
+        | MediaRequest::Mute { .. }
+        | MediaRequest::SetLayer { .. } => None,
     }
 }
 

@@ -34,10 +34,11 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
+use super::simulcast;
 use crate::media::speaking::Speakers;
 use crate::media::{
-    Delivery, Event, Numbering, Renumber, Sink, SinkId, Source, SourceId, Stats, StreamError,
-    Streams, Tally,
+    Delivery, Estimator, Event, Numbering, Preference, Renumber, Sink, SinkId, Source, SourceId,
+    Stats, StreamError, Streams, Tally,
 };
 use crate::metrics::{DropReason, MediaCounters};
 use crate::rooms::{MediaEvent, MediaRequest, SessionId};
@@ -88,6 +89,12 @@ struct Peer {
     role: Role,
     /// A publisher's video receiver and SSRC (for PLI), once known.
     video_in: Option<(RTCRtpReceiverId, u32)>,
+    /// A simulcast publisher's layers, low → high: the rid and its SSRC once seen.
+    layers: Vec<(String, Option<u32>)>,
+    /// A player's bandwidth estimate, the layer cap it set and the SSRC of its video.
+    bwe: Estimator,
+    cap: Option<usize>,
+    video_out: Option<u32>,
     up: bool,
     ice_connected: bool,
     failed: bool,
@@ -138,6 +145,29 @@ impl Source<Peers> for PublisherSource {
         // The video SSRC is not known yet (not in the offer): ask at the first
         // packet, or retry after the interval.
         let Some((receiver, ssrc)) = p.video_in else {
+            return false;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        if let Some(mut r) = p.pc.rtp_receiver(receiver) {
+            if let Err(e) = r.write_rtcp(now, vec![Box::new(pli)]) {
+                debug!("peer {}: PLI: {e}", self.peer);
+            }
+        }
+        peers.push_writes(self.peer);
+        true
+    }
+
+    /// A simulcast layer's key frame: a PLI for that layer's SSRC.
+    fn layer_key_frame(&mut self, peers: &mut Peers, now: Instant, layer: usize) -> bool {
+        let Some(p) = peers.map.get_mut(&self.peer) else {
+            return true;
+        };
+        let ssrc = p.layers.get(layer).and_then(|(_, ssrc)| *ssrc);
+        let (Some((receiver, _)), Some(ssrc)) = (p.video_in, ssrc) else {
+            // Not arrived yet: asked again after the interval.
             return false;
         };
         let pli = PictureLossIndication {
@@ -432,9 +462,15 @@ impl Engine {
     /// A datagram toward this peer was dropped (socket full): a player then misses
     /// video and needs a key frame.
     pub fn transmit_dropped(&mut self, now: Instant, id: PeerId) {
-        if let Some(Role::Play { stream, .. }) = self.peers.map.get(&id).map(|p| &p.role) {
+        if let Some(Role::Play { stream, sink }) = self.peers.map.get(&id).map(|p| &p.role) {
             let stream = stream.clone();
-            self.media.request_key_frame(&mut self.peers, now, &stream);
+            match *sink {
+                Some(sink) => {
+                    self.media
+                        .request_sink_key_frame(&mut self.peers, now, &stream, sink)
+                }
+                None => self.media.request_key_frame(&mut self.peers, now, &stream),
+            }
         }
     }
 
@@ -517,6 +553,57 @@ impl Engine {
             } => {
                 self.play_external(now, session, media_session_id, &stream, Err(&sink));
             }
+            MediaRequest::SetLayer {
+                session,
+                media_session_id,
+                layer,
+            } => self.set_layer(now, session, &media_session_id, layer),
+        }
+    }
+
+    /// A player's explicit simulcast layer wish (the web app's tile sizes).
+    fn set_layer(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        media_session_id: &str,
+        layer: crate::rooms::VideoLayer,
+    ) {
+        use crate::rooms::VideoLayer;
+        let preference = match layer {
+            VideoLayer::Auto => Preference::Auto,
+            VideoLayer::Low => Preference::Low,
+            VideoLayer::Medium => Preference::Medium,
+            VideoLayer::High => Preference::High,
+        };
+        let Some(id) = self.by_media.get(&(session, media_session_id.to_owned())) else {
+            return;
+        };
+        if let Some(Role::Play {
+            stream,
+            sink: Some(sink),
+        }) = self.peers.map.get(id).map(|p| &p.role)
+        {
+            let (stream, sink) = (stream.clone(), *sink);
+            self.media
+                .set_layer_preference(&mut self.peers, now, &stream, sink, preference);
+        }
+    }
+
+    /// A play's simulcast layers: current and target (`None`: the stream has none or
+    /// there is no such play).
+    pub fn play_layer(
+        &self,
+        session: SessionId,
+        media_session_id: &str,
+    ) -> Option<crate::media::SinkLayer> {
+        let id = self.by_media.get(&(session, media_session_id.to_owned()))?;
+        match &self.peers.map.get(id)?.role {
+            Role::Play {
+                stream,
+                sink: Some(sink),
+            } => self.media.sink_layer(stream, *sink),
+            _ => None,
         }
     }
 
@@ -744,8 +831,15 @@ impl Engine {
                 .is_some_and(|fs| !fs.iter().any(|f| matches!(f, Family::H264 { .. })))
         });
         let chosen = codecs::choose_publish(&offer, self.cfg.prefer_vp8 || h264_blind)?;
-        info!(stream:% = crate::logging::field(stream); "stream {}: publishing {}", crate::logging::escaped(stream), chosen.describe());
+        let rids = if chosen.video.is_some() {
+            simulcast::offered_layers(sdp)
+        } else {
+            Vec::new()
+        };
+        info!(stream:% = crate::logging::field(stream); "stream {}: publishing {}{}", crate::logging::escaped(stream), chosen.describe(),
+            if rids.is_empty() { String::new() } else { format!(", simulcast {}", rids.join("/")) });
         let role = Role::Publish { source: None };
+        let layers = rids.len();
         let (id, answer, _) = self.add_peer(
             now,
             session,
@@ -753,11 +847,12 @@ impl Engine {
             sdp,
             (chosen.clone(), chosen.clone()),
             role,
-            Direction::Publish,
+            (Direction::Publish, rids),
         )?;
         let source = Box::new(PublisherSource { peer: id });
         match self.media.add_source(stream, chosen, source) {
             Ok(source) => {
+                self.media.set_layers(source, layers);
                 self.opened.push(stream.to_owned());
                 if let Some(Role::Publish { source: slot, .. }) =
                     self.peers.map.get_mut(&id).map(|p| &mut p.role)
@@ -808,8 +903,11 @@ impl Engine {
             sdp,
             (chosen, negotiated),
             role,
-            Direction::Play,
+            (Direction::Play, Vec::new()),
         )?;
+        if let Some(p) = self.peers.map.get_mut(&id) {
+            p.video_out = tracks.video.as_ref().map(|(_, n)| n.ssrc);
+        }
         let sink = Box::new(PlayerSink {
             peer: id,
             audio: tracks.audio.as_ref().map(|(sender, _)| *sender),
@@ -849,7 +947,7 @@ impl Engine {
         offer: &str,
         (chosen, negotiated): (Chosen, Chosen),
         role: Role,
-        direction: Direction,
+        (direction, rids): (Direction, Vec<String>),
     ) -> Result<(PeerId, String, PlayTracks), String> {
         let bits = random();
         let ufrag = format!("{:08x}", bits as u32);
@@ -859,7 +957,7 @@ impl Engine {
             &self.cert,
             (&ufrag, &pwd),
             &negotiated,
-            direction,
+            (direction, !rids.is_empty()),
             &self.counters,
         )?;
         let mut tracks = PlayTracks::default();
@@ -947,6 +1045,10 @@ impl Engine {
                 chosen,
                 role,
                 video_in: None,
+                layers: rids.into_iter().map(|rid| (rid, None)).collect(),
+                bwe: Estimator::default(),
+                cap: None,
+                video_out: None,
                 up: false,
                 ice_connected: false,
                 failed: false,
@@ -1015,6 +1117,7 @@ impl Engine {
         let mut key_frame_requested = false;
         let mut became_up = false;
         let mut video_opened = false;
+        let mut feedback = false;
         self.peers.push_writes(id);
         let Some(p) = self.peers.map.get_mut(&id) else {
             self.rtp = rtp;
@@ -1060,7 +1163,17 @@ impl Engine {
                         p.pc.rtp_receiver(init.receiver_id)
                             .is_some_and(|r| r.track().kind() == RtpCodecKind::Video);
                     if is_video {
-                        p.video_in = Some((init.receiver_id, init.ssrc));
+                        if p.video_in.is_none() || p.layers.is_empty() {
+                            p.video_in = Some((init.receiver_id, init.ssrc));
+                        }
+                        // A simulcast layer: its SSRC, by its rid.
+                        if let Some((_, ssrc)) = init
+                            .rid
+                            .as_deref()
+                            .and_then(|rid| p.layers.iter_mut().find(|(r, _)| r == rid))
+                        {
+                            *ssrc = Some(init.ssrc);
+                        }
                         video_opened = true;
                     }
                 }
@@ -1079,8 +1192,20 @@ impl Engine {
                         rtp.push((kind, packet));
                     }
                 }
-                // Only PLI and FIR are delivered (peer::KeyFrameRequests).
-                RTCMessage::RtcpPacket(_, _) => key_frame_requested = true,
+                // PLI and FIR are delivered, and a player's REMB and receiver reports
+                // (peer::KeyFrameRequests).
+                RTCMessage::RtcpPacket(_, packets) => {
+                    let f = simulcast::read_feedback(&packets, p.video_out);
+                    key_frame_requested |= f.key_frame;
+                    if let Some(bps) = f.remb {
+                        p.bwe.remb(now, bps);
+                        feedback = true;
+                    }
+                    if let Some(fraction) = f.loss {
+                        p.bwe.loss(fraction);
+                        feedback = true;
+                    }
+                }
                 _ => {}
             }
         }
@@ -1089,12 +1214,27 @@ impl Engine {
                 source: Some(source),
             } => {
                 let source = *source;
+                // A simulcast publisher's video goes in by layer (its SSRC's rid);
+                // packets of an SSRC no rid named are not forwarded.
+                let mut layer_ssrcs = [None; simulcast::MAX_LAYERS];
+                for (slot, (_, ssrc)) in layer_ssrcs.iter_mut().zip(&p.layers) {
+                    *slot = *ssrc;
+                }
+                let layered = !p.layers.is_empty();
                 if video_opened {
                     self.media.source_ready(&mut self.peers, now, source);
                 }
                 for (kind, packet) in rtp.drain(..) {
                     if kind == Kind::Audio {
                         self.speaking.packet(&id, &packet.header);
+                    }
+                    if layered && kind == Kind::Video {
+                        let ssrc = Some(packet.header.ssrc);
+                        if let Some(layer) = layer_ssrcs.iter().position(|s| *s == ssrc) {
+                            self.media
+                                .layer_packet(&mut self.peers, now, source, layer, &packet);
+                        }
+                        continue;
                     }
                     self.media
                         .packet(&mut self.peers, now, source, kind, &packet);
@@ -1103,13 +1243,31 @@ impl Engine {
             Role::Play {
                 stream,
                 sink: Some(sink),
-            } if became_up || key_frame_requested => {
+            } if became_up || key_frame_requested || feedback => {
                 let (stream, sink) = (stream.clone(), *sink);
+                // The player's bandwidth caps its simulcast layer.
+                let cap = if feedback {
+                    let bitrates = self.media.layer_bitrates(now, &stream);
+                    let cap = p.bwe.cap(now, &bitrates);
+                    (cap != p.cap).then(|| {
+                        p.cap = cap;
+                        cap
+                    })
+                } else {
+                    None
+                };
+                let estimate = p.bwe.estimate(now);
+                if let Some(cap) = cap {
+                    debug!("peer {id}: layer cap {cap:?} (estimate {estimate:?} bps)");
+                    self.media
+                        .set_layer_cap(&mut self.peers, now, &stream, sink, cap);
+                }
                 if became_up {
                     // Active now; it asks for a key frame.
                     self.media.activate(&mut self.peers, now, &stream, sink);
-                } else {
-                    self.media.request_key_frame(&mut self.peers, now, &stream);
+                } else if key_frame_requested {
+                    self.media
+                        .request_sink_key_frame(&mut self.peers, now, &stream, sink);
                 }
             }
             _ => {}

@@ -10,7 +10,8 @@ use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports, register_default_interceptors,
+    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
+    register_default_interceptors,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -20,7 +21,10 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -36,12 +40,14 @@ pub enum Direction {
     Play,
 }
 
+/// `simulcast`: a publisher's offer has rid layers (the mid and rid header extensions
+/// are negotiated then, which rid-based simulcast needs).
 pub fn build(
     now: Instant,
     cert: &RTCCertificate,
     (ufrag, pwd): (&str, &str),
     chosen: &Chosen,
-    direction: Direction,
+    (direction, simulcast): (Direction, bool),
     counters: &Arc<MediaCounters>,
 ) -> Result<RTCPeerConnection, String> {
     let settings = SettingEngineBuilder::new()
@@ -50,9 +56,25 @@ pub fn build(
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .build();
     let mut engine = media_engine(chosen)?;
-    // A player's PLI, FIR and NACK are counted.
+    if simulcast && direction == Direction::Publish {
+        configure_simulcast_extension_headers(&mut engine)
+            .map_err(|e| format!("simulcast header extensions: {e}"))?;
+    }
+    if direction == Direction::Play {
+        // The player's receiver estimate: the layer it gets (`media::bandwidth`).
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: "goog-remb".into(),
+                parameter: String::new(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    // A player's PLI, FIR and NACK are counted; its REMB and receiver reports reach
+    // the engine too.
     let requests = KeyFrameRequests {
         counters: (direction == Direction::Play).then(|| counters.clone()),
+        feedback: direction == Direction::Play,
         ..KeyFrameRequests::default()
     };
     let registry = Registry::new().with(Slot::from(14_000), requests);
@@ -195,7 +217,7 @@ pub fn tidy_answer(sdp: &str) -> String {
     out
 }
 
-/// Lets PLI and FIR from players reach the application (the interceptor chain keeps
+/// Lets PLI and FIR (and a player's REMB and receiver reports) reach the application (the interceptor chain keeps
 /// RTCP to itself otherwise); everything passes through unchanged.
 #[derive(Default)]
 pub struct KeyFrameRequests {
@@ -203,6 +225,8 @@ pub struct KeyFrameRequests {
     write: VecDeque<TaggedPacket>,
     /// Where a player's feedback is counted.
     counters: Option<Arc<MediaCounters>>,
+    /// REMB and receiver reports reach the application too (a player's bandwidth).
+    feedback: bool,
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyFrameRequests {
@@ -227,7 +251,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyFrameRequests {
                 }
             }
             let wanted = packets.iter().any(|p| {
-                p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+                let p = p.as_any();
+                p.is::<PictureLossIndication>()
+                    || p.is::<FullIntraRequest>()
+                    || (self.feedback
+                        && (p.is::<ReceiverEstimatedMaximumBitrate>() || p.is::<ReceiverReport>()))
             });
             if wanted {
                 msg.message.add(Attribute::DeliverToApplication);

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::rooms::{
     Command, ConnectInfo, Moderation, RoomEvent, ServerMessage, StateEntry, StreamRef,
-    StreamRequest, StreamState, StreamStatus,
+    StreamRequest, StreamState, StreamStatus, VideoLayer,
 };
 
 /// Client messages the room logic accepts and ignores (ROOM_PROTOCOL §8.9).
@@ -269,6 +269,18 @@ fn parse_send_data(arg: &Value) -> Command {
                 room,
                 login,
                 action,
+            })
+        })(),
+        "setLayer" => (|| {
+            let media_session_id = need("mediaSessionId")?;
+            let word = need("layer")?;
+            let layer = VideoLayer::parse(&word).ok_or_else(|| {
+                "setLayer: options.layer must be auto, low, medium or high".to_owned()
+            })?;
+            Ok(Command::SetLayer {
+                operation_id: operation_id.clone(),
+                media_session_id,
+                layer,
             })
         })(),
         other => Err(format!("Unknown command '{other}'")),
@@ -660,6 +672,26 @@ mod tests {
         assert_eq!(
             rejected_info(frame(r#"{"name":"r"}"#, "kick")),
             "kick needs options.login"
+        );
+        // Huddle's own layer choice for one of the session's plays.
+        assert_eq!(
+            frame(r#"{"mediaSessionId":"p1","layer":"low"}"#, "setLayer"),
+            Command::SetLayer {
+                operation_id: "o".into(),
+                media_session_id: "p1".into(),
+                layer: VideoLayer::Low
+            }
+        );
+        assert_eq!(
+            rejected_info(frame(
+                r#"{"mediaSessionId":"p1","layer":"huge"}"#,
+                "setLayer"
+            )),
+            "setLayer: options.layer must be auto, low, medium or high"
+        );
+        assert_eq!(
+            rejected_info(frame(r#"{"layer":"high"}"#, "setLayer")),
+            "setLayer needs options.mediaSessionId"
         );
     }
 

@@ -298,6 +298,28 @@ impl RtcClient {
         RtcClient::with_options(name, codecs, &[], transport).await
     }
 
+    /// `new`, with the mid/rid header extensions of rid-based simulcast when `simulcast`.
+    pub async fn with_engine(
+        name: &str,
+        codecs: &[(RtpCodecKind, RTCRtpCodecParameters)],
+        simulcast: bool,
+    ) -> RtcClient {
+        let video = RtpCodecKind::Video;
+        let extensions: &[(RtpCodecKind, &str)] = if simulcast {
+            &[
+                (video, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+                (video, "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+                (
+                    video,
+                    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+                ),
+            ]
+        } else {
+            &[]
+        };
+        RtcClient::with_options(name, codecs, extensions, Transport::Udp).await
+    }
+
     /// `new`, also offering these RTP header extensions (URIs) for their kinds.
     pub async fn with_extensions(
         name: &str,
@@ -429,20 +451,36 @@ impl RtcClient {
         codec: RTCRtpCodecParameters,
         ssrc: u32,
     ) {
+        self.add_send_layers(kind, codec, &[("", ssrc)]).await;
+    }
+
+    /// A sent track with one encoding per `(rid, ssrc)`: simulcast when there are
+    /// several (rids non-empty). Each layer is listed in `sending` (same track).
+    pub async fn add_send_layers(
+        &mut self,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodecParameters,
+        layers: &[(&str, u32)],
+    ) {
         let label = format!("{}-{kind}", self.name);
+        let encodings = layers
+            .iter()
+            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: (*rid).to_owned(),
+                    ssrc: Some(*ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            })
+            .collect();
         let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
             format!("{}-stream", self.name),
             label.clone(),
             label,
             kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp_codec.clone(),
-                ..Default::default()
-            }],
+            encodings,
         )));
         self.pc
             .add_transceiver_from_track(
@@ -486,12 +524,14 @@ impl RtcClient {
                 }
             }
         });
-        self.sending.push(SendTrack {
-            kind,
-            ssrc,
-            codec,
-            track,
-        });
+        for (_, ssrc) in layers {
+            self.sending.push(SendTrack {
+                kind,
+                ssrc: *ssrc,
+                codec: codec.clone(),
+                track: Arc::clone(&track),
+            });
+        }
     }
 
     /// createOffer + setLocalDescription; returns the offer without candidates (kept in `offer`).
