@@ -317,9 +317,13 @@ impl Fmp4Writer {
 }
 
 impl Track {
+    /// A sample at or before the last one is moved one millisecond after it: players
+    /// and ffmpeg work in milliseconds, and two samples closer than that (frames of a
+    /// busy capturer, stamped in one millisecond) would get the same decode time there.
     fn add(&mut self, time: u64, sync: bool, start: usize) {
+        let step = u64::from(self.config.timescale() / 1000).max(1);
         let time = match self.last_time {
-            Some(last) if time <= last => last + 1,
+            Some(last) if time < last.saturating_add(step) => last.saturating_add(step),
             _ => time,
         };
         self.last_time = Some(time);
@@ -613,6 +617,30 @@ pub(crate) mod tests {
         inter[0] |= 1;
         assert_eq!(vp8_key_frame_size(&inter), None);
         assert_eq!(vp8_key_frame_size(&key[..8]), None);
+    }
+
+    #[test]
+    fn samples_stamped_in_one_millisecond_are_a_millisecond_apart() {
+        let mut w = Fmp4Writer::new(vec![
+            TrackConfig::H264 {
+                sps: SPS_360.to_vec(),
+                pps: PPS.to_vec(),
+                width: 640,
+                height: 360,
+            },
+            TrackConfig::Opus { channels: 2 },
+        ]);
+        let frame = [0, 0, 0, 1, 0x65, 1, 2, 3];
+        // Three frames of a burst (the same ms, then earlier), then one well after.
+        for time in [7740, 7740, 7700, 9000] {
+            w.push_annex_b(0, time, true, &frame);
+        }
+        assert_eq!(w.last_time(0), Some(9000));
+        w.push_annex_b(0, 9000, true, &frame);
+        assert_eq!(w.last_time(0), Some(9090), "90 kHz: one ms is 90 ticks");
+        w.push(1, 480, true, &[0xfc]);
+        w.push(1, 480, true, &[0xfc]);
+        assert_eq!(w.last_time(1), Some(528), "48 kHz: one ms is 48 ticks");
     }
 
     #[test]
