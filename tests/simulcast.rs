@@ -6,8 +6,10 @@
 //! key frame of each new layer, with continuous sequence numbers and a monotonic
 //! clock; a player whose REMB says 90 kbps moves to the low layer while another
 //! player stays on the high one; a player behind a relay that loses a third of its RTP
-//! (retransmissions too) moves to the low layer from its receiver reports. The server
-//! runs in process on 127.0.0.1; every wait is bounded.
+//! (retransmissions too) moves to the low layer from its receiver reports. Without
+//! simulcast, such a player gets key frames only while another gets every frame; and a
+//! publisher that loses a third on its way in thins nobody (that loss is not the
+//! players'). The server runs in process on 127.0.0.1; every wait is bounded.
 
 mod common;
 #[path = "common/room_media.rs"]
@@ -445,6 +447,161 @@ async fn a_player_losing_a_third_of_its_packets_moves_to_the_low_layer() {
     sender.abort();
     alice_pc.close().await;
     dave_pc.close().await;
+    tokio::time::timeout(Duration::from_secs(8), server.shutdown())
+        .await
+        .expect("server shutdown");
+}
+
+/// Alice publishes without simulcast (a key frame every 10th video packet, 20 ms
+/// apart); with `gaps`, every third packet is never sent (lost before the SFU). Dave
+/// and Erin have joined too; returns once both saw it PUBLISHED.
+async fn publish_plain(
+    alice: &mut Client,
+    others: [&mut Client; 2],
+    gaps: bool,
+) -> (RtcClient, tokio::task::JoinHandle<()>) {
+    let mut alice_pc = RtcClient::publisher(
+        "alice-pc",
+        &[
+            (AUDIO, opus(111), 0x1111_1111),
+            (VIDEO, h264(125), 0x2222_2222),
+        ],
+    )
+    .await;
+    room_media::start_stream(
+        alice,
+        &mut alice_pc,
+        true,
+        ("m-alice", ROOM, STREAM),
+        (true, true),
+    )
+    .await;
+    let video = Arc::clone(&alice_pc.send_track(VIDEO).track);
+    let vpt = alice_pc.negotiated_pt(VIDEO).await;
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for n in 0..3000u32 {
+            tick.tick().await;
+            if gaps && n % 3 == 1 {
+                continue;
+            }
+            let mut v = vec![if n % 10 == 0 { 0x65 } else { 0x41 }, 0];
+            v.extend(body(n as usize, 600));
+            let _ = video
+                .write_rtp(rtp_packet(vpt, 0x2222_2222, n as u16, n * 1800, true, v))
+                .await;
+        }
+    });
+    for c in others {
+        until(c, "PUBLISHED", |v| {
+            v["message"] == "OnDataEvent" && v["data"][0]["payload"]["name"] == "PUBLISHED"
+        })
+        .await;
+    }
+    (alice_pc, sender)
+}
+
+/// Alice, Dave and Erin in the room.
+async fn three(addr: std::net::SocketAddr) -> (Client, Client, Client) {
+    let mut alice = Client::connect(addr, "alice").await;
+    alice.join(ROOM).await;
+    let mut dave = Client::connect(addr, "dave").await;
+    dave.join(ROOM).await;
+    let mut erin = Client::connect(addr, "erin").await;
+    erin.join(ROOM).await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    dave.expect_event_in(ROOM, "JOINED").await;
+    (alice, dave, erin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_simulcast_a_player_losing_a_third_gets_key_frames_only_and_others_all() {
+    let server = start_server(|c| {
+        c.media.udp_port = 0;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let addr = server.local_addr();
+    let (mut alice, mut dave, mut erin) = three(addr).await;
+    let (alice_pc, sender) = publish_plain(&mut alice, [&mut dave, &mut erin], false).await;
+    let mut dave_pc = play_through_relay(&mut dave, "dave-pc").await;
+    let mut erin_pc = RtcClient::player("erin-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    room_media::play_in_room(&mut erin, &mut erin_pc, ROOM, STREAM).await;
+
+    // Dave's reports say about 30 % lost: only key frames for him (what the relay
+    // lets through of them), with his sequence numbers closing the withheld gaps.
+    let mut only_keys = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline && !only_keys {
+        let got = video_for(&mut dave_pc, Duration::from_millis(1500)).await;
+        only_keys = got.len() >= 3 && got.iter().all(|p| what(p).1);
+    }
+    assert!(only_keys, "dave gets key frames only");
+    // Erin gets every frame.
+    erin_pc.drain_media();
+    let erin_got = video_for(&mut erin_pc, Duration::from_millis(1000)).await;
+    let deltas = erin_got.iter().filter(|p| !what(p).1).count();
+    assert!(deltas >= 30, "erin gets the delta frames too: {deltas}");
+
+    sender.abort();
+    alice_pc.close().await;
+    dave_pc.close().await;
+    erin_pc.close().await;
+    tokio::time::timeout(Duration::from_secs(8), server.shutdown())
+        .await
+        .expect("server shutdown");
+}
+
+/// A publisher whose own uplink loses a third: every player's receiver reports say a
+/// third lost, but none of it is between the SFU and them, so nobody is thinned (the
+/// gaps the SFU passed on are taken off their reports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_losing_a_third_on_its_way_in_thins_no_player() {
+    let server = start_server(|c| {
+        // The test reads no signalling for 18 s: no pings to miss meanwhile.
+        c.signalling.ping_interval_ms = 60_000;
+        c.media.udp_port = 0;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let addr = server.local_addr();
+    let (mut alice, mut dave, mut erin) = three(addr).await;
+    let (alice_pc, sender) = publish_plain(&mut alice, [&mut dave, &mut erin], true).await;
+    let mut players = Vec::new();
+    for (ws, name) in [(&mut dave, "dave-pc"), (&mut erin, "erin-pc")] {
+        let mut pc = RtcClient::player(name, &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+        room_media::play_in_room(ws, &mut pc, ROOM, STREAM).await;
+        players.push(pc);
+    }
+    // Over 9 s (several receiver reports each), every 1.5 s both get delta frames
+    // (about 30 a second arrive; key frames only would be none).
+    for round in 0..6 {
+        for (i, pc) in players.iter_mut().enumerate() {
+            let got = video_for(pc, Duration::from_millis(1500)).await;
+            let deltas = got.iter().filter(|p| !what(p).1).count();
+            let gaps = got
+                .windows(2)
+                .filter(|w| {
+                    w[1].header.sequence_number != w[0].header.sequence_number.wrapping_add(1)
+                })
+                .count();
+            assert!(
+                deltas >= 20,
+                "player {i}, round {round}: {deltas} delta packets of {} in 1.5 s (thinned?)",
+                got.len()
+            );
+            // The publisher's gaps reach the players as gaps (their decoders and NACKs
+            // see the loss).
+            assert!(gaps >= 5, "player {i}, round {round}: {gaps} gaps");
+        }
+    }
+
+    sender.abort();
+    alice_pc.close().await;
+    for pc in players {
+        pc.close().await;
+    }
     tokio::time::timeout(Duration::from_secs(8), server.shutdown())
         .await
         .expect("server shutdown");

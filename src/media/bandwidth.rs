@@ -128,7 +128,6 @@ impl Estimator {
 /// video lost (after retransmissions) puts it on key frames only for `HOLD_AFTER_LOSS`,
 /// renewed by every lossy report. The estimate is not used: a browser's REMB follows
 /// what it receives (see above) and would thin every player at its start.
-/// Not wired into the engine yet (see "Without simulcast" in docs/decisions.md).
 #[derive(Debug, Clone, Default)]
 pub struct Thinning {
     until: Option<Instant>,
@@ -145,9 +144,102 @@ impl Thinning {
     }
 }
 
+/// What one receiver report block says of the video we send a player.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossReport {
+    /// Fraction lost since the previous report, of 256 (as the receiver counts it).
+    pub fraction: u8,
+    /// Cumulative number of packets lost (24-bit signed on the wire).
+    pub total_lost: u32,
+    /// Extended highest sequence number received.
+    pub highest: u32,
+}
+
+/// The loss between us and a player, from its receiver reports less the sequence
+/// numbers that were gaps before us (the publisher's own losses, which the player's
+/// reports count too): a lossy publisher must not thin or step down every player.
+#[derive(Debug, Clone, Default)]
+pub struct DownstreamLoss {
+    /// The previous report's highest and cumulative lost, and the gaps up to it.
+    last: Option<(u32, u32, u64)>,
+}
+
+impl DownstreamLoss {
+    /// A report and the gaps before us up to its highest sequence number (`None`: the
+    /// sink keeps the source's numbering; the report is taken as it is). The fraction
+    /// (of 256) lost on our side since the previous report; `None` for the first one,
+    /// or when nothing new was expected.
+    pub fn report(&mut self, r: LossReport, skipped: Option<u64>) -> Option<u8> {
+        let Some(skipped) = skipped else {
+            return Some(r.fraction);
+        };
+        let (highest, total, gaps) = self.last.replace((r.highest, r.total_lost, skipped))?;
+        let expected = r.highest.wrapping_sub(highest);
+        if expected == 0 || expected >= 0x8000_0000 {
+            return None;
+        }
+        // The cumulative count is 24-bit signed (duplicates can make it go down).
+        let lost = r.total_lost.wrapping_sub(total) & 0xff_ffff;
+        let lost = if lost >= 0x80_0000 {
+            i64::from(lost) - 0x100_0000
+        } else {
+            i64::from(lost)
+        };
+        let expected = i64::from(expected);
+        let before_us = i64::try_from(skipped.saturating_sub(gaps))
+            .unwrap_or(i64::MAX)
+            .min(expected);
+        let ours = expected - before_us;
+        if ours == 0 {
+            return None;
+        }
+        let lost = (lost - before_us).clamp(0, ours);
+        u8::try_from(lost * 256 / ours).ok().or(Some(u8::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rr(total_lost: u32, highest: u32) -> LossReport {
+        LossReport {
+            fraction: 0,
+            total_lost,
+            highest,
+        }
+    }
+
+    #[test]
+    fn losses_before_us_are_not_the_players() {
+        let mut d = DownstreamLoss::default();
+        assert_eq!(d.report(rr(0, 1000), Some(0)), None);
+        // 100 expected, 30 lost, all 30 gaps of the publisher: none of ours.
+        assert_eq!(d.report(rr(30, 1100), Some(30)), Some(0));
+        // 100 expected, 40 lost, 10 before us: 30 of 90 ours (85 of 256).
+        assert_eq!(d.report(rr(70, 1200), Some(40)), Some(85));
+        // Retransmissions repaired more than was lost: none, not negative.
+        assert_eq!(d.report(rr(60, 1300), Some(40)), Some(0));
+        // Everything expected was a gap before us: nothing to say.
+        assert_eq!(d.report(rr(160, 1400), Some(140)), None);
+        // Nothing new.
+        assert_eq!(d.report(rr(160, 1400), Some(140)), None);
+        // The sequence wraps into the next cycle; the 24-bit count wraps too.
+        let mut d = DownstreamLoss::default();
+        d.report(rr(0xff_fff8, 0x1_fff0), Some(5));
+        assert_eq!(d.report(rr(0, 0x2_0010), Some(5)), Some(64));
+        // A sink with the source's numbering: the report as it is.
+        assert_eq!(
+            DownstreamLoss::default().report(
+                LossReport {
+                    fraction: 77,
+                    ..rr(0, 0)
+                },
+                None
+            ),
+            Some(77)
+        );
+    }
 
     const LAYERS: [u64; 3] = [150_000, 500_000, 1_500_000];
 

@@ -15,6 +15,11 @@ pub struct Renumber {
     /// Packets of the source were withheld (a mute): the next one continues the
     /// sequence numbers where they left off, the timestamps with the source's clock.
     resync: bool,
+    /// Sequence numbers skipped so far: gaps of the source (lost before they reached
+    /// us) passed on, which the sink's receiver reports count as lost too.
+    skipped: u64,
+    /// The latest gap: the number after it and `skipped` before it.
+    last_gap: Option<(u16, u64)>,
 }
 
 impl Renumber {
@@ -29,6 +34,8 @@ impl Renumber {
             next_ts: start_ts,
             ts_step,
             resync: false,
+            skipped: 0,
+            last_gap: None,
         }
     }
 
@@ -63,11 +70,26 @@ impl Renumber {
         let out_ts = ts.wrapping_add(ts_offset);
         // Only forward progress moves the continuation point (retransmissions and
         // reordered packets do not).
-        if out_seq.wrapping_sub(self.next_seq) < 0x8000 {
+        let gap = out_seq.wrapping_sub(self.next_seq);
+        if gap < 0x8000 {
+            if gap > 0 {
+                self.last_gap = Some((out_seq, self.skipped));
+                self.skipped += u64::from(gap);
+            }
             self.next_seq = out_seq.wrapping_add(1);
             self.next_ts = out_ts.wrapping_add(self.ts_step);
         }
         (out_seq, out_ts)
+    }
+
+    /// Sequence numbers skipped up to `highest` (the highest a receiver report says
+    /// it got): the latest gap is left out when it lies beyond, so a report that
+    /// crossed the gap's packet on the way is not charged with it.
+    pub fn skipped_through(&self, highest: u16) -> u64 {
+        match self.last_gap {
+            Some((after, before)) if (1..0x8000).contains(&after.wrapping_sub(highest)) => before,
+            _ => self.skipped,
+        }
     }
 }
 
@@ -100,6 +122,28 @@ mod tests {
         // 102..=199 withheld; the timestamps went on for 98 frames.
         assert_eq!(t.rewrite(7, 200, 306_000), (1002, 347_000));
         assert_eq!(t.rewrite(7, 201, 309_000), (1003, 350_000));
+    }
+
+    #[test]
+    fn gaps_of_the_source_are_counted_and_the_latest_only_once_reported() {
+        let mut t = track(1000, 0);
+        t.rewrite(7, 10, 0);
+        t.rewrite(7, 11, 1);
+        assert_eq!(t.skipped_through(1001), 0);
+        // 12..=14 lost before us.
+        assert_eq!(t.rewrite(7, 15, 2).0, 1005);
+        // A report up to 1001..=1004 has not seen the gap close yet.
+        assert_eq!(t.skipped_through(1001), 0);
+        assert_eq!(t.skipped_through(1005), 3);
+        assert_eq!(t.skipped_through(1006), 3);
+        // A retransmission of 13 fills a hole: no progress, no new gap.
+        t.rewrite(7, 13, 1);
+        assert_eq!(t.skipped_through(1005), 3);
+        // Withheld packets (a mute, key frames only) make no gap; a new SSRC neither.
+        t.resync();
+        t.rewrite(7, 40, 9);
+        t.rewrite(9, 500, 9);
+        assert_eq!(t.skipped_through(1010), 3);
     }
 
     #[test]

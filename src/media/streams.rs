@@ -1003,6 +1003,18 @@ impl<E: ?Sized> Streams<E> {
         layered.then_some(s.layer)
     }
 
+    /// The video sequence numbers a sink with its own numbering was given as gaps up
+    /// to `highest` (losses before us; see `Renumber::skipped_through`).
+    pub fn sink_video_skipped(&self, stream: &str, sink: SinkId, highest: u16) -> Option<u64> {
+        let p = self.publications.get(stream)?;
+        match &p.sinks.iter().find(|s| s.id == sink)?.numbering {
+            Numbering::Own {
+                video: Some(video), ..
+            } => Some(video.skipped_through(highest)),
+            _ => None,
+        }
+    }
+
     /// Changes a sink's layer wish and cap; a new target it is not fed yet asks for a
     /// key frame of it (the switch happens there). `false`: no such sink.
     fn update_layer(

@@ -35,6 +35,7 @@ use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
 use super::simulcast;
+use crate::media::bandwidth::{DownstreamLoss, LossReport, Thinning};
 use crate::media::speaking::Speakers;
 use crate::media::{
     Delivery, Estimator, Event, Numbering, Preference, Renumber, Sink, SinkId, Source, SourceId,
@@ -94,6 +95,11 @@ struct Peer {
     /// A player's bandwidth estimate, the layer cap it set and the SSRC of its video.
     bwe: Estimator,
     cap: Option<usize>,
+    /// A player of a stream without layers on key frames only (heavy loss), and why.
+    thin: Thinning,
+    thinned: bool,
+    /// Its reports' loss less the publisher's own (gaps before us).
+    downstream: DownstreamLoss,
     video_out: Option<u32>,
     up: bool,
     ice_connected: bool,
@@ -1048,6 +1054,9 @@ impl Engine {
                 layers: rids.into_iter().map(|rid| (rid, None)).collect(),
                 bwe: Estimator::default(),
                 cap: None,
+                thin: Thinning::default(),
+                thinned: false,
+                downstream: DownstreamLoss::default(),
                 video_out: None,
                 up: false,
                 ice_connected: false,
@@ -1118,6 +1127,7 @@ impl Engine {
         let mut became_up = false;
         let mut video_opened = false;
         let mut feedback = false;
+        let mut report: Option<LossReport> = None;
         self.peers.push_writes(id);
         let Some(p) = self.peers.map.get_mut(&id) else {
             self.rtp = rtp;
@@ -1201,8 +1211,8 @@ impl Engine {
                         p.bwe.remb(now, bps);
                         feedback = true;
                     }
-                    if let Some(fraction) = f.loss {
-                        p.bwe.loss(fraction);
+                    if f.loss.is_some() {
+                        report = f.loss;
                         feedback = true;
                     }
                 }
@@ -1245,9 +1255,29 @@ impl Engine {
                 sink: Some(sink),
             } if became_up || key_frame_requested || feedback => {
                 let (stream, sink) = (stream.clone(), *sink);
-                // The player's bandwidth caps its simulcast layer.
+                // The player's bandwidth caps its simulcast layer; without layers, heavy
+                // loss puts it on key frames only.
+                let mut thin = None;
                 let cap = if feedback {
+                    // The loss on our side: the publisher's own (gaps before us) is not
+                    // this player's to pay for.
+                    let lost = report.and_then(|r| {
+                        let skipped =
+                            self.media
+                                .sink_video_skipped(&stream, sink, r.highest as u16);
+                        p.downstream.report(r, skipped)
+                    });
+                    if let Some(fraction) = lost {
+                        p.bwe.loss(fraction);
+                    }
                     let bitrates = self.media.layer_bitrates(now, &stream);
+                    if bitrates.is_empty() {
+                        let on = p.thin.report(now, lost);
+                        if on != p.thinned {
+                            p.thinned = on;
+                            thin = Some(on);
+                        }
+                    }
                     let cap = p.bwe.cap(now, &bitrates);
                     (cap != p.cap).then(|| {
                         p.cap = cap;
@@ -1257,6 +1287,11 @@ impl Engine {
                     None
                 };
                 let estimate = p.bwe.estimate(now);
+                if let Some(on) = thin {
+                    debug!("peer {id}: key frames only: {on}");
+                    self.media
+                        .set_key_frames_only(&mut self.peers, now, &stream, sink, on);
+                }
                 if let Some(cap) = cap {
                     debug!("peer {id}: layer cap {cap:?} (estimate {estimate:?} bps)");
                     self.media

@@ -9,6 +9,8 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 
+use crate::media::bandwidth::LossReport;
+
 /// Most layers a publisher may send (the browsers' three).
 pub const MAX_LAYERS: usize = 3;
 
@@ -93,8 +95,8 @@ pub struct Feedback {
     pub key_frame: bool,
     /// A REMB: the receiver's estimate, bits per second.
     pub remb: Option<u64>,
-    /// A receiver report's fraction lost (of 256) for `video_ssrc`.
-    pub loss: Option<u8>,
+    /// A receiver report's block for `video_ssrc`.
+    pub loss: Option<LossReport>,
 }
 
 /// Reads a player's RTCP; `video_ssrc`: the SSRC we send its video with.
@@ -109,14 +111,12 @@ pub fn read_feedback(packets: &[Box<dyn rtcp::Packet>], video_ssrc: Option<u32>)
                 f.remb = Some(remb.bitrate as u64);
             }
         } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-            let lost = rr
-                .reports
-                .iter()
-                .filter(|r| Some(r.ssrc) == video_ssrc)
-                .map(|r| r.fraction_lost)
-                .max();
-            if lost.is_some() {
-                f.loss = lost;
+            if let Some(r) = rr.reports.iter().find(|r| Some(r.ssrc) == video_ssrc) {
+                f.loss = Some(LossReport {
+                    fraction: r.fraction_lost,
+                    total_lost: r.total_lost,
+                    highest: r.last_sequence_number,
+                });
             }
         }
     }
@@ -184,6 +184,8 @@ a=simulcast:send a1,b2;c3;d4\r\n",
                 ReceptionReport {
                     ssrc: 9,
                     fraction_lost: 80,
+                    total_lost: 12,
+                    last_sequence_number: 70_000,
                     ..Default::default()
                 },
             ],
@@ -200,7 +202,11 @@ a=simulcast:send a1,b2;c3;d4\r\n",
             Feedback {
                 key_frame: false,
                 remb: Some(150_000),
-                loss: Some(80)
+                loss: Some(LossReport {
+                    fraction: 80,
+                    total_lost: 12,
+                    highest: 70_000
+                })
             }
         );
         assert_eq!(read_feedback(&packets, Some(3)).loss, None);

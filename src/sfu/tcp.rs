@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use log::{debug, warn};
+use nix::errno::Errno;
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -36,7 +38,10 @@ pub const FIRST_FRAME: Duration = Duration::from_secs(5);
 /// path carries consent checks every few seconds and RTCP every second; Chrome also
 /// connects on paths it then leaves unused (when UDP works too), which this reaps.
 pub const IDLE: Duration = Duration::from_secs(15);
-/// A write the peer does not take within this closes the connection.
+/// Data the peer does not take within this closes the connection: a write that waits
+/// this long, and (`TCP_USER_TIMEOUT`) data written that stays unacknowledged this long
+/// — the second does not depend on how much is written, so a player getting only a
+/// trickle (audio, key frames only) that stopped reading is cut off as fast.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued toward one connection (about a second of 720p video).
 pub const OUT_QUEUE: usize = 256;
@@ -393,6 +398,17 @@ enum End {
     WriteTimedOut,
 }
 
+/// A read or write error: the kernel's user timeout (the peer took nothing for
+/// `WRITE_TIMEOUT`) or the connection's end.
+fn ended(from: SocketAddr, e: &std::io::Error) -> End {
+    debug!("ICE-TCP connection from {from}: {e}");
+    if e.raw_os_error() == Some(Errno::ETIMEDOUT as i32) {
+        End::WriteTimedOut
+    } else {
+        End::Done
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     (id, from): (u64, SocketAddr),
@@ -402,6 +418,12 @@ async fn connection(
 ) {
     counters.tcp.open.inc();
     let _ = stream.set_nodelay(true);
+    // The kernel aborts the connection (ETIMEDOUT) once written data stays
+    // unacknowledged, or unsent behind a zero window, for WRITE_TIMEOUT.
+    let user_timeout = u32::try_from(WRITE_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    if let Err(e) = setsockopt(&stream, sockopt::TcpUserTimeout, &user_timeout) {
+        debug!("ICE-TCP connection from {from}: TCP_USER_TIMEOUT: {e}");
+    }
     let (out, mut queued) = mpsc::channel::<BytesMut>(OUT_QUEUE);
     let verified = Arc::new(AtomicBool::new(false));
     let opened = TcpIn::Opened {
@@ -436,10 +458,7 @@ async fn connection(
                 Err(_) => return End::TimedOut,
                 Ok(Ok(0)) => return End::Done,
                 Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    debug!("ICE-TCP connection from {from}: {e}");
-                    return End::Done;
-                }
+                Ok(Err(e)) => return ended(from, &e),
             };
             let pushed = deframer.push(&buf[..n], |p| frames.push(BytesMut::from(p)));
             if !frames.is_empty() {
@@ -470,10 +489,7 @@ async fn connection(
             }
             match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&batch)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    debug!("ICE-TCP connection from {from}: {e}");
-                    return End::Done;
-                }
+                Ok(Err(e)) => return ended(from, &e),
                 Err(_) => return End::WriteTimedOut,
             }
         }
