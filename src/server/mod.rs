@@ -12,6 +12,7 @@ pub(crate) mod control;
 mod driver;
 mod http;
 mod listener;
+mod member;
 mod recording;
 mod records;
 mod rtmp_edge;

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::driver::ToCore;
+use super::member::{Link, Member};
 use crate::auth::{Access, Authority};
 use crate::device::camera::h264_codec;
 use crate::device::h264::{ProfileLevel, RtpPacket};
@@ -32,9 +33,7 @@ use crate::device::microphone::{opus_codec, OPUS_PAYLOAD_TYPE};
 use crate::logging::escaped;
 use crate::media::StreamError;
 use crate::media::{Codec, Kind};
-use crate::rooms::{
-    CloseReason, Command, ConnectInfo, ServerMessage, SessionId, StreamRef, StreamRequest,
-};
+use crate::rooms::{Command, ConnectInfo, ServerMessage, SessionId, StreamRef, StreamRequest};
 use crate::rtmp::audio::AacToOpus;
 use crate::rtmp::egress;
 use crate::rtmp::flv::AacConfig;
@@ -44,10 +43,6 @@ use crate::rtmp::server::{
 };
 use crate::sfu::task::{Attachment, Endpoints, SourceFeed};
 
-/// How long the room core may take to answer a join.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the room core may take to confirm a leave.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a replaced publisher may take to leave its room.
 const REPLACE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the room core and the media engine may take to start a play.
@@ -62,8 +57,12 @@ const EVENTS: usize = 64;
 const AUDIO_FRAMES: usize = 48;
 /// The reason a publish of the source fails while it delivers nothing.
 const NO_MEDIA: &str = "The RTMP publisher sends no media yet";
-const JOIN_OPERATION: &str = "rtmp-join";
-const LEAVE_OPERATION: &str = "rtmp-leave";
+/// The core's messages queued toward a member.
+const OUTBOUND: usize = 256;
+/// What a publisher's source delivers, queued toward its task.
+const SOURCE_CHANGES: usize = 8;
+/// The edge's label in the member's operation ids.
+const LABEL: &str = "rtmp";
 
 /// One running RTMP publisher of a room/login.
 struct Running {
@@ -104,28 +103,6 @@ impl RtmpEdge {
     }
 }
 
-/// Disconnects a local session on drop unless disarmed (`to_core = None`): a local
-/// session has no pings to time it out, so one must never be left behind.
-struct PendingSession {
-    to_core: Option<mpsc::Sender<ToCore>>,
-    session: SessionId,
-}
-
-impl Drop for PendingSession {
-    fn drop(&mut self) {
-        if let Some(to_core) = self.to_core.take() {
-            let session = self.session;
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                to_core.try_send(ToCore::Disconnect { session })
-            {
-                tokio::spawn(async move {
-                    let _ = to_core.send(ToCore::Disconnect { session }).await;
-                });
-            }
-        }
-    }
-}
-
 fn who(room: &str, login: &str) -> String {
     format!(
         "rtmp publisher {} in room {}",
@@ -134,73 +111,14 @@ fn who(room: &str, login: &str) -> String {
     )
 }
 
-/// Everything the participant task owns.
-struct Member {
-    who: String,
-    session: SessionId,
-    room: String,
-    login: String,
-    to_core: mpsc::Sender<ToCore>,
-    outbound: mpsc::Receiver<ServerMessage>,
-    close: oneshot::Receiver<CloseReason>,
-    /// What the member's named source delivers now (a publisher's).
+/// What a publisher's task owns besides the media.
+struct Publisher {
+    member: Member,
+    /// What the member's named source delivers now.
     changed: mpsc::Receiver<(bool, bool)>,
-    /// Disconnects the session if the member is dropped without leaving (a play
-    /// request cancelled by the connection's handler timeout).
-    guard: PendingSession,
-}
-
-impl Member {
-    async fn command(&self, command: Command) -> bool {
-        self.to_core
-            .send(ToCore::Command {
-                session: self.session,
-                command,
-            })
-            .await
-            .is_ok()
-    }
-
-    /// Leaves the room and ends the session (its stream is unpublished first). The
-    /// source (the feed) must outlive the core's handling of the unpublish, or its end
-    /// would reach the room first as a FAILED stream: the leave's reply says it has.
-    async fn leave(&mut self, published: Option<&str>) {
-        if let Some(id) = published {
-            self.command(Command::Unpublish(StreamRef {
-                media_session_id: id.to_owned(),
-                name: Some(stream_name(&self.room, &self.login)),
-            }))
-            .await;
-        }
-        let left = self
-            .command(Command::Leave {
-                operation_id: LEAVE_OPERATION.into(),
-                room: self.room.clone(),
-            })
-            .await;
-        if left {
-            let outbound = &mut self.outbound;
-            let replied = tokio::time::timeout(LEAVE_TIMEOUT, async {
-                while let Some(message) = outbound.recv().await {
-                    if matches!(&message, ServerMessage::DataStatus { operation_id, .. } if operation_id == LEAVE_OPERATION)
-                    {
-                        return;
-                    }
-                }
-            })
-            .await;
-            if replied.is_err() {
-                warn!("{}: the room service did not confirm the leave", self.who);
-            }
-        }
-        let _ = self
-            .to_core
-            .send(ToCore::Disconnect {
-                session: self.session,
-            })
-            .await;
-        self.guard.to_core = None;
-    }
+    room: String,
+    /// `<room>-<login>`.
+    stream: String,
 }
 
 fn stream_name(room: &str, login: &str) -> String {
@@ -271,15 +189,26 @@ impl Handler for RtmpEdge {
             .endpoints
             .add_source(&source, NO_MEDIA)
             .ok_or_else(busy)?;
+        let (changed_tx, changed) = mpsc::channel(SOURCE_CHANGES);
+        let link = Link::Local {
+            source,
+            changed: changed_tx,
+        };
         let member = self
-            .join(who, peer, session, source, (room, login), access)
+            .join(who, peer, session, link, (&room, &login), access)
             .await?;
+        let publisher = Publisher {
+            member,
+            changed,
+            stream: stream_name(&room, &login),
+            room,
+        };
         let (events_tx, events) = mpsc::channel(EVENTS);
         let (stop_tx, stop) = oneshot::channel();
         let publishers = self.publishers.clone();
         let mine = key.clone();
         let task = tokio::spawn(async move {
-            run(member, feed, record, events, stop).await;
+            run(publisher, feed, record, events, stop).await;
             if let Ok(mut map) = publishers.lock() {
                 if map.get(&mine).is_some_and(|r| r.session == session) {
                     map.remove(&mine);
@@ -337,8 +266,13 @@ impl Handler for RtmpEdge {
         }
         let name = format!("rtmp-{session}");
         let mut attachments = self.endpoints.add_sink(&name).ok_or_else(busy)?;
+        // A sink has no source changes to tell.
+        let link = Link::Local {
+            source: name,
+            changed: mpsc::channel(1).0,
+        };
         let mut member = self
-            .join(who, peer, session, name, (room.clone(), login), access)
+            .join(who, peer, session, link, (&room, &login), access)
             .await?;
         let media_session_id = format!("rtmp-play-{session}");
         let request = StreamRequest {
@@ -353,7 +287,7 @@ impl Handler for RtmpEdge {
         let attached = if member.command(Command::Play(request)).await {
             tokio::time::timeout(
                 PLAY_TIMEOUT,
-                attachment(&mut attachments, &mut member.outbound, &media_session_id),
+                attachment(&mut attachments, &mut member, &media_session_id),
             )
             .await
             .unwrap_or_else(|_| Err(Refusal::new("The media engine did not answer in time")))
@@ -389,85 +323,33 @@ fn gone() -> Refusal {
 
 impl RtmpEdge {
     /// A socket-less session of the room core for an RTMP client: connected as
-    /// `login` with its `access`, a member of `room` once the join is confirmed.
-    /// `name` is its endpoint in the media engine (a source or a sink).
+    /// `login` with its `access` through `link` (its endpoint in the media engine, a
+    /// source or a sink), a member of `room` once the join is confirmed.
     async fn join(
         &self,
         who: String,
         peer: std::net::SocketAddr,
         session: SessionId,
-        name: String,
-        (room, login): (String, String),
+        link: Link,
+        (room, login): (&str, &str),
         access: Access,
     ) -> Result<Member, Refusal> {
-        let (outbound_tx, mut outbound) = mpsc::channel(256);
-        let (close_tx, close) = oneshot::channel();
-        let (changed_tx, changed) = mpsc::channel(8);
+        let who = format!("{who} ({peer})");
         // A request cancelled on the way (the connection's handler timeout) must not
-        // leave a member behind: the guard goes with the member until it leaves.
-        let pending = PendingSession {
-            to_core: Some(self.to_core.clone()),
-            session,
-        };
-        self.to_core
-            .send(ToCore::ConnectLocal {
-                session,
-                source: name,
-                outbound: outbound_tx,
-                close: close_tx,
-                source_changed: changed_tx,
-            })
+        // leave a member behind: the member disconnects its session when dropped.
+        let mut member = Member::connect(&self.to_core, session, who, LABEL, link, OUTBOUND)
             .await
-            .map_err(|_| gone())?;
-        let commands = [
-            Command::Connect(ConnectInfo {
-                login: Some(login.clone()),
-                access,
-                ..ConnectInfo::default()
-            }),
-            Command::Join {
-                operation_id: JOIN_OPERATION.into(),
-                room: room.clone(),
-                record: false,
-            },
-        ];
-        for command in commands {
-            self.to_core
-                .send(ToCore::Command { session, command })
-                .await
-                .map_err(|_| gone())?;
-        }
-        let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
-            while let Some(message) = outbound.recv().await {
-                match message {
-                    ServerMessage::DataStatus {
-                        operation_id,
-                        result,
-                    } if operation_id == JOIN_OPERATION => return result,
-                    ServerMessage::Fail { info, .. } => return Err(info),
-                    _ => {}
-                }
-            }
-            Err("The service is stopping".into())
-        })
-        .await
-        .unwrap_or_else(|_| Err("The room service did not answer in time".into()));
-        if let Err(why) = joined {
-            info!("{who} ({peer}): cannot join: {}", escaped(&why));
-            return Err(Refusal::new(why));
-        }
-        info!("{who} ({peer}): joined as session {session}");
-        Ok(Member {
-            guard: pending,
-            who,
-            session,
-            room,
-            login,
-            to_core: self.to_core.clone(),
-            outbound,
-            close,
-            changed,
-        })
+            .map_err(|closed| Refusal::new(closed.text()))?;
+        let info = ConnectInfo {
+            login: Some(login.to_owned()),
+            access,
+            ..ConnectInfo::default()
+        };
+        member
+            .join(info, room)
+            .await
+            .map_err(|e| Refusal::new(e.into_reason()))?;
+        Ok(member)
     }
 }
 
@@ -475,15 +357,15 @@ impl RtmpEdge {
 /// did not (the core's FAILED status: "Stream not found" is a not-found refusal).
 async fn attachment(
     attachments: &mut mpsc::Receiver<Attachment>,
-    outbound: &mut mpsc::Receiver<ServerMessage>,
+    member: &mut Member,
     media_session_id: &str,
 ) -> Result<Attachment, Refusal> {
     loop {
         tokio::select! {
             a = attachments.recv() => return a.ok_or_else(gone),
-            message = outbound.recv() => match message {
-                None => return Err(gone()),
-                Some(ServerMessage::StreamStatus(status))
+            message = member.next() => match message {
+                Err(_) => return Err(gone()),
+                Ok(ServerMessage::StreamStatus(status))
                     if status.media_session_id == media_session_id
                         && status.status.is_terminal() =>
                 {
@@ -493,7 +375,7 @@ async fn attachment(
                         Refusal::new(status.info)
                     });
                 }
-                Some(_) => {}
+                Ok(_) => {}
             },
         }
     }
@@ -521,21 +403,19 @@ async fn play(
                 Ok(egress::Ended::PlayerLeft) => "the player left".to_string(),
                 Err(e) => e.to_string(),
             },
-            message = member.outbound.recv() => match message {
-                None => break "the room service is gone".to_string(),
-                Some(ServerMessage::StreamStatus(status))
+            message = member.next() => match message {
+                Ok(ServerMessage::StreamStatus(status))
                     if status.media_session_id == media_session_id
                         && status.status.is_terminal() =>
                 {
                     break format!("the play ended: {}", status.info);
                 }
-                Some(_) => {}
+                Ok(_) => {}
+                Err(closed) => {
+                    info!("{}: closed by the room service ({})", member.who, closed.text());
+                    return;
+                }
             },
-            reason = &mut member.close => {
-                let why = reason.map(|r| format!("{r:?}")).unwrap_or_default();
-                info!("{}: closed by the room service ({why})", member.who);
-                return;
-            }
         }
     };
     info!("{}: leaving the room: {}", member.who, escaped(&reason));
@@ -545,12 +425,18 @@ async fn play(
 /// The participant's life: media from the connection into the source, the stream
 /// published once the media engine has the source's codecs, the room left at the end.
 async fn run(
-    mut member: Member,
+    publisher: Publisher,
     feed: SourceFeed,
     record: bool,
     mut events: mpsc::Receiver<PublisherEvent>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let Publisher {
+        mut member,
+        mut changed,
+        room,
+        stream,
+    } = publisher;
     let media_session_id = format!("rtmp-{}", member.session);
     let mut video: Option<Codec> = None;
     let mut audio: Option<AudioBridge> = None;
@@ -623,12 +509,12 @@ async fn run(
                     }
                 }
             },
-            Some((has_audio, has_video)) = member.changed.recv() => {
+            Some((has_audio, has_video)) = changed.recv() => {
                 if !published && (has_audio || has_video) {
                     let request = StreamRequest {
                         media_session_id: media_session_id.clone(),
-                        name: stream_name(&member.room, &member.login),
-                        room: Some(member.room.clone()),
+                        name: stream.clone(),
+                        room: Some(room.clone()),
                         sdp: String::new(),
                         has_audio,
                         has_video,
@@ -641,26 +527,24 @@ async fn run(
                     info!(
                         "{}: publishing {} (audio: {has_audio}, video: {has_video})",
                         member.who,
-                        escaped(&stream_name(&member.room, &member.login))
+                        escaped(&stream)
                     );
                 }
             }
-            message = member.outbound.recv() => match message {
-                None => break "the room service is gone".to_string(),
-                Some(ServerMessage::StreamStatus(status))
+            message = member.next() => match message {
+                Ok(ServerMessage::StreamStatus(status))
                     if status.published
                         && status.media_session_id == media_session_id
                         && status.status.is_terminal() =>
                 {
                     break format!("the stream ended: {}", status.info);
                 }
-                Some(_) => {}
+                Ok(_) => {}
+                Err(closed) => {
+                    info!("{}: closed by the room service ({})", member.who, closed.text());
+                    return;
+                }
             },
-            reason = &mut member.close => {
-                let why = reason.map(|r| format!("{r:?}")).unwrap_or_default();
-                info!("{}: closed by the room service ({why})", member.who);
-                return;
-            }
             _ = &mut stop => break "replaced by a new publish of the same room and login".to_string(),
             _ = sleep_until(source_deadline) => {
                 break "the media engine did not take the stream's codecs in time".to_string();
@@ -669,9 +553,13 @@ async fn run(
     };
     info!("{}: leaving the room: {}", member.who, escaped(&reason));
     drop(audio);
-    member
-        .leave(published.then_some(media_session_id.as_str()))
-        .await;
+    // The source (the feed) must outlive the core's handling of the unpublish, or its
+    // end would reach the room first as a FAILED stream: the leave's reply says it has.
+    let unpublish = published.then_some(Command::Unpublish(StreamRef {
+        media_session_id,
+        name: Some(stream),
+    }));
+    member.leave(unpublish).await;
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

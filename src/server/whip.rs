@@ -34,17 +34,16 @@ use axum::routing::{any, MethodRouter};
 use axum::Router;
 use futures_util::StreamExt;
 use log::{info, warn};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::listener::SessionGuard;
-use super::{Shared, ToCore};
+use super::member::{Closed, JoinError, Link, Member};
+use super::Shared;
 use crate::auth::Access;
 use crate::logging::escaped;
 use crate::metrics::signalling::classify;
 use crate::metrics::RefusalReason;
 use crate::rooms::{
-    CloseReason, Command, ConnectInfo as CoreConnectInfo, ServerMessage, SessionId, StreamRef,
-    StreamRequest,
+    Command, ConnectInfo as CoreConnectInfo, ServerMessage, StreamRef, StreamRequest,
 };
 
 /// Where the WHIP and WHEP endpoints are (nested there by `http::router`).
@@ -52,16 +51,12 @@ pub(crate) const WHIP_PREFIX: &str = "/whip";
 pub(crate) const WHEP_PREFIX: &str = "/whep";
 /// The largest offer taken (a browser's is 4-8 KiB).
 pub(crate) const MAX_OFFER_BYTES: usize = 64 * 1024;
-/// How long the room core may take to answer the connection and the join.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the media engine may take to answer the offer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the room core may take to confirm a leave.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a DELETE waits for the resource to be gone.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(5);
-const JOIN_OPERATION: &str = "whip-join";
-const LEAVE_OPERATION: &str = "whip-leave";
+/// The edge's label in the member's operation ids.
+const LABEL: &str = "whip";
 const SDP: &str = "application/sdp";
 
 /// A publisher (WHIP) or a player (WHEP).
@@ -267,6 +262,19 @@ impl Refused {
     /// A refusal of the room core or the media engine, by its text.
     fn from_core(reason: String) -> Refused {
         Refused(status_of(&reason), reason)
+    }
+
+    /// The service cannot take it now.
+    fn unavailable(reason: impl Into<String>) -> Refused {
+        Refused(StatusCode::SERVICE_UNAVAILABLE, reason.into())
+    }
+
+    /// A join the room core refused, or could not answer.
+    fn from_join(e: JoinError) -> Refused {
+        match e {
+            JoinError::Refused(reason) => Refused::from_core(reason),
+            JoinError::Unavailable(reason) => Refused::unavailable(reason),
+        }
     }
 }
 
@@ -475,7 +483,12 @@ async fn start(
         info!("{who}: refused: no such stream");
         return Err(Refused(StatusCode::NOT_FOUND, "Stream not found".into()));
     }
-    let mut member = Member::connect(shared, session, who, admission).await?;
+    let queue = shared.config.signalling.outbound_queue;
+    let mut member = Member::connect(&shared.to_core, session, who, LABEL, Link::Remote, queue)
+        .await
+        .map_err(|closed| Refused::unavailable(closed.text()))?
+        // The address's session slot, and the service's shutdown waits for the session.
+        .holding((admission, shared.alive.clone()));
     let joined = member
         .join(
             CoreConnectInfo {
@@ -487,10 +500,9 @@ async fn start(
             &room,
         )
         .await;
-    if let Err(refused) = joined {
-        info!("{}: cannot join: {}", member.who, escaped(&refused.1));
-        member.end(None).await;
-        return Err(refused);
+    if let Err(e) = joined {
+        member.leave(None).await;
+        return Err(Refused::from_join(e));
     }
     let (has_audio, has_video) = offered_kinds(&sdp);
     let media_session_id = format!("{}-{session}", kind.label());
@@ -516,18 +528,15 @@ async fn start(
         Kind::Whep => Command::Play(request),
     };
     let answer = match member.command(command).await {
-        true => member.answer(&media_session_id).await,
-        false => Err(Refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The service is stopping".into(),
-        )),
+        true => answer(&mut member, &media_session_id).await,
+        false => Err(Refused::unavailable(Closed(None).text())),
     };
     let answer = match answer {
         Ok(a) => a,
         Err(refused) => {
             info!("{}: refused: {}", member.who, escaped(&refused.1));
             // The core ended the failed stream: only the leave is left.
-            member.end(None).await;
+            member.leave(None).await;
             return Err(refused);
         }
     };
@@ -648,12 +657,11 @@ async fn run(
                     break (why, None);
                 }
                 Ok(_) => {}
-                Err(Closed(reason)) => {
-                    info!("{}: closed by the room service ({reason:?})", member.who);
+                Err(closed) => {
+                    info!("{}: closed by the room service ({})", member.who, closed.text());
                     if let Ok(mut map) = resources.lock() {
                         map.remove(&id);
                     }
-                    member.disarm();
                     return;
                 }
             },
@@ -674,246 +682,37 @@ async fn run(
             Kind::Whep => Command::Stop(r),
         }
     });
-    member.end(end).await;
+    member.leave(end).await;
     if let Some(done) = done {
         let _ = done.send(());
     }
 }
 
-/// What the session's queue gave: a message, or `Closed` (by the core, with its
-/// reason, or the core is gone).
-type Next = Result<ServerMessage, Closed>;
-
-struct Closed(Option<CloseReason>);
-
-/// A socket-less session of the room core: disconnected on drop unless it ended.
-struct Member {
-    who: String,
-    session: SessionId,
-    room: Option<String>,
-    to_core: mpsc::Sender<ToCore>,
-    outbound: mpsc::Receiver<ServerMessage>,
-    close: Option<oneshot::Receiver<CloseReason>>,
-    /// Armed until the session is disconnected.
-    connected: bool,
-    /// The address's session slot, held while the session lives.
-    _admission: SessionGuard,
-    /// Lets the service's shutdown wait for this session.
-    _alive: mpsc::Sender<()>,
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if !self.connected {
-            return;
-        }
-        // An HTTP request cancelled on the way: the session must not be left behind.
-        let session = self.session;
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.to_core.try_send(ToCore::Disconnect { session })
-        {
-            let to_core = self.to_core.clone();
-            tokio::spawn(async move {
-                let _ = to_core.send(ToCore::Disconnect { session }).await;
-            });
-        }
-    }
-}
-
-impl Member {
-    async fn connect(
-        shared: &Shared,
-        session: SessionId,
-        who: String,
-        admission: SessionGuard,
-    ) -> Result<Member, Refused> {
-        let (outbound_tx, outbound) = mpsc::channel(shared.config.signalling.outbound_queue);
-        let (close_tx, close) = oneshot::channel();
-        let connect = ToCore::Connect {
-            session,
-            outbound: outbound_tx,
-            close: close_tx,
-        };
-        if shared.to_core.send(connect).await.is_err() {
-            return Err(Refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The service is stopping".into(),
-            ));
-        }
-        Ok(Member {
-            who,
-            session,
-            room: None,
-            to_core: shared.to_core.clone(),
-            outbound,
-            close: Some(close),
-            connected: true,
-            _admission: admission,
-            _alive: shared.alive.clone(),
-        })
-    }
-
-    async fn command(&self, command: Command) -> bool {
-        self.to_core
-            .send(ToCore::Command {
-                session: self.session,
-                command,
-            })
-            .await
-            .is_ok()
-    }
-
-    /// The next message for the session; the core's pings are answered here.
-    async fn next(&mut self) -> Next {
+/// The media engine's answer to the offer of `media_session_id`, or why not.
+async fn answer(member: &mut Member, media_session_id: &str) -> Result<String, Refused> {
+    let waited = tokio::time::timeout(ANSWER_TIMEOUT, async {
         loop {
-            let message = match &mut self.close {
-                Some(close) => tokio::select! {
-                    m = self.outbound.recv() => m,
-                    reason = close => {
-                        self.close = None;
-                        return Err(Closed(reason.ok()));
-                    }
-                },
-                None => self.outbound.recv().await,
-            };
-            match message {
-                Some(ServerMessage::Ping) => {
-                    if !self.command(Command::Pong).await {
-                        return Err(Closed(None));
-                    }
+            match member.next().await {
+                Ok(ServerMessage::RemoteSdp {
+                    media_session_id: id,
+                    sdp,
+                }) if id == media_session_id => return Ok(sdp),
+                Ok(ServerMessage::StreamStatus(s))
+                    if s.media_session_id == media_session_id && s.status.is_terminal() =>
+                {
+                    return Err(Refused::from_core(s.info))
                 }
-                Some(m) => return Ok(m),
-                None => return Err(Closed(None)),
+                Ok(_) => {}
+                Err(closed) => return Err(Refused::unavailable(closed.text())),
             }
         }
-    }
-
-    /// `connection` with `info`, then the join of `room`.
-    async fn join(&mut self, info: CoreConnectInfo, room: &str) -> Result<(), Refused> {
-        let gone = || {
-            Refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The service is stopping".into(),
-            )
-        };
-        if !self.command(Command::Connect(info)).await {
-            return Err(gone());
-        }
-        let join = Command::Join {
-            operation_id: JOIN_OPERATION.into(),
-            room: room.to_owned(),
-            record: false,
-        };
-        if !self.command(join).await {
-            return Err(gone());
-        }
-        let replied = tokio::time::timeout(JOIN_TIMEOUT, async {
-            loop {
-                match self.next().await {
-                    Ok(ServerMessage::DataStatus {
-                        operation_id,
-                        result,
-                    }) if operation_id == JOIN_OPERATION => {
-                        return result.map_err(Refused::from_core)
-                    }
-                    Ok(ServerMessage::Fail { info, .. }) => return Err(Refused::from_core(info)),
-                    Ok(_) => {}
-                    Err(Closed(reason)) => {
-                        let why = reason.map_or("The service is stopping", CloseReason::text);
-                        return Err(Refused(StatusCode::SERVICE_UNAVAILABLE, why.into()));
-                    }
-                }
-            }
-        })
-        .await;
-        let result = replied.unwrap_or_else(|_| {
-            Err(Refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The room service did not answer in time".into(),
-            ))
-        });
-        if result.is_ok() {
-            self.room = Some(room.to_owned());
-            info!("{}: joined as session {}", self.who, self.session);
-        }
-        result
-    }
-
-    /// The media engine's answer to the offer of `media_session_id`, or why not.
-    async fn answer(&mut self, media_session_id: &str) -> Result<String, Refused> {
-        let waited = tokio::time::timeout(ANSWER_TIMEOUT, async {
-            loop {
-                match self.next().await {
-                    Ok(ServerMessage::RemoteSdp {
-                        media_session_id: id,
-                        sdp,
-                    }) if id == media_session_id => return Ok(sdp),
-                    Ok(ServerMessage::StreamStatus(s))
-                        if s.media_session_id == media_session_id && s.status.is_terminal() =>
-                    {
-                        return Err(Refused::from_core(s.info))
-                    }
-                    Ok(_) => {}
-                    Err(Closed(reason)) => {
-                        let why = reason.map_or("The service is stopping", CloseReason::text);
-                        return Err(Refused(StatusCode::SERVICE_UNAVAILABLE, why.into()));
-                    }
-                }
-            }
-        })
-        .await;
-        waited.unwrap_or_else(|_| {
-            Err(Refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The media engine did not answer in time".into(),
-            ))
-        })
-    }
-
-    /// The session is gone already (closed by the core): nothing to disconnect.
-    fn disarm(&mut self) {
-        self.connected = false;
-    }
-
-    /// Ends the stream (`end`), leaves the room (the leave is confirmed, so the room
-    /// has seen it) and disconnects the session.
-    async fn end(&mut self, end: Option<Command>) {
-        if let Some(command) = end {
-            self.command(command).await;
-        }
-        if let Some(room) = self.room.take() {
-            let leave = Command::Leave {
-                operation_id: LEAVE_OPERATION.into(),
-                room,
-            };
-            if self.command(leave).await {
-                let confirmed = tokio::time::timeout(LEAVE_TIMEOUT, async {
-                    loop {
-                        match self.next().await {
-                            Ok(ServerMessage::DataStatus { operation_id, .. })
-                                if operation_id == LEAVE_OPERATION =>
-                            {
-                                return
-                            }
-                            Ok(_) => {}
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .await;
-                if confirmed.is_err() {
-                    warn!("{}: the room service did not confirm the leave", self.who);
-                }
-            }
-        }
-        let _ = self
-            .to_core
-            .send(ToCore::Disconnect {
-                session: self.session,
-            })
-            .await;
-        self.connected = false;
-    }
+    })
+    .await;
+    waited.unwrap_or_else(|_| {
+        Err(Refused::unavailable(
+            "The media engine did not answer in time",
+        ))
+    })
 }
 
 #[cfg(test)]
