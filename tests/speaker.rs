@@ -14,6 +14,10 @@
 //!    while the talker stays within 3 dB.
 //! 3. A speaker that is not there at start (a USB speakerphone plugged in later) is
 //!    opened once it appears, on the supervisor's retry, and plays.
+//! 4. The people in the room talking into the device's microphone (a FIFO the test
+//!    fills: silence, then a tone at -13 dBov) make the device's stream the room's
+//!    active speaker (`ACTIVE_SPEAKER`), from the levels the device puts in its own
+//!    packets; silence alone never does.
 
 mod common;
 #[path = "common/room_media.rs"]
@@ -53,12 +57,14 @@ fn alsa_dir() -> PathBuf {
     ONCE.call_once(|| {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("mic.fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success(), "mkfifo {}", fifo.display());
+        for name in ["mic.fifo", "mic3.fifo"] {
+            let fifo = dir.join(name);
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success(), "mkfifo {}", fifo.display());
+        }
         let conf = dir.join("asoundrc");
         let d = dir.display();
         std::fs::write(
@@ -68,7 +74,8 @@ fn alsa_dir() -> PathBuf {
                  pcm.nullcap {{ type null }}\n\
                  pcm.spk1 {{ type file; slave.pcm \"nullpb\"; file \"{d}/spk1.raw\"; format \"raw\" }}\n\
                  pcm.spk2 {{ type file; slave.pcm \"nullpb\"; file \"{d}/spk2.raw\"; format \"raw\" }}\n\
-                 pcm.mic2 {{ type file; slave.pcm \"nullcap\"; file \"/dev/null\"; infile \"{d}/mic.fifo\"; format \"raw\" }}\n"
+                 pcm.mic2 {{ type file; slave.pcm \"nullcap\"; file \"/dev/null\"; infile \"{d}/mic.fifo\"; format \"raw\" }}\n\
+                 pcm.mic3 {{ type file; slave.pcm \"nullcap\"; file \"/dev/null\"; infile \"{d}/mic3.fifo\"; format \"raw\" }}\n"
             ),
         )
         .unwrap();
@@ -518,4 +525,121 @@ async fn a_speaker_that_appears_later_is_opened_and_plays() {
     drop(alice);
     server.shutdown().await;
     let _ = std::fs::remove_file(&played);
+}
+
+/// The people in the room: silence into the microphone FIFO until `talk` is set, then
+/// a 300 Hz tone at 0.3 of full scale (-13 dBov), in real time, until dropped.
+struct RoomTalker {
+    talk: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RoomTalker {
+    fn start(fifo: &Path, limit: Duration) -> RoomTalker {
+        // Read-write: never blocks on open, and the microphone's open finds a writer.
+        let mut mic = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fifo)
+            .unwrap();
+        let talk = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (talking, stopped) = (talk.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut chunk = 0usize;
+            while !stopped.load(Ordering::Relaxed) && start.elapsed() < limit {
+                let amplitude = if talking.load(Ordering::Relaxed) {
+                    0.3
+                } else {
+                    0.0
+                };
+                let out: Vec<u8> = sine(300.0, amplitude, chunk * 960, 960)
+                    .iter()
+                    .flat_map(|s| s.to_le_bytes())
+                    .collect();
+                if mic.write_all(&out).is_err() {
+                    break;
+                }
+                chunk += 1;
+                let due = start + Duration::from_millis(20 * chunk as u64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        });
+        RoomTalker {
+            talk,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RoomTalker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The stream the next `ACTIVE_SPEAKER` of the room names, within `limit`.
+async fn next_speaker(c: &mut Client, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = c.recv_within(left).await?;
+        let p = &v["data"][0]["payload"];
+        if v["message"] == "OnDataEvent" && p["name"] == "ACTIVE_SPEAKER" {
+            return Some(p["info"]["name"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_people_in_the_room_become_the_active_speaker() {
+    // A FIFO microphone paced by the test's clock (see the echo test).
+    if emulated() {
+        eprintln!("skipped under CPU emulation (real-time FIFO microphone)");
+        return;
+    }
+    let dir = alsa_dir();
+    let talker = RoomTalker::start(&dir.join("mic3.fifo"), Duration::from_secs(40));
+    let server = start_server(|c| {
+        c.device.microphone = "mic3".into();
+        c.device.speaker = "none".into();
+        // The tone as it is: no processing to shape its level.
+        c.device.echo_cancel = false;
+        c.device.noise_suppression = false;
+        c.device.auto_gain = false;
+        c.device.rooms = vec![ROOM.into()];
+        c.device.join_new_rooms = false;
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut bob = Client::connect(addr, "bob").await;
+    join_with_the_device(&mut bob).await;
+
+    // Silence: nobody talks.
+    assert_eq!(
+        next_speaker(&mut bob, Duration::from_millis(1500)).await,
+        None,
+        "silence made a speaker"
+    );
+    // The room talks: the device's stream is the speaker within a second or so.
+    talker.talk.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let speaker = next_speaker(&mut bob, Duration::from_secs(3)).await;
+    eprintln!(
+        "the device became the active speaker {:?} after the room started talking",
+        started.elapsed()
+    );
+    assert_eq!(speaker.as_deref(), Some(DEVICE_STREAM));
+
+    drop(bob);
+    server.shutdown().await;
+    drop(talker);
 }

@@ -15,6 +15,7 @@ use super::echo::EchoCanceller;
 use super::h264::RtpPacket;
 use super::Source;
 use crate::config;
+use crate::media::speaking::{level_of, set_level, LOCAL_LEVEL_ID};
 use crate::media::{Codec, Family, Kind};
 
 pub const RATE: u32 = 48_000;
@@ -58,6 +59,10 @@ pub struct AudioSource {
     echo: Option<Arc<EchoCanceller>>,
     /// The processing failed once (logged): frames go on unprocessed.
     echo_failed: bool,
+    /// Each packet carries its frame's level (RFC 6464, `LOCAL_LEVEL_ID`): the
+    /// room's active speaker can be the people in the room. Off for a generated tone
+    /// (nobody talks; a steady tone would always be the speaker).
+    levels: bool,
 }
 
 impl AudioSource {
@@ -73,6 +78,7 @@ impl AudioSource {
         AudioSource {
             echo,
             echo_failed: false,
+            levels: false,
             microphone,
             encoder: None,
             ssrc: rand_u32(),
@@ -81,6 +87,15 @@ impl AudioSource {
             frame: Box::new([0; FRAME]),
             encoded: vec![0; 1500],
         }
+    }
+}
+
+impl AudioSource {
+    /// Puts each frame's level into its packet (after the echo canceller: what the
+    /// room hears of the people in it).
+    pub fn with_levels(mut self, on: bool) -> AudioSource {
+        self.levels = on;
+        self
     }
 }
 
@@ -138,6 +153,13 @@ impl Source for AudioSource {
         packet.header.timestamp = self.timestamp;
         packet.header.ssrc = self.ssrc;
         packet.payload = Bytes::copy_from_slice(&self.encoded[..n]);
+        if self.levels {
+            set_level(
+                &mut packet.header,
+                LOCAL_LEVEL_ID,
+                level_of(&self.frame[..]),
+            );
+        }
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
         out.push(packet);
@@ -180,7 +202,9 @@ pub fn from_config(
         "auto" => Box::new(AlsaMicrophone::new("default".into())),
         pcm => Box::new(AlsaMicrophone::new(pcm.to_owned())),
     };
-    Some(Box::new(AudioSource::with_processing(microphone, echo)))
+    Some(Box::new(
+        AudioSource::with_processing(microphone, echo).with_levels(is_real(cfg)),
+    ))
 }
 
 fn capture_card_exists() -> bool {

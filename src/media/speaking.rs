@@ -17,6 +17,10 @@
 //! while talking, its loudness every `REFRESH`, so whoever decides the dominant
 //! speaker can compare talkers as time passes without a timer of its own.
 //!
+//! Local sources (the device's microphone) put the level of each frame, computed from
+//! its samples (`level_of`), into their packets the same way (`set_level`, under
+//! `LOCAL_LEVEL_ID`), so one detector serves every source.
+//!
 //! `Dominance` keeps the streams of one room and the dominant one. Nobody dominant,
 //! or the dominant one not talking: the loudest talker takes over at once. The
 //! dominant one talking: another takes over only when it has been louder by
@@ -28,7 +32,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use rtc::rtp::header::Header;
+use bytes::Bytes;
+use rtc::rtp::header::{Extension, Header};
 
 /// A packet whose level is at most this (-dBov) is voiced: louder than -50 dBov.
 pub const VOICED_DBOV: u8 = 50;
@@ -71,6 +76,37 @@ pub fn audio_level(header: &Header, id: u8) -> Option<Level> {
         dbov: b & 0x7f,
         voice: b & 0x80 != 0,
     })
+}
+
+/// The extension id local sources put their level under (one-byte form; the packets
+/// of local sources are never sent as they are, players get theirs rewritten).
+pub const LOCAL_LEVEL_ID: u8 = 1;
+
+/// The level of a frame of samples (RFC 6464: the RMS in -dBov, 127 for digital
+/// silence; a full-scale sine is about -3 dBov).
+pub fn level_of(samples: &[i16]) -> Level {
+    let energy: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    let rms = (energy / samples.len().max(1) as f64).sqrt() / 32768.0;
+    let dbov = if rms > 0.0 {
+        (-20.0 * rms.log10()).round().clamp(0.0, 127.0) as u8
+    } else {
+        127
+    };
+    Level { dbov, voice: false }
+}
+
+/// Puts `level` into a packet's header under `id` (one-byte header form), replacing
+/// the extensions it had.
+pub fn set_level(header: &mut Header, id: u8, level: Level) {
+    header.extension = true;
+    header.extension_profile = 0xBEDE;
+    header.extensions.clear();
+    header.extensions.push(Extension {
+        id,
+        payload: Bytes::copy_from_slice(
+            &[level.dbov.min(127) | if level.voice { 0x80 } else { 0 }],
+        ),
+    });
 }
 
 /// A change of a stream's talking state, or a talking stream's loudness.
@@ -386,6 +422,29 @@ mod tests {
             ],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_frames_level_is_its_rms_in_dbov_and_written_where_it_is_read() {
+        let sine = |amplitude: f64| -> Vec<i16> {
+            (0..960)
+                .map(|i| ((i as f64 * 0.13).sin() * amplitude * 32767.0) as i16)
+                .collect()
+        };
+        assert_eq!(level_of(&sine(1.0)).dbov, 3);
+        assert_eq!(level_of(&sine(0.1)).dbov, 23);
+        assert_eq!(level_of(&[0; 960]).dbov, 127);
+        assert_eq!(level_of(&[1; 960]).dbov, 90);
+        assert_eq!(level_of(&[]).dbov, 127);
+        let mut h = Header::default();
+        set_level(&mut h, LOCAL_LEVEL_ID, level_of(&sine(0.1)));
+        assert_eq!(
+            audio_level(&h, LOCAL_LEVEL_ID),
+            Some(Level {
+                dbov: 23,
+                voice: false
+            })
+        );
     }
 
     #[test]

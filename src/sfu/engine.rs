@@ -36,7 +36,7 @@ use super::demux::Routes;
 use super::peer::{self, Direction};
 use super::simulcast;
 use crate::media::bandwidth::{DownstreamLoss, LossReport, Thinning};
-use crate::media::speaking::Speakers;
+use crate::media::speaking::{self, Speakers};
 use crate::media::{
     Delivery, Estimator, Event, Numbering, Preference, Renumber, Sink, SinkId, Source, SourceId,
     Stats, StreamError, Streams, Tally,
@@ -285,8 +285,19 @@ pub struct Engine {
     counters: Arc<MediaCounters>,
     /// The ICE-TCP port, when answers offer it (`enable_tcp`).
     tcp_port: Option<u16>,
-    /// Who is talking among the publishers whose audio carries RFC 6464 levels.
-    speaking: Speakers<PeerId>,
+    /// Who is talking among the publishers whose audio carries RFC 6464 levels:
+    /// browsers that negotiated them, and local sources (the device's microphone).
+    speaking: Speakers<Voice>,
+    /// The streams of each named source, as `speaking` knows them.
+    voices: HashMap<SourceId, Vec<Voice>>,
+}
+
+/// A stream `speaking` follows: a WebRTC publisher's, or one a named source feeds
+/// (a source may feed a stream in each of several rooms).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Voice {
+    Peer(PeerId),
+    Fed(SourceId, String),
 }
 
 /// The publisher's video receiver and the SSRC its offer announced (`a=ssrc`), known
@@ -335,6 +346,7 @@ impl Engine {
             counters,
             tcp_port: None,
             speaking: Speakers::default(),
+            voices: HashMap::new(),
         }
     }
 
@@ -357,6 +369,7 @@ impl Engine {
             match event {
                 Event::Closed { stream, info } => {
                     if let Some((session, media_session_id)) = self.external.remove(&stream) {
+                        self.forget_voice(&stream);
                         self.events.push_back(MediaEvent::Failed {
                             session,
                             media_session_id,
@@ -508,7 +521,7 @@ impl Engine {
                 media_session_id,
                 stream,
                 source,
-            } => self.publish_external(session, media_session_id, stream, &source),
+            } => self.publish_external(now, session, media_session_id, stream, &source),
             MediaRequest::Close {
                 session,
                 media_session_id,
@@ -520,6 +533,7 @@ impl Engine {
                     .map(|(stream, _)| stream.clone());
                 if let Some(stream) = fed {
                     self.external.remove(&stream);
+                    self.forget_voice(&stream);
                     self.media.unpublish(&stream);
                 }
                 let key = (session, media_session_id);
@@ -622,6 +636,9 @@ impl Engine {
         self.by_media.clear();
         self.media.clear();
         self.external.clear();
+        for voice in self.voices.drain().flat_map(|(_, v)| v) {
+            self.speaking.remove(&voice);
+        }
         self.external_players.clear();
         self.opened.clear();
     }
@@ -669,8 +686,27 @@ impl Engine {
 
     /// One RTP packet of a named source, for every stream it feeds.
     pub fn external_packet(&mut self, now: Instant, source: SourceId, kind: Kind, packet: &Packet) {
+        if kind == Kind::Audio && packet.header.extension {
+            for voice in self.voices.get(&source).into_iter().flatten() {
+                self.speaking.packet(voice, &packet.header);
+            }
+        }
         self.media
             .packet(&mut self.peers, now, source, kind, packet);
+    }
+
+    /// A stream of a named source ended: `speaking` forgets it.
+    fn forget_voice(&mut self, stream: &str) {
+        for voices in self.voices.values_mut() {
+            voices.retain(|v| match v {
+                Voice::Fed(_, s) if s == stream => {
+                    self.speaking.remove(v);
+                    false
+                }
+                _ => true,
+            });
+        }
+        self.voices.retain(|_, v| !v.is_empty());
     }
 
     /// The codecs of a stream (what a sink will receive).
@@ -751,20 +787,26 @@ impl Engine {
 
     fn publish_external(
         &mut self,
+        now: Instant,
         session: SessionId,
         media_session_id: String,
         stream: String,
         source: &str,
     ) {
         let result = match self.media.named_source(source) {
-            Some(id) => self.media.publish_from(&stream, id),
+            Some(id) => self.media.publish_from(&stream, id).map(|()| id),
             None => Err(StreamError::Unavailable(format!(
                 "No media source {}",
                 crate::logging::escaped(source)
             ))),
         };
         match result {
-            Ok(()) => {
+            Ok(id) => {
+                // Local sources that measure their audio put its level in their packets.
+                let voice = Voice::Fed(id, stream.clone());
+                self.speaking
+                    .add(now, voice.clone(), &stream, speaking::LOCAL_LEVEL_ID);
+                self.voices.entry(id).or_default().push(voice);
                 self.opened.push(stream.clone());
                 self.external
                     .insert(stream, (session, media_session_id.clone()));
@@ -872,7 +914,7 @@ impl Engine {
             }
         }
         if let Some(ext) = super::audio_level::offered_id(sdp) {
-            self.speaking.add(now, id, stream, ext);
+            self.speaking.add(now, Voice::Peer(id), stream, ext);
         }
         self.drive(now, id);
         Ok(answer)
@@ -1074,7 +1116,7 @@ impl Engine {
             }
         }
         self.peers.push_writes(id);
-        self.speaking.remove(&id);
+        self.speaking.remove(&Voice::Peer(id));
         let Some(p) = self.peers.map.remove(&id) else {
             return;
         };
@@ -1236,7 +1278,7 @@ impl Engine {
                 }
                 for (kind, packet) in rtp.drain(..) {
                     if kind == Kind::Audio {
-                        self.speaking.packet(&id, &packet.header);
+                        self.speaking.packet(&Voice::Peer(id), &packet.header);
                     }
                     if layered && kind == Kind::Video {
                         let ssrc = Some(packet.header.ssrc);

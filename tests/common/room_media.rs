@@ -33,6 +33,8 @@ pub async fn start_stream(
                 answered = true;
             }
             Some("notifyStreamStatusEvent") if v["data"][0]["status"] == "PENDING" => {}
+            // Who talks changes whenever it does (the device's microphone, say).
+            Some("OnDataEvent") if v["data"][0]["payload"]["name"] == "ACTIVE_SPEAKER" => {}
             Some("notifyStreamStatusEvent") => {
                 assert_eq!(v["data"][0]["status"], status, "{v}");
                 assert!(answered, "the answer comes before {status}");
