@@ -41,7 +41,7 @@ mod support;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -643,6 +643,8 @@ struct SimSent {
     errors: AtomicU64,
     /// Key frames sent because the SFU asked, per layer.
     asked: [AtomicU64; 3],
+    /// Of which held back (more than a frame) by `KEY_FRAME_MIN_GAP`.
+    held: [AtomicU64; 3],
 }
 
 impl SimSent {
@@ -679,8 +681,9 @@ struct SimCamera {
     /// Header extension ids (mid, rid) and the video m-line's mid.
     ext: (u8, u8, bytes::Bytes),
     sent: Arc<SimSent>,
-    /// Key frames asked for, per layer (set from the publisher's RTCP).
-    wanted: Arc<[AtomicBool; 3]>,
+    /// Since when a key frame is asked for, per layer (`now_ns`, 0: not asked; set
+    /// from the publisher's RTCP).
+    wanted: Arc<[AtomicU64; 3]>,
     frame: u64,
     last_key: [Option<u64>; 3],
     seq: [u16; 3],
@@ -702,16 +705,18 @@ impl SimCamera {
         for (l, layer) in LAYERS.iter().enumerate() {
             let periodic = self.frame % KEY_FRAME_EVERY == 20 * l as u64;
             let since = self.last_key[l].map_or(u64::MAX, |k| self.frame - k);
-            let asked = !periodic
-                && since >= KEY_FRAME_MIN_GAP
-                && self.wanted[l].swap(false, Ordering::Relaxed);
+            let wanted_at = self.wanted[l].load(Ordering::Relaxed);
+            let asked = !periodic && wanted_at != 0 && since >= KEY_FRAME_MIN_GAP;
             let key = periodic || asked;
             if key {
                 self.last_key[l] = Some(self.frame);
-                self.wanted[l].store(false, Ordering::Relaxed);
+                self.wanted[l].store(0, Ordering::Relaxed);
             }
             if asked {
                 self.sent.asked[l].fetch_add(1, Ordering::Relaxed);
+                if now_ns().saturating_sub(wanted_at) > 1_000_000_000 / FPS + 5_000_000 {
+                    self.sent.held[l].fetch_add(1, Ordering::Relaxed);
+                }
             }
             let (n, nal) = if key {
                 (layer.key, 5u8)
@@ -796,7 +801,7 @@ async fn publish_simulcast(
     ws.wait_status(SIM_PUB, "PUBLISHING").await;
     pc.wait_connected(STEP).await;
     let sent = Arc::new(SimSent::default());
-    let wanted: Arc<[AtomicBool; 3]> = Arc::new(Default::default());
+    let wanted: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let camera = SimCamera {
         video: Arc::clone(&pc.send_track(VIDEO).track),
         audio: Arc::clone(&pc.send_track(AUDIO).track),
@@ -825,7 +830,13 @@ async fn publish_simulcast(
             };
             if let Some(Media::KeyFrameRequest { media_ssrc, .. }) = m {
                 if let Some(l) = LAYERS.iter().position(|l| l.ssrc == media_ssrc) {
-                    wanted[l].store(true, Ordering::Relaxed);
+                    // The first request counts until the key frame is sent.
+                    let _ = wanted[l].compare_exchange(
+                        0,
+                        now_ns().max(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                 }
             }
         }
@@ -1161,6 +1172,9 @@ struct Switching {
     remb_up_top: Vec<f64>,
     /// Switches that did not happen within the limit, or did not start at a key frame.
     problems: Vec<String>,
+    /// Key frames the publisher sent on request per layer, and of those how many the
+    /// publisher's minimum gap held back.
+    key_frames: (Vec<u64>, Vec<u64>),
 }
 
 fn record(into: &mut Vec<f64>, what: &str, got: Option<(f64, bool)>, problems: &mut Vec<String>) {
@@ -1251,6 +1265,10 @@ async fn run_switching(set_repeats: usize, remb_repeats: usize) -> Switching {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
 
+    // What went wrong during the switches (not the teardown: the publisher leaving
+    // stops the other players' stream).
+    let warnings = server.warnings.load(Ordering::Relaxed);
+    let incidents = incidents.load(Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(STEP, camera).await;
     if let Ok(Ok(errors)) = tokio::time::timeout(STEP, remb_task).await {
@@ -1269,13 +1287,17 @@ async fn run_switching(set_repeats: usize, remb_repeats: usize) -> Switching {
         .iter()
         .map(|a| a.load(Ordering::Relaxed))
         .collect();
-    eprintln!("  key frames sent on request per layer: {asked:?}");
-    let warnings = server.warnings.load(Ordering::Relaxed);
+    let held: Vec<u64> = sent
+        .held
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    eprintln!("  key frames sent on request per layer: {asked:?}, held back: {held:?}");
+    s.key_frames = (asked, held);
     if warnings > 0 {
         s.problems
             .push(format!("{warnings} server WARN/ERROR lines"));
     }
-    let incidents = incidents.load(Ordering::Relaxed);
     if incidents > 0 {
         s.problems.push(format!(
             "{incidents} stream incidents (stopped/failed/socket ended)"
@@ -1366,6 +1388,24 @@ fn sim_section(machine_line: &str, lines: &[Line], switching: Option<&Switching>
     if !lines.is_empty() {
         section.push_str(&sim_table(lines));
         let mut notes: Vec<String> = Vec::new();
+        // What one more forwarded packet costs, per publisher: the difference between
+        // its smallest and each larger N (the fixed cost drops out).
+        for publisher in ["single stream", "simulcast q/h/f"] {
+            let of: Vec<&Line> = lines.iter().filter(|l| l.publisher == publisher).collect();
+            let Some(base) = of.iter().min_by_key(|l| l.players) else {
+                continue;
+            };
+            for l in of.iter().filter(|l| l.players > base.players) {
+                let cpu = (l.cpu_pct - base.cpu_pct) / 100.0;
+                let pkts = l.out_pps - base.out_pps;
+                notes.push(format!(
+                    "{publisher}: marginal server CPU from N = {} to N = {}: {:.1} µs per added forwarded packet.",
+                    base.players,
+                    l.players,
+                    cpu * 1e6 / pkts
+                ));
+            }
+        }
         for l in lines.iter().filter(|l| l.wrong > 0) {
             notes.push(format!(
                 "{}, N = {}: {} video packets of a layer other than the player's.",
@@ -1389,13 +1429,19 @@ fn sim_section(machine_line: &str, lines: &[Line], switching: Option<&Switching>
         }
     }
     if let Some(s) = switching {
-        section.push('\n');
-        section.push_str(&switch_table(s));
-        if !s.problems.is_empty() {
+        if !lines.is_empty() {
             section.push('\n');
-            for p in &s.problems {
-                let _ = writeln!(section, "- {p}");
-            }
+        }
+        section.push_str(&switch_table(s));
+        section.push('\n');
+        let (asked, held) = &s.key_frames;
+        let _ = writeln!(
+            section,
+            "- Key frames the publisher sent on request during the switches, q/h/f: {asked:?}; of which held back by its {} ms minimum gap: {held:?}.",
+            KEY_FRAME_MIN_GAP * 1000 / FPS
+        );
+        for p in &s.problems {
+            let _ = writeln!(section, "- {p}");
         }
     }
     section
