@@ -1546,7 +1546,8 @@ fn main() {
     if plan == PLAYERS {
         write_doc("sfu", &section);
     }
-    if let Some(sim) = sim.filter(|_| sim_plan == SIM_PLAYERS && switching) {
+    // Only the default plans (the comparison rows come from the SFU plan).
+    if let Some(sim) = sim.filter(|_| plan == PLAYERS && sim_plan == SIM_PLAYERS && switching) {
         write_doc("sfu-simulcast", &sim);
     }
 }
