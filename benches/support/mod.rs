@@ -496,6 +496,24 @@ impl Ws {
             .to_owned()
     }
 
+    /// `sendData` `setLayer`: the simulcast layer (`low`, `medium`, `high` or `auto`)
+    /// the play `msid` of this session wants; waits for its ACCEPTED.
+    pub async fn set_layer(&mut self, msid: &str, layer: &str) {
+        self.next_op += 1;
+        let op = format!("{}-op-{}", self.name, self.next_op);
+        self.send(json!({"message": "sendData", "data": [{
+            "operationId": op,
+            "payload": {"command": "setLayer", "options": {"mediaSessionId": msid, "layer": layer}},
+        }]}))
+        .await;
+        self.wait_for("setLayer ACCEPTED", |v| {
+            v["message"] == "DataStatusEvent"
+                && v["data"][0]["operationId"] == op.as_str()
+                && v["data"][0]["status"] == "ACCEPTED"
+        })
+        .await;
+    }
+
     pub async fn wait_status(&mut self, msid: &str, status: &str) {
         self.wait_for(status, |v| {
             v["message"] == "notifyStreamStatusEvent"
@@ -545,6 +563,35 @@ impl Ws {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
         })
     }
+}
+
+// ---------------------------------------------------------------------------------
+// SDP
+
+/// The id an SDP gives the header extension `uri` (the first one listed).
+pub fn extmap_id(sdp: &str, uri: &str) -> u8 {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=extmap:"))
+        .find_map(|l| {
+            let (id, rest) = l.split_once(' ')?;
+            (rest.split_whitespace().next() == Some(uri))
+                .then(|| id.split('/').next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no extmap {uri} in\n{sdp}"))
+}
+
+/// The mid of an SDP's (first) video m-line.
+pub fn video_mid(sdp: &str) -> String {
+    let video = sdp
+        .split("m=video")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no video m-line in\n{sdp}"));
+    video
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .unwrap_or_else(|| panic!("no mid in the video m-line of\n{sdp}"))
+        .to_owned()
 }
 
 /// A WebRTC player of `stream` in `room` (Opus and H.264), logged in as `login`:
