@@ -501,6 +501,42 @@ async fn an_audio_only_rtmp_publisher_publishes() {
     server.shutdown().await;
 }
 
+/// An RTMP publisher's audio level (measured on its decoded AAC) makes it the room's
+/// active speaker when it is loud; a silent one beside it never is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loud_rtmp_publisher_becomes_the_active_speaker_and_a_silent_one_never() {
+    let room = "radio";
+    let server = start_server(|_| {}).await;
+    let port = server.rtmp_addr().expect("[rtmp] is on in tests").port();
+    let mut alice = Client::connect(server.local_addr(), "alice").await;
+    assert!(alice.join(room).await.is_empty());
+    let publish = |source: &str, login: &str| {
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args([
+                "-f", "lavfi", "-i", source, "-t", "10", "-c:a", "aac", "-f", "flv",
+            ])
+            .arg(format!("rtmp://127.0.0.1:{port}/{room}/{login}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffmpeg is installed")
+    };
+    // Silence first, then a 440 Hz sine at 1/8 of full scale (-21 dBov).
+    let quiet = publish("anullsrc=r=44100:cl=mono", "quiet");
+    events_until(&mut alice, room, "PUBLISHED", Duration::from_secs(10)).await;
+    let loud = publish("sine=frequency=440", "loud");
+    let seen = events_until(&mut alice, room, "ACTIVE_SPEAKER", Duration::from_secs(12)).await;
+    let speaker = &seen.last().unwrap()["info"];
+    assert_eq!(speaker["name"], format!("{room}-loud").as_str(), "{seen:?}");
+    assert_eq!(speaker["login"], "loud");
+    for mut child in [quiet, loud] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    alice.close().await;
+    server.shutdown().await;
+}
+
 /// H.264 with B-frames would play out of order in browsers: the publish is refused
 /// with the reason (NetStream.Publish.Rejected), it never publishes, and a baseline
 /// publisher after it does.

@@ -33,6 +33,9 @@ pub enum AudioError {
 pub struct OpusPacket {
     pub data: Bytes,
     pub pts: Duration,
+    /// The audio's latest level as -dBov (RFC 6464: 0 loudest, 127 silence), from the
+    /// decoded AAC (`level` in the pipeline, 20 ms intervals).
+    pub level: Option<u8>,
 }
 
 /// An AAC → Opus transcoder for one publisher's audio.
@@ -43,12 +46,14 @@ pub struct AacToOpus {
     bus: gst::Bus,
     /// The first frame's time: PTS are relative to it.
     origin_ms: Option<i64>,
+    /// The latest level the pipeline posted.
+    level: std::cell::Cell<Option<u8>>,
 }
 
 const PIPELINE: &str = "appsrc name=aac format=time is-live=true max-bytes=262144 block=false ! \
     aacparse ! avdec_aac ! audioconvert ! audioresample ! \
-    audio/x-raw,rate=48000,channels=2 ! opusenc frame-size=20 bitrate=64000 ! \
-    appsink name=opus sync=false max-buffers=64 drop=false";
+    audio/x-raw,rate=48000,channels=2 ! level interval=20000000 ! \
+    opusenc frame-size=20 bitrate=64000 ! appsink name=opus sync=false max-buffers=64 drop=false";
 
 fn gst_err(e: impl std::fmt::Display) -> AudioError {
     AudioError::Gst(e.to_string())
@@ -81,12 +86,13 @@ impl AacToOpus {
             sink,
             bus,
             origin_ms: None,
+            level: std::cell::Cell::new(None),
         })
     }
 
     /// Pushes one raw AAC frame with its (unwrapped) RTMP time in ms.
     pub fn push(&mut self, frame: &[u8], time_ms: i64) -> Result<(), AudioError> {
-        check_bus(&self.bus)?;
+        self.note(check_bus(&self.bus)?);
         let origin = *self.origin_ms.get_or_insert(time_ms);
         let mut buffer = gst::Buffer::from_slice(frame.to_vec());
         if let Some(b) = buffer.get_mut() {
@@ -105,8 +111,22 @@ impl AacToOpus {
     /// The next Opus packet, waiting up to `timeout`; `Ok(None)` when none is ready,
     /// `Err` at the end of the stream or on a pipeline error.
     pub fn pull(&self, timeout: Duration) -> Result<Option<OpusPacket>, AudioError> {
+        // The levels posted so far (pull_buffer clears the bus too), then those the
+        // packet's own audio may have posted while it was waited for.
+        self.note(check_bus(&self.bus)?);
         let pulled = pull_buffer(&self.bus, &self.sink, timeout, "Opus")?;
-        Ok(pulled.map(|(data, pts)| OpusPacket { data, pts }))
+        self.note(check_bus(&self.bus)?);
+        Ok(pulled.map(|(data, pts)| OpusPacket {
+            data,
+            pts,
+            level: self.level.get(),
+        }))
+    }
+
+    fn note(&self, level: Option<u8>) {
+        if level.is_some() {
+            self.level.set(level);
+        }
     }
 }
 
@@ -243,13 +263,32 @@ fn pull_buffer(
         .map_err(|e| AudioError::Gst(format!("{what}: {e}")))
 }
 
-fn check_bus(bus: &gst::Bus) -> Result<(), AudioError> {
+/// Takes every message off the bus (none may pile up): an error ends the pipeline;
+/// the latest `level` message's loudest channel is returned as -dBov.
+fn check_bus(bus: &gst::Bus) -> Result<Option<u8>, AudioError> {
+    let mut level = None;
     while let Some(msg) = bus.pop() {
-        if let gst::MessageView::Error(e) = msg.view() {
-            return Err(AudioError::Gst(e.error().to_string()));
+        match msg.view() {
+            gst::MessageView::Error(e) => return Err(AudioError::Gst(e.error().to_string())),
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure().filter(|s| s.name() == "level") {
+                    level = s.get::<gst::glib::ValueArray>("rms").ok().and_then(|rms| {
+                        let loudest = rms
+                            .as_slice()
+                            .iter()
+                            .filter_map(|v| v.get::<f64>().ok())
+                            .fold(f64::NEG_INFINITY, f64::max);
+                        loudest
+                            .is_finite()
+                            .then(|| (-loudest).round().clamp(0.0, 127.0) as u8)
+                            .or(Some(127))
+                    });
+                }
+            }
+            _ => {}
         }
     }
-    Ok(())
+    Ok(level)
 }
 
 #[cfg(test)]
@@ -330,6 +369,14 @@ mod tests {
         }
         let rms = (energy / samples as f64).sqrt();
         assert!(rms > 3000.0, "RMS {rms}: the tone did not survive");
+        // The tone's level (a sine at 0.5 of full scale: -9 dBov) rides along.
+        let levels: Vec<Option<u8>> = packets[10..].iter().map(|p| p.level).collect();
+        assert!(
+            levels
+                .iter()
+                .all(|l| l.is_some_and(|l| (7..=11).contains(&l))),
+            "levels {levels:?}"
+        );
     }
 
     #[test]

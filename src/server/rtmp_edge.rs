@@ -31,6 +31,7 @@ use crate::device::camera::h264_codec;
 use crate::device::h264::{ProfileLevel, RtpPacket};
 use crate::device::microphone::{opus_codec, OPUS_PAYLOAD_TYPE};
 use crate::logging::escaped;
+use crate::media::speaking;
 use crate::media::StreamError;
 use crate::media::{Codec, Kind};
 use crate::rooms::{Command, ConnectInfo, ServerMessage, SessionId, StreamRef, StreamRequest};
@@ -640,6 +641,14 @@ fn transcode(
                     packet.header.timestamp = (ms.wrapping_mul(48)) as u32;
                     packet.header.ssrc = ssrc;
                     packet.payload = opus.data;
+                    if let Some(dbov) = opus.level {
+                        // Its loudness for the room's active speaker, as the device does.
+                        speaking::set_level(
+                            &mut packet.header,
+                            speaking::LOCAL_LEVEL_ID,
+                            speaking::Level { dbov, voice: false },
+                        );
+                    }
                     sequence = sequence.wrapping_add(1);
                     if !feed.packet(Kind::Audio, packet) {
                         dropped += 1;

@@ -324,7 +324,9 @@ pub async fn events_until(ws: &mut Client, room: &str, until: &str, limit: Durat
             continue;
         }
         let p = v["data"][0]["payload"].clone();
-        if p["roomName"] != room {
+        // Who talks changes whenever it does (ffmpeg's test tones are loud): only a
+        // wait for it sees it.
+        if p["roomName"] != room || (p["name"] == "ACTIVE_SPEAKER" && until != "ACTIVE_SPEAKER") {
             continue;
         }
         let done = p["name"] == until;
