@@ -9,6 +9,7 @@ pub mod codecs;
 pub mod demux;
 pub mod engine;
 pub mod peer;
+pub mod send;
 pub mod simulcast;
 pub mod task;
 pub mod tcp;

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig, Peers};
+use super::send::UdpBatch;
 use super::tcp::{self, Connections, Inbound, TcpIn};
 use crate::config::Media;
 use std::collections::HashMap;
@@ -878,6 +879,7 @@ async fn run(
     let fault_panic = fault_panic_on_request();
     let counters = engine.counters();
     let mut conns = Connections::default();
+    let mut batch = UdpBatch::default();
     loop {
         let opened = engine.take_opened();
         if let (false, Some(commands)) = (opened.is_empty(), commands.upgrade()) {
@@ -885,22 +887,30 @@ async fn run(
                 sinks.opened(&mut engine, &commands, &stream);
             }
         }
-        while let Some(t) = engine.poll_transmit() {
-            if t.protocol == TransportProtocol::TCP {
-                if !conns.send(t.to, &t.data) {
-                    counters.tcp.dropped.inc();
-                    engine.transmit_dropped(now(), t.peer);
+        // UDP datagrams leave in batches (one sendmmsg per burst); a drop for a full
+        // buffer is told to the engine, which may queue more (a key-frame request).
+        let busy = |engine: &mut Engine, peer| {
+            counters.dropped(crate::metrics::DropReason::SocketBusy);
+            engine.transmit_dropped(now(), peer);
+        };
+        loop {
+            while let Some(t) = engine.poll_transmit() {
+                if t.protocol == TransportProtocol::TCP {
+                    if !conns.send(t.to, &t.data) {
+                        counters.tcp.dropped.inc();
+                        engine.transmit_dropped(now(), t.peer);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            match socket.try_send_to(&t.data, target(v6, t.to)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    counters.dropped(crate::metrics::DropReason::SocketBusy);
-                    engine.transmit_dropped(now(), t.peer);
+                batch.push(t.peer, target(v6, t.to), t.data);
+                if batch.is_full() {
+                    batch.flush(&socket, |peer| busy(&mut engine, peer));
                 }
-                Err(e) => debug!("send to {}: {e}", t.to),
             }
+            if batch.is_empty() {
+                break;
+            }
+            batch.flush(&socket, |peer| busy(&mut engine, peer));
         }
         while let Some(event) = engine.poll_event() {
             if let Err(e) = events.try_send(event) {
