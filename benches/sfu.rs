@@ -239,7 +239,7 @@ struct Camera {
     audio_ts: u32,
 }
 
-impl Camera {
+impl Publisher for Camera {
     /// One video frame, its FU-A packets back to back (as an encoder hands them over).
     async fn video_frame(&mut self) {
         let (n, nal) = if self.frame.is_multiple_of(KEY_FRAME_EVERY) {
@@ -286,9 +286,18 @@ impl Camera {
         self.audio_seq = self.audio_seq.wrapping_add(1);
         self.audio_ts = self.audio_ts.wrapping_add(960);
     }
+}
 
-    /// Sends until `stop`: a video frame every 1/30 s, an Opus packet every 20 ms.
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+/// A bench publisher: a video frame every 1/30 s, an Opus packet every 20 ms.
+trait Publisher {
+    async fn video_frame(&mut self);
+    async fn audio_packet(&mut self);
+
+    /// Sends until `stop`.
+    async fn run(mut self, mut stop: watch::Receiver<bool>)
+    where
+        Self: Sized,
+    {
         let mut video = tokio::time::interval(Duration::from_nanos(1_000_000_000 / FPS));
         let mut audio = tokio::time::interval(Duration::from_millis(20));
         loop {
@@ -699,7 +708,9 @@ impl SimCamera {
             Err(_) => self.sent.errors.fetch_add(1, Ordering::Relaxed),
         };
     }
+}
 
+impl Publisher for SimCamera {
     /// One frame of each layer, each layer's FU-A packets back to back.
     async fn video_frame(&mut self) {
         for (l, layer) in LAYERS.iter().enumerate() {
@@ -757,18 +768,6 @@ impl SimCamera {
         self.write(&self.audio, p).await;
         self.audio_seq = self.audio_seq.wrapping_add(1);
         self.audio_ts = self.audio_ts.wrapping_add(960);
-    }
-
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut video = tokio::time::interval(Duration::from_nanos(1_000_000_000 / FPS));
-        let mut audio = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                _ = video.tick() => self.video_frame().await,
-                _ = audio.tick() => self.audio_packet().await,
-            }
-        }
     }
 }
 

@@ -301,13 +301,19 @@ async fn the_speaker_plays_the_others_and_never_the_device_itself() {
 /// The echo path of a room: what the speaker plays comes back into the microphone
 /// `delay` later at `gain`, with a near-end talker on top; paced in 20 ms chunks by
 /// the clock. Runs until stopped (bounded by `limit`).
-struct EchoRoom {
+/// A microphone FIFO filled in real time: 20 ms frames (960 samples, S16LE) from
+/// `frame(chunk)`, until dropped or after `limit`.
+struct FifoMic {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl EchoRoom {
-    fn start(speaker: PathBuf, fifo: &Path, limit: Duration) -> EchoRoom {
+impl FifoMic {
+    fn start(
+        fifo: &Path,
+        limit: Duration,
+        mut frame: impl FnMut(usize) -> Vec<i16> + Send + 'static,
+    ) -> FifoMic {
         // Read-write: never blocks on open, and the microphone's open finds a writer.
         let mut mic = std::fs::OpenOptions::new()
             .read(true)
@@ -317,46 +323,10 @@ impl EchoRoom {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let delay = 60 * 48;
             let start = Instant::now();
-            let mut played = std::collections::VecDeque::<i16>::new();
-            let mut offset = 0usize;
             let mut chunk = 0usize;
             while !flag.load(Ordering::Relaxed) && start.elapsed() < limit {
-                // What the speaker played since the last chunk.
-                if let Ok(mut f) = std::fs::File::open(&speaker) {
-                    let mut bytes = Vec::new();
-                    use std::io::Seek;
-                    if f.seek(std::io::SeekFrom::Start(offset as u64)).is_ok()
-                        && f.read_to_end(&mut bytes).is_ok()
-                    {
-                        let whole = bytes.len() & !1;
-                        offset += whole;
-                        played.extend(
-                            bytes[..whole]
-                                .chunks_exact(2)
-                                .map(|b| i16::from_le_bytes([b[0], b[1]])),
-                        );
-                    }
-                }
-                // Keep the echo's delay bounded: the speaker runs a little ahead.
-                while played.len() > delay + 4 * 960 {
-                    played.pop_front();
-                }
-                let near = sine(600.0, 0.1, chunk * 960, 960);
-                let out: Vec<u8> = near
-                    .iter()
-                    .map(|&n| {
-                        let e = if played.len() > delay {
-                            played.pop_front().unwrap_or(0)
-                        } else {
-                            0
-                        };
-                        (n as i32 + (e as i32 * 10) / 32).clamp(i16::MIN as i32, i16::MAX as i32)
-                            as i16
-                    })
-                    .flat_map(|s| s.to_le_bytes())
-                    .collect();
+                let out: Vec<u8> = frame(chunk).iter().flat_map(|s| s.to_le_bytes()).collect();
                 if mic.write_all(&out).is_err() {
                     break;
                 }
@@ -367,20 +337,61 @@ impl EchoRoom {
                 }
             }
         });
-        EchoRoom {
+        FifoMic {
             stop,
             thread: Some(thread),
         }
     }
 }
 
-impl Drop for EchoRoom {
+impl Drop for FifoMic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// The meeting room's acoustics: what the speaker played comes back into the
+/// microphone 60 ms later at -10 dB, with a near-end talker (600 Hz at 0.1) on top.
+fn echo_room(speaker: PathBuf, fifo: &Path, limit: Duration) -> FifoMic {
+    let delay = 60 * 48;
+    let mut played = std::collections::VecDeque::<i16>::new();
+    let mut offset = 0usize;
+    FifoMic::start(fifo, limit, move |chunk| {
+        // What the speaker played since the last chunk.
+        if let Ok(mut f) = std::fs::File::open(&speaker) {
+            let mut bytes = Vec::new();
+            use std::io::Seek;
+            if f.seek(std::io::SeekFrom::Start(offset as u64)).is_ok()
+                && f.read_to_end(&mut bytes).is_ok()
+            {
+                let whole = bytes.len() & !1;
+                offset += whole;
+                played.extend(
+                    bytes[..whole]
+                        .chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                );
+            }
+        }
+        // Keep the echo's delay bounded: the speaker runs a little ahead.
+        while played.len() > delay + 4 * 960 {
+            played.pop_front();
+        }
+        sine(600.0, 0.1, chunk * 960, 960)
+            .iter()
+            .map(|&n| {
+                let e = if played.len() > delay {
+                    played.pop_front().unwrap_or(0)
+                } else {
+                    0
+                };
+                (n as i32 + (e as i32 * 10) / 32).clamp(i16::MIN as i32, i16::MAX as i32) as i16
+            })
+            .collect()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +407,7 @@ async fn the_speakers_echo_is_cancelled_in_the_devices_stream() {
     let dir = alsa_dir();
     let played = dir.join("spk2.raw");
     let limit = Duration::from_secs(if emulated() { 120 } else { 40 });
-    let echo_room = EchoRoom::start(played.clone(), &dir.join("mic.fifo"), limit);
+    let echo_room = echo_room(played.clone(), &dir.join("mic.fifo"), limit);
     let server = start_server(|c| {
         c.device.microphone = "mic2".into();
         c.device.speaker = "spk2".into();
@@ -528,62 +539,16 @@ async fn a_speaker_that_appears_later_is_opened_and_plays() {
 }
 
 /// The people in the room: silence into the microphone FIFO until `talk` is set, then
-/// a 300 Hz tone at 0.3 of full scale (-13 dBov), in real time, until dropped.
-struct RoomTalker {
-    talk: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RoomTalker {
-    fn start(fifo: &Path, limit: Duration) -> RoomTalker {
-        // Read-write: never blocks on open, and the microphone's open finds a writer.
-        let mut mic = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(fifo)
-            .unwrap();
-        let talk = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (talking, stopped) = (talk.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let start = Instant::now();
-            let mut chunk = 0usize;
-            while !stopped.load(Ordering::Relaxed) && start.elapsed() < limit {
-                let amplitude = if talking.load(Ordering::Relaxed) {
-                    0.3
-                } else {
-                    0.0
-                };
-                let out: Vec<u8> = sine(300.0, amplitude, chunk * 960, 960)
-                    .iter()
-                    .flat_map(|s| s.to_le_bytes())
-                    .collect();
-                if mic.write_all(&out).is_err() {
-                    break;
-                }
-                chunk += 1;
-                let due = start + Duration::from_millis(20 * chunk as u64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-        });
-        RoomTalker {
-            talk,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for RoomTalker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// a 300 Hz tone at 0.3 of full scale (-13 dBov).
+fn room_talker(fifo: &Path, limit: Duration, talk: Arc<AtomicBool>) -> FifoMic {
+    FifoMic::start(fifo, limit, move |chunk| {
+        let amplitude = if talk.load(Ordering::Relaxed) {
+            0.3
+        } else {
+            0.0
+        };
+        sine(300.0, amplitude, chunk * 960, 960)
+    })
 }
 
 /// The stream the next `ACTIVE_SPEAKER` of the room names, within `limit`.
@@ -607,7 +572,12 @@ async fn the_people_in_the_room_become_the_active_speaker() {
         return;
     }
     let dir = alsa_dir();
-    let talker = RoomTalker::start(&dir.join("mic3.fifo"), Duration::from_secs(40));
+    let talk = Arc::new(AtomicBool::new(false));
+    let talker = room_talker(
+        &dir.join("mic3.fifo"),
+        Duration::from_secs(40),
+        talk.clone(),
+    );
     let server = start_server(|c| {
         c.device.microphone = "mic3".into();
         c.device.speaker = "none".into();
@@ -630,7 +600,7 @@ async fn the_people_in_the_room_become_the_active_speaker() {
         "silence made a speaker"
     );
     // The room talks: the device's stream is the speaker within a second or so.
-    talker.talk.store(true, Ordering::Relaxed);
+    talk.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let speaker = next_speaker(&mut bob, Duration::from_secs(3)).await;
     eprintln!(
