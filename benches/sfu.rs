@@ -333,8 +333,15 @@ fn stamp_of(kind: RtpCodecKind, payload: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-async fn receive(mut pc: RtcClient, mut stop: watch::Receiver<bool>) -> Received {
-    let mut got = Vec::with_capacity(64 * 1024);
+/// Reads a player's RTP until `stop`, keeping what `keep` makes of each packet (its
+/// kind, payload and latency in µs, from the send time `stamp` finds in it).
+async fn receive_with<T>(
+    pc: &mut RtcClient,
+    mut stop: watch::Receiver<bool>,
+    capacity: usize,
+    mut keep: impl FnMut(RtpCodecKind, &[u8], u64) -> Option<T>,
+) -> Vec<T> {
+    let mut got = Vec::with_capacity(capacity);
     loop {
         let m = tokio::select! {
             _ = stop.changed() => break,
@@ -343,12 +350,23 @@ async fn receive(mut pc: RtcClient, mut stop: watch::Receiver<bool>) -> Received
         let Some(Media::Rtp { kind, packet }) = m else {
             continue;
         };
-        let now = now_ns();
-        if let Some((index, sent)) = stamp_of(kind, &packet.payload) {
-            let micros = now.saturating_sub(sent) / 1000;
-            got.push((index, micros.min(u64::from(u32::MAX)) as u32));
+        if let Some(t) = keep(kind, &packet.payload, now_ns()) {
+            got.push(t);
         }
     }
+    got
+}
+
+/// Microseconds from `sent` to `now` (ns), saturated.
+fn latency_us(now: u64, sent: u64) -> u32 {
+    (now.saturating_sub(sent) / 1000).min(u64::from(u32::MAX)) as u32
+}
+
+async fn receive(mut pc: RtcClient, stop: watch::Receiver<bool>) -> Received {
+    let got = receive_with(&mut pc, stop, 64 * 1024, |kind, payload, now| {
+        stamp_of(kind, payload).map(|(index, sent)| (index, latency_us(now, sent)))
+    })
+    .await;
     Received { pc, got }
 }
 
@@ -853,22 +871,11 @@ struct SimReceived {
     got: Vec<(u8, u64, u32)>,
 }
 
-async fn sim_receive(mut pc: RtcClient, mut stop: watch::Receiver<bool>) -> SimReceived {
-    let mut got = Vec::with_capacity(32 * 1024);
-    loop {
-        let m = tokio::select! {
-            _ = stop.changed() => break,
-            m = pc.next_media(Duration::from_secs(1)) => m,
-        };
-        let Some(Media::Rtp { kind, packet }) = m else {
-            continue;
-        };
-        let now = now_ns();
-        if let Some((k, index, sent)) = kind_stamp_of(kind, &packet.payload) {
-            let micros = now.saturating_sub(sent) / 1000;
-            got.push((k as u8, index, micros.min(u64::from(u32::MAX)) as u32));
-        }
-    }
+async fn sim_receive(mut pc: RtcClient, stop: watch::Receiver<bool>) -> SimReceived {
+    let got = receive_with(&mut pc, stop, 32 * 1024, |kind, payload, now| {
+        kind_stamp_of(kind, payload).map(|(k, index, sent)| (k as u8, index, latency_us(now, sent)))
+    })
+    .await;
     SimReceived { pc, got }
 }
 
