@@ -95,7 +95,8 @@ struct Peer {
     /// A player's bandwidth estimate, the layer cap it set and the SSRC of its video.
     bwe: Estimator,
     cap: Option<usize>,
-    /// A player of a stream without layers on key frames only (heavy loss), and why.
+    /// A player of a stream without layers: its heavy-loss trigger and whether it is
+    /// on key frames only now.
     thin: Thinning,
     thinned: bool,
     /// Its reports' loss less the publisher's own (gaps before us).
