@@ -98,7 +98,10 @@ fn free_port() -> u16 {
 }
 
 /// Whether something listens on 127.0.0.1:`port` (read from /proc: a probing
-/// connection would be the one connection `ffmpeg -listen 1` accepts).
+/// connection would be the one connection `ffmpeg -listen 1` accepts), or has
+/// accepted a connection there already: `-listen 1` closes its listening socket at
+/// the first accept, and a pushing client retrying at that moment (seen under qemu)
+/// would leave nothing listening to see.
 fn listening(port: u16) -> bool {
     let needle = format!(":{port:04X} ");
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
@@ -107,7 +110,7 @@ fn listening(port: u16) -> bool {
                 let fields: Vec<&str> = l.split_whitespace().collect();
                 fields.len() > 3
                     && format!("{} ", fields[1]).ends_with(&needle)
-                    && fields[3] == "0A"
+                    && (fields[3] == "0A" || fields[3] == "01")
             })
         })
     })
