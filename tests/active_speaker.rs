@@ -178,22 +178,11 @@ async fn talk(pc: &RtcClient, level: Arc<AtomicU8>, stop: Arc<AtomicBool>) {
     });
 }
 
-/// The next `ACTIVE_SPEAKER` of `ROOM` within `limit` (other frames skipped): login
-/// and stream.
+/// The next `ACTIVE_SPEAKER` of `ROOM` within `limit`: login and stream.
 async fn next_speaker(c: &mut Client, limit: Duration) -> Option<(String, String)> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let v = c.recv_within(left).await?;
-        let p = &v["data"][0]["payload"];
-        if v["message"] == "OnDataEvent" && p["name"] == "ACTIVE_SPEAKER" {
-            assert_eq!(p["roomName"], ROOM, "{v}");
-            return Some((
-                p["info"]["login"].as_str().unwrap_or_default().to_owned(),
-                p["info"]["name"].as_str().unwrap_or_default().to_owned(),
-            ));
-        }
-    }
+    let (room, login, stream) = c.next_speaker(limit).await?;
+    assert_eq!(room, ROOM);
+    Some((login, stream))
 }
 
 async fn room_speaker(addr: std::net::SocketAddr) -> Value {

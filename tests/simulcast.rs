@@ -52,6 +52,30 @@ async fn until(c: &mut Client, what: &str, mut matches: impl FnMut(&Value) -> bo
     panic!("{}: no {what}", c.name);
 }
 
+/// The server with its media on 127.0.0.1 (and `tweak`).
+async fn sfu_server(tweak: impl FnOnce(&mut huddle::config::Config)) -> huddle::server::Server {
+    start_server(|c| {
+        c.media.udp_port = 0;
+        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
+        tweak(c);
+    })
+    .await
+}
+
+/// Three members in the room, each having seen the later ones join.
+async fn three(addr: std::net::SocketAddr, logins: [&str; 3]) -> (Client, Client, Client) {
+    let mut first = Client::connect(addr, logins[0]).await;
+    first.join(ROOM).await;
+    let mut second = Client::connect(addr, logins[1]).await;
+    second.join(ROOM).await;
+    let mut third = Client::connect(addr, logins[2]).await;
+    third.join(ROOM).await;
+    first.expect_event_in(ROOM, "JOINED").await;
+    first.expect_event_in(ROOM, "JOINED").await;
+    second.expect_event_in(ROOM, "JOINED").await;
+    (first, second, third)
+}
+
 async fn set_layer(c: &mut Client, layer: &str) {
     let op = c
         .send_data(
@@ -217,21 +241,9 @@ async fn publish_layers(alice: &mut Client) -> (RtcClient, tokio::task::JoinHand
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_bandwidth() {
-    let server = start_server(|c| {
-        c.media.udp_port = 0;
-        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
-    })
-    .await;
+    let server = sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = Client::connect(addr, "alice").await;
-    alice.join(ROOM).await;
-    let mut bob = Client::connect(addr, "bob").await;
-    bob.join(ROOM).await;
-    let mut carol = Client::connect(addr, "carol").await;
-    carol.join(ROOM).await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    bob.expect_event_in(ROOM, "JOINED").await;
+    let (mut alice, mut bob, mut carol) = three(addr, ["alice", "bob", "carol"]).await;
     let (mut alice_pc, sender) = publish_layers(&mut alice).await;
 
     // Bob plays: the high layer (nothing asked, nothing limits him), audio too.
@@ -415,11 +427,7 @@ async fn play_through_relay(ws: &mut Client, name: &str) -> RtcClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_losing_a_third_of_its_packets_moves_to_the_low_layer() {
-    let server = start_server(|c| {
-        c.media.udp_port = 0;
-        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
-    })
-    .await;
+    let server = sfu_server(|_| {}).await;
     let addr = server.local_addr();
     let mut alice = Client::connect(addr, "alice").await;
     alice.join(ROOM).await;
@@ -501,29 +509,11 @@ async fn publish_plain(
     (alice_pc, sender)
 }
 
-/// Alice, Dave and Erin in the room.
-async fn three(addr: std::net::SocketAddr) -> (Client, Client, Client) {
-    let mut alice = Client::connect(addr, "alice").await;
-    alice.join(ROOM).await;
-    let mut dave = Client::connect(addr, "dave").await;
-    dave.join(ROOM).await;
-    let mut erin = Client::connect(addr, "erin").await;
-    erin.join(ROOM).await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    dave.expect_event_in(ROOM, "JOINED").await;
-    (alice, dave, erin)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_simulcast_a_player_losing_a_third_gets_key_frames_only_and_others_all() {
-    let server = start_server(|c| {
-        c.media.udp_port = 0;
-        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
-    })
-    .await;
+    let server = sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let (mut alice, mut dave, mut erin) = three(addr).await;
+    let (mut alice, mut dave, mut erin) = three(addr, ["alice", "dave", "erin"]).await;
     let (alice_pc, sender) = publish_plain(&mut alice, [&mut dave, &mut erin], false).await;
     let mut dave_pc = play_through_relay(&mut dave, "dave-pc").await;
     let mut erin_pc = RtcClient::player("erin-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
@@ -558,15 +548,10 @@ async fn without_simulcast_a_player_losing_a_third_gets_key_frames_only_and_othe
 /// gaps the SFU passed on are taken off their reports).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_losing_a_third_on_its_way_in_thins_no_player() {
-    let server = start_server(|c| {
-        // The test reads no signalling for 18 s: no pings to miss meanwhile.
-        c.signalling.ping_interval_ms = 60_000;
-        c.media.udp_port = 0;
-        c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
-    })
-    .await;
+    // The test reads no signalling for 18 s: no pings to miss meanwhile.
+    let server = sfu_server(|c| c.signalling.ping_interval_ms = 60_000).await;
     let addr = server.local_addr();
-    let (mut alice, mut dave, mut erin) = three(addr).await;
+    let (mut alice, mut dave, mut erin) = three(addr, ["alice", "dave", "erin"]).await;
     let (alice_pc, sender) = publish_plain(&mut alice, [&mut dave, &mut erin], true).await;
     let mut players = Vec::new();
     for (ws, name) in [(&mut dave, "dave-pc"), (&mut erin, "erin-pc")] {

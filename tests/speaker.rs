@@ -551,19 +551,6 @@ fn room_talker(fifo: &Path, limit: Duration, talk: Arc<AtomicBool>) -> FifoMic {
     })
 }
 
-/// The stream the next `ACTIVE_SPEAKER` of the room names, within `limit`.
-async fn next_speaker(c: &mut Client, limit: Duration) -> Option<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let v = c.recv_within(left).await?;
-        let p = &v["data"][0]["payload"];
-        if v["message"] == "OnDataEvent" && p["name"] == "ACTIVE_SPEAKER" {
-            return Some(p["info"]["name"].as_str().unwrap_or_default().to_owned());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_people_in_the_room_become_the_active_speaker() {
     // A FIFO microphone paced by the test's clock (see the echo test).
@@ -595,19 +582,20 @@ async fn the_people_in_the_room_become_the_active_speaker() {
 
     // Silence: nobody talks.
     assert_eq!(
-        next_speaker(&mut bob, Duration::from_millis(1500)).await,
+        bob.next_speaker(Duration::from_millis(1500)).await,
         None,
         "silence made a speaker"
     );
     // The room talks: the device's stream is the speaker within a second or so.
     talk.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let speaker = next_speaker(&mut bob, Duration::from_secs(3)).await;
+    let speaker = bob.next_speaker(Duration::from_secs(3)).await;
     eprintln!(
         "the device became the active speaker {:?} after the room started talking",
         started.elapsed()
     );
-    assert_eq!(speaker.as_deref(), Some(DEVICE_STREAM));
+    let (room, _, stream) = speaker.expect("an ACTIVE_SPEAKER within 3 s");
+    assert_eq!((room.as_str(), stream.as_str()), (ROOM, DEVICE_STREAM));
 
     drop(bob);
     server.shutdown().await;

@@ -200,6 +200,25 @@ impl Client {
 
     /// The next JSON frame that is not a server `ping` (pings are answered with
     /// `pong` when `auto_pong`). `None` if nothing came within `limit`; panics on close.
+    /// The next `ACTIVE_SPEAKER` room event within `limit` (other frames skipped): its
+    /// room, the speaker's login and stream.
+    pub async fn next_speaker(&mut self, limit: Duration) -> Option<(String, String, String)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.recv_within(left).await?;
+            let p = &v["data"][0]["payload"];
+            if v["message"] == "OnDataEvent" && p["name"] == "ACTIVE_SPEAKER" {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                return Some((
+                    text(&p["roomName"]),
+                    text(&p["info"]["login"]),
+                    text(&p["info"]["name"]),
+                ));
+            }
+        }
+    }
+
     pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
         let deadline = Instant::now() + limit;
         loop {
