@@ -36,14 +36,17 @@ test-browser:
 ## its gst-launch-1.0 references need gstreamer1.0-tools) and the RTMP edge (an ffmpeg
 ## publisher to WebRTC and RTMP players: video path, AAC <-> Opus, RSS per session;
 ## ffmpeg and avdec_aac from gstreamer1.0-libav) and recording (CPU and RSS per
-## recorded RTMP stream, the offline room mix's speed).
+## recorded RTMP stream, the offline room mix's speed), and the SFU side by side with
+## Janus VideoRoom (Debian's janus; in a network namespace the bench makes: needs root
+## or unprivileged user namespaces).
 bench: deps-build
-	scripts/install-deps.sh packages gstreamer1.0-tools gstreamer1.0-libav ffmpeg
+	scripts/install-deps.sh bench
 	$(CARGO) bench --locked --bench sfu
 	$(CARGO) bench --locked --bench device
 	$(CARGO) bench --locked --bench rtmp
 	$(CARGO) bench --locked --bench record
 	$(CARGO) bench --locked --bench speaker
+	$(CARGO) bench --locked --bench janus
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

@@ -4,6 +4,8 @@
 #
 #   scripts/install-deps.sh build   # compile the service
 #   scripts/install-deps.sh packages NAME...   # only these Debian packages
+#   scripts/install-deps.sh bench   # + what `make bench` runs besides the service: GStreamer's
+#                                   #   tools, ffmpeg, Janus (benches/janus.rs), ip/unshare
 #   scripts/install-deps.sh test    # + headless Chromium, Node.js and the browser tests' npm
 #                                   #   packages, systemd-analyze, oelint-adv (in a venv)
 set -euo pipefail
@@ -28,6 +30,10 @@ BUILD_PACKAGES=(build-essential pkg-config ca-certificates
 TEST_PACKAGES=(chromium firefox-esr fonts-liberation systemd python3 python3-venv
   gstreamer1.0-libav gstreamer1.0-tools alsa-utils ffmpeg python3-prometheus-client
   iproute2 util-linux curl)
+# Benchmarks: gst-launch-1.0 (benches/device.rs's references), avdec_aac and ffmpeg (the
+# RTMP and recording benches), Janus VideoRoom side by side with the SFU (benches/janus.rs,
+# in a network namespace of its own: ip and unshare from iproute2 and util-linux).
+BENCH_PACKAGES=(gstreamer1.0-tools gstreamer1.0-libav ffmpeg janus iproute2 util-linux)
 
 want=()
 if [ "${1:-}" = packages ]; then
@@ -40,7 +46,8 @@ for group in "$@"; do
   case "$group" in
     build) want+=("${BUILD_PACKAGES[@]}") ;;
     test) want+=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
-    *) echo "install-deps: unknown group '$group' (build, test)" >&2; exit 2 ;;
+    bench) want+=("${BUILD_PACKAGES[@]}" "${BENCH_PACKAGES[@]}") ;;
+    *) echo "install-deps: unknown group '$group' (build, test, bench)" >&2; exit 2 ;;
   esac
 done
 

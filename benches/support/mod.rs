@@ -1,8 +1,10 @@
 //! What the benchmarks (`benches/sfu.rs`, `benches/device.rs`, `benches/rtmp.rs`,
-//! `benches/record.rs`) share: `/proc` readings (per process and per thread), the
-//! `huddle` child process, the RTMP source file, a Room API client over WebSocket, a
-//! WebRTC player (and one that counts what it receives), the machine's description and
-//! the marked sections of `docs/benchmarks.md`.
+//! `benches/record.rs`, `benches/janus.rs`) share: `/proc` readings (per process and
+//! per thread), the `huddle` child process, the RTMP source file, a Room API client over
+//! WebSocket, a WebRTC player (and one that counts what it receives), the SFU load
+//! (the stamped camera, the players that measure latency and loss, one measured run:
+//! `run_on`, `measure`), the machine's description and the marked sections of
+//! `docs/benchmarks.md`.
 //!
 //! Each bench includes it with `mod support;` (a folder with a `mod.rs`, so Cargo
 //! does not take it for a bench target of its own); it expects the bench to include
@@ -13,23 +15,26 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp::Packet;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
 
-use crate::webrtc_client::{h264, opus, stream_request, Media, RtcClient};
+use crate::webrtc_client::{h264, opus, rtp_packet, stream_request, Media, RtcClient, Transport};
 
 /// Any one start-up, signalling or connection step.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -306,7 +311,7 @@ impl Drop for Proc {
 }
 
 /// Starts the release `huddle` binary on 127.0.0.1 (any HTTP and UDP port) with its
-/// records in a fresh directory `$TMPDIR/{name}-{this process's pid}-{tag}`, which
+/// records in a fresh directory `$TMPDIR/{name}-{tag}-{this process's pid}`, which
 /// goes with the process. `sections` is the rest of its configuration (TOML);
 /// `on_line` sees its log (stderr).
 pub fn start_huddle(
@@ -316,17 +321,26 @@ pub fn start_huddle(
     what: impl FnOnce(i32) -> String,
     on_line: impl FnMut(&str) + Send + 'static,
 ) -> Proc {
-    let dir = std::env::temp_dir().join(format!("{name}-{}-{tag}", std::process::id()));
+    let (mut cmd, dir) = huddle_command(LOOPBACK, &format!("{name}-{tag}"), sections);
+    spawn(&mut cmd, what, Some(dir), on_line).expect("start the huddle binary")
+}
+
+/// The command of [`start_huddle`] and its directory `$TMPDIR/{name}-{this process's
+/// pid}` (made, with the configuration in it), listening (HTTP) on `net.server` and
+/// advertising it as the media address, in `net.server_netns` if any.
+pub fn huddle_command(net: Net, name: &str, sections: &str) -> (Command, PathBuf) {
+    let ip = net.server;
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("huddle.toml");
     let toml = format!(
         r#"[http]
-listen = "127.0.0.1:0"
+listen = "{ip}:0"
 tls = false
 
 [media]
 udp_port = 0
-advertise_ips = ["127.0.0.1"]
+advertise_ips = ["{ip}"]
 
 [records]
 dir = "{}"
@@ -335,13 +349,13 @@ dir = "{}"
         dir.join("records").display()
     );
     std::fs::write(&config, toml).expect("write the config");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huddle"));
+    let mut cmd = net.server_command(env!("CARGO_BIN_EXE_huddle"));
     cmd.arg("--config")
         .arg(&config)
         .env_remove("JOURNAL_STREAM")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC");
-    spawn(&mut cmd, what, Some(dir), on_line).expect("start the huddle binary")
+    (cmd, dir)
 }
 
 /// The address in Huddle's "listening on http://ADDR" log line.
@@ -364,7 +378,7 @@ pub fn count_warning(line: &str, warnings: &AtomicU64, label: &str) {
 // ---------------------------------------------------------------------------------
 // Room API over WebSocket
 
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct Ws {
     ws: WsStream,
@@ -400,28 +414,13 @@ impl Ws {
     }
 
     async fn send(&mut self, v: Value) {
-        tokio::time::timeout(STEP, self.ws.send(Message::text(v.to_string())))
-            .await
-            .unwrap_or_else(|_| panic!("{}: send timed out", self.name))
-            .unwrap_or_else(|e| panic!("{}: send: {e}", self.name));
+        send_json(&mut self.ws, &self.name, v).await;
     }
 
     /// The next JSON frame; server pings are answered and skipped.
     async fn recv(&mut self) -> Value {
         loop {
-            let m = tokio::time::timeout(STEP, self.ws.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("{}: nothing from the server within {STEP:?}", self.name)
-                });
-            let t = match m {
-                Some(Ok(Message::Text(t))) => t,
-                Some(Ok(Message::Close(f))) => panic!("{}: closed by the server: {f:?}", self.name),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("{}: socket error: {e}", self.name),
-                None => panic!("{}: socket closed", self.name),
-            };
-            let v: Value = serde_json::from_str(t.as_str()).expect("server JSON");
+            let v = recv_json(&mut self.ws, &self.name).await;
             if v["message"] == "ping" {
                 self.send(json!({"message": "pong", "data": [null]})).await;
                 continue;
@@ -527,42 +526,108 @@ impl Ws {
     /// status changes other than PENDING/PUBLISHING/PLAYING (a stream stopped or
     /// failed) and a socket that ended in `incidents`.
     pub fn keep_alive(
-        mut self,
-        mut stop: watch::Receiver<bool>,
+        self,
+        stop: watch::Receiver<bool>,
         incidents: Arc<AtomicU64>,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let m = tokio::select! {
-                    _ = stop.changed() => break,
-                    m = self.ws.next() => m,
-                };
-                let t = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => {
-                        incidents.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("  {}: signalling socket ended", self.name);
-                        return;
-                    }
-                };
-                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                    continue;
-                };
+        let keep = Keep {
+            reply: |v| (v["message"] == "ping").then(|| json!({"message": "pong", "data": [null]})),
+            incident: |v| {
                 let status = v["data"][0]["status"].as_str();
-                if v["message"] == "ping" {
-                    let pong = json!({"message": "pong", "data": [null]}).to_string();
-                    let _ = self.ws.send(Message::text(pong)).await;
-                } else if v["message"] == "notifyStreamStatusEvent"
+                v["message"] == "notifyStreamStatusEvent"
                     && !matches!(status, Some("PENDING" | "PUBLISHING" | "PLAYING"))
-                {
-                    incidents.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("  {}: {v}", self.name);
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
-        })
+            },
+            keepalive: None,
+        };
+        keep_socket(self.ws, self.name, stop, incidents, keep)
     }
+}
+
+/// Sends `v` on a signalling socket (bounded); `name` says whose in a panic.
+pub async fn send_json(ws: &mut WsStream, name: &str, v: Value) {
+    tokio::time::timeout(STEP, ws.send(Message::text(v.to_string())))
+        .await
+        .unwrap_or_else(|_| panic!("{name}: send timed out"))
+        .unwrap_or_else(|e| panic!("{name}: send: {e}"));
+}
+
+/// The next JSON text frame of a signalling socket (bounded); a close, an error or bad
+/// JSON is fatal.
+pub async fn recv_json(ws: &mut WsStream, name: &str) -> Value {
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: nothing from the server within {STEP:?}"));
+        let t = match m {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => panic!("{name}: closed by the server: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("{name}: socket error: {e}"),
+            None => panic!("{name}: socket closed"),
+        };
+        return serde_json::from_str(t.as_str())
+            .unwrap_or_else(|e| panic!("{name}: the server sent bad JSON ({e}): {t}"));
+    }
+}
+
+/// How a signalling session is kept alive: the reply to a message (a pong), whether a
+/// message reports a problem, and a message to send every so often.
+pub struct Keep {
+    pub reply: fn(&Value) -> Option<Value>,
+    pub incident: fn(&Value) -> bool,
+    pub keepalive: Option<(Duration, Box<dyn FnMut() -> Value + Send>)>,
+}
+
+/// Reads a signalling socket (JSON text frames) in the background until `stop`, as
+/// `keep` says; counts the problems it reports and a socket that ended in `incidents`
+/// (the first of each echoed with `name`).
+pub fn keep_socket(
+    mut ws: WsStream,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+    incidents: Arc<AtomicU64>,
+    mut keep: Keep,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Without a keepalive, a timer that does not fire within a run.
+        let (period, mut keepalive) = keep
+            .keepalive
+            .take()
+            .unwrap_or_else(|| (Duration::from_secs(24 * 3600), Box::new(|| Value::Null)));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            let m = tokio::select! {
+                // The stop first: a task polled only after the server was stopped (a
+                // busy machine) must not count the server's goodbye.
+                biased;
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    let _ = ws.send(Message::text(keepalive().to_string())).await;
+                    continue;
+                }
+                m = ws.next() => m,
+            };
+            let t = match m {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => {
+                    incidents.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("  {name}: signalling socket ended");
+                    return;
+                }
+            };
+            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                continue;
+            };
+            if let Some(reply) = (keep.reply)(&v) {
+                let _ = ws.send(Message::text(reply.to_string())).await;
+            } else if (keep.incident)(&v) {
+                incidents.fetch_add(1, Ordering::Relaxed);
+                eprintln!("  {name}: {v}");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -597,11 +662,23 @@ pub fn video_mid(sdp: &str) -> String {
 /// A WebRTC player of `stream` in `room` (Opus and H.264), logged in as `login`:
 /// joined, PLAYING and connected.
 pub async fn play(addr: SocketAddr, login: &str, room: &str, stream: &str) -> (Ws, RtcClient) {
+    play_on(addr, login, room, stream, Transport::Udp).await
+}
+
+/// [`play`] with the player's peer connection on `transport`.
+pub async fn play_on(
+    addr: SocketAddr,
+    login: &str,
+    room: &str,
+    stream: &str,
+    transport: Transport,
+) -> (Ws, RtcClient) {
     let mut ws = Ws::connect(addr, login).await;
     ws.join(room).await;
-    let mut pc = RtcClient::player(
+    let mut pc = RtcClient::player_on(
         &format!("{login}-pc"),
         &[(AUDIO, opus(111)), (VIDEO, h264(106))],
+        transport,
     )
     .await;
     let offer = pc.create_offer().await;
@@ -761,4 +838,646 @@ pub fn write_doc(name: &str, section: &str) {
     };
     std::fs::write(&path, new).expect("write docs/benchmarks.md");
     eprintln!("figures written to {}", path.display());
+}
+
+// ---------------------------------------------------------------------------------
+// The SFU load (benches/sfu.rs, benches/janus.rs): windows, clock, the huddle server
+
+pub const WARMUP: Duration = Duration::from_secs(3);
+pub const MEASURE: Duration = Duration::from_secs(10);
+/// `HUDDLE_BENCH_QUICK=1`: shorter windows and fewer switches, to check the bench
+/// itself (figures printed only, the doc is left alone).
+pub const QUICK_WARMUP: Duration = Duration::from_millis(1500);
+pub const QUICK_MEASURE: Duration = Duration::from_secs(3);
+/// After the window: packets of the window still in flight (or retransmitted) count.
+pub const GRACE: Duration = Duration::from_millis(500);
+
+pub const ROOM: &str = "bench";
+pub const STREAM: &str = "bench-pub-cam";
+pub const PUB_AUDIO_SSRC: u32 = 0x1111_1111;
+pub const PUB_VIDEO_SSRC: u32 = 0x2222_2222;
+
+/// 2.5 Mbps of H.264 payload: per 2 s (60 frames) one 37-packet key frame and 59
+/// 9-packet frames of 1100 bytes = 624 800 bytes.
+pub const FPS: u64 = 30;
+pub const KEY_FRAME_EVERY: u64 = 60;
+pub const KEY_FRAME_PACKETS: usize = 37;
+pub const DELTA_FRAME_PACKETS: usize = 9;
+pub const VIDEO_PAYLOAD: usize = 1100;
+pub const AUDIO_PAYLOAD: usize = 80;
+/// Where the index and send time sit in a payload: after the FU-A indicator and
+/// header (video), after the Opus TOC byte (audio).
+pub const VIDEO_STAMP_AT: usize = 2;
+pub const AUDIO_STAMP_AT: usize = 1;
+
+pub static EPOCH: OnceLock<Instant> = OnceLock::new();
+pub static QUICK: OnceLock<bool> = OnceLock::new();
+
+pub fn quick() -> bool {
+    *QUICK.get_or_init(|| {
+        std::env::var("HUDDLE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
+}
+
+/// The warm-up and the measured window of a CPU run.
+pub fn windows() -> (Duration, Duration) {
+    if quick() {
+        (QUICK_WARMUP, QUICK_MEASURE)
+    } else {
+        (WARMUP, MEASURE)
+    }
+}
+
+/// Nanoseconds of this process's monotonic clock.
+pub fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+// ---------------------------------------------------------------------------------
+// The server process
+
+/// Where the SFU benches' server and clients are: loopback (`benches/sfu.rs`), or the
+/// two ends of the veth pair `benches/janus.rs` makes between its network namespaces.
+#[derive(Debug, Clone, Copy)]
+pub struct Net {
+    /// The server listens (HTTP) and advertises its media candidate here.
+    pub server: IpAddr,
+    /// The clients' peer connections bind here.
+    pub client: IpAddr,
+    /// The server runs in the network namespace of this process (`nsenter`), if any.
+    pub server_netns: Option<i32>,
+}
+
+pub const LOOPBACK: Net = Net {
+    server: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    server_netns: None,
+};
+
+impl Net {
+    /// A command that runs `program` where the server runs: `nsenter --net` into
+    /// `server_netns` (it execs the program, so the child's pid is the server's).
+    pub fn server_command(&self, program: &str) -> Command {
+        match self.server_netns {
+            None => Command::new(program),
+            Some(pid) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/proc/{pid}/ns/net"))
+                    .arg("--")
+                    .arg(program);
+                cmd
+            }
+        }
+    }
+
+    /// How the clients' peer connections reach the server.
+    pub fn transport(&self) -> Transport {
+        match self.client {
+            IpAddr::V4(Ipv4Addr::LOCALHOST) => Transport::Udp,
+            ip => Transport::UdpAt(ip),
+        }
+    }
+}
+
+pub struct Server {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub media_port: u16,
+    /// Server log lines at WARN or ERROR (the first few are echoed).
+    pub warnings: Arc<AtomicU64>,
+}
+
+impl Server {
+    pub fn start(tag: &str) -> Server {
+        Server::start_on(tag, LOOPBACK)
+    }
+
+    /// `start` with HTTP and the media candidate on `net.server`.
+    pub fn start_on(tag: &str, net: Net) -> Server {
+        const SECTIONS: &str = r#"[signalling]
+max_sessions = 256
+# Every bench client comes from 127.0.0.1.
+max_sessions_per_address = 256
+rate_messages_per_sec = 1000
+rate_burst = 2000
+
+[rooms]
+max_participants = 64
+max_players = 64
+
+[device]
+camera = "none"
+microphone = "none"
+
+[log]
+level = "info"
+"#;
+        let warnings = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std_mpsc::channel::<(Option<SocketAddr>, Option<u16>)>();
+        let w = Arc::clone(&warnings);
+        let (mut cmd, dir) = huddle_command(net, &format!("huddle-bench-{tag}"), SECTIONS);
+        let on_line = move |line: &str| {
+            let http = http_address(line);
+            let media = line
+                .split_once("media on UDP port ")
+                .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse().ok());
+            if http.is_some() || media.is_some() {
+                let _ = tx.send((http, media));
+            }
+            // Counted; the first few echoed.
+            count_warning(line, &w, "server");
+        };
+        let proc = spawn(&mut cmd, |_| "server".into(), Some(dir), on_line)
+            .expect("start the huddle binary");
+        let (mut http, mut media_port) = (None, None);
+        let deadline = Instant::now() + STEP;
+        while http.is_none() || media_port.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((h, m)) => {
+                    http = http.or(h);
+                    media_port = media_port.or(m);
+                }
+                Err(_) => {
+                    panic!(
+                        "the server did not log its HTTP address and media port within {STEP:?}"
+                    );
+                }
+            }
+        }
+        Server {
+            proc,
+            http: http.unwrap(),
+            media_port: media_port.unwrap(),
+            warnings,
+        }
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 5 s); the server's directory goes with it.
+    pub fn stop(self) {
+        self.proc.stop(true);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The publisher's camera and microphone
+
+#[derive(Default)]
+pub struct Sent {
+    /// Next packet index (audio and video share the index space).
+    pub next: AtomicU64,
+    pub video: AtomicU64,
+    pub audio: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub fn stamped(first: &[u8], index: u64, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(first);
+    p.extend_from_slice(&index.to_be_bytes());
+    p.extend_from_slice(&now_ns().to_be_bytes());
+    p.extend((p.len()..len).map(|i| (i as u64).wrapping_mul(index | 1) as u8));
+    p
+}
+
+pub async fn write(track: &TrackLocalStaticRTP, p: Packet, sent: &Sent) {
+    let len = p.payload.len() as u64;
+    match track.write_rtp(p).await {
+        Ok(()) => {
+            sent.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Err(_) => {
+            sent.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The publisher's tracks and where their RTP streams are.
+pub struct Camera {
+    pub video: Arc<TrackLocalStaticRTP>,
+    pub audio: Arc<TrackLocalStaticRTP>,
+    /// Negotiated payload types (video, audio).
+    pub pts: (u8, u8),
+    pub sent: Arc<Sent>,
+    pub frame: u64,
+    pub video_seq: u16,
+    pub audio_seq: u16,
+    pub audio_ts: u32,
+}
+
+impl Publisher for Camera {
+    /// One video frame, its FU-A packets back to back (as an encoder hands them over).
+    async fn video_frame(&mut self) {
+        let (n, nal) = if self.frame.is_multiple_of(KEY_FRAME_EVERY) {
+            (KEY_FRAME_PACKETS, 5u8)
+        } else {
+            (DELTA_FRAME_PACKETS, 1u8)
+        };
+        let ts = (self.frame * 90_000 / FPS) as u32;
+        for i in 0..n {
+            let last = i + 1 == n;
+            // FU-A: start bit on the first fragment, end bit on the last.
+            let fu = nal | if i == 0 { 0x80 } else { 0 } | if last { 0x40 } else { 0 };
+            let index = self.sent.next.fetch_add(1, Ordering::Relaxed);
+            let payload = stamped(&[0x60 | 28, fu], index, VIDEO_PAYLOAD);
+            let p = rtp_packet(
+                self.pts.0,
+                PUB_VIDEO_SSRC,
+                self.video_seq,
+                ts,
+                last,
+                payload,
+            );
+            write(&self.video, p, &self.sent).await;
+            self.sent.video.fetch_add(1, Ordering::Relaxed);
+            self.video_seq = self.video_seq.wrapping_add(1);
+        }
+        self.frame += 1;
+    }
+
+    /// One 20 ms Opus packet.
+    async fn audio_packet(&mut self) {
+        let index = self.sent.next.fetch_add(1, Ordering::Relaxed);
+        let payload = stamped(&[0xfc], index, AUDIO_PAYLOAD);
+        let p = rtp_packet(
+            self.pts.1,
+            PUB_AUDIO_SSRC,
+            self.audio_seq,
+            self.audio_ts,
+            false,
+            payload,
+        );
+        write(&self.audio, p, &self.sent).await;
+        self.sent.audio.fetch_add(1, Ordering::Relaxed);
+        self.audio_seq = self.audio_seq.wrapping_add(1);
+        self.audio_ts = self.audio_ts.wrapping_add(960);
+    }
+}
+
+/// A bench publisher: a video frame every 1/30 s, an Opus packet every 20 ms.
+pub trait Publisher {
+    async fn video_frame(&mut self);
+    async fn audio_packet(&mut self);
+
+    /// Sends until `stop`.
+    async fn run(mut self, mut stop: watch::Receiver<bool>)
+    where
+        Self: Sized,
+    {
+        let mut video = tokio::time::interval(Duration::from_nanos(1_000_000_000 / FPS));
+        let mut audio = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = video.tick() => self.video_frame().await,
+                _ = audio.tick() => self.audio_packet().await,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Players
+
+/// What one player received: (packet index, latency in µs), in arrival order.
+pub struct Received {
+    pub pc: RtcClient,
+    pub got: Vec<(u64, u32)>,
+}
+
+/// The index and send time a payload of `kind` carries.
+pub fn stamp_of(kind: RtpCodecKind, payload: &[u8]) -> Option<(u64, u64)> {
+    let at = if kind == VIDEO {
+        VIDEO_STAMP_AT
+    } else {
+        AUDIO_STAMP_AT
+    };
+    let stamp = payload.get(at..at + 16)?;
+    Some((
+        u64::from_be_bytes(stamp[..8].try_into().ok()?),
+        u64::from_be_bytes(stamp[8..].try_into().ok()?),
+    ))
+}
+
+/// Reads a player's RTP until `stop`, keeping what `keep` makes of each packet (its
+/// kind, payload and latency in µs, from the send time `stamp` finds in it).
+pub async fn receive_with<T>(
+    pc: &mut RtcClient,
+    mut stop: watch::Receiver<bool>,
+    capacity: usize,
+    mut keep: impl FnMut(RtpCodecKind, &[u8], u64) -> Option<T>,
+) -> Vec<T> {
+    let mut got = Vec::with_capacity(capacity);
+    loop {
+        let m = tokio::select! {
+            _ = stop.changed() => break,
+            m = pc.next_media(Duration::from_secs(1)) => m,
+        };
+        let Some(Media::Rtp { kind, packet }) = m else {
+            continue;
+        };
+        if let Some(t) = keep(kind, &packet.payload, now_ns()) {
+            got.push(t);
+        }
+    }
+    got
+}
+
+/// Microseconds from `sent` to `now` (ns), saturated.
+pub fn latency_us(now: u64, sent: u64) -> u32 {
+    (now.saturating_sub(sent) / 1000).min(u64::from(u32::MAX)) as u32
+}
+
+pub async fn receive(mut pc: RtcClient, stop: watch::Receiver<bool>) -> Received {
+    let got = receive_with(&mut pc, stop, 64 * 1024, |kind, payload, now| {
+        stamp_of(kind, payload).map(|(index, sent)| (index, latency_us(now, sent)))
+    })
+    .await;
+    Received { pc, got }
+}
+
+pub async fn publish(addr: SocketAddr) -> (Ws, RtcClient) {
+    publish_on(addr, Transport::Udp).await
+}
+
+/// [`publish`] with the publisher's peer connection on `transport`.
+pub async fn publish_on(addr: SocketAddr, transport: Transport) -> (Ws, RtcClient) {
+    let mut ws = Ws::connect(addr, "pub").await;
+    ws.join(ROOM).await;
+    let mut pc = RtcClient::publisher_on("pub-pc", &publisher_tracks(), transport).await;
+    let offer = pc.create_offer().await;
+    let answer = ws.offer(ROOM, STREAM, "m-pub", true, &offer).await;
+    pc.apply_answer(&answer).await;
+    ws.wait_status("m-pub", "PUBLISHING").await;
+    pc.wait_connected(STEP).await;
+    (ws, pc)
+}
+
+/// The bench publisher's tracks: Opus and H.264 (42e01f, packetization-mode=1).
+pub fn publisher_tracks() -> [(RtpCodecKind, RTCRtpCodecParameters, u32); 2] {
+    [
+        (AUDIO, opus(111), PUB_AUDIO_SSRC),
+        (VIDEO, h264(125), PUB_VIDEO_SSRC),
+    ]
+}
+
+/// Starts the bench [`Camera`] on a connected publisher; it sends until `stop`.
+pub async fn start_camera(
+    pub_pc: &RtcClient,
+    stop: watch::Receiver<bool>,
+) -> (Arc<Sent>, JoinHandle<()>) {
+    let sent = Arc::new(Sent::default());
+    let pts = (
+        pub_pc.negotiated_pt(VIDEO).await,
+        pub_pc.negotiated_pt(AUDIO).await,
+    );
+    let camera = Camera {
+        video: Arc::clone(&pub_pc.send_track(VIDEO).track),
+        audio: Arc::clone(&pub_pc.send_track(AUDIO).track),
+        pts,
+        sent: Arc::clone(&sent),
+        frame: 0,
+        video_seq: 0,
+        audio_seq: 0,
+        audio_ts: 0,
+    };
+    (sent, tokio::spawn(camera.run(stop)))
+}
+
+// ---------------------------------------------------------------------------------
+// One run
+
+pub struct Row {
+    pub players: usize,
+    pub secs: f64,
+    pub sent_video: u64,
+    pub sent_audio: u64,
+    pub sent_bytes: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub server_cpu_s: f64,
+    /// Of which in the kernel (system time).
+    pub server_sys_s: f64,
+    pub client_cpu_s: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub incidents: u64,
+    pub server_warnings: u64,
+}
+
+impl Row {
+    pub fn sent(&self) -> u64 {
+        self.sent_video + self.sent_audio
+    }
+    pub fn forwarded(&self) -> u64 {
+        self.sent() * self.players as u64
+    }
+    pub fn us_per_forwarded(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.forwarded().max(1) as f64
+    }
+    pub fn loss_pct(&self) -> f64 {
+        100.0 * self.lost as f64 / self.forwarded().max(1) as f64
+    }
+    pub fn rss_per_player_kib(&self) -> f64 {
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.players as f64
+    }
+}
+
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// A bench client: its signalling session (a task that keeps it alive until the run's
+/// stop) and its peer connection.
+pub type Client = (JoinHandle<()>, RtcClient);
+
+/// A run's stop signal and the count of what went wrong in its sessions (streams
+/// stopped or failed, sockets that ended) before it.
+pub struct RunCtl {
+    stop_tx: watch::Sender<bool>,
+    pub stop: watch::Receiver<bool>,
+    pub incidents: Arc<AtomicU64>,
+}
+
+impl RunCtl {
+    pub fn new() -> RunCtl {
+        let (stop_tx, stop) = watch::channel(false);
+        RunCtl {
+            stop_tx,
+            stop,
+            incidents: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// One run on the server process `pid` whose `publisher` is connected: the bench
+/// camera, then `players` players connected one after the other by `play(i)`, warm-up,
+/// the measured window and the grace period; then the tally, `stop_server` (which
+/// returns the server's WARN/ERROR lines) and every client closed.
+pub async fn run_load(
+    ctl: RunCtl,
+    pid: i32,
+    publisher: Client,
+    players: usize,
+    mut play: impl AsyncFnMut(usize) -> Client,
+    ticks: f64,
+    stop_server: impl FnOnce() -> u64,
+) -> Row {
+    let (pub_session, pub_pc) = publisher;
+    let mut sessions = vec![pub_session];
+    let (sent, camera) = start_camera(&pub_pc, ctl.stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before_kib = rss_kib(pid);
+
+    let t_setup = Instant::now();
+    let mut receivers = Vec::new();
+    for i in 0..players {
+        let (session, pc) = play(i).await;
+        sessions.push(session);
+        receivers.push(tokio::spawn(receive(pc, ctl.stop.clone())));
+    }
+    let (warmup, measure) = windows();
+    eprintln!(
+        "  {players} players up in {:.1} s; warm-up {warmup:?}, measuring {measure:?}",
+        t_setup.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(warmup).await;
+
+    let (server_t0, client_t0) = (process_ticks(&pid.to_string()), process_ticks("self"));
+    let (v0, a0, b0) = (
+        sent.video.load(Ordering::Relaxed),
+        sent.audio.load(Ordering::Relaxed),
+        sent.bytes.load(Ordering::Relaxed),
+    );
+    let first = sent.next.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(measure).await;
+    let last = sent.next.load(Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let (server_t1, client_t1) = (process_ticks(&pid.to_string()), process_ticks("self"));
+    let rss_after_kib = rss_kib(pid);
+    let (v1, a1, b1) = (
+        sent.video.load(Ordering::Relaxed),
+        sent.audio.load(Ordering::Relaxed),
+        sent.bytes.load(Ordering::Relaxed),
+    );
+    tokio::time::sleep(GRACE).await;
+
+    // Stop everything; collect what the players got.
+    let _ = ctl.stop_tx.send(true);
+    let _ = tokio::time::timeout(STEP, camera).await;
+    let window = (last - first) as usize;
+    let (mut received, mut lost) = (0u64, 0u64);
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut pcs = vec![pub_pc];
+    for r in receivers {
+        let Ok(Ok(r)) = tokio::time::timeout(STEP, r).await else {
+            panic!("a player task did not stop");
+        };
+        let mut seen = vec![false; window];
+        for &(index, micros) in &r.got {
+            if index < first || index >= last {
+                continue;
+            }
+            let slot = &mut seen[(index - first) as usize];
+            if !*slot {
+                *slot = true;
+                latencies.push(micros);
+            }
+        }
+        let got = seen.iter().filter(|s| **s).count() as u64;
+        received += got;
+        lost += window as u64 - got;
+        pcs.push(r.pc);
+    }
+    latencies.sort_unstable();
+    let server_warnings = stop_server();
+    futures_util::future::join_all(pcs.iter().map(|pc| pc.close())).await;
+    for s in sessions {
+        let _ = tokio::time::timeout(STEP, s).await;
+    }
+    Row {
+        players,
+        secs,
+        sent_video: v1 - v0,
+        sent_audio: a1 - a0,
+        sent_bytes: b1 - b0,
+        received,
+        lost,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies
+            .last()
+            .map_or(f64::NAN, |m| f64::from(*m) / 1000.0),
+        server_cpu_s: (server_t1.0 + server_t1.1 - server_t0.0 - server_t0.1) as f64 / ticks,
+        server_sys_s: (server_t1.1 - server_t0.1) as f64 / ticks,
+        client_cpu_s: (client_t1.0 + client_t1.1 - client_t0.0 - client_t0.1) as f64 / ticks,
+        rss_before_kib,
+        rss_after_kib,
+        incidents: ctl.incidents.load(Ordering::Relaxed),
+        server_warnings,
+    }
+}
+
+/// One publisher -> `players` on a fresh Huddle on loopback.
+pub async fn run(players: usize, ticks: f64) -> Row {
+    run_on(players, ticks, LOOPBACK).await
+}
+
+/// [`run`] on `net`.
+pub async fn run_on(players: usize, ticks: f64, net: Net) -> Row {
+    let server = Server::start_on(&players.to_string(), net);
+    let (addr, pid) = (server.http, server.proc.pid);
+    eprintln!(
+        "N = {players}: server pid {pid} on {addr}, media UDP {}",
+        server.media_port
+    );
+    let ctl = RunCtl::new();
+    let (stop, incidents) = (ctl.stop.clone(), Arc::clone(&ctl.incidents));
+    let (ws, pc) = publish_on(addr, net.transport()).await;
+    let publisher = (ws.keep_alive(stop.clone(), Arc::clone(&incidents)), pc);
+    let play = async |i: usize| {
+        let login = format!("p{i:02}");
+        let (ws, pc) = play_on(addr, &login, ROOM, STREAM, net.transport()).await;
+        (ws.keep_alive(stop.clone(), Arc::clone(&incidents)), pc)
+    };
+    let stop_server = move || {
+        let warnings = server.warnings.load(Ordering::Relaxed);
+        server.stop();
+        warnings
+    };
+    run_load(ctl, pid, publisher, players, play, ticks, stop_server).await
+}
+
+/// A tokio runtime for a bench's runs.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A plan from an environment variable: player counts, e.g. `1,10` (empty: none).
+pub fn plan_from(var: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(var) {
+        Ok(s) => s
+            .split(',')
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{var}: numbers, e.g. 1,10"))
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
 }

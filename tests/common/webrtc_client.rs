@@ -281,6 +281,9 @@ pub enum Transport {
     /// The same on ::1.
     Udp6,
     TcpOnly6,
+    /// UDP on another local address (benches/janus.rs: Janus never gathers loopback
+    /// candidates, so its bench runs on a veth address in a network namespace).
+    UdpAt(std::net::IpAddr),
 }
 
 impl RtcClient {
@@ -372,6 +375,9 @@ impl RtcClient {
             Transport::TcpOnly => builder.with_tcp_addrs(vec!["127.0.0.1:0".to_string()]),
             Transport::Udp6 => builder.with_udp_addrs(vec!["[::1]:0".to_string()]),
             Transport::TcpOnly6 => builder.with_tcp_addrs(vec!["[::1]:0".to_string()]),
+            Transport::UdpAt(ip) => {
+                builder.with_udp_addrs(vec![std::net::SocketAddr::new(ip, 0).to_string()])
+            }
         };
         let pc = builder
             .build()
@@ -562,6 +568,55 @@ impl RtcClient {
                 )
             });
         self.answer = Some(sdp.to_owned());
+    }
+
+    /// The answering side, for a server that offers (Janus to its subscribers):
+    /// setRemoteDescription(offer), createAnswer, setLocalDescription. Returns the
+    /// answer with its candidates (kept in `answer`; the offer in `offer`).
+    pub async fn answer_offer(&mut self, sdp: &str) -> String {
+        let desc = RTCSessionDescription::offer(sdp.to_owned())
+            .unwrap_or_else(|e| panic!("{}: bad offer ({e}):\n{sdp}", self.name));
+        self.pc
+            .set_remote_description(desc)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: set_remote_description(offer) failed: {e}\noffer:\n{sdp}",
+                    self.name
+                )
+            });
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: create_answer: {e}\noffer:\n{sdp}", self.name));
+        self.pc
+            .set_local_description(answer.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: set_local_description(answer): {e}", self.name));
+        self.offer = sdp.to_owned();
+        let answer = self.local_sdp().await;
+        self.answer = Some(answer.clone());
+        answer
+    }
+
+    /// The local description as set, with the candidates gathered since (`create_offer`
+    /// returns it without them, as the Flashphoner SDK sends it; Janus wants them):
+    /// waits (up to 3 s) until gathering is complete (`a=end-of-candidates`).
+    pub async fn local_sdp(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let sdp = self
+                .pc
+                .local_description()
+                .await
+                .unwrap_or_else(|| panic!("{}: no local description", self.name))
+                .sdp;
+            if sdp.contains("a=end-of-candidates") || Instant::now() >= deadline {
+                return sdp;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Hands the answer's passive ICE-TCP candidates to the peer connection as trickled
