@@ -60,24 +60,56 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 /// `benches/janus/janus.transport.websockets.jcfg`; a port of the bench's namespace.
 const JANUS_WS_PORT: u16 = 8188;
-/// `benches/janus/janus.plugin.videoroom.jcfg`.
+/// `benches/janus/janus.plugin.videoroom.jcfg`: Janus's defaults (TWCC feedback from
+/// the subscribers too), and the same without TWCC (`HUDDLE_BENCH_JANUS_TWCC=0`).
 const JANUS_ROOM: u64 = 1234;
+const JANUS_ROOM_NO_TWCC: u64 = 1235;
+
+/// The VideoRoom room of this run.
+fn janus_room() -> u64 {
+    if std::env::var("HUDDLE_BENCH_JANUS_TWCC").is_ok_and(|v| v == "0") {
+        JANUS_ROOM_NO_TWCC
+    } else {
+        JANUS_ROOM
+    }
+}
 /// Janus drops a session after `session_timeout` (120 s here) without a request.
 const KEEPALIVE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Huddle,
-    Janus,
+    /// Janus as configured in `benches/janus/` (one event loop thread per handle, its
+    /// default), or with `event_loops` set to this many shared loops.
+    Janus(Option<usize>),
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Target::Huddle => "Huddle",
-            Target::Janus => "Janus",
+            Target::Huddle => "Huddle".into(),
+            Target::Janus(None) => "Janus".into(),
+            Target::Janus(Some(n)) => format!("Janus, event_loops = {n}"),
         }
     }
+}
+
+/// The targets of this run: Huddle, Janus, and Janus with `event_loops` set to
+/// `HUDDLE_BENCH_JANUS_EVENT_LOOPS` (default: one per CPU; 0: not run).
+fn targets() -> Vec<Target> {
+    let loops = std::env::var("HUDDLE_BENCH_JANUS_EVENT_LOOPS").map_or_else(
+        |_| std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("HUDDLE_BENCH_JANUS_EVENT_LOOPS: a number, e.g. 2"))
+        },
+    );
+    let mut t = vec![Target::Huddle, Target::Janus(None)];
+    if loops > 0 {
+        t.push(Target::Janus(Some(loops)));
+    }
+    t
 }
 
 // ---------------------------------------------------------------------------------
@@ -175,8 +207,27 @@ fn setup_netns() -> (Proc, Net) {
         server: IpAddr::V4(SERVER_IP),
         client: IpAddr::V4(CLIENT_IP),
         server_netns: Some(holder.pid),
+        client_udp: Some(client_udp),
     };
     (holder, net)
+}
+
+/// UDP datagrams received and sent in this (the clients') namespace so far.
+fn client_udp() -> (u64, u64) {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        panic!("/proc/net/snmp: no Udp lines in\n{snmp}");
+    };
+    let field = |name: &str| -> u64 {
+        names
+            .split_whitespace()
+            .position(|n| n == name)
+            .and_then(|i| values.split_whitespace().nth(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("/proc/net/snmp: no Udp {name} in\n{snmp}"))
+    };
+    (field("InDatagrams"), field("OutDatagrams"))
 }
 
 /// Packets through the interfaces of the clients' namespace (`/proc/net/dev`, received
@@ -215,10 +266,29 @@ struct Janus {
 }
 
 impl Janus {
-    /// `janus -F benches/janus`, candidates and SDP address `ip` only; waits until its
-    /// WebSocket transport is up.
-    fn start(net: Net) -> Janus {
-        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/janus");
+    /// `janus -F benches/janus` in the servers' namespace, candidates and SDP address
+    /// `net.server` only; with `event_loops`, from a copy of the configuration that sets
+    /// them. Waits until its WebSocket transport is up.
+    fn start(net: Net, event_loops: Option<usize>) -> Janus {
+        let mut configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/janus");
+        let mut dir = None;
+        if let Some(n) = event_loops {
+            let copy = std::env::temp_dir().join(format!("janus-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&copy).expect("temp dir");
+            for entry in std::fs::read_dir(&configs).expect("benches/janus") {
+                let from = entry.expect("benches/janus entry").path();
+                let to = copy.join(from.file_name().expect("a file name"));
+                std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {from:?}: {e}"));
+            }
+            let jcfg = copy.join("janus.jcfg");
+            let text = std::fs::read_to_string(&jcfg).expect("janus.jcfg");
+            let general = "general: {\n";
+            assert!(text.contains(general), "janus.jcfg: no {general:?}");
+            let text = text.replacen(general, &format!("{general}\tevent_loops = {n}\n"), 1);
+            std::fs::write(&jcfg, text).expect("write janus.jcfg");
+            configs = copy.clone();
+            dir = Some(copy);
+        }
         let ip = net.server.to_string();
         let mut cmd = net.server_command("sh");
         // Janus logs to stdout; `spawn` reads stderr.
@@ -232,7 +302,7 @@ impl Janus {
         let proc = spawn(
             &mut cmd,
             |pid| format!("janus (pid {pid})"),
-            None,
+            dir,
             move |line| {
                 if line.contains("WebSockets thread started") {
                     up = true;
@@ -406,7 +476,7 @@ async fn janus_publish(net: Net) -> (JanusApi, RtcClient, u64) {
     let mut api = JanusApi::connect(net.server, "pub").await;
     let handle = api.attach().await;
     let join =
-        json!({"request": "join", "ptype": "publisher", "room": JANUS_ROOM, "display": "pub"});
+        json!({"request": "join", "ptype": "publisher", "room": janus_room(), "display": "pub"});
     let r = api.message(handle, join, None).await;
     let feed = r["plugindata"]["data"]["id"]
         .as_u64()
@@ -430,7 +500,7 @@ async fn janus_play(net: Net, login: &str, feed: u64) -> (JanusApi, RtcClient) {
     let mut api = JanusApi::connect(net.server, login).await;
     let handle = api.attach().await;
     let join = json!({
-        "request": "join", "ptype": "subscriber", "room": JANUS_ROOM,
+        "request": "join", "ptype": "subscriber", "room": janus_room(),
         "streams": [{"feed": feed}],
     });
     let r = api.message(handle, join, None).await;
@@ -444,7 +514,7 @@ async fn janus_play(net: Net, login: &str, feed: u64) -> (JanusApi, RtcClient) {
     )
     .await;
     let answer = candidates_once(&pc.answer_offer(offer).await);
-    let start = json!({"request": "start", "room": JANUS_ROOM});
+    let start = json!({"request": "start", "room": janus_room()});
     api.message(handle, start, Some(("answer", &answer))).await;
     api.candidates_done(handle).await;
     pc.wait_connected(STEP).await;
@@ -452,11 +522,11 @@ async fn janus_play(net: Net, login: &str, feed: u64) -> (JanusApi, RtcClient) {
 }
 
 /// One publisher -> `players` on a fresh Janus (`support::run_on` is Huddle's).
-async fn run_janus(players: usize, ticks: f64, net: Net) -> Row {
-    let janus = Janus::start(net);
+async fn run_janus(players: usize, ticks: f64, net: Net, event_loops: Option<usize>) -> Row {
+    let janus = Janus::start(net, event_loops);
     let pid = janus.proc.pid;
     eprintln!("N = {players}: janus pid {pid}");
-    let ctl = RunCtl::new();
+    let ctl = RunCtl::new(net);
     let (stop, incidents) = (ctl.stop.clone(), Arc::clone(&ctl.incidents));
     let (api, pc, feed) = janus_publish(net).await;
     let publisher = (api.keep_alive(stop.clone(), Arc::clone(&incidents)), pc);
@@ -515,7 +585,7 @@ fn ratio(h: f64, j: f64) -> String {
 /// A figure of a row.
 type Figure = (&'static str, usize, fn(&Row) -> f64);
 
-const FIGURES: [Figure; 8] = [
+const FIGURES: [Figure; 10] = [
     ("server CPU, % of one core", 1, |r| {
         100.0 * r.server_cpu_s / r.secs
     }),
@@ -530,7 +600,24 @@ const FIGURES: [Figure; 8] = [
     ("bench process (clients) CPU, % of one core", 0, |r| {
         100.0 * r.client_cpu_s / r.secs
     }),
+    ("UDP datagrams/s to the clients", 0, |r| {
+        r.client_udp.map_or(f64::NAN, |u| u.0 as f64 / r.secs)
+    }),
+    ("UDP datagrams/s from the clients", 0, |r| {
+        r.client_udp.map_or(f64::NAN, |u| u.1 as f64 / r.secs)
+    }),
 ];
+
+/// The targets that ran, in their first run's order, Huddle first.
+fn targets_of(runs: &[Run]) -> Vec<Target> {
+    let mut t = vec![Target::Huddle];
+    for r in runs {
+        if !t.contains(&r.target) {
+            t.push(r.target);
+        }
+    }
+    t
+}
 
 fn of(runs: &[Run], target: Target, players: usize) -> Vec<&Row> {
     runs.iter()
@@ -567,50 +654,68 @@ fn section(
     runs: &[Run],
     repeats: usize,
 ) -> String {
+    let targets: Vec<Target> = targets_of(runs);
+    let janus = &targets[1..];
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Measured {machine_line}; load average (1/5/15 min) {} at the start, {} at the end. {repeats} runs per point, Huddle and Janus alternating. Cells: median (min–max) over the runs; ratio: Huddle / Janus of the medians (below 1: Huddle's figure is smaller).\n",
+        "Measured {machine_line}; load average (1/5/15 min) {} at the start, {} at the end. {repeats} runs per point, the targets alternating (the order rotated every run). Cells: median (min–max) over the runs; ratio: Huddle / that Janus of the medians (below 1: Huddle's figure is smaller).\n",
         load.0, load.1
     );
-    s.push_str("| players | figure | Huddle | Janus | ratio |\n|---:|---|---:|---:|---:|\n");
-    for &n in plan {
-        let (h, j) = (of(runs, Target::Huddle, n), of(runs, Target::Janus, n));
-        let pps = |rows: &[&Row]| spread(rows.iter().map(|r| r.sent() as f64 / r.secs).collect());
+    let names: Vec<String> = targets.iter().map(|t| t.name()).collect();
+    let ratios: Vec<String> = janus
+        .iter()
+        .map(|t| format!("ratio to {}", t.name()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "| players | figure | {} | {} |",
+        names.join(" | "),
+        ratios.join(" | ")
+    );
+    let _ = writeln!(
+        s,
+        "|---:|---|{}{}",
+        "---:|".repeat(targets.len()),
+        "---:|".repeat(janus.len())
+    );
+    let line = |s: &mut String, what: &str, spreads: &[(f64, f64, f64)], decimals: usize| {
+        let cells: Vec<String> = spreads.iter().map(|x| cell(*x, decimals)).collect();
+        let ratios: Vec<String> = spreads[1..]
+            .iter()
+            .map(|j| ratio(spreads[0].1, j.1))
+            .collect();
         let _ = writeln!(
             s,
-            "| {n} | in: packets/s | {} | {} | |",
-            cell(pps(&h), 0),
-            cell(pps(&j), 0)
+            "| {what} | {} | {} |",
+            cells.join(" | "),
+            ratios.join(" | ")
         );
+    };
+    for &n in plan {
+        let rows: Vec<Vec<&Row>> = targets.iter().map(|&t| of(runs, t, n)).collect();
+        let pps = |rows: &[&Row]| spread(rows.iter().map(|r| r.sent() as f64 / r.secs).collect());
+        let spreads: Vec<_> = rows.iter().map(|r| pps(r)).collect();
+        line(&mut s, &format!("{n} | in: packets/s"), &spreads, 0);
         for (name, decimals, f) in FIGURES {
-            let (a, b) = (
-                spread(h.iter().map(|r| f(r)).collect()),
-                spread(j.iter().map(|r| f(r)).collect()),
-            );
-            let _ = writeln!(
-                s,
-                "| {n} | {name} | {} | {} | {} |",
-                cell(a, decimals),
-                cell(b, decimals),
-                ratio(a.1, b.1)
-            );
+            let spreads: Vec<_> = rows
+                .iter()
+                .map(|r| spread(r.iter().map(|r| f(r)).collect()))
+                .collect();
+            line(&mut s, &format!("{n} | {name}"), &spreads, decimals);
         }
     }
     for pair in plan.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let h = spread(marginal(runs, Target::Huddle, a, b));
-        let j = spread(marginal(runs, Target::Janus, a, b));
-        let _ = writeln!(
-            s,
-            "| {a} → {b} | marginal server CPU per added forwarded packet, µs | {} | {} | {} |",
-            cell(h, 1),
-            cell(j, 1),
-            ratio(h.1, j.1)
-        );
+        let spreads: Vec<_> = targets
+            .iter()
+            .map(|&t| spread(marginal(runs, t, a, b)))
+            .collect();
+        let what = format!("{a} → {b} | marginal server CPU per added forwarded packet, µs");
+        line(&mut s, &what, &spreads, 1);
     }
     let mut notes = Vec::new();
-    for target in [Target::Huddle, Target::Janus] {
+    for &target in &targets {
         let (lo, veth) = runs
             .iter()
             .filter(|r| r.target == target)
@@ -661,19 +766,17 @@ fn main() {
     let started = Instant::now();
     let load_before = loadavg();
     let mut runs = Vec::new();
+    let targets = targets();
     for repeat in 0..repeats {
         for &players in &plan {
-            let order = if repeat % 2 == 0 {
-                [Target::Huddle, Target::Janus]
-            } else {
-                [Target::Janus, Target::Huddle]
-            };
+            let mut order = targets.clone();
+            order.rotate_left(repeat % targets.len());
             for target in order {
                 eprintln!("run {} of {repeats}, {}:", repeat + 1, target.name());
                 let before = packets();
                 let row = match target {
                     Target::Huddle => rt.block_on(run_on(players, ticks, net)),
-                    Target::Janus => rt.block_on(run_janus(players, ticks, net)),
+                    Target::Janus(loops) => rt.block_on(run_janus(players, ticks, net, loops)),
                 };
                 let after = packets();
                 runs.push(Run {
@@ -688,12 +791,18 @@ fn main() {
     drop(rt);
     holder.stop(false);
     let load = (load_before.as_str(), loadavg());
-    let section = section(&machine(), (load.0, &load.1), &plan, &runs, repeats);
+    let mut section = section(&machine(), (load.0, &load.1), &plan, &runs, repeats);
+    if janus_room() != JANUS_ROOM {
+        section.insert_str(
+            0,
+            "Janus's room without TWCC (HUDDLE_BENCH_JANUS_TWCC=0).\n\n",
+        );
+    }
     println!("\n{section}");
     eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
     if quick() {
         eprintln!("HUDDLE_BENCH_QUICK: docs/benchmarks.md left alone");
-    } else if plan == PLAYERS && repeats == REPEATS {
+    } else if plan == PLAYERS && repeats == REPEATS && janus_room() == JANUS_ROOM {
         write_doc("janus", &section);
     }
 }

@@ -906,12 +906,16 @@ pub struct Net {
     pub client: IpAddr,
     /// The server runs in the network namespace of this process (`nsenter`), if any.
     pub server_netns: Option<i32>,
+    /// The clients' UDP datagrams so far (received, sent), when they have a network
+    /// namespace of their own (its `/proc/net/snmp`).
+    pub client_udp: Option<fn() -> (u64, u64)>,
 }
 
 pub const LOOPBACK: Net = Net {
     server: IpAddr::V4(Ipv4Addr::LOCALHOST),
     client: IpAddr::V4(Ipv4Addr::LOCALHOST),
     server_netns: None,
+    client_udp: None,
 };
 
 impl Net {
@@ -1268,6 +1272,8 @@ pub struct Row {
     pub rss_after_kib: u64,
     pub incidents: u64,
     pub server_warnings: u64,
+    /// UDP datagrams the clients received and sent in the window (`Net::client_udp`).
+    pub client_udp: Option<(u64, u64)>,
 }
 
 impl Row {
@@ -1300,21 +1306,23 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// stop) and its peer connection.
 pub type Client = (JoinHandle<()>, RtcClient);
 
-/// A run's stop signal and the count of what went wrong in its sessions (streams
-/// stopped or failed, sockets that ended) before it.
+/// A run's stop signal, the count of what went wrong in its sessions (streams stopped
+/// or failed, sockets that ended) before it, and its clients' UDP counters if any.
 pub struct RunCtl {
     stop_tx: watch::Sender<bool>,
     pub stop: watch::Receiver<bool>,
     pub incidents: Arc<AtomicU64>,
+    client_udp: Option<fn() -> (u64, u64)>,
 }
 
 impl RunCtl {
-    pub fn new() -> RunCtl {
+    pub fn new(net: Net) -> RunCtl {
         let (stop_tx, stop) = watch::channel(false);
         RunCtl {
             stop_tx,
             stop,
             incidents: Arc::new(AtomicU64::new(0)),
+            client_udp: net.client_udp,
         }
     }
 }
@@ -1353,6 +1361,7 @@ pub async fn run_load(
     tokio::time::sleep(warmup).await;
 
     let (server_t0, client_t0) = (process_ticks(&pid.to_string()), process_ticks("self"));
+    let udp0 = ctl.client_udp.map(|f| f());
     let (v0, a0, b0) = (
         sent.video.load(Ordering::Relaxed),
         sent.audio.load(Ordering::Relaxed),
@@ -1364,6 +1373,7 @@ pub async fn run_load(
     let last = sent.next.load(Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
     let (server_t1, client_t1) = (process_ticks(&pid.to_string()), process_ticks("self"));
+    let udp1 = ctl.client_udp.map(|f| f());
     let rss_after_kib = rss_kib(pid);
     let (v1, a1, b1) = (
         sent.video.load(Ordering::Relaxed),
@@ -1425,6 +1435,7 @@ pub async fn run_load(
         rss_after_kib,
         incidents: ctl.incidents.load(Ordering::Relaxed),
         server_warnings,
+        client_udp: udp0.zip(udp1).map(|(a, b)| (b.0 - a.0, b.1 - a.1)),
     }
 }
 
@@ -1441,7 +1452,7 @@ pub async fn run_on(players: usize, ticks: f64, net: Net) -> Row {
         "N = {players}: server pid {pid} on {addr}, media UDP {}",
         server.media_port
     );
-    let ctl = RunCtl::new();
+    let ctl = RunCtl::new(net);
     let (stop, incidents) = (ctl.stop.clone(), Arc::clone(&ctl.incidents));
     let (ws, pc) = publish_on(addr, net.transport()).await;
     let publisher = (ws.keep_alive(stop.clone(), Arc::clone(&incidents)), pc);
