@@ -1,30 +1,34 @@
 //! Huddle and Janus VideoRoom side by side (`make bench`, `cargo bench --bench janus`):
 //! not a test, no assertions about the figures.
 //!
-//! The load is `benches/sfu.rs`'s (`support::start_camera`): one publisher sends H.264
-//! at 2.5 Mbps (30 fps, 1100-byte FU-A packets, a key frame every 2 s) and Opus every
-//! 20 ms, each payload stamped with its index and send time; N players receive it and
-//! measure latency and loss. Each player has its own signalling session: a Flashphoner
-//! Room API WebSocket for Huddle, a Janus API WebSocket (subprotocol `janus-protocol`,
-//! the VideoRoom plugin) for Janus. The same measurement (`support::measure`): server
-//! CPU from `/proc` over the window, RSS before and after the players, loss, latency,
-//! the bench process's own CPU (the clients).
+//! The load is `benches/sfu.rs`'s (`support::run_load`): one publisher sends H.264 at
+//! 2.5 Mbps (30 fps, 1100-byte FU-A packets, a key frame every 2 s) and Opus every 20 ms,
+//! each payload stamped with its index and send time; N players receive it and measure
+//! latency and loss. Each player has its own signalling session: a Flashphoner Room API
+//! WebSocket for Huddle, a Janus API WebSocket (subprotocol `janus-protocol`, the
+//! VideoRoom plugin) for Janus. The same figures for both: server CPU from `/proc` over
+//! the window, RSS before and after the players, loss, latency, the bench process's own
+//! CPU (the clients) and the clients' UDP datagrams.
 //!
 //! Janus 1.1.2 (Debian's `janus`, configured by `benches/janus/`) never gathers
-//! loopback candidates, so the whole bench runs in a network namespace of its own: it
+//! loopback candidates, so the bench runs in network namespaces of its own: it
 //! re-executes itself under `unshare --net` (as root; otherwise with
-//! `--map-root-user`), and there brings up `lo` and a veth pair with 10.213.0.1
-//! (the servers) and 10.213.0.2 (the clients), addresses that exist only in that
-//! namespace. Both servers run there on the same path: Huddle listens and advertises
-//! 10.213.0.1, Janus gathers only 10.213.0.1 (`-i`/`-E`), every client binds
-//! 10.213.0.2. Nothing leaves the namespace; it goes with the bench process.
+//! `--map-root-user`); that namespace is the clients'. There it makes a second one for
+//! the servers, held by an `unshare --net sleep`, and a veth pair between the two:
+//! 10.213.0.1 on the servers' side, 10.213.0.2 on the clients' side, addresses that exist
+//! only there. Huddle (listening on and advertising 10.213.0.1) and Janus (`-i`/`-E`
+//! 10.213.0.1) start in the servers' namespace through `nsenter --net`; every client
+//! binds 10.213.0.2, so every datagram of both crosses the veth. Nothing leaves the
+//! namespaces; they go with the bench's processes.
 //!
 //! For each N (`HUDDLE_BENCH_JANUS_PLAYERS`, default 10,30), each repeat
-//! (`HUDDLE_BENCH_JANUS_REPEATS`, default 3): a fresh Huddle and a fresh Janus, one
-//! after the other, the order swapped every repeat. The table gives min / median / max
-//! over the repeats and the ratio Huddle / Janus of the medians. Only the default plan
-//! writes its section of `docs/benchmarks.md`; `HUDDLE_BENCH_QUICK=1` (short windows)
-//! prints only.
+//! (`HUDDLE_BENCH_JANUS_REPEATS`, default 3): a fresh Huddle, a fresh Janus as configured
+//! (a loop thread per handle) and a fresh Janus with `event_loops` set
+//! (`HUDDLE_BENCH_JANUS_EVENT_LOOPS`, default one per CPU, 0: not run), the order rotated
+//! every repeat. The table gives min / median / max over the repeats and the ratio of
+//! Huddle's median to each Janus's. Only the default plan writes its section of
+//! `docs/benchmarks.md`; `HUDDLE_BENCH_QUICK=1` (short windows) and
+//! `HUDDLE_BENCH_JANUS_TWCC=0` (Janus's room without TWCC) print only.
 
 #[path = "../tests/common/webrtc_client.rs"]
 mod webrtc_client;
