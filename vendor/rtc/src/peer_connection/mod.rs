@@ -2477,6 +2477,47 @@ impl RTCPeerConnection {
     }
 }
 
+/// Huddle patch: the master key and salt this end protects its SRTP and SRTCP with, and
+/// the negotiated profile. An application that sends media past the pipeline (a
+/// forwarding fast path) derives its own sending context from them; the receiving side
+/// stays the peer connection's.
+#[derive(Clone)]
+pub struct SrtpKeys {
+    /// The negotiated SRTP protection profile.
+    pub profile: srtp::protection_profile::ProtectionProfile,
+    /// This end's master key.
+    pub master_key: Vec<u8>,
+    /// This end's master salt.
+    pub master_salt: Vec<u8>,
+}
+
+impl std::fmt::Debug for SrtpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpKeys")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RTCPeerConnection {
+    /// Huddle patch: this end's SRTP keys once the DTLS handshake is done; `None` before.
+    ///
+    /// Whoever protects RTP with them owns those SSRCs: the peer connection must not
+    /// send RTP or RTCP for the same SSRCs (their packet indexes would collide).
+    pub fn local_srtp_keys(&self) -> Option<&SrtpKeys> {
+        self.dtls_transport().local_srtp_keys.as_ref()
+    }
+
+    /// Huddle patch: where this end's packets go now: the selected candidate pair's
+    /// remote address and its transport; `None` before ICE has selected one.
+    pub fn selected_remote(
+        &self,
+    ) -> Option<(shared::TransportProtocol, std::net::SocketAddr)> {
+        let (local, remote) = self.ice_transport().agent.get_selected_candidate_pair()?;
+        Some((local.network_type().to_protocol(), remote.addr()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,12 +250,13 @@ impl<'a>
                             // Save DTLS cipher suite for stats
                             dtls_cipher_for_stats = state.cipher_suite().map(|cs| cs.to_string());
 
-                            let (local_srtp_context, remote_srtp_context) =
+                            let (local_srtp_context, remote_srtp_context, local_keys) =
                                 DtlsHandler::update_srtp_contexts(
                                     state,
                                     &self.ctx.dtls_transport.replay_protection,
                                     &self.ctx.dtls_transport.crypto_provider,
                                 )?;
+                            self.ctx.dtls_transport.local_srtp_keys = Some(local_keys);
                             srtp_contexts = Some((local_srtp_context, remote_srtp_context));
                         } else {
                             warn!(
@@ -457,7 +458,11 @@ impl<'a> DtlsHandler<'a> {
         state: &State,
         replay_protection: &ReplayProtection,
         crypto_provider: &Arc<dyn RTCCryptoProvider>,
-    ) -> Result<(srtp::context::Context, srtp::context::Context)> {
+    ) -> Result<(
+        srtp::context::Context,
+        srtp::context::Context,
+        crate::peer_connection::SrtpKeys,
+    )> {
         let profile = match state.srtp_protection_profile() {
             SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
             SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
@@ -523,7 +528,12 @@ impl<'a> DtlsHandler<'a> {
             crypto_provider.crypto(),
         )?;
 
-        Ok((local_context, remote_context))
+        let local_keys = crate::peer_connection::SrtpKeys {
+            profile: srtp_config.profile,
+            master_key: srtp_config.keys.local_master_key.clone(),
+            master_salt: srtp_config.keys.local_master_salt.clone(),
+        };
+        Ok((local_context, remote_context, local_keys))
     }
 }
 

@@ -53,6 +53,10 @@ pub(crate) struct DtlsTransport {
     // certificate.
     pub(crate) remote_certificates: Vec<Vec<u8>>,
 
+    // Huddle patch: this end's SRTP master key and salt, kept at handshake completion
+    // for `RTCPeerConnection::local_srtp_keys`.
+    pub(crate) local_srtp_keys: Option<crate::peer_connection::SrtpKeys>,
+
     // From SettingEngine
     pub(crate) answering_dtls_role: RTCDtlsRole,
     pub(crate) srtp_protection_profiles: Vec<SrtpProtectionProfile>,
@@ -118,6 +122,7 @@ impl DtlsTransport {
             state: RTCDtlsTransportState::New,
             certificates,
             remote_certificates: vec![],
+            local_srtp_keys: None,
 
             answering_dtls_role,
             srtp_protection_profiles,
