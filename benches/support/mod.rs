@@ -31,6 +31,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::webrtc_client::{h264, opus, stream_request, Media, RtcClient};
 
+pub mod raw_player;
+
 /// Any one start-up, signalling or connection step.
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -323,6 +325,10 @@ pub fn start_huddle(
         r#"[http]
 listen = "127.0.0.1:0"
 tls = false
+# Every bench client comes from 127.0.0.1 (hundreds of them in the load runs).
+max_connections = 2048
+max_connections_per_address = 2048
+connection_rate_per_address = 1000
 
 [media]
 udp_port = 0
