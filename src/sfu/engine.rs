@@ -107,6 +107,9 @@ struct Peer {
     /// where it goes (the selected candidate pair's remote).
     out: Option<PlayOut>,
     remote: Option<Remote>,
+    /// The peer connection's next timer, as of the last call into it (asking it
+    /// sweeps its whole pipeline: not once per peer per datagram).
+    deadline: Option<Instant>,
     up: bool,
     ice_connected: bool,
     failed: bool,
@@ -138,6 +141,7 @@ impl Peers {
                 protocol,
             });
         }
+        p.deadline = p.pc.poll_timeout();
     }
 }
 
@@ -427,7 +431,7 @@ impl Engine {
         let key_frames = self.media.poll_timeout();
         let peers = self.peers.map.values_mut().filter_map(|p| {
             let reports = p.out.as_ref().and_then(PlayOut::poll_timeout);
-            p.pc.poll_timeout().into_iter().chain(reports).min()
+            p.deadline.into_iter().chain(reports).min()
         });
         let speaking = self.speaking.poll_timeout();
         key_frames.into_iter().chain(peers).chain(speaking).min()
@@ -440,7 +444,7 @@ impl Engine {
             .peers
             .map
             .iter_mut()
-            .filter_map(|(id, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+            .filter_map(|(id, p)| p.deadline.is_some_and(|t| t <= now).then_some(*id))
             .collect();
         for id in due {
             if let Some(p) = self.peers.map.get_mut(&id) {
@@ -1134,6 +1138,7 @@ impl Engine {
                 video_out: None,
                 out: None,
                 remote: None,
+                deadline: None,
                 up: false,
                 ice_connected: false,
                 failed: false,
@@ -1406,6 +1411,9 @@ impl Engine {
                 }
             }
             _ => {}
+        }
+        if let Some(p) = self.peers.map.get_mut(&id) {
+            p.deadline = p.pc.poll_timeout();
         }
         rtp.clear();
         self.rtp = rtp;
