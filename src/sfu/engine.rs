@@ -1299,7 +1299,7 @@ impl Engine {
                 RTCMessage::RtcpPacket(_, packets) => {
                     if let (Some(out), Some((protocol, to))) = (p.out.as_mut(), p.remote) {
                         for (ssrc, seqs) in play_out::nacked(&packets) {
-                            for data in out.resend(ssrc, &seqs) {
+                            for data in out.resend(now, ssrc, &seqs) {
                                 self.counters.retransmitted.inc();
                                 self.peers.transmits.push_back(Transmit {
                                     peer: id,

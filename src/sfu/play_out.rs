@@ -28,6 +28,10 @@ use rtc::srtp::context::Context;
 
 /// Video packets kept for NACKs: ~0.9 s at 2.5 Mbit/s, more than a browser waits.
 pub const HISTORY: usize = 512;
+/// Retransmissions per player per second, and at once: a NACK is a few bytes and
+/// can name hundreds of packets, so what it may cost us is bounded (about the packet
+/// rate of a 2.5 Mbit/s stream).
+pub const RESEND_PER_SEC: u32 = 300;
 /// Sender reports this often, the first one this soon after the first packet.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 const FIRST_REPORT: Duration = Duration::from_millis(200);
@@ -79,6 +83,8 @@ pub struct PlayOut {
     history: Vec<Option<Packet>>,
     next_report: Option<Instant>,
     clock: WallClock,
+    /// Retransmissions left, and when the budget was last topped up.
+    budget: (u32, Option<Instant>),
 }
 
 impl std::fmt::Debug for PlayOut {
@@ -110,6 +116,7 @@ impl PlayOut {
             history: Vec::new(),
             next_report: None,
             clock,
+            budget: (RESEND_PER_SEC, None),
         })
     }
 
@@ -163,17 +170,33 @@ impl PlayOut {
             .map_err(|e| format!("SRTP: {e}"))
     }
 
-    /// The kept packets of `ssrc` with these sequence numbers, protected again; those
-    /// no longer kept are skipped.
-    pub fn resend(&mut self, ssrc: u32, seqs: &[u16]) -> Vec<BytesMut> {
+    /// The kept packets of `ssrc` with these sequence numbers, protected again, each
+    /// once, within the retransmission budget; those no longer kept are skipped.
+    pub fn resend(&mut self, now: Instant, ssrc: u32, seqs: &[u16]) -> Vec<BytesMut> {
+        let (left, since) = &mut self.budget;
+        let refill = since.map_or(RESEND_PER_SEC, |t| {
+            let ms = now.saturating_duration_since(t).as_millis();
+            (ms * u128::from(RESEND_PER_SEC) / 1000).min(u128::from(RESEND_PER_SEC)) as u32
+        });
+        if refill > 0 || since.is_none() {
+            *left = (*left + refill).min(RESEND_PER_SEC);
+            *since = Some(now);
+        }
+        let mut wanted: Vec<u16> = seqs.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
         let mut out = Vec::new();
-        for &seq in seqs {
+        for seq in wanted {
+            if self.budget.0 == 0 {
+                break;
+            }
             let slot = usize::from(seq) % HISTORY;
             let Some(packet) = self.history.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
             if packet.header.ssrc == ssrc && packet.header.sequence_number == seq {
                 if let Ok(b) = self.seal(&packet) {
+                    self.budget.0 -= 1;
                     out.push(b);
                 }
             }
@@ -315,7 +338,7 @@ mod tests {
             );
         }
         // Lost: 500 and 501 (kept), 3 (overwritten by 515), one of another SSRC.
-        let again = out.resend(9, &[500, 501, 3]);
+        let again = out.resend(t0, 9, &[500, 501, 3]);
         assert_eq!(again.len(), 2);
         assert_eq!(again[0], wires[500], "the same index gives the same bytes");
         let mut clear = rx.decrypt_rtp(&again[1]).unwrap();
@@ -326,7 +349,7 @@ mod tests {
                 .sequence_number,
             501
         );
-        assert!(out.resend(10, &[500]).is_empty());
+        assert!(out.resend(t0, 10, &[500]).is_empty());
         // New packets after a retransmission still decrypt (rollover state intact).
         let next = out
             .protect(t0, packet(9, HISTORY as u16 + 10, 0, 200), 90_000, true)
@@ -335,7 +358,36 @@ mod tests {
         // Audio is not kept.
         out.protect(t0, packet(11, 5, 0, 100), 48_000, false)
             .unwrap();
-        assert!(out.resend(11, &[5]).is_empty());
+        assert!(out.resend(t0, 11, &[5]).is_empty());
+    }
+
+    #[test]
+    fn nacks_cost_at_most_the_budget_and_each_packet_once() {
+        let k = keys(ProtectionProfile::AeadAes128Gcm);
+        let t0 = Instant::now();
+        let mut out = PlayOut::new(&k, clock(t0)).unwrap();
+        for seq in 0..HISTORY as u16 {
+            out.protect(t0, packet(9, seq, 0, 100), 90_000, true)
+                .unwrap();
+        }
+        // One NACK naming a packet a thousand times: one retransmission.
+        assert_eq!(out.resend(t0, 9, &[7; 1000]).len(), 1);
+        // Every kept packet asked for, again and again: the budget, then nothing
+        // until it refills.
+        let all: Vec<u16> = (0..HISTORY as u16).collect();
+        assert_eq!(out.resend(t0, 9, &all).len(), RESEND_PER_SEC as usize - 1);
+        assert!(out.resend(t0, 9, &all).is_empty());
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(
+            out.resend(later, 9, &all).len(),
+            RESEND_PER_SEC as usize / 10
+        );
+        let much_later = later + Duration::from_secs(10);
+        assert_eq!(
+            out.resend(much_later, 9, &all).len(),
+            RESEND_PER_SEC as usize,
+            "the budget never exceeds a second's worth"
+        );
     }
 
     #[test]
