@@ -1501,6 +1501,55 @@ fn sim_section(machine_line: &str, lines: &[Line], switching: Option<&Switching>
 }
 
 // ---------------------------------------------------------------------------------
+// SRTP: what protecting one forwarded packet costs, by profile
+
+/// Protects `n` video packets of `VIDEO_PAYLOAD` bytes with a player's sending path
+/// (`huddle::sfu::play_out`: marshal, SRTP, the NACK history), per profile: ns each.
+fn srtp_costs(n: u32) -> Vec<(&'static str, f64)> {
+    use huddle::sfu::play_out::{PlayOut, WallClock};
+    use rtc::peer_connection::SrtpKeys;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+    let profiles = [
+        ("AEAD_AES_128_GCM", ProtectionProfile::AeadAes128Gcm),
+        (
+            "AES_CM_128_HMAC_SHA1_80",
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ),
+    ];
+    profiles
+        .into_iter()
+        .map(|(name, profile)| {
+            let keys = SrtpKeys {
+                profile,
+                master_key: vec![7; profile.key_len()],
+                master_salt: vec![9; profile.salt_len()],
+            };
+            let t0 = Instant::now();
+            let mut out = PlayOut::new(&keys, WallClock::new(t0, std::time::SystemTime::now()))
+                .expect("a sending path");
+            let payload = bytes::Bytes::from(vec![0x5c; VIDEO_PAYLOAD]);
+            let start = Instant::now();
+            for i in 0..n {
+                let p = Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: 106,
+                        sequence_number: i as u16,
+                        timestamp: i * 3000,
+                        ssrc: 0x5555_5555,
+                        ..Default::default()
+                    },
+                    payload: payload.clone(),
+                };
+                let wire = out.protect(t0, p, 90_000, true).expect("protect");
+                std::hint::black_box(wire);
+            }
+            (name, start.elapsed().as_nanos() as f64 / f64::from(n))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
 // Load: hundreds of players that decrypt only a sample (`support::raw_player`)
 
 const LOAD_PLAYERS: &[usize] = &[30, 100, 200, 300];
@@ -1816,6 +1865,15 @@ fn main() {
         println!("Simulcast:\n\n{sim}");
     }
     let load = (!load_rows.is_empty()).then(|| load_section(&machine_line, &load_rows));
+    let mut srtp = format!("Measured {machine_line}.\n\n");
+    for (name, ns) in srtp_costs(if quick() { 20_000 } else { 200_000 }) {
+        let _ = writeln!(
+            srtp,
+            "- {name}: {:.2} µs per {VIDEO_PAYLOAD}-byte packet (marshal, protect, NACK history).",
+            ns / 1000.0
+        );
+    }
+    println!("Protecting a forwarded packet:\n\n{srtp}");
     if let Some(load) = &load {
         println!("Load:\n\n{load}");
     }
@@ -1834,4 +1892,5 @@ fn main() {
     if let Some(load) = load.filter(|_| load_plan == LOAD_PLAYERS) {
         write_doc("sfu-load", &load);
     }
+    write_doc("sfu-srtp", &srtp);
 }

@@ -145,6 +145,16 @@ impl Peers {
     }
 }
 
+/// Queues a datagram of `play_out` for a peer's selected path.
+fn queue(transmits: &mut VecDeque<Transmit>, peer: PeerId, (protocol, to): Remote, data: BytesMut) {
+    transmits.push_back(Transmit {
+        peer,
+        to,
+        data,
+        protocol,
+    });
+}
+
 /// A browser's publish peer as a source of the stream core: key frames by PLI.
 struct PublisherSource {
     peer: PeerId,
@@ -220,15 +230,14 @@ impl Sink<Peers> for PlayerSink {
         let Some(p) = peers.map.get_mut(&self.peer) else {
             return Delivery::Done;
         };
-        if let (Some(out), Some((protocol, to))) = (p.out.as_mut(), p.remote) {
-            match out.protect(now, packet, codec.clock_rate, kind == Kind::Video) {
-                Ok(data) => peers.transmits.push_back(Transmit {
-                    peer: self.peer,
-                    to,
-                    data,
-                    protocol,
-                }),
-                Err(e) => debug!("peer {}: {e}", self.peer),
+        // Past DTLS: protected here (never through the pipeline too: the SSRCs' SRTP
+        // indexes are this path's alone); nothing goes without a selected path.
+        if let Some(out) = p.out.as_mut() {
+            if let Some(remote) = p.remote {
+                match out.protect(now, packet, codec.clock_rate, kind == Kind::Video) {
+                    Ok(data) => queue(&mut peers.transmits, self.peer, remote, data),
+                    Err(e) => debug!("peer {}: {e}", self.peer),
+                }
             }
             return Delivery::Taken;
         }
@@ -455,14 +464,9 @@ impl Engine {
             self.drive(now, id);
         }
         for (id, p) in self.peers.map.iter_mut() {
-            if let (Some(out), Some((protocol, to))) = (p.out.as_mut(), p.remote) {
+            if let (Some(out), Some(remote)) = (p.out.as_mut(), p.remote) {
                 for data in out.reports(now) {
-                    self.peers.transmits.push_back(Transmit {
-                        peer: *id,
-                        to,
-                        data,
-                        protocol,
-                    });
+                    queue(&mut self.peers.transmits, *id, remote, data);
                 }
             }
         }
@@ -1297,16 +1301,11 @@ impl Engine {
                 // PLI and FIR are delivered, and a player's REMB and receiver reports
                 // (peer::KeyFrameRequests).
                 RTCMessage::RtcpPacket(_, packets) => {
-                    if let (Some(out), Some((protocol, to))) = (p.out.as_mut(), p.remote) {
+                    if let (Some(out), Some(remote)) = (p.out.as_mut(), p.remote) {
                         for (ssrc, seqs) in play_out::nacked(&packets) {
                             for data in out.resend(now, ssrc, &seqs) {
                                 self.counters.retransmitted.inc();
-                                self.peers.transmits.push_back(Transmit {
-                                    peer: id,
-                                    to,
-                                    data,
-                                    protocol,
-                                });
+                                queue(&mut self.peers.transmits, id, remote, data);
                             }
                         }
                     }
