@@ -544,6 +544,18 @@ async fn publish(
 }
 
 /// Plays STREAM over `ws` with `pc`; checks the answer's video payload type and port.
+/// Alice and Bob in the room, Alice publishing `STREAM` (H.264 and Opus) and Bob told
+/// of it: both sessions, Alice's peer and the media port.
+async fn alice_publishing_to_bob(addr: SocketAddr) -> (Client, Client, RtcClient, u16) {
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc = h264_publisher("alice-pc").await;
+    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    (alice, bob, alice_pc, port)
+}
+
 async fn play(ws: &mut Client, pc: &mut RtcClient, msid: &str, video_pt: u8, port: u16) -> String {
     let offer = pc.create_offer().await;
     ws.send_json(play_frame(msid, STREAM, &offer)).await;
@@ -969,12 +981,7 @@ async fn expect_video_flowing(pc: &mut RtcClient, n: usize) {
 async fn players_in_one_session_stop_and_publisher_disconnect() {
     let server = start_sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = member(addr, "alice").await;
-    let mut bob = member(addr, "bob").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = h264_publisher("alice-pc").await;
-    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
-    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let (mut alice, mut bob, alice_pc, port) = alice_publishing_to_bob(addr).await;
     let camera = Camera::start(
         &alice_pc,
         Position {
@@ -1160,12 +1167,7 @@ async fn rtp_in(pc: &mut RtcClient, span: Duration) -> usize {
 async fn forged_stun_does_not_take_over_a_peers_address() {
     let server = start_sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = member(addr, "alice").await;
-    let mut bob = member(addr, "bob").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = h264_publisher("alice-pc").await;
-    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
-    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let (mut alice, mut bob, alice_pc, port) = alice_publishing_to_bob(addr).await;
     let camera = Camera::start(
         &alice_pc,
         Position {
@@ -1383,12 +1385,7 @@ async fn a_burst_of_200_packets_reaches_30_players_whole_and_in_order() {
     let (players_n, pause) = if emulated { (4, 250) } else { (30, 40) };
     let server = start_sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = member(addr, "alice").await;
-    let mut bob = member(addr, "bob").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = h264_publisher("alice-pc").await;
-    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
-    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let (alice, mut bob, alice_pc, port) = alice_publishing_to_bob(addr).await;
     // One session plays the stream 30 times (a play per peer connection).
     let mut players = Vec::new();
     for i in 0..players_n {
@@ -1449,12 +1446,7 @@ async fn a_burst_of_200_packets_reaches_30_players_whole_and_in_order() {
 async fn a_player_losing_one_packet_in_ten_gets_each_again_by_nack() {
     let server = start_sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = member(addr, "alice").await;
-    let mut bob = member(addr, "bob").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = h264_publisher("alice-pc").await;
-    publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
-    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let (alice, mut bob, alice_pc, _) = alice_publishing_to_bob(addr).await;
 
     let mut pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
     let offer = pc.create_offer().await;
