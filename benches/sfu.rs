@@ -39,6 +39,8 @@ mod webrtc_client;
 
 mod support;
 
+use support::raw_player;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,9 +57,9 @@ use webrtc::media_stream::track_remote::TrackRemote;
 
 use support::{
     clock_ticks_per_sec, extmap_id, latency_us, machine, now_ns, percentile, plan_from,
-    process_ticks, quick, receive_with, run, runtime, stamp_of, stamped, video_mid, windows,
-    write_doc, Publisher, Row, Server, Ws, AUDIO, AUDIO_PAYLOAD, AUDIO_STAMP_AT, EPOCH, FPS, GRACE,
-    KEY_FRAME_EVERY, ROOM, STEP, VIDEO, VIDEO_STAMP_AT,
+    process_ticks, quick, receive_with, rss_kib, run, runtime, stage, stamp_of, stamped, video_mid,
+    windows, write_doc, Publisher, Row, Server, Stage, Ws, AUDIO, AUDIO_PAYLOAD, AUDIO_STAMP_AT,
+    EPOCH, FPS, GRACE, KEY_FRAME_EVERY, ROOM, STEP, STREAM, VIDEO, VIDEO_PAYLOAD, VIDEO_STAMP_AT,
 };
 use webrtc_client::{h264, opus, rtp_packet, Media, RtcClient};
 
@@ -948,10 +950,279 @@ fn sim_section(machine_line: &str, lines: &[Line], switching: Option<&Switching>
     section
 }
 
+// ---------------------------------------------------------------------------------
+// SRTP: what protecting one forwarded packet costs, by profile
+
+/// Protects `n` video packets of `VIDEO_PAYLOAD` bytes with a player's sending path
+/// (`huddle::sfu::play_out`: marshal, SRTP, the NACK history), per profile: ns each.
+fn srtp_costs(n: u32) -> Vec<(&'static str, f64)> {
+    use huddle::sfu::play_out::{PlayOut, WallClock};
+    use rtc::peer_connection::SrtpKeys;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+    let profiles = [
+        ("AEAD_AES_128_GCM", ProtectionProfile::AeadAes128Gcm),
+        (
+            "AES_CM_128_HMAC_SHA1_80",
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ),
+    ];
+    profiles
+        .into_iter()
+        .map(|(name, profile)| {
+            let keys = SrtpKeys {
+                profile,
+                master_key: vec![7; profile.key_len()],
+                master_salt: vec![9; profile.salt_len()],
+            };
+            let t0 = Instant::now();
+            let mut out = PlayOut::new(&keys, WallClock::new(t0, std::time::SystemTime::now()))
+                .expect("a sending path");
+            let payload = bytes::Bytes::from(vec![0x5c; VIDEO_PAYLOAD]);
+            let start = Instant::now();
+            for i in 0..n {
+                let p = Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: 106,
+                        sequence_number: i as u16,
+                        timestamp: i * 3000,
+                        ssrc: 0x5555_5555,
+                        ..Default::default()
+                    },
+                    payload: payload.clone(),
+                };
+                let wire = out.protect(t0, p, 90_000, true).expect("protect");
+                std::hint::black_box(wire);
+            }
+            (name, start.elapsed().as_nanos() as f64 / f64::from(n))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Load: hundreds of players that decrypt only a sample (`support::raw_player`)
+
+const LOAD_PLAYERS: &[usize] = &[30, 100, 200, 300];
+/// One RTP packet in this many is decrypted (and its latency read) by a load player.
+const LOAD_SAMPLE: u64 = 16;
+/// Players connecting at once.
+const LOAD_CONNECT_AT_ONCE: usize = 10;
+/// Loss above this is saturation.
+const SATURATED_LOSS_PCT: f64 = 0.1;
+
+/// The limits of a server for a few hundred players.
+const LOAD_SECTIONS: &str = r#"[signalling]
+max_sessions = 1024
+max_sessions_per_address = 1024
+rate_messages_per_sec = 1000
+rate_burst = 2000
+# Each join is announced to every member: N joins put N events in each session's queue.
+outbound_queue = 4096
+
+[rooms]
+max_participants = 1024
+max_players = 1024
+
+[device]
+camera = "none"
+microphone = "none"
+
+[log]
+level = "info"
+"#;
+
+struct LoadRow {
+    players: usize,
+    secs: f64,
+    sent: u64,
+    server_cpu_s: f64,
+    server_sys_s: f64,
+    client_cpu_s: f64,
+    tally: raw_player::Tally,
+    latencies: Vec<u32>,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    setup_s: f64,
+    incidents: u64,
+    server_warnings: u64,
+}
+
+impl LoadRow {
+    fn loss_pct(&self) -> f64 {
+        let t = &self.tally;
+        100.0 * t.expected.saturating_sub(t.received) as f64 / t.expected.max(1) as f64
+    }
+    fn us_per_forwarded(&self) -> f64 {
+        self.server_cpu_s * 1e6 / (self.sent * self.players as u64).max(1) as f64
+    }
+}
+
+/// The send time a load player's sampled packet carries (video or audio by the
+/// payload types its offer named).
+fn load_stamp(p: &Packet) -> Option<u64> {
+    let kind = if p.header.payload_type == 106 {
+        VIDEO
+    } else {
+        AUDIO
+    };
+    stamp_of(kind, &p.payload).map(|(_, sent)| sent)
+}
+
+async fn run_load(players: usize, ticks: f64) -> LoadRow {
+    let server = Server::start_with(&format!("load{players}"), LOAD_SECTIONS);
+    let Stage {
+        server,
+        stop_tx,
+        stop,
+        incidents,
+        mut sessions,
+        sent,
+        camera,
+        pub_pc,
+    } = stage(server, &format!("load N = {players}")).await;
+    let addr = server.http;
+    let rss_before_kib = rss_kib(server.proc.pid);
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let t_setup = Instant::now();
+    let mut receivers = Vec::with_capacity(players);
+    let logins: Vec<String> = (0..players).map(|i| format!("l{i:03}")).collect();
+    for chunk in logins.chunks(LOAD_CONNECT_AT_ONCE) {
+        let connected = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|login| raw_player::RawPlayer::connect(addr, login, ROOM, STREAM)),
+        )
+        .await;
+        for (player, ws) in connected {
+            sessions.push(ws.keep_alive(stop.clone(), Arc::clone(&incidents)));
+            receivers.push(tokio::spawn(player.receive(
+                stop.clone(),
+                LOAD_SAMPLE,
+                epoch,
+                load_stamp,
+            )));
+        }
+    }
+    let setup_s = t_setup.elapsed().as_secs_f64();
+    let (warmup, measure) = windows();
+    eprintln!("  {players} load players up in {setup_s:.1} s");
+    tokio::time::sleep(warmup).await;
+    let pid = server.proc.pid.to_string();
+    let (server_t0, client_t0) = (process_ticks(&pid), process_ticks("self"));
+    let s0 = sent.video.load(Ordering::Relaxed) + sent.audio.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(measure).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let (server_t1, client_t1) = (process_ticks(&pid), process_ticks("self"));
+    let s1 = sent.video.load(Ordering::Relaxed) + sent.audio.load(Ordering::Relaxed);
+    let rss_after_kib = rss_kib(server.proc.pid);
+    tokio::time::sleep(GRACE).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(STEP, camera).await;
+    let mut tally = raw_player::Tally::default();
+    for r in receivers {
+        let Ok(Ok(t)) = tokio::time::timeout(STEP, r).await else {
+            panic!("a load player did not stop");
+        };
+        tally.add(t);
+    }
+    let mut latencies = std::mem::take(&mut tally.latencies_us);
+    latencies.sort_unstable();
+    let server_warnings = server.warnings.load(Ordering::Relaxed);
+    server.stop();
+    pub_pc.close().await;
+    for s in sessions {
+        let _ = tokio::time::timeout(STEP, s).await;
+    }
+    LoadRow {
+        players,
+        secs,
+        sent: s1 - s0,
+        server_cpu_s: (server_t1.0 + server_t1.1 - server_t0.0 - server_t0.1) as f64 / ticks,
+        server_sys_s: (server_t1.1 - server_t0.1) as f64 / ticks,
+        client_cpu_s: (client_t1.0 + client_t1.1 - client_t0.0 - client_t0.1) as f64 / ticks,
+        tally,
+        latencies,
+        rss_before_kib,
+        rss_after_kib,
+        setup_s,
+        incidents: incidents.load(Ordering::Relaxed),
+        server_warnings,
+    }
+}
+
+fn load_section(machine_line: &str, rows: &[LoadRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Measured {machine_line}.\n");
+    s.push_str(
+        "| players | forwarded pkt/s | server CPU, % of one core (of which kernel) | server CPU per forwarded packet | loss | latency p50 / p99 / max (sampled) | RSS per player | bench process CPU, % of one core |\n",
+    );
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.1} % ({:.1} %) | {:.1} µs | {:.3} % | {:.2} / {:.2} / {:.1} ms | {:.0} KiB | {:.0} % |",
+            r.players,
+            (r.sent * r.players as u64) as f64 / r.secs,
+            100.0 * r.server_cpu_s / r.secs,
+            100.0 * r.server_sys_s / r.secs,
+            r.us_per_forwarded(),
+            r.loss_pct(),
+            percentile(&r.latencies, 0.50),
+            percentile(&r.latencies, 0.99),
+            r.latencies.last().map_or(f64::NAN, |m| f64::from(*m) / 1000.0),
+            (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.players as f64,
+            100.0 * r.client_cpu_s / r.secs,
+        );
+    }
+    s.push('\n');
+    match rows.iter().find(|r| r.loss_pct() > SATURATED_LOSS_PCT) {
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "- Saturation: loss first above {SATURATED_LOSS_PCT} % at N = {} ({:.2} %).",
+                r.players,
+                r.loss_pct()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "- No saturation in this plan: loss at or below {SATURATED_LOSS_PCT} % up to N = {}.",
+                rows.iter().map(|r| r.players).max().unwrap_or(0)
+            );
+        }
+    }
+    for r in rows {
+        let t = &r.tally;
+        let _ = writeln!(
+            s,
+            "- N = {}: {} of {} packets received; {} sampled ({} not decrypted); {:.1} datagrams per recvmmsg; players up in {:.1} s{}.",
+            r.players,
+            t.received,
+            t.expected,
+            t.samples,
+            t.sample_failures,
+            t.datagrams as f64 / t.recv_calls.max(1) as f64,
+            r.setup_s,
+            if r.incidents + r.server_warnings > 0 {
+                format!(
+                    "; {} stream incidents, {} server WARN/ERROR lines",
+                    r.incidents, r.server_warnings
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    s
+}
+
 fn main() {
     EPOCH.get_or_init(Instant::now);
     let plan = plan_from("HUDDLE_BENCH_PLAYERS", PLAYERS);
     let sim_plan = plan_from("HUDDLE_BENCH_SIMULCAST_PLAYERS", SIM_PLAYERS);
+    let load_plan = plan_from("HUDDLE_BENCH_LOAD_PLAYERS", LOAD_PLAYERS);
     let switching = std::env::var("HUDDLE_BENCH_SWITCHING").map_or(true, |v| v != "0");
     let (set_repeats, remb_repeats) = if quick() {
         (2, 1)
@@ -967,6 +1238,10 @@ fn main() {
         .map(|&n| rt.block_on(run_simulcast(n, ticks)))
         .collect();
     let switches = switching.then(|| rt.block_on(run_switching(set_repeats, remb_repeats)));
+    let load_rows: Vec<LoadRow> = load_plan
+        .iter()
+        .map(|&n| rt.block_on(run_load(n, ticks)))
+        .collect();
     drop(rt);
 
     let machine_line = machine();
@@ -1020,6 +1295,19 @@ fn main() {
     if let Some(sim) = &sim {
         println!("Simulcast:\n\n{sim}");
     }
+    let load = (!load_rows.is_empty()).then(|| load_section(&machine_line, &load_rows));
+    let mut srtp = format!("Measured {machine_line}.\n\n");
+    for (name, ns) in srtp_costs(if quick() { 20_000 } else { 200_000 }) {
+        let _ = writeln!(
+            srtp,
+            "- {name}: {:.2} µs per {VIDEO_PAYLOAD}-byte packet (marshal, protect, NACK history).",
+            ns / 1000.0
+        );
+    }
+    println!("Protecting a forwarded packet:\n\n{srtp}");
+    if let Some(load) = &load {
+        println!("Load:\n\n{load}");
+    }
     eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
     if quick() {
         eprintln!("HUDDLE_BENCH_QUICK: docs/benchmarks.md left alone");
@@ -1032,4 +1320,8 @@ fn main() {
     if let Some(sim) = sim.filter(|_| plan == PLAYERS && sim_plan == SIM_PLAYERS && switching) {
         write_doc("sfu-simulcast", &sim);
     }
+    if let Some(load) = load.filter(|_| load_plan == LOAD_PLAYERS) {
+        write_doc("sfu-load", &load);
+    }
+    write_doc("sfu-srtp", &srtp);
 }

@@ -4,6 +4,8 @@
 //! 127.0.0.1. Every wait is bounded.
 
 mod common;
+#[path = "common/room_media.rs"]
+mod room_media;
 #[path = "common/webrtc_client.rs"]
 mod webrtc_client;
 
@@ -542,6 +544,18 @@ async fn publish(
 }
 
 /// Plays STREAM over `ws` with `pc`; checks the answer's video payload type and port.
+/// Alice and Bob in the room, Alice publishing `STREAM` (H.264 and Opus) and Bob told
+/// of it: both sessions, Alice's peer and the media port.
+async fn alice_publishing_to_bob(addr: SocketAddr) -> (Client, Client, RtcClient, u16) {
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+    let mut alice_pc = h264_publisher("alice-pc").await;
+    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    (alice, bob, alice_pc, port)
+}
+
 async fn play(ws: &mut Client, pc: &mut RtcClient, msid: &str, video_pt: u8, port: u16) -> String {
     let offer = pc.create_offer().await;
     ws.send_json(play_frame(msid, STREAM, &offer)).await;
@@ -967,12 +981,7 @@ async fn expect_video_flowing(pc: &mut RtcClient, n: usize) {
 async fn players_in_one_session_stop_and_publisher_disconnect() {
     let server = start_sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = member(addr, "alice").await;
-    let mut bob = member(addr, "bob").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = h264_publisher("alice-pc").await;
-    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
-    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let (mut alice, mut bob, alice_pc, port) = alice_publishing_to_bob(addr).await;
     let camera = Camera::start(
         &alice_pc,
         Position {
@@ -1158,12 +1167,7 @@ async fn rtp_in(pc: &mut RtcClient, span: Duration) -> usize {
 async fn forged_stun_does_not_take_over_a_peers_address() {
     let server = start_sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = member(addr, "alice").await;
-    let mut bob = member(addr, "bob").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = h264_publisher("alice-pc").await;
-    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
-    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let (mut alice, mut bob, alice_pc, port) = alice_publishing_to_bob(addr).await;
     let camera = Camera::start(
         &alice_pc,
         Position {
@@ -1381,12 +1385,7 @@ async fn a_burst_of_200_packets_reaches_30_players_whole_and_in_order() {
     let (players_n, pause) = if emulated { (4, 250) } else { (30, 40) };
     let server = start_sfu_server(|_| {}).await;
     let addr = server.local_addr();
-    let mut alice = member(addr, "alice").await;
-    let mut bob = member(addr, "bob").await;
-    alice.expect_event_in(ROOM, "JOINED").await;
-    let mut alice_pc = h264_publisher("alice-pc").await;
-    let port = publish(&mut alice, &mut alice_pc, "m-alice", STREAM, Some(125)).await;
-    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let (alice, mut bob, alice_pc, port) = alice_publishing_to_bob(addr).await;
     // One session plays the stream 30 times (a play per peer connection).
     let mut players = Vec::new();
     for i in 0..players_n {
@@ -1436,6 +1435,85 @@ async fn a_burst_of_200_packets_reaches_30_players_whole_and_in_order() {
     for pc in players {
         pc.close().await;
     }
+    drop((alice, bob));
+    stop(server).await;
+}
+
+/// A player behind a link that loses one RTP packet in ten still gets every packet:
+/// its NACKs are answered from the SFU's history of what it sent that player (the
+/// forwarding fast path, `sfu::play_out`), and sender reports come for both tracks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_losing_one_packet_in_ten_gets_each_again_by_nack() {
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, mut bob, alice_pc, _) = alice_publishing_to_bob(addr).await;
+
+    let mut pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let offer = pc.create_offer().await;
+    bob.send_json(play_frame("m-bob", STREAM, &offer)).await;
+    let answer = expect_answer(&mut bob, "m-bob").await;
+    let relay = room_media::Relay::bind().await;
+    let seen = std::sync::Arc::clone(&relay.seen);
+    let loss = room_media::Loss {
+        drop: 1,
+        every: 10,
+        repairable: true,
+    };
+    pc.apply_answer(&relay.answer(&answer, loss)).await;
+    expect_status(&mut bob, "m-bob", "PLAYING").await;
+    pc.wait_connected(Duration::from_secs(5)).await;
+
+    let video: Vec<Packet> = (0..4u16)
+        .flat_map(|k| h264_packets(125, (1000 + k * 50, u32::from(k) * 90_000)))
+        .collect();
+    let audio = opus_packets(alice_pc.negotiated_pt(AUDIO).await, 40, (7, 960));
+    // A frame's worth every 20 ms, with an audio packet beside it.
+    for (frame, a) in video.chunks(5).zip(&audio) {
+        alice_pc.write_rtp(AUDIO, a.clone()).await;
+        for p in frame {
+            alice_pc.write_rtp(VIDEO, p.clone()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = std::collections::HashSet::new();
+    let mut ssrcs = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < video.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pc.next_media(left).await {
+            Some(Media::Rtp { kind, packet }) => {
+                ssrcs.insert(packet.header.ssrc);
+                if kind == VIDEO {
+                    got.insert(packet.payload);
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let dropped = seen.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let repaired = seen.repaired.load(std::sync::atomic::Ordering::Relaxed);
+    let missing = video.iter().filter(|p| !got.contains(&p.payload)).count();
+    assert_eq!(
+        missing, 0,
+        "video packets never received ({dropped} dropped, {repaired} sent again)"
+    );
+    assert!(dropped >= 20, "the relay dropped {dropped}");
+    assert!(repaired >= 20, "{repaired} of {dropped} sent again");
+    // Sender reports (every second) for the player's audio and video SSRCs.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seen.sender_reports.lock().expect("seen").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reported = seen.sender_reports.lock().expect("seen").clone();
+    assert_eq!(
+        reported, ssrcs,
+        "sender reports for every SSRC the player got"
+    );
+    assert_eq!(ssrcs.len(), 2, "audio and video");
+
+    alice_pc.close().await;
+    pc.close().await;
     drop((alice, bob));
     stop(server).await;
 }

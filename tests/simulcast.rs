@@ -342,86 +342,27 @@ async fn players_get_one_layer_switched_at_its_key_frames_by_request_and_by_band
         .expect("server shutdown");
 }
 
-/// A UDP relay between a player and the SFU on 127.0.0.1 that drops 3 of every 10 RTP
-/// packets toward the player, and every retransmission of a dropped one (so NACK cannot
-/// repair the loss; STUN, DTLS and RTCP pass). Returns the address the player is to use
-/// as the SFU's. Packets are SRTP: the header (SSRC, sequence number) is in the clear.
-async fn lossy_relay(sfu: std::net::SocketAddr) -> std::net::SocketAddr {
-    let player_side = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let sfu_side = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    sfu_side.connect(sfu).await.expect("connect");
-    let addr = player_side.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
-        let mut player = None;
-        let mut n = 0u64;
-        let mut dropped = std::collections::HashSet::new();
-        loop {
-            tokio::select! {
-                r = player_side.recv_from(&mut a) => {
-                    let Ok((len, from)) = r else { return };
-                    player = Some(from);
-                    let _ = sfu_side.send(&a[..len]).await;
-                }
-                r = sfu_side.recv(&mut b) => {
-                    let Ok(len) = r else { return };
-                    // RTP: version 2, and not an RTCP packet type (200-207).
-                    let rtp = len > 12 && b[0] >> 6 == 2 && !(200..=207).contains(&b[1]);
-                    if rtp {
-                        let id = (u16::from_be_bytes([b[2], b[3]]), u32::from_be_bytes([b[8], b[9], b[10], b[11]]));
-                        n += 1;
-                        if dropped.contains(&id) || n % 10 < 3 {
-                            dropped.insert(id);
-                            continue;
-                        }
-                    }
-                    if let Some(to) = player {
-                        let _ = player_side.send_to(&b[..len], to).await;
-                    }
-                }
-            }
-        }
-    });
-    addr
-}
-
-/// Plays `STREAM` over `ws` through `lossy_relay`: the answer's candidate is rewritten
-/// to the relay's address.
+/// Plays `STREAM` over `ws` through a relay that drops 3 of every 10 RTP packets
+/// toward the player, and every retransmission of a dropped one (so NACK cannot
+/// repair the loss).
 async fn play_through_relay(ws: &mut Client, name: &str) -> RtcClient {
     let codecs = [(AUDIO, opus(111)), (VIDEO, h264(106))];
     let mut pc = RtcClient::player(name, &codecs).await;
-    let offer = pc.create_offer().await;
-    ws.send_json(stream_request(
+    let relay = room_media::Relay::bind().await;
+    let loss = room_media::Loss {
+        drop: 3,
+        every: 10,
+        repairable: false,
+    };
+    room_media::start_stream_with(
+        ws,
+        &mut pc,
         false,
-        "m-play",
-        STREAM,
-        ROOM,
-        &offer,
+        ("m-play", ROOM, STREAM),
         (true, true),
-    ))
+        |answer| relay.answer(answer, loss),
+    )
     .await;
-    let answer = until(ws, "setRemoteSDP", |v| v["message"] == "setRemoteSDP").await;
-    let answer = answer["data"][1].as_str().expect("answer").to_owned();
-    let sfu: std::net::SocketAddr = answer
-        .lines()
-        .find_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            (l.starts_with("a=candidate:") && words.get(4) == Some(&"127.0.0.1"))
-                .then(|| format!("127.0.0.1:{}", words[5]).parse().ok())
-                .flatten()
-        })
-        .expect("a candidate");
-    let relay = lossy_relay(sfu).await;
-    let answer = answer.replace(
-        &format!(" 127.0.0.1 {} typ host", sfu.port()),
-        &format!(" 127.0.0.1 {} typ host", relay.port()),
-    );
-    pc.apply_answer(&answer).await;
-    pc.wait_connected(Duration::from_secs(10)).await;
     pc
 }
 

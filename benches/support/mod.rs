@@ -36,6 +36,8 @@ use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::webrtc_client::{h264, opus, rtp_packet, stream_request, Media, RtcClient, Transport};
 
+pub mod raw_player;
+
 /// Any one start-up, signalling or connection step.
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -337,6 +339,10 @@ pub fn huddle_command(net: Net, name: &str, sections: &str) -> (Command, PathBuf
         r#"[http]
 listen = "{ip}:0"
 tls = false
+# Every bench client comes from 127.0.0.1 (hundreds of them in the load runs).
+max_connections = 2048
+max_connections_per_address = 2048
+connection_rate_per_address = 1000
 
 [media]
 udp_port = 0
@@ -943,22 +949,8 @@ impl Net {
     }
 }
 
-pub struct Server {
-    pub proc: Proc,
-    pub http: SocketAddr,
-    pub media_port: u16,
-    /// Server log lines at WARN or ERROR (the first few are echoed).
-    pub warnings: Arc<AtomicU64>,
-}
-
-impl Server {
-    pub fn start(tag: &str) -> Server {
-        Server::start_on(tag, LOOPBACK)
-    }
-
-    /// `start` with HTTP and the media candidate on `net.server`.
-    pub fn start_on(tag: &str, net: Net) -> Server {
-        const SECTIONS: &str = r#"[signalling]
+/// The server's limits for the runs with a few dozen players.
+pub const SECTIONS: &str = r#"[signalling]
 max_sessions = 256
 # Every bench client comes from 127.0.0.1.
 max_sessions_per_address = 256
@@ -976,10 +968,35 @@ microphone = "none"
 [log]
 level = "info"
 "#;
+
+pub struct Server {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub media_port: u16,
+    /// Server log lines at WARN or ERROR (the first few are echoed).
+    pub warnings: Arc<AtomicU64>,
+}
+
+impl Server {
+    pub fn start(tag: &str) -> Server {
+        Server::start_on(tag, LOOPBACK)
+    }
+
+    /// `start` with HTTP and the media candidate on `net.server`.
+    pub fn start_on(tag: &str, net: Net) -> Server {
+        Server::start_in(tag, SECTIONS, net)
+    }
+
+    /// `start` with other limits (`sections`).
+    pub fn start_with(tag: &str, sections: &str) -> Server {
+        Server::start_in(tag, sections, LOOPBACK)
+    }
+
+    pub fn start_in(tag: &str, sections: &str, net: Net) -> Server {
         let warnings = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std_mpsc::channel::<(Option<SocketAddr>, Option<u16>)>();
         let w = Arc::clone(&warnings);
-        let (mut cmd, dir) = huddle_command(net, &format!("huddle-bench-{tag}"), SECTIONS);
+        let (mut cmd, dir) = huddle_command(net, &format!("huddle-bench-{tag}"), sections);
         let on_line = move |line: &str| {
             let http = http_address(line);
             let media = line
@@ -1467,6 +1484,48 @@ pub async fn run_on(players: usize, ticks: f64, net: Net) -> Row {
         warnings
     };
     run_load(ctl, pid, publisher, players, play, ticks, stop_server).await
+}
+
+/// A server with the publisher sending: what a run of `benches/sfu.rs`'s load players
+/// starts from.
+pub struct Stage {
+    pub server: Server,
+    pub stop_tx: watch::Sender<bool>,
+    pub stop: watch::Receiver<bool>,
+    pub incidents: Arc<AtomicU64>,
+    /// Signalling sessions kept alive (pongs) until `stop`.
+    pub sessions: Vec<JoinHandle<()>>,
+    pub sent: Arc<Sent>,
+    pub camera: JoinHandle<()>,
+    pub pub_pc: RtcClient,
+}
+
+pub async fn stage(server: Server, what: &str) -> Stage {
+    let addr = server.http;
+    eprintln!(
+        "{what}: server pid {} on {addr}, media UDP {}",
+        server.proc.pid, server.media_port
+    );
+    let RunCtl {
+        stop_tx,
+        stop,
+        incidents,
+        ..
+    } = RunCtl::new(LOOPBACK);
+    let (pub_ws, pub_pc) = publish(addr).await;
+    let sessions = vec![pub_ws.keep_alive(stop.clone(), Arc::clone(&incidents))];
+    let (sent, camera) = start_camera(&pub_pc, stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Stage {
+        server,
+        stop_tx,
+        stop,
+        incidents,
+        sessions,
+        sent,
+        camera,
+        pub_pc,
+    }
 }
 
 /// A tokio runtime for a bench's runs.

@@ -77,6 +77,8 @@ pub struct MediaCounters {
     pub pli_received: Counter,
     pub fir_received: Counter,
     pub nack_received: Counter,
+    /// Packets sent again to players that NACKed them (`sfu::play_out`).
+    pub retransmitted: Counter,
     /// Key-frame requests sent to sources (PLI to WebRTC publishers, flags to the
     /// device and RTMP publishers).
     pub key_frames_requested: Counter,

@@ -196,6 +196,12 @@ pub fn encode_sample(
     );
     counter(
         reg,
+        "rtp_retransmitted",
+        "RTP packets sent again to players that NACKed them",
+        media.retransmitted.get(),
+    );
+    counter(
+        reg,
         "key_frame_requests",
         "Key frames requested from sources",
         media.key_frames_requested.get(),

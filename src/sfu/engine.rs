@@ -34,6 +34,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
+use super::play_out::{self, PlayOut, WallClock};
 use super::simulcast;
 use crate::media::bandwidth::{DownstreamLoss, LossReport, Thinning};
 use crate::media::speaking::{self, Speakers};
@@ -102,6 +103,13 @@ struct Peer {
     /// Its reports' loss less the publisher's own (gaps before us).
     downstream: DownstreamLoss,
     video_out: Option<u32>,
+    /// A player's media past the peer connection's pipeline, once DTLS is done, and
+    /// where it goes (the selected candidate pair's remote).
+    out: Option<PlayOut>,
+    remote: Option<Remote>,
+    /// The peer connection's next timer, as of the last call into it (asking it
+    /// sweeps its whole pipeline: not once per peer per datagram).
+    deadline: Option<Instant>,
     up: bool,
     ice_connected: bool,
     failed: bool,
@@ -133,7 +141,18 @@ impl Peers {
                 protocol,
             });
         }
+        p.deadline = p.pc.poll_timeout();
     }
+}
+
+/// Queues a datagram of `play_out` for a peer's selected path.
+fn queue(transmits: &mut VecDeque<Transmit>, peer: PeerId, (protocol, to): Remote, data: BytesMut) {
+    transmits.push_back(Transmit {
+        peer,
+        to,
+        data,
+        protocol,
+    });
 }
 
 /// A browser's publish peer as a source of the stream core: key frames by PLI.
@@ -205,12 +224,23 @@ impl Sink<Peers> for PlayerSink {
         peers: &mut Peers,
         now: Instant,
         kind: Kind,
-        _codec: &Codec,
+        codec: &Codec,
         packet: Packet,
     ) -> Delivery {
         let Some(p) = peers.map.get_mut(&self.peer) else {
             return Delivery::Done;
         };
+        // Past DTLS: protected here (never through the pipeline too: the SSRCs' SRTP
+        // indexes are this path's alone); nothing goes without a selected path.
+        if let Some(out) = p.out.as_mut() {
+            if let Some(remote) = p.remote {
+                match out.protect(now, packet, codec.clock_rate, kind == Kind::Video) {
+                    Ok(data) => queue(&mut peers.transmits, self.peer, remote, data),
+                    Err(e) => debug!("peer {}: {e}", self.peer),
+                }
+            }
+            return Delivery::Taken;
+        }
         let sender = match kind {
             Kind::Audio => self.audio,
             Kind::Video => self.video,
@@ -291,6 +321,8 @@ pub struct Engine {
     speaking: Speakers<Voice>,
     /// The streams of each named source, as `speaking` knows them.
     voices: HashMap<SourceId, Vec<Voice>>,
+    /// The wall clock of players' sender reports.
+    clock: WallClock,
 }
 
 /// A stream `speaking` follows: a WebRTC publisher's, or one a named source feeds
@@ -348,6 +380,7 @@ impl Engine {
             tcp_port: None,
             speaking: Speakers::default(),
             voices: HashMap::new(),
+            clock: WallClock::new(Instant::now(), std::time::SystemTime::now()),
         }
     }
 
@@ -405,11 +438,10 @@ impl Engine {
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let key_frames = self.media.poll_timeout();
-        let peers = self
-            .peers
-            .map
-            .values_mut()
-            .filter_map(|p| p.pc.poll_timeout());
+        let peers = self.peers.map.values_mut().filter_map(|p| {
+            let reports = p.out.as_ref().and_then(PlayOut::poll_timeout);
+            p.deadline.into_iter().chain(reports).min()
+        });
         let speaking = self.speaking.poll_timeout();
         key_frames.into_iter().chain(peers).chain(speaking).min()
     }
@@ -421,7 +453,7 @@ impl Engine {
             .peers
             .map
             .iter_mut()
-            .filter_map(|(id, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+            .filter_map(|(id, p)| p.deadline.is_some_and(|t| t <= now).then_some(*id))
             .collect();
         for id in due {
             if let Some(p) = self.peers.map.get_mut(&id) {
@@ -430,6 +462,13 @@ impl Engine {
                 }
             }
             self.drive(now, id);
+        }
+        for (id, p) in self.peers.map.iter_mut() {
+            if let (Some(out), Some(remote)) = (p.out.as_mut(), p.remote) {
+                for data in out.reports(now) {
+                    queue(&mut self.peers.transmits, *id, remote, data);
+                }
+            }
         }
     }
 
@@ -1101,6 +1140,9 @@ impl Engine {
                 thinned: false,
                 downstream: DownstreamLoss::default(),
                 video_out: None,
+                out: None,
+                remote: None,
+                deadline: None,
                 up: false,
                 ice_connected: false,
                 failed: false,
@@ -1233,6 +1275,17 @@ impl Engine {
                 _ => {}
             }
         }
+        if matches!(p.role, Role::Play { .. }) && p.up {
+            p.remote = p.pc.selected_remote();
+            if p.out.is_none() {
+                if let Some(keys) = p.pc.local_srtp_keys() {
+                    match PlayOut::new(keys, self.clock) {
+                        Ok(out) => p.out = Some(out),
+                        Err(e) => warn!("peer {id}: {e}; its media goes through the pipeline"),
+                    }
+                }
+            }
+        }
         while let Some(TaggedRTCMessage { message, .. }) = p.pc.poll_read() {
             match message {
                 RTCMessage::RtpPacket(_, packet) => {
@@ -1248,6 +1301,14 @@ impl Engine {
                 // PLI and FIR are delivered, and a player's REMB and receiver reports
                 // (peer::KeyFrameRequests).
                 RTCMessage::RtcpPacket(_, packets) => {
+                    if let (Some(out), Some(remote)) = (p.out.as_mut(), p.remote) {
+                        for (ssrc, seqs) in play_out::nacked(&packets) {
+                            for data in out.resend(now, ssrc, &seqs) {
+                                self.counters.retransmitted.inc();
+                                queue(&mut self.peers.transmits, id, remote, data);
+                            }
+                        }
+                    }
                     let f = simulcast::read_feedback(&packets, p.video_out);
                     key_frame_requested |= f.key_frame;
                     if let Some(bps) = f.remb {
@@ -1349,6 +1410,9 @@ impl Engine {
                 }
             }
             _ => {}
+        }
+        if let Some(p) = self.peers.map.get_mut(&id) {
+            p.deadline = p.pc.poll_timeout();
         }
         rtp.clear();
         self.rtp = rtp;

@@ -9,6 +9,7 @@ pub mod codecs;
 pub mod demux;
 pub mod engine;
 pub mod peer;
+pub mod play_out;
 pub mod send;
 pub mod simulcast;
 pub mod task;

@@ -10,8 +10,7 @@ use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
-    register_default_interceptors,
+    configure_simulcast_extension_headers, register_default_interceptors,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -33,7 +32,8 @@ use super::codecs::{media_engine, Chosen};
 use crate::metrics::MediaCounters;
 
 /// Publishers get NACK, TWCC feedback (bandwidth estimation in the browser) and
-/// reports; players NACK (answered from the sender's buffer) and reports.
+/// reports; players' NACKs are answered and their sender reports sent by
+/// `play_out`, past the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Publish,
@@ -84,7 +84,9 @@ pub fn build(
     let registry = match direction {
         Direction::Publish => register_default_interceptors(registry, &mut engine)
             .map_err(|e| format!("interceptors: {e}"))?,
-        Direction::Play => configure_rtcp_reports(configure_nack(registry, &mut engine)),
+        // A player's RTP is protected and sent past the pipeline (`play_out`), which
+        // keeps its history for NACKs and sends its reports: no sender interceptors.
+        Direction::Play => registry,
     };
     let config = RTCConfigurationBuilder::new()
         .with_certificates(vec![cert.clone()])
@@ -255,7 +257,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyFrameRequests {
                 p.is::<PictureLossIndication>()
                     || p.is::<FullIntraRequest>()
                     || (self.feedback
-                        && (p.is::<ReceiverEstimatedMaximumBitrate>() || p.is::<ReceiverReport>()))
+                        && (p.is::<ReceiverEstimatedMaximumBitrate>()
+                            || p.is::<ReceiverReport>()
+                            || p.is::<TransportLayerNack>()))
             });
             if wanted {
                 msg.message.add(Attribute::DeliverToApplication);

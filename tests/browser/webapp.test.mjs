@@ -140,6 +140,10 @@ class Participant extends BrowserPage {
         if (r.type === 'inbound-rtp') {
           out[r.kind] = { framesDecoded: r.framesDecoded ?? 0, totalAudioEnergy: r.totalAudioEnergy ?? 0, packets: r.packetsReceived ?? 0 };
         }
+        // What the browser learnt from the server's RTCP sender reports.
+        if (r.type === 'remote-outbound-rtp') {
+          out[`${r.kind}Reports`] = { reportsSent: r.reportsSent ?? 0, packetsSent: r.packetsSent ?? 0 };
+        }
       });
       return out;
     }, stream);
@@ -167,6 +171,12 @@ async function assertMediaFlows(p, stream, { audio = true } = {}) {
   const later = await until(`${p.label}: frame count of ${stream} growing`, async () => {
     const s = await p.inbound(stream);
     return s?.video?.framesDecoded > first.video.framesDecoded + 5 && s;
+  }, 8_000);
+  // The server's sender reports (sent past the peer connection's pipeline, protected with
+  // the player's own SRTCP context) reach the browser, which reads them for lip sync.
+  await until(`${p.label}: sender reports of ${stream}`, async () => {
+    const s = await p.inbound(stream);
+    return s?.videoReports?.packetsSent > 0 && (!audio || s.audioReports?.packetsSent > 0) && s;
   }, 8_000);
   return { first, later };
 }
