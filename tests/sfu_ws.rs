@@ -1498,8 +1498,10 @@ async fn a_player_losing_one_packet_in_ten_gets_each_again_by_nack() {
         missing, 0,
         "video packets never received ({dropped} dropped, {repaired} sent again)"
     );
+    // The relay drops audio too (1 in 10 of 40 packets), which nobody asks for again:
+    // the video it dropped (about 20 of 200) came back, or `missing` would say so.
     assert!(dropped >= 20, "the relay dropped {dropped}");
-    assert!(repaired >= 20, "{repaired} of {dropped} sent again");
+    assert!(repaired >= 15, "{repaired} of {dropped} sent again");
     // Sender reports (every second) for the player's audio and video SSRCs.
     let deadline = Instant::now() + Duration::from_secs(3);
     while seen.sender_reports.lock().expect("seen").len() < 2 && Instant::now() < deadline {
