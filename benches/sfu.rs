@@ -1010,27 +1010,6 @@ const LOAD_CONNECT_AT_ONCE: usize = 10;
 /// Loss above this is saturation.
 const SATURATED_LOSS_PCT: f64 = 0.1;
 
-/// The limits of a server for a few hundred players.
-const LOAD_SECTIONS: &str = r#"[signalling]
-max_sessions = 1024
-max_sessions_per_address = 1024
-rate_messages_per_sec = 1000
-rate_burst = 2000
-# Each join is announced to every member: N joins put N events in each session's queue.
-outbound_queue = 4096
-
-[rooms]
-max_participants = 1024
-max_players = 1024
-
-[device]
-camera = "none"
-microphone = "none"
-
-[log]
-level = "info"
-"#;
-
 struct LoadRow {
     players: usize,
     secs: f64,
@@ -1069,7 +1048,8 @@ fn load_stamp(p: &Packet) -> Option<u64> {
 }
 
 async fn run_load(players: usize, ticks: f64) -> LoadRow {
-    let server = Server::start_with(&format!("load{players}"), LOAD_SECTIONS);
+    let members = players.max(support::MEMBERS) + 8;
+    let server = Server::start_with(&format!("load{players}"), &support::sections(members));
     let Stage {
         server,
         stop_tx,

@@ -949,17 +949,21 @@ impl Net {
     }
 }
 
-/// The server's limits for the runs with a few dozen players.
-pub const SECTIONS: &str = r#"[signalling]
-max_sessions = 256
-# Every bench client comes from 127.0.0.1.
-max_sessions_per_address = 256
+/// A bench server's limits for `members` in one room, every one from the same address,
+/// joining in quick succession (each join is announced to every member: N joins put N
+/// events in each session's queue); no camera or microphone.
+pub fn sections(members: usize) -> String {
+    format!(
+        r#"[signalling]
+max_sessions = {sessions}
+max_sessions_per_address = {sessions}
 rate_messages_per_sec = 1000
 rate_burst = 2000
+outbound_queue = {queue}
 
 [rooms]
-max_participants = 64
-max_players = 64
+max_participants = {members}
+max_players = {members}
 
 [device]
 camera = "none"
@@ -967,7 +971,14 @@ microphone = "none"
 
 [log]
 level = "info"
-"#;
+"#,
+        sessions = 4 * members,
+        queue = (4 * members).max(1024),
+    )
+}
+
+/// The members of the runs with a few dozen players.
+pub const MEMBERS: usize = 64;
 
 pub struct Server {
     pub proc: Proc,
@@ -984,7 +995,7 @@ impl Server {
 
     /// `start` with HTTP and the media candidate on `net.server`.
     pub fn start_on(tag: &str, net: Net) -> Server {
-        Server::start_in(tag, SECTIONS, net)
+        Server::start_in(tag, &sections(MEMBERS), net)
     }
 
     /// `start` with other limits (`sections`).
