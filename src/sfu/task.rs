@@ -863,6 +863,41 @@ async fn next_input(
     .await
 }
 
+/// Sends what the engine queued: UDP datagrams in batches (one sendmmsg per burst), TCP
+/// frames on their connections; a drop for a full buffer is told to the engine, which
+/// may queue more (a key-frame request).
+fn send_transmits(
+    engine: &mut Engine,
+    socket: &UdpSocket,
+    conns: &mut Connections,
+    batch: &mut UdpBatch,
+    (v6, counters): (bool, &crate::metrics::MediaCounters),
+) {
+    let busy = |engine: &mut Engine, peer| {
+        counters.dropped(crate::metrics::DropReason::SocketBusy);
+        engine.transmit_dropped(now(), peer);
+    };
+    loop {
+        while let Some(t) = engine.poll_transmit() {
+            if t.protocol == TransportProtocol::TCP {
+                if !conns.send(t.to, &t.data) {
+                    counters.tcp.dropped.inc();
+                    engine.transmit_dropped(now(), t.peer);
+                }
+                continue;
+            }
+            batch.push(t.peer, target(v6, t.to), t.data);
+            if batch.is_full() {
+                batch.flush(socket, |peer| busy(engine, peer));
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        batch.flush(socket, |peer| busy(engine, peer));
+    }
+}
+
 async fn run(
     mut engine: Engine,
     (socket, mut tcp_in): (UdpSocket, Option<mpsc::Receiver<TcpIn>>),
@@ -887,31 +922,13 @@ async fn run(
                 sinks.opened(&mut engine, &commands, &stream);
             }
         }
-        // UDP datagrams leave in batches (one sendmmsg per burst); a drop for a full
-        // buffer is told to the engine, which may queue more (a key-frame request).
-        let busy = |engine: &mut Engine, peer| {
-            counters.dropped(crate::metrics::DropReason::SocketBusy);
-            engine.transmit_dropped(now(), peer);
-        };
-        loop {
-            while let Some(t) = engine.poll_transmit() {
-                if t.protocol == TransportProtocol::TCP {
-                    if !conns.send(t.to, &t.data) {
-                        counters.tcp.dropped.inc();
-                        engine.transmit_dropped(now(), t.peer);
-                    }
-                    continue;
-                }
-                batch.push(t.peer, target(v6, t.to), t.data);
-                if batch.is_full() {
-                    batch.flush(&socket, |peer| busy(&mut engine, peer));
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            batch.flush(&socket, |peer| busy(&mut engine, peer));
-        }
+        send_transmits(
+            &mut engine,
+            &socket,
+            &mut conns,
+            &mut batch,
+            (v6, &counters),
+        );
         while let Some(event) = engine.poll_event() {
             if let Err(e) = events.try_send(event) {
                 // The core's own media timeout still ends the stream.
@@ -928,6 +945,9 @@ async fn run(
                         Ok((n, from)) => {
                             let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                             engine.datagram(now(), from, &buf[..n]);
+                            // What one publisher packet fans out to leaves before the next
+                            // is read: a frame's first packets do not wait for its last.
+                            send_transmits(&mut engine, &socket, &mut conns, &mut batch, (v6, &counters));
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // ICMP port unreachable from a gone browser, and the like.
