@@ -213,14 +213,28 @@ pub fn sidecar(file: &Path) -> PathBuf {
 }
 
 /// Writes JSON next to its final place and renames it there, so a reader (or a crash)
-/// never sees half a file.
+/// never sees half a file. On a full disk (the very error a recording may end with) the
+/// new file may get no block at all: an existing file is then rewritten in place, in the
+/// blocks it already has (a crash just then could leave it half written).
 pub fn store<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    match std::fs::write(&tmp, &text) {
+        Ok(()) => std::fs::rename(&tmp, path),
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull && path.exists() => {
+            let _ = std::fs::remove_file(&tmp);
+            let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+            std::io::Write::write_all(&mut file, &text)?;
+            file.set_len(text.len() as u64)?;
+            file.sync_data()
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
