@@ -1002,7 +1002,9 @@ fn srtp_costs(n: u32) -> Vec<(&'static str, f64)> {
 // ---------------------------------------------------------------------------------
 // Load: hundreds of players that decrypt only a sample (`support::raw_player`)
 
-const LOAD_PLAYERS: &[usize] = &[30, 100, 200, 300];
+const LOAD_PLAYERS: &[usize] = &[30, 100, 200, 300, 400];
+/// `[media] workers` of the load runs, each N run with each (`HUDDLE_BENCH_LOAD_WORKERS`).
+const LOAD_WORKERS: &[usize] = &[1, 2];
 /// One RTP packet in this many is decrypted (and its latency read) by a load player.
 const LOAD_SAMPLE: u64 = 16;
 /// Players connecting at once.
@@ -1012,6 +1014,7 @@ const SATURATED_LOSS_PCT: f64 = 0.1;
 
 struct LoadRow {
     players: usize,
+    workers: usize,
     secs: f64,
     sent: u64,
     server_cpu_s: f64,
@@ -1047,9 +1050,12 @@ fn load_stamp(p: &Packet) -> Option<u64> {
     stamp_of(kind, &p.payload).map(|(_, sent)| sent)
 }
 
-async fn run_load(players: usize, ticks: f64) -> LoadRow {
+async fn run_load((players, workers): (usize, usize), ticks: f64) -> LoadRow {
     let members = players.max(support::MEMBERS) + 8;
-    let server = Server::start_with(&format!("load{players}"), &support::sections(members));
+    let server = Server::start_with(
+        &format!("load{players}w{workers}"),
+        &support::media_workers(workers, &support::sections(members)),
+    );
     let Stage {
         server,
         stop_tx,
@@ -1059,7 +1065,7 @@ async fn run_load(players: usize, ticks: f64) -> LoadRow {
         sent,
         camera,
         pub_pc,
-    } = stage(server, &format!("load N = {players}")).await;
+    } = stage(server, &format!("load N = {players}, {workers} workers")).await;
     let addr = server.http;
     let rss_before_kib = rss_kib(server.proc.pid);
     let epoch = *EPOCH.get_or_init(Instant::now);
@@ -1116,6 +1122,7 @@ async fn run_load(players: usize, ticks: f64) -> LoadRow {
     }
     LoadRow {
         players,
+        workers,
         secs,
         sent: s1 - s0,
         server_cpu_s: (server_t1.0 + server_t1.1 - server_t0.0 - server_t0.1) as f64 / ticks,
@@ -1135,14 +1142,15 @@ fn load_section(machine_line: &str, rows: &[LoadRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Measured {machine_line}.\n");
     s.push_str(
-        "| players | forwarded pkt/s | server CPU, % of one core (of which kernel) | server CPU per forwarded packet | loss | latency p50 / p99 / max (sampled) | RSS per player | bench process CPU, % of one core |\n",
+        "| players | media workers | forwarded pkt/s | server CPU, % of one core (of which kernel) | server CPU per forwarded packet | loss | latency p50 / p99 / max (sampled) | RSS per player | bench process CPU, % of one core |\n",
     );
-    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.1} % ({:.1} %) | {:.1} µs | {:.3} % | {:.2} / {:.2} / {:.1} ms | {:.0} KiB | {:.0} % |",
+            "| {} | {} | {:.0} | {:.1} % ({:.1} %) | {:.1} µs | {:.3} % | {:.2} / {:.2} / {:.1} ms | {:.0} KiB | {:.0} % |",
             r.players,
+            r.workers,
             (r.sent * r.players as u64) as f64 / r.secs,
             100.0 * r.server_cpu_s / r.secs,
             100.0 * r.server_sys_s / r.secs,
@@ -1156,29 +1164,36 @@ fn load_section(machine_line: &str, rows: &[LoadRow]) -> String {
         );
     }
     s.push('\n');
-    match rows.iter().find(|r| r.loss_pct() > SATURATED_LOSS_PCT) {
-        Some(r) => {
-            let _ = writeln!(
-                s,
-                "- Saturation: loss first above {SATURATED_LOSS_PCT} % at N = {} ({:.2} %).",
-                r.players,
-                r.loss_pct()
-            );
-        }
-        None => {
-            let _ = writeln!(
-                s,
-                "- No saturation in this plan: loss at or below {SATURATED_LOSS_PCT} % up to N = {}.",
-                rows.iter().map(|r| r.players).max().unwrap_or(0)
-            );
+    let mut workers: Vec<usize> = rows.iter().map(|r| r.workers).collect();
+    workers.sort_unstable();
+    workers.dedup();
+    for w in workers {
+        let of = || rows.iter().filter(move |r| r.workers == w);
+        match of().find(|r| r.loss_pct() > SATURATED_LOSS_PCT) {
+            Some(r) => {
+                let _ = writeln!(
+                    s,
+                    "- {w} media worker(s): saturation, loss first above {SATURATED_LOSS_PCT} % at N = {} ({:.2} %).",
+                    r.players,
+                    r.loss_pct()
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "- {w} media worker(s): no saturation in this plan, loss at or below {SATURATED_LOSS_PCT} % up to N = {}.",
+                    of().map(|r| r.players).max().unwrap_or(0)
+                );
+            }
         }
     }
     for r in rows {
         let t = &r.tally;
         let _ = writeln!(
             s,
-            "- N = {}: {} of {} packets received; {} sampled ({} not decrypted); {:.1} datagrams per recvmmsg; players up in {:.1} s{}.",
+            "- N = {}, {} worker(s): {} of {} packets received; {} sampled ({} not decrypted); {:.1} datagrams per recvmmsg; players up in {:.1} s{}.",
             r.players,
+            r.workers,
             t.received,
             t.expected,
             t.samples,
@@ -1203,6 +1218,7 @@ fn main() {
     let plan = plan_from("HUDDLE_BENCH_PLAYERS", PLAYERS);
     let sim_plan = plan_from("HUDDLE_BENCH_SIMULCAST_PLAYERS", SIM_PLAYERS);
     let load_plan = plan_from("HUDDLE_BENCH_LOAD_PLAYERS", LOAD_PLAYERS);
+    let load_workers = plan_from("HUDDLE_BENCH_LOAD_WORKERS", LOAD_WORKERS);
     let switching = std::env::var("HUDDLE_BENCH_SWITCHING").map_or(true, |v| v != "0");
     let (set_repeats, remb_repeats) = if quick() {
         (2, 1)
@@ -1218,9 +1234,11 @@ fn main() {
         .map(|&n| rt.block_on(run_simulcast(n, ticks)))
         .collect();
     let switches = switching.then(|| rt.block_on(run_switching(set_repeats, remb_repeats)));
+    // Each N with each worker count in turn (what drifts on the machine falls on both).
     let load_rows: Vec<LoadRow> = load_plan
         .iter()
-        .map(|&n| rt.block_on(run_load(n, ticks)))
+        .flat_map(|&n| load_workers.iter().map(move |&w| (n, w)))
+        .map(|point| rt.block_on(run_load(point, ticks)))
         .collect();
     drop(rt);
 
@@ -1300,7 +1318,7 @@ fn main() {
     if let Some(sim) = sim.filter(|_| plan == PLAYERS && sim_plan == SIM_PLAYERS && switching) {
         write_doc("sfu-simulcast", &sim);
     }
-    if let Some(load) = load.filter(|_| load_plan == LOAD_PLAYERS) {
+    if let Some(load) = load.filter(|_| load_plan == LOAD_PLAYERS && load_workers == LOAD_WORKERS) {
         write_doc("sfu-load", &load);
     }
     write_doc("sfu-srtp", &srtp);

@@ -42,6 +42,19 @@ async fn start_sfu_server(tweak: impl FnOnce(&mut Config)) -> Server {
     .await
 }
 
+/// Waits (bounded) until a `/metrics` sample has this value.
+async fn wait_for_metric(addr: SocketAddr, sample: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = common::metric(addr, sample).await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sample} is {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Graceful stop, bounded.
 async fn stop(server: Server) {
     tokio::time::timeout(Duration::from_secs(8), server.shutdown())
@@ -1377,13 +1390,25 @@ async fn audio_only_stream_plays_on_an_audio_and_video_offer() {
 /// A burst of 200 video packets (four key frames and their deltas, written back to
 /// back) fanned out to 30 players over the one media socket, in batches (sendmmsg):
 /// every player gets all 200, in order, with its own consecutive sequence numbers.
+/// With two media workers (as every test server), half the players are served by the
+/// worker thread beside the task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_200_packets_reaches_30_players_whole_and_in_order() {
+    burst_to_players(2).await;
+}
+
+/// The same on one media worker: everything on the SFU task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_200_packets_reaches_30_players_on_one_media_worker() {
+    burst_to_players(1).await;
+}
+
+async fn burst_to_players(workers: usize) {
     // Under CPU emulation (the aarch64 suite under qemu-user) 30 emulated clients'
     // DTLS and SRTP take minutes: 4 players there, and more time between bursts.
     let emulated = std::env::var("HUDDLE_TEST_EXEC_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
     let (players_n, pause) = if emulated { (4, 250) } else { (30, 40) };
-    let server = start_sfu_server(|_| {}).await;
+    let server = start_sfu_server(|c| c.media.workers = workers).await;
     let addr = server.local_addr();
     let (alice, mut bob, alice_pc, port) = alice_publishing_to_bob(addr).await;
     // One session plays the stream 30 times (a play per peer connection).
@@ -1396,6 +1421,18 @@ async fn a_burst_of_200_packets_reaches_30_players_whole_and_in_order() {
         .await;
         play(&mut bob, &mut pc, &format!("m-bob-{i}"), 106, port).await;
         players.push(pc);
+    }
+    // Placed as their DTLS came up: evenly over the workers (the thread first).
+    let placed = |w: usize| format!("huddle_media_worker_players{{worker=\"{w}\"}}");
+    let half = (players_n / workers) as f64;
+    wait_for_metric(
+        addr,
+        &placed(0),
+        players_n as f64 - half * (workers as f64 - 1.0),
+    )
+    .await;
+    if workers == 2 {
+        wait_for_metric(addr, &placed(1), half).await;
     }
     let sent: Vec<Packet> = (0..4u16)
         .flat_map(|k| h264_packets(125, (1000 + k * 50, u32::from(k) * 90_000)))
@@ -1462,6 +1499,9 @@ async fn a_player_losing_one_packet_in_ten_gets_each_again_by_nack() {
     pc.apply_answer(&relay.answer(&answer, loss)).await;
     expect_status(&mut bob, "m-bob", "PLAYING").await;
     pc.wait_connected(Duration::from_secs(5)).await;
+    // The one player is on the media worker thread: its NACKs and reports are
+    // answered there.
+    wait_for_metric(addr, "huddle_media_worker_players{worker=\"1\"}", 1.0).await;
 
     let video: Vec<Packet> = (0..4u16)
         .flat_map(|k| h264_packets(125, (1000 + k * 50, u32::from(k) * 90_000)))

@@ -330,8 +330,14 @@ pub fn start_huddle(
 /// The command of [`start_huddle`] and its directory `$TMPDIR/{name}-{this process's
 /// pid}` (made, with the configuration in it), listening (HTTP) on `net.server` and
 /// advertising it as the media address, in `net.server_netns` if any.
+/// `sections`: the rest of the configuration; its lines before the first table
+/// header are more keys of `[media]` (`media_workers`).
 pub fn huddle_command(net: Net, name: &str, sections: &str) -> (Command, PathBuf) {
     let ip = net.server;
+    let (media, sections) = match sections.find("\n[") {
+        Some(i) if !sections.starts_with('[') => sections.split_at(i + 1),
+        _ => ("", sections),
+    };
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("huddle.toml");
@@ -347,7 +353,7 @@ connection_rate_per_address = 1000
 [media]
 udp_port = 0
 advertise_ips = ["{ip}"]
-
+{media}
 [records]
 dir = "{}"
 
@@ -362,6 +368,11 @@ dir = "{}"
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC");
     (cmd, dir)
+}
+
+/// `sections` with `[media] workers` set (see `huddle_command`).
+pub fn media_workers(workers: usize, sections: &str) -> String {
+    format!("workers = {workers}\n{sections}")
 }
 
 /// The address in Huddle's "listening on http://ADDR" log line.

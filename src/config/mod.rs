@@ -302,6 +302,20 @@ pub struct Media {
     /// ICE-TCP (RFC 6544) for networks that block UDP: `None` (not set) the same port
     /// number as `udp_port`, `Some(0)` off.
     pub tcp_port: Option<u16>,
+    /// Media workers: the SFU task and `workers - 1` threads that protect and send
+    /// players' packets (`sfu::shard`). 0: one per core of the machine.
+    pub workers: usize,
+}
+
+impl Media {
+    /// `workers`, with 0 resolved to the machine's cores (at most `MAX_WORKERS`).
+    pub fn workers(&self) -> usize {
+        let cores = || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        match self.workers {
+            0 => cores().min(crate::metrics::MAX_WORKERS),
+            n => n,
+        }
+    }
 }
 
 impl Default for Media {
@@ -313,6 +327,7 @@ impl Default for Media {
             preferred_video_codec: VideoCodec::H264,
             simulcast_min_participants: 3,
             tcp_port: None,
+            workers: 0,
         }
     }
 }
@@ -716,6 +731,10 @@ simulcast_min_participants = 3
 # work. Not set: the same number as udp_port (open both UDP and TCP 20000 in the
 # firewall); 0: off.
 # tcp_port = 20000
+# Media workers: the media task and workers - 1 threads beside it that encrypt and
+# send players' packets, so a room's forwarding uses every core. 0: one per core of
+# the machine (board profiles set their own); 1: everything on the one task.
+workers = 0
 
 [records]
 # Where stream and room recordings are written (relative to the working directory
@@ -989,6 +1008,16 @@ impl Config {
             return Err(invalid(
                 "auth.mode",
                 "\"token\" needs auth.secret or auth.public_key".into(),
+            ));
+        }
+        if self.media.workers > crate::metrics::MAX_WORKERS {
+            return Err(invalid(
+                "media.workers",
+                format!(
+                    "must be 0 (one per core) to {}, got {}",
+                    crate::metrics::MAX_WORKERS,
+                    self.media.workers
+                ),
             ));
         }
         let s = &self.signalling;
@@ -1430,6 +1459,18 @@ mod tests {
         assert_eq!(c.media.advertise_ips.len(), 2);
         assert_eq!(c.rooms.max_participants, 3);
         assert_eq!(c.device.camera, "test-pattern");
+    }
+
+    #[test]
+    fn media_workers_default_to_the_cores_and_are_bounded() {
+        let auto = parse("").unwrap().media;
+        assert_eq!(auto.workers, 0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(auto.workers(), cores.min(crate::metrics::MAX_WORKERS));
+        assert_eq!(parse("[media]\nworkers = 3\n").unwrap().media.workers(), 3);
+        let e = parse("[media]\nworkers = 17\n").unwrap_err().to_string();
+        assert!(e.contains("media.workers") && e.contains("17"), "{e}");
+        assert!(parse("[media]\nworkers = -1\n").is_err());
     }
 
     #[test]

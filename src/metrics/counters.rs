@@ -2,7 +2,7 @@
 //! sessions, the RTMP edge), as plain atomics: counting costs one relaxed add on the
 //! hot path and no lock; `/metrics` reads them when scraped.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 /// A monotonic counter.
 #[derive(Debug, Default)]
@@ -87,6 +87,41 @@ pub struct MediaCounters {
     pub dtls_failures: Counter,
     /// The ICE-TCP port's connections (`sfu::tcp`).
     pub tcp: TcpCounters,
+    /// Players per media worker (`sfu::shard`).
+    pub workers: Workers,
+}
+
+/// Media workers at most (`[media] workers`).
+pub const MAX_WORKERS: usize = 16;
+
+/// The media workers (`[media] workers`) and the players each serves now.
+#[derive(Debug, Default)]
+pub struct Workers {
+    count: AtomicUsize,
+    players: [AtomicI64; MAX_WORKERS],
+}
+
+impl Workers {
+    pub fn set_count(&self, n: usize) {
+        self.count.store(n.min(MAX_WORKERS), Ordering::Relaxed);
+    }
+
+    /// At least 1: the SFU task.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn players(&self, worker: usize) -> i64 {
+        self.players
+            .get(worker)
+            .map_or(0, |p| p.load(Ordering::Relaxed))
+    }
+
+    pub fn add(&self, worker: usize, n: i64) {
+        if let Some(p) = self.players.get(worker) {
+            p.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// ICE-TCP connections: what was accepted and why connections ended early.

@@ -90,6 +90,11 @@ fn gauges(
     registry.register(name, help, family);
 }
 
+/// `worker` label values (`MAX_WORKERS` of them).
+const WORKER_LABELS: [&str; crate::metrics::MAX_WORKERS] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+];
+
 fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -223,6 +228,17 @@ pub fn encode_sample(
         "ice_tcp_connections_open",
         "ICE-TCP connections open",
         media.tcp.open.get(),
+    );
+    gauges(
+        reg,
+        "media_worker_players",
+        "Players each media worker serves ([media] workers; 0 is the SFU task)",
+        "worker",
+        WORKER_LABELS
+            .iter()
+            .take(media.workers.count())
+            .enumerate()
+            .map(|(i, label)| (*label, media.workers.players(i))),
     );
     counter(
         reg,

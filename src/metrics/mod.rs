@@ -11,5 +11,6 @@ pub mod signalling;
 
 pub use counters::{
     Counter, DropReason, Gauge, MediaCounters, RefusalReason, RtmpSession, SignallingCounters,
+    Workers, MAX_WORKERS,
 };
 pub use exposition::{encode_sample, DeviceFrames, Sample, CONTENT_TYPE};

@@ -35,6 +35,7 @@ use super::codecs::{self, Chosen, Codec, Family, Kind};
 use super::demux::Routes;
 use super::peer::{self, Direction};
 use super::play_out::{self, PlayOut, WallClock};
+use super::shard::{Out, Shards};
 use super::simulcast;
 use crate::media::bandwidth::{DownstreamLoss, LossReport, Thinning};
 use crate::media::speaking::{self, Speakers};
@@ -103,9 +104,10 @@ struct Peer {
     /// Its reports' loss less the publisher's own (gaps before us).
     downstream: DownstreamLoss,
     video_out: Option<u32>,
-    /// A player's media past the peer connection's pipeline, once DTLS is done, and
-    /// where it goes (the selected candidate pair's remote).
-    out: Option<PlayOut>,
+    /// A player's media past the peer connection's pipeline, once DTLS is done (on
+    /// this task or on a media worker), and where it goes (the selected candidate
+    /// pair's remote).
+    out: Option<Out>,
     remote: Option<Remote>,
     /// The peer connection's next timer, as of the last call into it (asking it
     /// sweeps its whole pipeline: not once per peer per datagram).
@@ -232,14 +234,24 @@ impl Sink<Peers> for PlayerSink {
         };
         // Past DTLS: protected here (never through the pipeline too: the SSRCs' SRTP
         // indexes are this path's alone); nothing goes without a selected path.
-        if let Some(out) = p.out.as_mut() {
-            if let Some(remote) = p.remote {
-                match out.protect(now, packet, codec.clock_rate, kind == Kind::Video) {
+        let keep = kind == Kind::Video;
+        match (p.out.as_mut(), p.remote) {
+            (Some(Out::Here(out, _)), Some(remote)) => {
+                match out.protect(now, packet, codec.clock_rate, keep) {
                     Ok(data) => queue(&mut peers.transmits, self.peer, remote, data),
                     Err(e) => debug!("peer {}: {e}", self.peer),
                 }
+                return Delivery::Taken;
             }
-            return Delivery::Taken;
+            // Placed on a worker over UDP: its ring full is a drop, as a full socket.
+            (Some(Out::There(lane)), Some((TransportProtocol::UDP, to))) => {
+                return match lane.rtp(to, packet, codec.clock_rate, keep) {
+                    true => Delivery::Taken,
+                    false => Delivery::Dropped,
+                };
+            }
+            (Some(_), _) => return Delivery::Taken,
+            (None, _) => {}
         }
         let sender = match kind {
             Kind::Audio => self.audio,
@@ -323,6 +335,8 @@ pub struct Engine {
     voices: HashMap<SourceId, Vec<Voice>>,
     /// The wall clock of players' sender reports.
     clock: WallClock,
+    /// The media workers beside this task (`[media] workers` > 1).
+    shards: Option<Shards>,
 }
 
 /// A stream `speaking` follows: a WebRTC publisher's, or one a named source feeds
@@ -381,7 +395,13 @@ impl Engine {
             speaking: Speakers::default(),
             voices: HashMap::new(),
             clock: WallClock::new(Instant::now(), std::time::SystemTime::now()),
+            shards: None,
         }
+    }
+
+    /// Places players whose DTLS is done on these workers too (`[media] workers`).
+    pub fn set_shards(&mut self, shards: Shards) {
+        self.shards = Some(shards);
     }
 
     /// The counters the engine, its peers and its stream core count into.
@@ -439,7 +459,10 @@ impl Engine {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let key_frames = self.media.poll_timeout();
         let peers = self.peers.map.values_mut().filter_map(|p| {
-            let reports = p.out.as_ref().and_then(PlayOut::poll_timeout);
+            let reports = match &p.out {
+                Some(Out::Here(out, _)) => out.poll_timeout(),
+                _ => None,
+            };
             p.deadline.into_iter().chain(reports).min()
         });
         let speaking = self.speaking.poll_timeout();
@@ -464,7 +487,7 @@ impl Engine {
             self.drive(now, id);
         }
         for (id, p) in self.peers.map.iter_mut() {
-            if let (Some(out), Some(remote)) = (p.out.as_mut(), p.remote) {
+            if let (Some(Out::Here(out, _)), Some(remote)) = (p.out.as_mut(), p.remote) {
                 for data in out.reports(now) {
                     queue(&mut self.peers.transmits, *id, remote, data);
                 }
@@ -1280,7 +1303,13 @@ impl Engine {
             if p.out.is_none() {
                 if let Some(keys) = p.pc.local_srtp_keys() {
                     match PlayOut::new(keys, self.clock) {
-                        Ok(out) => p.out = Some(out),
+                        // A worker sends over UDP only: ICE-TCP players stay here.
+                        Ok(out) => match (&self.shards, p.remote) {
+                            (Some(shards), Some((TransportProtocol::UDP, _))) => {
+                                p.out = shards.place(id, out);
+                            }
+                            _ => p.out = Some(Out::here(out, self.counters.clone())),
+                        },
                         Err(e) => warn!("peer {id}: {e}; its media goes through the pipeline"),
                     }
                 }
@@ -1301,13 +1330,21 @@ impl Engine {
                 // PLI and FIR are delivered, and a player's REMB and receiver reports
                 // (peer::KeyFrameRequests).
                 RTCMessage::RtcpPacket(_, packets) => {
-                    if let (Some(out), Some(remote)) = (p.out.as_mut(), p.remote) {
-                        for (ssrc, seqs) in play_out::nacked(&packets) {
-                            for data in out.resend(now, ssrc, &seqs) {
-                                self.counters.retransmitted.inc();
-                                queue(&mut self.peers.transmits, id, remote, data);
+                    match (p.out.as_mut(), p.remote) {
+                        (Some(Out::Here(out, _)), Some(remote)) => {
+                            for (ssrc, seqs) in play_out::nacked(&packets) {
+                                for data in out.resend(now, ssrc, &seqs) {
+                                    self.counters.retransmitted.inc();
+                                    queue(&mut self.peers.transmits, id, remote, data);
+                                }
                             }
                         }
+                        (Some(Out::There(lane)), Some((TransportProtocol::UDP, to))) => {
+                            for (ssrc, seqs) in play_out::nacked(&packets) {
+                                lane.nack(to, ssrc, seqs);
+                            }
+                        }
+                        _ => {}
                     }
                     let f = simulcast::read_feedback(&packets, p.video_out);
                     key_frame_requested |= f.key_frame;

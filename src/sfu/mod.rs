@@ -11,6 +11,7 @@ pub mod engine;
 pub mod peer;
 pub mod play_out;
 pub mod send;
+pub mod shard;
 pub mod simulcast;
 pub mod task;
 pub mod tcp;

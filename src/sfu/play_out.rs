@@ -251,7 +251,7 @@ pub fn nacked(packets: &[Box<dyn rtc::rtcp::packet::Packet>]) -> Vec<(u32, Vec<u
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
@@ -259,7 +259,7 @@ mod tests {
     use rtc::shared::marshal::Unmarshal;
     use rtc::srtp::protection_profile::ProtectionProfile;
 
-    fn keys(profile: ProtectionProfile) -> SrtpKeys {
+    pub(crate) fn keys(profile: ProtectionProfile) -> SrtpKeys {
         SrtpKeys {
             profile,
             master_key: (0..profile.key_len() as u8).collect(),
@@ -267,7 +267,7 @@ mod tests {
         }
     }
 
-    fn receiver(k: &SrtpKeys) -> Context {
+    pub(crate) fn receiver(k: &SrtpKeys) -> Context {
         let provider = rtc::crypto::default_provider().unwrap();
         Context::new(
             &k.master_key,
@@ -280,7 +280,7 @@ mod tests {
         .unwrap()
     }
 
-    fn packet(ssrc: u32, seq: u16, ts: u32, len: usize) -> Packet {
+    pub(crate) fn packet(ssrc: u32, seq: u16, ts: u32, len: usize) -> Packet {
         Packet {
             header: Header {
                 version: 2,
@@ -295,7 +295,7 @@ mod tests {
         }
     }
 
-    fn clock(t0: Instant) -> WallClock {
+    pub(crate) fn clock(t0: Instant) -> WallClock {
         WallClock::new(t0, UNIX_EPOCH + Duration::from_secs(1_700_000_000))
     }
 

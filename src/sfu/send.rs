@@ -10,7 +10,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::BytesMut;
 use log::debug;
@@ -22,6 +22,24 @@ use super::engine::PeerId;
 
 /// Datagrams per system call.
 pub const MAX: usize = 64;
+
+/// A socket `UdpBatch` sends from: the SFU task's tokio socket (its readiness is
+/// kept by tokio), or a shard's plain non-blocking handle on the same socket.
+pub trait BatchSocket {
+    fn send_with(&self, send: impl FnOnce(RawFd) -> io::Result<usize>) -> io::Result<usize>;
+}
+
+impl BatchSocket for UdpSocket {
+    fn send_with(&self, send: impl FnOnce(RawFd) -> io::Result<usize>) -> io::Result<usize> {
+        self.try_io(Interest::WRITABLE, || send(self.as_raw_fd()))
+    }
+}
+
+impl BatchSocket for std::net::UdpSocket {
+    fn send_with(&self, send: impl FnOnce(RawFd) -> io::Result<usize>) -> io::Result<usize> {
+        send(self.as_raw_fd())
+    }
+}
 
 /// Datagrams waiting for the next `flush`. The kernel headers (`MultiHeaders`, raw
 /// pointers, not `Send`) are made per system call: the batch lives in the SFU task's
@@ -56,7 +74,7 @@ impl UdpBatch {
 
     /// Sends everything queued; `dropped` is told of each datagram a full socket
     /// buffer refused.
-    pub fn flush(&mut self, socket: &UdpSocket, mut dropped: impl FnMut(PeerId)) {
+    pub fn flush(&mut self, socket: &impl BatchSocket, mut dropped: impl FnMut(PeerId)) {
         let mut start = 0;
         while start < self.pending.len() {
             let chunk = &self.pending[start..self.pending.len().min(start + MAX)];
@@ -70,17 +88,10 @@ impl UdpBatch {
                 chunk.iter().map(|(_, _, d)| [IoSlice::new(d)]).collect();
             let addresses = &self.addresses;
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
-            let sent = socket.try_io(Interest::WRITABLE, || {
-                sendmmsg(
-                    socket.as_raw_fd(),
-                    &mut headers,
-                    &slices,
-                    addresses,
-                    [],
-                    MsgFlags::empty(),
-                )
-                .map(Iterator::count)
-                .map_err(io::Error::from)
+            let sent = socket.send_with(|fd| {
+                sendmmsg(fd, &mut headers, &slices, addresses, [], MsgFlags::empty())
+                    .map(Iterator::count)
+                    .map_err(io::Error::from)
             });
             match sent {
                 Ok(n) if n > 0 => start += n,

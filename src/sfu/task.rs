@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig, Peers};
 use super::send::UdpBatch;
+use super::shard::Shards;
 use super::tcp::{self, Connections, Inbound, TcpIn};
 use crate::config::Media;
 use std::collections::HashMap;
@@ -568,6 +569,14 @@ impl Sfu {
         let (commands, inbox) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
         let counters = engine.counters();
+        let (to_task, dropped) = mpsc::channel(DROPPED);
+        let workers = media.workers();
+        if workers > 1 {
+            match start_shards(&socket, workers, counters.clone(), to_task.clone()) {
+                Ok(shards) => engine.set_shards(shards),
+                Err(e) => warn!("media workers: {e}; everything runs on the media task"),
+            }
+        }
         let (tcp_task, tcp_in) = match (tcp, tcp_port) {
             (Some(listener), Some(tcp_port)) => {
                 engine.enable_tcp(tcp_port);
@@ -584,7 +593,7 @@ impl Sfu {
         };
         let task = tokio::spawn(run(
             engine,
-            (socket, tcp_in),
+            (socket, tcp_in, (to_task, dropped)),
             (inbox, commands.downgrade()),
             events,
             peers.clone(),
@@ -592,7 +601,7 @@ impl Sfu {
         let list: Vec<String> = advertise.iter().map(ToString::to_string).collect();
         let tcp_info = tcp_port.map_or("ICE-TCP off".to_owned(), |p| format!("ICE-TCP port {p}"));
         info!(
-            "media on UDP port {port} and {tcp_info}, advertised as {}",
+            "media on UDP port {port} and {tcp_info}, advertised as {}; {workers} media worker(s)",
             list.join(", ")
         );
         Ok(Sfu {
@@ -831,7 +840,7 @@ fn tcp_input(engine: &mut Engine, conns: &mut Connections, input: TcpIn) {
 }
 
 /// A v4 address as the dual-stack socket wants it.
-fn target(socket_v6: bool, to: SocketAddr) -> SocketAddr {
+pub(crate) fn target(socket_v6: bool, to: SocketAddr) -> SocketAddr {
     match (socket_v6, to) {
         (true, SocketAddr::V4(v4)) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
         _ => to,
@@ -898,9 +907,34 @@ fn send_transmits(
     }
 }
 
+/// Datagrams a media worker could not send, told back to the task (each asks its
+/// player's publisher for a key frame); more are only counted.
+const DROPPED: usize = 1024;
+
+/// The media workers beside the task, sending from their own handles on `socket`.
+fn start_shards(
+    socket: &UdpSocket,
+    workers: usize,
+    counters: Arc<crate::metrics::MediaCounters>,
+    dropped: mpsc::Sender<super::engine::PeerId>,
+) -> std::io::Result<Shards> {
+    use std::os::fd::AsFd;
+    let v6 = socket.local_addr()?.is_ipv6();
+    let handle = std::net::UdpSocket::from(socket.as_fd().try_clone_to_owned()?);
+    Shards::start(workers, &handle, v6, counters, dropped)
+}
+
+#[allow(clippy::type_complexity)]
 async fn run(
     mut engine: Engine,
-    (socket, mut tcp_in): (UdpSocket, Option<mpsc::Receiver<TcpIn>>),
+    (socket, mut tcp_in, (_to_task, mut dropped)): (
+        UdpSocket,
+        Option<mpsc::Receiver<TcpIn>>,
+        (
+            mpsc::Sender<super::engine::PeerId>,
+            mpsc::Receiver<super::engine::PeerId>,
+        ),
+    ),
     (mut inbox, commands): (mpsc::Receiver<Command>, mpsc::WeakSender<Command>),
     events: mpsc::Sender<MediaEvent>,
     peers: Arc<AtomicUsize>,
@@ -1046,6 +1080,12 @@ async fn run(
                     break;
                 }
             },
+            Some(peer) = dropped.recv() => {
+                engine.transmit_dropped(now(), peer);
+                while let Ok(peer) = dropped.try_recv() {
+                    engine.transmit_dropped(now(), peer);
+                }
+            }
             _ = sleep_until(deadline) => engine.handle_timeout(now()),
         }
     }

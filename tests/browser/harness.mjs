@@ -102,10 +102,28 @@ listen = "127.0.0.1:0"
 ${http}[media]
 udp_port = 0
 advertise_ips = ["127.0.0.1"]
+workers = 2
 [device]
 ${device}[rtmp]
 listen = "127.0.0.1:0"
 ${extra}${logLevel ? `[log]\nlevel = "${logLevel}"\n` : ''}`;
+
+// GET /metrics on the server at `addr`; the value of the sample `name` (exact, labels
+// included). Rejects when the sample is not there.
+export function metricValue(addr, name) {
+  return new Promise((resolve, reject) => {
+    http.get(`http://${addr}/metrics`, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => {
+        const line = body.split('\n').find((l) => l.startsWith(`${name} `));
+        if (!line) reject(new Error(`no ${name} in /metrics:\n${body}`));
+        else resolve(Number(line.slice(name.length + 1)));
+      });
+    }).on('error', reject);
+  });
+}
 
 const LISTENING_HTTP = /listening on http:\/\/(127\.0\.0\.1:\d+)/;
 const LISTENING_HTTPS = /listening on https:\/\/(127\.0\.0\.1:\d+) \(WebSocket signalling on wss:\/\/127\.0\.0\.1:\d+\/\)/;

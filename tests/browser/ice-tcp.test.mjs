@@ -15,12 +15,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
-import http from 'node:http';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   CHROMIUM, HERE, E2eFile, SdkPage, MEDIA_PAGE_READY, assertChromiumInstalled, assertPageClean,
-  assertSdkBundleInstalled, chromiumArgs, huddleConfig, sdkPageRoutes, waitForMedia,
+  assertSdkBundleInstalled, chromiumArgs, huddleConfig, metricValue, sdkPageRoutes, waitForMedia,
 } from './harness.mjs';
 
 const PAGE_HTML = path.join(HERE, 'media-page.html');
@@ -62,21 +61,7 @@ async function openPage(label) {
   return h.load({ origin: staticServer.origin, ready: MEDIA_PAGE_READY });
 }
 
-// GET /metrics on the server; the value of the sample `name` (exact, labels included).
-function metric(name) {
-  return new Promise((resolve, reject) => {
-    http.get(`http://${server.addr}/metrics`, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => {
-        const line = body.split('\n').find((l) => l.startsWith(`${name} `));
-        if (!line) reject(new Error(`no ${name} in /metrics:\n${body}`));
-        else resolve(Number(line.slice(name.length + 1)));
-      });
-    }).on('error', reject);
-  });
-}
+const metric = (name) => metricValue(server.addr, name);
 
 // In the page: for every peer connection, its state, the selected candidate pair's local and
 // remote candidates, every local candidate gathered and every pair that succeeded.

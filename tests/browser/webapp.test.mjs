@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   REPO_ROOT, BrowserPage, E2eFile, CSS, HTML, JS, assertChromiumInstalled, assertPageClean, huddleConfig, sleep,
-  waitFor,
+  waitFor, metricValue,
 } from './harness.mjs';
 
 const WEB_DIR = path.join(REPO_ROOT, 'web');
@@ -227,6 +227,10 @@ test('three participants: video+audio both ways, Unicode chat, screen share, mut
     for (const p of everyone) {
       for (const t of await p.remoteTiles()) await assertMediaFlows(p, t.stream);
     }
+    // Two media workers (huddleConfig): the six players are split between the media task,
+    // where every publisher is, and the worker thread beside it; all of them decoded above.
+    const placed = (w) => metricValue(server.addr, `huddle_media_worker_players{worker="${w}"}`);
+    assert.deepEqual([await placed(0), await placed(1)], [3, 3], 'players per media worker');
 
     // Chat: Cyrillic, emoji sequences, a newline and HTML all arrive verbatim, as text.
     await alice.page.fill('#chat-text', CHAT_TEXT);

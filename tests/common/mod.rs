@@ -34,6 +34,9 @@ pub fn test_config() -> Config {
     c.http.tls = false;
     c.media.advertise_ips = vec!["127.0.0.1".parse().unwrap()];
     c.media.udp_port = 0;
+    // Two media workers whatever the machine: players on a thread beside the task
+    // (the first player goes there), as on a board with several cores.
+    c.media.workers = 2;
     // Never the default 0.0.0.0:1935: tests run side by side.
     c.rtmp.listen = "127.0.0.1:0".parse().unwrap();
     c.rtmp.max_connections_per_address = c.rtmp.max_connections;
@@ -528,6 +531,21 @@ pub async fn http_request(
 /// A GET with `http_request`: (status, lower-cased headers, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     http_request(addr, "GET", path, &[], None).await
+}
+
+/// The value of an exact sample line of `/metrics` (`name{labels}`); 0 when absent.
+pub async fn metric(addr: SocketAddr, sample: &str) -> f64 {
+    let (status, _, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "/metrics");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// The room of the `Healthy` pair.
