@@ -1002,7 +1002,7 @@ fn srtp_costs(n: u32) -> Vec<(&'static str, f64)> {
 // ---------------------------------------------------------------------------------
 // Load: hundreds of players that decrypt only a sample (`support::raw_player`)
 
-const LOAD_PLAYERS: &[usize] = &[30, 100, 200, 300, 400];
+const LOAD_PLAYERS: &[usize] = &[30, 100, 200, 300];
 /// `[media] workers` of the load runs, each N run with each (`HUDDLE_BENCH_LOAD_WORKERS`).
 const LOAD_WORKERS: &[usize] = &[1, 2];
 /// One RTP packet in this many is decrypted (and its latency read) by a load player.
@@ -1027,6 +1027,11 @@ struct LoadRow {
     setup_s: f64,
     incidents: u64,
     server_warnings: u64,
+    /// Players whose ICE/DTLS did not come up in time (the server saturated).
+    not_connected: usize,
+    /// The server's own drops over the run: its socket full, a worker's ring full.
+    socket_busy: f64,
+    ring_full: f64,
 }
 
 impl LoadRow {
@@ -1071,6 +1076,7 @@ async fn run_load((players, workers): (usize, usize), ticks: f64) -> LoadRow {
     let epoch = *EPOCH.get_or_init(Instant::now);
     let t_setup = Instant::now();
     let mut receivers = Vec::with_capacity(players);
+    let mut not_connected = 0;
     let logins: Vec<String> = (0..players).map(|i| format!("l{i:03}")).collect();
     for chunk in logins.chunks(LOAD_CONNECT_AT_ONCE) {
         let connected = futures_util::future::join_all(
@@ -1079,7 +1085,15 @@ async fn run_load((players, workers): (usize, usize), ticks: f64) -> LoadRow {
                 .map(|login| raw_player::RawPlayer::connect(addr, login, ROOM, STREAM)),
         )
         .await;
-        for (player, ws) in connected {
+        for c in connected {
+            let (player, ws) = match c {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("  {e}");
+                    not_connected += 1;
+                    continue;
+                }
+            };
             sessions.push(ws.keep_alive(stop.clone(), Arc::clone(&incidents)));
             receivers.push(tokio::spawn(player.receive(
                 stop.clone(),
@@ -1115,6 +1129,16 @@ async fn run_load((players, workers): (usize, usize), ticks: f64) -> LoadRow {
     let mut latencies = std::mem::take(&mut tally.latencies_us);
     latencies.sort_unstable();
     let server_warnings = server.warnings.load(Ordering::Relaxed);
+    let dropped = |reason: &str| {
+        support::metric(
+            addr,
+            format!("huddle_packets_dropped_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let (socket_busy, ring_full) = (
+        dropped("socket_busy").await.unwrap_or(f64::NAN),
+        dropped("sink_queue_full").await.unwrap_or(f64::NAN),
+    );
     server.stop();
     pub_pc.close().await;
     for s in sessions {
@@ -1135,6 +1159,9 @@ async fn run_load((players, workers): (usize, usize), ticks: f64) -> LoadRow {
         setup_s,
         incidents: incidents.load(Ordering::Relaxed),
         server_warnings,
+        not_connected,
+        socket_busy,
+        ring_full,
     }
 }
 
@@ -1169,13 +1196,14 @@ fn load_section(machine_line: &str, rows: &[LoadRow]) -> String {
     workers.dedup();
     for w in workers {
         let of = || rows.iter().filter(move |r| r.workers == w);
-        match of().find(|r| r.loss_pct() > SATURATED_LOSS_PCT) {
+        match of().find(|r| r.loss_pct() > SATURATED_LOSS_PCT || r.not_connected > 0) {
             Some(r) => {
                 let _ = writeln!(
                     s,
-                    "- {w} media worker(s): saturation, loss first above {SATURATED_LOSS_PCT} % at N = {} ({:.2} %).",
+                    "- {w} media worker(s): saturation, loss first above {SATURATED_LOSS_PCT} % (or players not connected) at N = {} ({:.2} %, {} not connected).",
                     r.players,
-                    r.loss_pct()
+                    r.loss_pct(),
+                    r.not_connected
                 );
             }
             None => {
@@ -1191,7 +1219,7 @@ fn load_section(machine_line: &str, rows: &[LoadRow]) -> String {
         let t = &r.tally;
         let _ = writeln!(
             s,
-            "- N = {}, {} worker(s): {} of {} packets received; {} sampled ({} not decrypted); {:.1} datagrams per recvmmsg; players up in {:.1} s{}.",
+            "- N = {}, {} worker(s): {} of {} packets received; {} sampled ({} not decrypted); {:.1} datagrams per recvmmsg; players up in {:.1} s{}{}; the server dropped {} for a full socket, {} for a full queue or ring.",
             r.players,
             r.workers,
             t.received,
@@ -1200,6 +1228,11 @@ fn load_section(machine_line: &str, rows: &[LoadRow]) -> String {
             t.sample_failures,
             t.datagrams as f64 / t.recv_calls.max(1) as f64,
             r.setup_s,
+            if r.not_connected > 0 {
+                format!(", {} did not connect", r.not_connected)
+            } else {
+                String::new()
+            },
             if r.incidents + r.server_warnings > 0 {
                 format!(
                     "; {} stream incidents, {} server WARN/ERROR lines",
@@ -1207,7 +1240,9 @@ fn load_section(machine_line: &str, rows: &[LoadRow]) -> String {
                 )
             } else {
                 String::new()
-            }
+            },
+            r.socket_busy,
+            r.ring_full,
         );
     }
     s
@@ -1238,7 +1273,11 @@ fn main() {
     let load_rows: Vec<LoadRow> = load_plan
         .iter()
         .flat_map(|&n| load_workers.iter().map(move |&w| (n, w)))
-        .map(|point| rt.block_on(run_load(point, ticks)))
+        .map(|point| {
+            let row = rt.block_on(run_load(point, ticks));
+            eprintln!("{}", load_section("(this row)", std::slice::from_ref(&row)));
+            row
+        })
         .collect();
     drop(rt);
 
@@ -1309,6 +1348,10 @@ fn main() {
     eprintln!("total {:.0} s", started.elapsed().as_secs_f64());
     if quick() {
         eprintln!("HUDDLE_BENCH_QUICK: docs/benchmarks.md left alone");
+        return;
+    }
+    if std::env::var_os("HUDDLE_BENCH_WORKERS").is_some() {
+        eprintln!("HUDDLE_BENCH_WORKERS: docs/benchmarks.md left alone");
         return;
     }
     if plan == PLAYERS {

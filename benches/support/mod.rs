@@ -338,6 +338,12 @@ pub fn huddle_command(net: Net, name: &str, sections: &str) -> (Command, PathBuf
         Some(i) if !sections.starts_with('[') => sections.split_at(i + 1),
         _ => ("", sections),
     };
+    // `HUDDLE_BENCH_WORKERS`: the media workers of every server a run does not set
+    // them for (default: the machine's cores, as the service).
+    let media = match std::env::var("HUDDLE_BENCH_WORKERS") {
+        Ok(w) if media.is_empty() => format!("workers = {}\n", w.trim()),
+        _ => media.to_owned(),
+    };
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("huddle.toml");
@@ -373,6 +379,28 @@ dir = "{}"
 /// `sections` with `[media] workers` set (see `huddle_command`).
 pub fn media_workers(workers: usize, sections: &str) -> String {
     format!("workers = {workers}\n{sections}")
+}
+
+/// The value of an exact `/metrics` sample line (`name{labels}`) of the server at
+/// `addr`; `None` when the scrape or the sample is missing.
+pub async fn metric(addr: SocketAddr, sample: String) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scrape = async {
+        let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        c.write_all(request.as_bytes()).await.ok()?;
+        let mut body = String::new();
+        c.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let body = tokio::time::timeout(STEP, scrape).await.ok()??;
+    body.lines().find_map(|l| {
+        l.strip_prefix(sample.as_str())?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The address in Huddle's "listening on http://ADDR" log line.

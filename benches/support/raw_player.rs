@@ -108,13 +108,14 @@ fn transport(local: SocketAddr, peer: SocketAddr) -> TransportContext {
 
 impl RawPlayer {
     /// Joins `room` as `login`, plays `stream` and waits until ICE and DTLS are up;
-    /// with the player comes its signalling session (to be kept alive).
+    /// with the player comes its signalling session (to be kept alive). An error when
+    /// its connection failed or did not come up in time (a saturated server).
     pub async fn connect(
         server: SocketAddr,
         login: &str,
         room: &str,
         stream: &str,
-    ) -> (RawPlayer, Ws) {
+    ) -> Result<(RawPlayer, Ws), String> {
         let mut ws = Ws::connect(server, login).await;
         ws.join(room).await;
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
@@ -184,9 +185,9 @@ impl RawPlayer {
             local,
             remote,
         };
-        player.handshake(login).await;
+        player.handshake(login).await?;
         ws.wait_status(&msid, "PLAYING").await;
-        (player, ws)
+        Ok((player, ws))
     }
 
     /// What the peer connection wants sent.
@@ -204,7 +205,7 @@ impl RawPlayer {
         });
     }
 
-    async fn handshake(&mut self, login: &str) {
+    async fn handshake(&mut self, login: &str) -> Result<(), String> {
         let deadline = Instant::now() + STEP;
         let mut buf = vec![0u8; DATAGRAM];
         loop {
@@ -212,15 +213,19 @@ impl RawPlayer {
             while let Some(e) = self.pc.poll_event() {
                 if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = e {
                     match s {
-                        RTCPeerConnectionState::Connected => return,
-                        RTCPeerConnectionState::Failed => panic!("{login}: connection failed"),
+                        RTCPeerConnectionState::Connected => return Ok(()),
+                        RTCPeerConnectionState::Failed => {
+                            return Err(format!("{login}: connection failed"))
+                        }
                         _ => {}
                     }
                 }
             }
             while self.pc.poll_read().is_some() {}
             let now = Instant::now();
-            assert!(now < deadline, "{login}: not connected within {STEP:?}");
+            if now >= deadline {
+                return Err(format!("{login}: not connected within {STEP:?}"));
+            }
             let wake = self
                 .pc
                 .poll_timeout()
