@@ -1,4 +1,4 @@
-//! Batched UDP sends: the engine's datagrams leave the media socket in `sendmmsg(2)`
+//! Batched UDP I/O. Sends: the engine's datagrams leave the media socket in `sendmmsg(2)`
 //! calls of up to `MAX` datagrams, one system call per burst (a key frame fanned out
 //! to every player) instead of one `sendto` per packet. Linux (and Android) only, like
 //! the service.
@@ -8,13 +8,13 @@
 //! error was; a full socket buffer (`WouldBlock`) drops what is left of the batch,
 //! each drop reported to the caller (the engine counts it and asks for a key frame).
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::BytesMut;
 use log::debug;
-use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -119,6 +119,70 @@ impl UdpBatch {
     }
 }
 
+/// Datagrams per `recvmmsg` call.
+pub const RECV_BATCH: usize = 16;
+
+/// Batched UDP receives: up to `RECV_BATCH` datagrams per `recvmmsg(2)` call into
+/// buffers kept for the task's life.
+pub struct UdpReceive {
+    bufs: Vec<Vec<u8>>,
+    /// Length and sender of each datagram of the last call.
+    got: Vec<(usize, SocketAddr)>,
+}
+
+impl UdpReceive {
+    /// Buffers of `datagram` bytes (a longer datagram is cut, as `recv_from` did).
+    pub fn new(datagram: usize) -> Self {
+        UdpReceive {
+            bufs: vec![vec![0u8; datagram]; RECV_BATCH],
+            got: Vec::with_capacity(RECV_BATCH),
+        }
+    }
+
+    /// Reads what the socket holds now, up to `RECV_BATCH` datagrams; their number.
+    /// `WouldBlock` when there is nothing (the socket's readiness is cleared).
+    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.got.clear();
+        let (bufs, got) = (&mut self.bufs, &mut self.got);
+        socket.try_io(Interest::READABLE, || {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+            let results = recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            for r in results {
+                let from = r.address.and_then(|a| {
+                    let v4 = a
+                        .as_sockaddr_in()
+                        .map(|v| SocketAddr::from(std::net::SocketAddrV4::from(*v)));
+                    v4.or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|v| SocketAddr::from(std::net::SocketAddrV6::from(*v)))
+                    })
+                });
+                if let Some(from) = from {
+                    got.push((r.bytes, from));
+                }
+            }
+            Ok(got.len())
+        })
+    }
+
+    /// Datagram `i` of the last call: its bytes and its sender (IPv4-mapped addresses
+    /// as IPv4).
+    pub fn datagram(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let (n, from) = *self.got.get(i)?;
+        let data = self.bufs.get(i)?.get(..n)?;
+        Some((data, SocketAddr::new(from.ip().to_canonical(), from.port())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +193,45 @@ mod tests {
             .unwrap();
         let a = r.local_addr().unwrap();
         (r, a)
+    }
+
+    /// Datagrams from a v4 and a v6 sender come out in order with their senders, in
+    /// batches of at most `RECV_BATCH`; an empty socket is `WouldBlock`.
+    #[tokio::test]
+    async fn received_datagrams_come_in_batches_with_their_senders() {
+        let socket = UdpSocket::bind("[::]:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        for i in 0..20u8 {
+            v4.send_to(&[i; 3], ("127.0.0.1", port)).unwrap();
+        }
+        v6.send_to(b"six", ("::1", port)).unwrap();
+        let mut rx = UdpReceive::new(1500);
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while seen.len() < 21 && tokio::time::Instant::now() < deadline {
+            socket.readable().await.unwrap();
+            match rx.recv(&socket) {
+                Ok(n) => {
+                    assert!(n <= RECV_BATCH);
+                    for i in 0..n {
+                        let (data, from) = rx.datagram(i).unwrap();
+                        seen.push((data.to_vec(), from));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(seen.len(), 21);
+        for (i, (data, from)) in seen[..20].iter().enumerate() {
+            assert_eq!(data, &vec![i as u8; 3]);
+            assert_eq!(*from, v4.local_addr().unwrap(), "mapped v4 given as v4");
+        }
+        assert_eq!(seen[20], (b"six".to_vec(), v6.local_addr().unwrap()));
+        let e = rx.recv(&socket).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[tokio::test]

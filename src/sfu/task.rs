@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::codecs::{Codec, Kind};
 use super::engine::{Engine, EngineConfig, Peers};
-use super::send::UdpBatch;
+use super::send::{UdpBatch, UdpReceive, RECV_BATCH};
 use super::shard::Shards;
 use super::tcp::{self, Connections, Inbound, TcpIn};
 use crate::config::Media;
@@ -944,7 +944,7 @@ async fn run(
     let mut sinks = ExternalSinks::default();
     let mut feeds: Vec<(SourceId, mpsc::Receiver<SourceInput>)> = Vec::new();
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
-    let mut buf = vec![0u8; DATAGRAM];
+    let mut received = UdpReceive::new(DATAGRAM);
     let fault_panic = fault_panic_on_request();
     let counters = engine.counters();
     let mut conns = Connections::default();
@@ -972,22 +972,30 @@ async fn run(
         peers.store(engine.peers(), Ordering::Relaxed);
         let deadline = engine.poll_timeout();
         tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let mut next = received;
-                for _ in 0..BATCH {
-                    match next {
-                        Ok((n, from)) => {
-                            let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                            engine.datagram(now(), from, &buf[..n]);
-                            // What one publisher packet fans out to leaves before the next
-                            // is read: a frame's first packets do not wait for its last.
-                            send_transmits(&mut engine, &socket, &mut conns, &mut batch, (v6, &counters));
+            ready = socket.readable() => {
+                if let Err(e) = ready {
+                    warn!("media socket: {e}");
+                }
+                // Up to BATCH datagrams per wake-up, read RECV_BATCH a system call.
+                for _ in 0..BATCH / RECV_BATCH {
+                    match received.recv(&socket) {
+                        Ok(n) => {
+                            for i in 0..n {
+                                let Some((data, from)) = received.datagram(i) else { break };
+                                engine.datagram(now(), from, data);
+                                // What one publisher packet fans out to leaves before the
+                                // next is handled: a frame's first packets do not wait for
+                                // its last.
+                                send_transmits(&mut engine, &socket, &mut conns, &mut batch, (v6, &counters));
+                            }
+                            if n < RECV_BATCH {
+                                break;
+                            }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // ICMP port unreachable from a gone browser, and the like.
                         Err(e) => debug!("media socket: {e}"),
                     }
-                    next = socket.try_recv_from(&mut buf);
                 }
             }
             Some(input) = next_tcp(&mut tcp_in) => {
