@@ -1300,6 +1300,14 @@ impl Engine {
         }
         if matches!(p.role, Role::Play { .. }) && p.up {
             p.remote = p.pc.selected_remote();
+            // A thread sends over UDP only: a path moved to ICE-TCP brings the player
+            // back to the task.
+            if matches!(
+                (&p.out, p.remote),
+                (Some(Out::There(_)), Some((TransportProtocol::TCP, _)))
+            ) {
+                p.out = p.out.take().and_then(Out::recall);
+            }
             if p.out.is_none() {
                 if let Some(keys) = p.pc.local_srtp_keys() {
                     match PlayOut::new(keys, self.clock) {

@@ -59,7 +59,15 @@ pub enum ToShard {
     },
     /// The player is gone.
     Close { peer: PeerId },
+    /// The player's state back to the task (its path moved to ICE-TCP).
+    Recall {
+        peer: PeerId,
+        back: SyncSender<Box<PlayOut>>,
+    },
 }
+
+/// How long the task waits for a recalled player's state.
+const RECALL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The SFU task's side of the shards: a ring into each worker thread (worker `i + 1`
 /// is `rings[i]`) and the players each worker serves (`MediaCounters::workers`).
@@ -148,7 +156,7 @@ impl Shards {
         Some(Out::There(Lane {
             peer,
             ring: ring.clone(),
-            _placed: Placed::new(self.counters.clone(), least),
+            placed: Placed::new(self.counters.clone(), least),
         }))
     }
 }
@@ -184,13 +192,29 @@ impl Out {
     pub fn here(out: PlayOut, counters: Arc<MediaCounters>) -> Out {
         Out::Here(Box::new(out), Placed::new(counters, 0))
     }
+
+    /// A player on a thread whose path is no longer UDP comes back to the task, its
+    /// SRTP context, history and report counts with it (the thread sends over UDP
+    /// only). `None` when the thread did not give it back in time: the player then
+    /// goes through its peer connection's pipeline.
+    pub fn recall(self) -> Option<Out> {
+        let lane = match self {
+            Out::There(lane) => lane,
+            here => return Some(here),
+        };
+        let (back, state) = mpsc::sync_channel(1);
+        let peer = lane.peer;
+        lane.ring.send(ToShard::Recall { peer, back }).ok()?;
+        let out = state.recv_timeout(RECALL_WAIT).ok()?;
+        Some(Out::Here(out, Placed::new(lane.placed.counters.clone(), 0)))
+    }
 }
 
 /// A player on a shard thread: its ring; dropping it closes the player there.
 pub struct Lane {
     peer: PeerId,
     ring: SyncSender<ToShard>,
-    _placed: Placed,
+    placed: Placed,
 }
 
 impl Lane {
@@ -283,6 +307,11 @@ impl Shard {
             }
             ToShard::Close { peer } => {
                 self.outs.remove(&peer);
+            }
+            ToShard::Recall { peer, back } => {
+                if let Some((out, _)) = self.outs.remove(&peer) {
+                    let _ = back.try_send(out);
+                }
             }
             ToShard::Rtp {
                 peer,
@@ -407,6 +436,52 @@ mod tests {
         );
     }
 
+    /// A player recalled from the thread goes on where it was: its next packet has the
+    /// next SRTP index (the same receiver decrypts it), and it counts on the task.
+    #[test]
+    fn a_recalled_player_goes_on_with_its_srtp_state() {
+        let counters = Arc::new(MediaCounters::default());
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (dropped, _told) = tokio::sync::mpsc::channel(8);
+        let shards = Shards::start(2, &socket, false, counters.clone(), dropped).unwrap();
+        let k = keys(ProtectionProfile::Aes128CmHmacSha1_80);
+        let t0 = Instant::now();
+        let out = shards
+            .place(1, PlayOut::new(&k, clock(t0)).unwrap())
+            .unwrap();
+        let (rx, to) = player();
+        let mut srtp = receiver(&k);
+        if let Out::There(lane) = &out {
+            for i in 0..10u16 {
+                assert!(lane.rtp(
+                    to,
+                    packet(7, 65_530u16.wrapping_add(i), 0, 500),
+                    90_000,
+                    true
+                ));
+            }
+        }
+        for _ in 0..10 {
+            srtp.decrypt_rtp(&recv(&rx)).unwrap();
+        }
+        let Some(Out::Here(mut back, _placed)) = out.recall() else {
+            panic!("back on the task");
+        };
+        assert_eq!(
+            (counters.workers.players(0), counters.workers.players(1)),
+            (1, 0)
+        );
+        // Past the sequence wrap the thread went through: the rollover counter came too.
+        let next = packet(7, 4, 0, 500);
+        let wire = back
+            .protect(Instant::now(), next.clone(), 90_000, true)
+            .unwrap();
+        let mut clear = srtp.decrypt_rtp(&wire).unwrap();
+        assert_eq!(Packet::unmarshal(&mut clear).unwrap(), next);
+        // A NACK on the task finds what the thread kept.
+        assert_eq!(back.resend(Instant::now(), 7, &[65_531]).len(), 1);
+    }
+
     /// A ring that is full drops (`false`), as a full socket does: nothing waits.
     #[test]
     fn a_full_ring_drops_instead_of_waiting() {
@@ -415,7 +490,7 @@ mod tests {
         let lane = Lane {
             peer: 9,
             ring: tx,
-            _placed: Placed::new(counters.clone(), 1),
+            placed: Placed::new(counters.clone(), 1),
         };
         let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let taken: Vec<bool> = (0..3u16)
