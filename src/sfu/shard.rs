@@ -12,8 +12,9 @@
 //! packet, not per player.
 //!
 //! A player is placed once, when its DTLS is done, on the worker that serves the
-//! fewest players then; players of ICE-TCP stay on the task (its connections are
-//! there). A full ring drops the packet as a full socket does (the stream core
+//! fewest players then (a thread before the task on a tie); players of ICE-TCP stay
+//! on the task (its connections are there), and one whose path moves to ICE-TCP later
+//! is recalled to it with its state. A full ring drops the packet as a full socket does (the stream core
 //! counts it and asks for a key frame); a full socket on a shard is reported back to
 //! the task (`dropped`), which asks the same.
 
