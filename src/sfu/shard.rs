@@ -370,6 +370,15 @@ mod tests {
     use rtc::srtp::protection_profile::ProtectionProfile;
     use std::time::Duration;
 
+    /// Two workers (the task and one thread) sending from a socket on 127.0.0.1.
+    fn two_workers() -> (Shards, std::net::UdpSocket, Arc<MediaCounters>) {
+        let counters = Arc::new(MediaCounters::default());
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (dropped, _) = tokio::sync::mpsc::channel(8);
+        let shards = Shards::start(2, &socket, false, counters.clone(), dropped).unwrap();
+        (shards, socket, counters)
+    }
+
     /// A player's socket that takes datagrams from `server` only: a port another
     /// test of this process just closed may still get that test's packets.
     fn player(server: &std::net::UdpSocket) -> (std::net::UdpSocket, SocketAddr) {
@@ -400,10 +409,7 @@ mod tests {
     /// thread and frees the placement.
     #[test]
     fn a_player_on_a_worker_thread_gets_its_packets_protected_and_in_order() {
-        let counters = Arc::new(MediaCounters::default());
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (dropped, _told) = tokio::sync::mpsc::channel(8);
-        let shards = Shards::start(2, &socket, false, counters.clone(), dropped).unwrap();
+        let (shards, socket, counters) = two_workers();
         let k = keys(ProtectionProfile::AeadAes128Gcm);
         let t0 = Instant::now();
         let first = shards.place(1, PlayOut::new(&k, clock(t0)).unwrap());
@@ -455,10 +461,7 @@ mod tests {
     /// next SRTP index (the same receiver decrypts it), and it counts on the task.
     #[test]
     fn a_recalled_player_goes_on_with_its_srtp_state() {
-        let counters = Arc::new(MediaCounters::default());
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (dropped, _told) = tokio::sync::mpsc::channel(8);
-        let shards = Shards::start(2, &socket, false, counters.clone(), dropped).unwrap();
+        let (shards, socket, counters) = two_workers();
         let k = keys(ProtectionProfile::Aes128CmHmacSha1_80);
         let t0 = Instant::now();
         let out = shards
