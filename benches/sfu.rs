@@ -1350,9 +1350,11 @@ fn main() {
         eprintln!("HUDDLE_BENCH_QUICK: docs/benchmarks.md left alone");
         return;
     }
-    if std::env::var_os("HUDDLE_BENCH_WORKERS").is_some() {
-        eprintln!("HUDDLE_BENCH_WORKERS: docs/benchmarks.md left alone");
-        return;
+    for knob in ["HUDDLE_BENCH_WORKERS", "HUDDLE_BENCH_UDP_GSO"] {
+        if std::env::var_os(knob).is_some() {
+            eprintln!("{knob}: docs/benchmarks.md left alone");
+            return;
+        }
     }
     if plan == PLAYERS {
         write_doc("sfu", &section);

@@ -150,6 +150,8 @@ async fn exposition_parses_and_moves_with_signalling() {
         ("huddle_rtcp_fir_received", "counter"),
         ("huddle_rtcp_nack_received", "counter"),
         ("huddle_rtp_retransmitted", "counter"),
+        ("huddle_udp_trains", "counter"),
+        ("huddle_udp_train_datagrams", "counter"),
         ("huddle_media_worker_players", "gauge"),
         ("huddle_key_frame_requests", "counter"),
         ("huddle_ice_failures", "counter"),

@@ -1388,8 +1388,10 @@ async fn audio_only_stream_plays_on_an_audio_and_video_offer() {
 }
 
 /// A burst of 200 video packets (four key frames and their deltas, written back to
-/// back) fanned out to 30 players over the one media socket, in batches (sendmmsg):
-/// every player gets all 200, in order, with its own consecutive sequence numbers.
+/// back) fanned out to 30 players over the one media socket, in batches (each
+/// player's share of what arrived together as a UDP GSO segment train, the rest by
+/// sendmmsg): every player gets all 200, in order, with its own consecutive sequence
+/// numbers.
 /// With two media workers (as every test server), half the players are served by the
 /// worker thread beside the task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1468,6 +1470,19 @@ async fn burst_to_players(workers: usize) {
             "player {i}: sequence numbers with a gap"
         );
     }
+    // Frames' packets that arrived together left as trains (read from /metrics).
+    let trains = common::metric(addr, "huddle_udp_trains_total").await;
+    let in_trains = common::metric(addr, "huddle_udp_train_datagrams_total").await;
+    eprintln!("{workers} worker(s): {trains} trains of {in_trains} datagrams");
+    assert!(
+        emulated || trains > 0.0,
+        "no segment train among {} datagrams",
+        sent.len() * players_n
+    );
+    assert!(
+        in_trains >= 2.0 * trains,
+        "a train is two datagrams or more"
+    );
     alice_pc.close().await;
     for pc in players {
         pc.close().await;

@@ -340,10 +340,14 @@ pub fn huddle_command(net: Net, name: &str, sections: &str) -> (Command, PathBuf
     };
     // `HUDDLE_BENCH_WORKERS`: the media workers of every server a run does not set
     // them for (default: the machine's cores, as the service).
-    let media = match std::env::var("HUDDLE_BENCH_WORKERS") {
+    let mut media = match std::env::var("HUDDLE_BENCH_WORKERS") {
         Ok(w) if media.is_empty() => format!("workers = {}\n", w.trim()),
         _ => media.to_owned(),
     };
+    // `HUDDLE_BENCH_UDP_GSO=false`: every server sends datagram by datagram.
+    if let Ok(gso) = std::env::var("HUDDLE_BENCH_UDP_GSO") {
+        media.push_str(&format!("udp_gso = {}\n", gso.trim()));
+    }
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("huddle.toml");

@@ -305,6 +305,9 @@ pub struct Media {
     /// Media workers: the SFU task and `workers - 1` threads that protect and send
     /// players' packets (`sfu::shard`). 0: one per core of the machine.
     pub workers: usize,
+    /// Each player's share of a burst leaves as one UDP GSO segment train (`sfu::send`);
+    /// false: datagram by datagram (a network driver that mishandles UDP segmentation).
+    pub udp_gso: bool,
 }
 
 impl Media {
@@ -328,6 +331,7 @@ impl Default for Media {
             simulcast_min_participants: 3,
             tcp_port: None,
             workers: 0,
+            udp_gso: true,
         }
     }
 }
@@ -735,6 +739,11 @@ simulcast_min_participants = 3
 # send players' packets, so a room's forwarding uses every core. 0: one per core of
 # the machine (board profiles set their own); 1: everything on the one task.
 workers = 0
+# Each player's share of a burst (a key frame) leaves as one UDP GSO segment train:
+# one trip through the kernel's stack for up to 64 packets. A kernel or network
+# device that refuses trains is detected and sent to datagram by datagram; false
+# never tries (a driver known to mishandle UDP segmentation offload).
+udp_gso = true
 
 [records]
 # Where stream and room recordings are written (relative to the working directory
@@ -1471,6 +1480,9 @@ mod tests {
         let e = parse("[media]\nworkers = 17\n").unwrap_err().to_string();
         assert!(e.contains("media.workers") && e.contains("17"), "{e}");
         assert!(parse("[media]\nworkers = -1\n").is_err());
+        assert!(auto.udp_gso, "segment trains by default");
+        assert!(!parse("[media]\nudp_gso = false\n").unwrap().media.udp_gso);
+        assert!(parse("[media]\nudp_gso = 1\n").is_err());
     }
 
     #[test]

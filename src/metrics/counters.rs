@@ -79,6 +79,9 @@ pub struct MediaCounters {
     pub nack_received: Counter,
     /// Packets sent again to players that NACKed them (`sfu::play_out`).
     pub retransmitted: Counter,
+    /// UDP GSO segment trains sent, and the datagrams they carried (`sfu::send`).
+    pub udp_trains: Counter,
+    pub udp_train_datagrams: Counter,
     /// Key-frame requests sent to sources (PLI to WebRTC publishers, flags to the
     /// device and RTMP publishers).
     pub key_frames_requested: Counter,

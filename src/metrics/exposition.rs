@@ -207,6 +207,18 @@ pub fn encode_sample(
     );
     counter(
         reg,
+        "udp_trains",
+        "UDP GSO segment trains sent (several datagrams to one player in one system call)",
+        media.udp_trains.get(),
+    );
+    counter(
+        reg,
+        "udp_train_datagrams",
+        "Datagrams sent in UDP GSO segment trains",
+        media.udp_train_datagrams.get(),
+    );
+    counter(
+        reg,
         "key_frame_requests",
         "Key frames requested from sources",
         media.key_frames_requested.get(),

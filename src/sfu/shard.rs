@@ -94,11 +94,12 @@ impl Drop for Shards {
 impl Shards {
     /// Starts `workers - 1` threads sending from `socket` (a handle on the media
     /// socket, in non-blocking mode); a full socket on one of them is told on
-    /// `dropped`. `v6`: the socket is dual-stack (v4 targets mapped).
+    /// `dropped`. `v6`: the socket is dual-stack (v4 targets mapped); `trains`: UDP GSO
+    /// segment trains are tried (`send::UdpBatch`).
     pub fn start(
         workers: usize,
         socket: &std::net::UdpSocket,
-        v6: bool,
+        (v6, trains): (bool, bool),
         counters: Arc<MediaCounters>,
         dropped: tokio::sync::mpsc::Sender<PeerId>,
     ) -> std::io::Result<Shards> {
@@ -114,7 +115,7 @@ impl Shards {
                 counters: counters.clone(),
                 dropped: dropped.clone(),
                 outs: HashMap::new(),
-                batch: UdpBatch::default(),
+                batch: UdpBatch::new(trains),
             };
             shard.socket.set_nonblocking(true)?;
             let thread = std::thread::Builder::new()
@@ -355,10 +356,11 @@ impl Shard {
 
     fn flush(&mut self) {
         let (counters, dropped) = (&self.counters, &self.dropped);
-        self.batch.flush(&self.socket, |peer| {
+        let trains = self.batch.flush(&self.socket, |peer| {
             counters.dropped(DropReason::SocketBusy);
             let _ = dropped.try_send(peer);
         });
+        trains.count(counters);
     }
 }
 
@@ -375,7 +377,7 @@ mod tests {
         let counters = Arc::new(MediaCounters::default());
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let (dropped, _) = tokio::sync::mpsc::channel(8);
-        let shards = Shards::start(2, &socket, false, counters.clone(), dropped).unwrap();
+        let shards = Shards::start(2, &socket, (false, true), counters.clone(), dropped).unwrap();
         (shards, socket, counters)
     }
 

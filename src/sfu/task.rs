@@ -572,7 +572,8 @@ impl Sfu {
         let (to_task, dropped) = mpsc::channel(DROPPED);
         let workers = media.workers();
         if workers > 1 {
-            match start_shards(&socket, workers, counters.clone(), to_task.clone()) {
+            let sending = (workers, media.udp_gso);
+            match start_shards(&socket, sending, counters.clone(), to_task.clone()) {
                 Ok(shards) => engine.set_shards(shards),
                 Err(e) => warn!("media workers: {e}; everything runs on the media task"),
             }
@@ -593,7 +594,7 @@ impl Sfu {
         };
         let task = tokio::spawn(run(
             engine,
-            (socket, tcp_in, (to_task, dropped)),
+            (socket, media.udp_gso, tcp_in, (to_task, dropped)),
             (inbox, commands.downgrade()),
             events,
             peers.clone(),
@@ -872,9 +873,9 @@ async fn next_input(
     .await
 }
 
-/// Sends what the engine queued: UDP datagrams in batches (one sendmmsg per burst), TCP
-/// frames on their connections; a drop for a full buffer is told to the engine, which
-/// may queue more (a key-frame request).
+/// Sends what the engine queued: UDP datagrams in batches (each player's part of a
+/// burst as one segment train, see `send`), TCP frames on their connections; a drop for
+/// a full buffer is told to the engine, which may queue more (a key-frame request).
 fn send_transmits(
     engine: &mut Engine,
     socket: &UdpSocket,
@@ -882,28 +883,50 @@ fn send_transmits(
     batch: &mut UdpBatch,
     (v6, counters): (bool, &crate::metrics::MediaCounters),
 ) {
-    let busy = |engine: &mut Engine, peer| {
-        counters.dropped(crate::metrics::DropReason::SocketBusy);
-        engine.transmit_dropped(now(), peer);
-    };
     loop {
-        while let Some(t) = engine.poll_transmit() {
-            if t.protocol == TransportProtocol::TCP {
-                if !conns.send(t.to, &t.data) {
-                    counters.tcp.dropped.inc();
-                    engine.transmit_dropped(now(), t.peer);
-                }
-                continue;
-            }
-            batch.push(t.peer, target(v6, t.to), t.data);
-            if batch.is_full() {
-                batch.flush(socket, |peer| busy(engine, peer));
-            }
-        }
+        queue_transmits(engine, socket, conns, batch, (v6, counters));
         if batch.is_empty() {
             break;
         }
-        batch.flush(socket, |peer| busy(engine, peer));
+        batch
+            .flush(socket, |peer| busy(engine, counters, peer))
+            .count(counters);
+    }
+}
+
+/// A datagram a full socket buffer refused: counted, and told to the engine.
+fn busy(
+    engine: &mut Engine,
+    counters: &crate::metrics::MediaCounters,
+    peer: super::engine::PeerId,
+) {
+    counters.dropped(crate::metrics::DropReason::SocketBusy);
+    engine.transmit_dropped(now(), peer);
+}
+
+/// What the engine queued, into the batch (sent only when the batch is full): the
+/// datagrams of several received packets leave together, a player's as one train.
+fn queue_transmits(
+    engine: &mut Engine,
+    socket: &UdpSocket,
+    conns: &mut Connections,
+    batch: &mut UdpBatch,
+    (v6, counters): (bool, &crate::metrics::MediaCounters),
+) {
+    while let Some(t) = engine.poll_transmit() {
+        if t.protocol == TransportProtocol::TCP {
+            if !conns.send(t.to, &t.data) {
+                counters.tcp.dropped.inc();
+                engine.transmit_dropped(now(), t.peer);
+            }
+            continue;
+        }
+        batch.push(t.peer, target(v6, t.to), t.data);
+        if batch.is_full() {
+            batch
+                .flush(socket, |peer| busy(engine, counters, peer))
+                .count(counters);
+        }
     }
 }
 
@@ -914,21 +937,22 @@ const DROPPED: usize = 1024;
 /// The media workers beside the task, sending from their own handles on `socket`.
 fn start_shards(
     socket: &UdpSocket,
-    workers: usize,
+    (workers, trains): (usize, bool),
     counters: Arc<crate::metrics::MediaCounters>,
     dropped: mpsc::Sender<super::engine::PeerId>,
 ) -> std::io::Result<Shards> {
     use std::os::fd::AsFd;
     let v6 = socket.local_addr()?.is_ipv6();
     let handle = std::net::UdpSocket::from(socket.as_fd().try_clone_to_owned()?);
-    Shards::start(workers, &handle, v6, counters, dropped)
+    Shards::start(workers, &handle, (v6, trains), counters, dropped)
 }
 
 #[allow(clippy::type_complexity)]
 async fn run(
     mut engine: Engine,
-    (socket, mut tcp_in, (_to_task, mut dropped)): (
+    (socket, trains, mut tcp_in, (_to_task, mut dropped)): (
         UdpSocket,
+        bool,
         Option<mpsc::Receiver<TcpIn>>,
         (
             mpsc::Sender<super::engine::PeerId>,
@@ -948,7 +972,7 @@ async fn run(
     let fault_panic = fault_panic_on_request();
     let counters = engine.counters();
     let mut conns = Connections::default();
-    let mut batch = UdpBatch::default();
+    let mut batch = UdpBatch::new(trains);
     loop {
         let opened = engine.take_opened();
         if let (false, Some(commands)) = (opened.is_empty(), commands.upgrade()) {
@@ -983,11 +1007,12 @@ async fn run(
                             for i in 0..n {
                                 let Some((data, from)) = received.datagram(i) else { break };
                                 engine.datagram(now(), from, data);
-                                // What one publisher packet fans out to leaves before the
-                                // next is handled: a frame's first packets do not wait for
-                                // its last.
-                                send_transmits(&mut engine, &socket, &mut conns, &mut batch, (v6, &counters));
+                                queue_transmits(&mut engine, &socket, &mut conns, &mut batch, (v6, &counters));
                             }
+                            // What one system call's packets fan out to leaves together
+                            // (a frame's first packets wait for at most RECV_BATCH - 1
+                            // others, and each player's share is one train).
+                            send_transmits(&mut engine, &socket, &mut conns, &mut batch, (v6, &counters));
                             if n < RECV_BATCH {
                                 break;
                             }
