@@ -4,7 +4,7 @@ CARGO ?= cargo
 CONFIG ?=
 
 .PHONY: run test build lint test-rust test-browser deps-build deps-test clean yocto-crates \
-	test-aarch64 deps-aarch64 size-aarch64 bench
+	test-aarch64 deps-aarch64 size-aarch64 bench fuzz
 
 ## Build and start the service with its embedded defaults (or CONFIG=file.toml).
 run: deps-build
@@ -47,6 +47,11 @@ bench: deps-build
 	$(CARGO) bench --locked --bench record
 	$(CARGO) bench --locked --bench speaker
 	$(CARGO) bench --locked --bench janus
+
+## Coverage-guided fuzzing (cargo-fuzz/libFuzzer) of every parser that sees outside
+## bytes, FUZZ_SECONDS each (default 60); `make test` replays the corpora instead.
+fuzz: deps-build
+	scripts/fuzz.sh
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

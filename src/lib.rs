@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod device;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod logging;
 pub mod media;
 pub mod metrics;

@@ -13,6 +13,7 @@
 //! before its ACCEPTED is queued and a following `join` can never see a stale login.
 
 mod admin;
+pub mod invariants;
 pub mod messages;
 mod room;
 mod session;

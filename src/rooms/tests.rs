@@ -122,45 +122,15 @@ impl Harness {
     /// ROOM_PROTOCOL §7.2 and §9.5 over everything that was sent: STATE is the first
     /// event of a room for its receiver, and no event is about the receiver.
     fn check_invariants(&self) {
-        let mut seen_state: HashMap<(SessionId, String), bool> = HashMap::new();
+        let mut checker = invariants::Checker::default();
         for o in &self.log {
-            let Output::Send {
-                session,
-                message: ServerMessage::Room { room, event },
-            } = o
-            else {
-                continue;
+            let login = match o {
+                Output::Send { session, .. } => self.logins.get(session).map(String::as_str),
+                _ => None,
             };
-            let key = (*session, room.clone());
-            if matches!(event, RoomEvent::State(_)) {
-                seen_state.insert(key, true);
-            } else {
-                assert!(
-                    seen_state.contains_key(&key),
-                    "session {session} got {event:?} in '{room}' before STATE"
-                );
+            if let Err(e) = checker.check(o, login) {
+                panic!("{e}");
             }
-            let me = self.logins.get(session).cloned().unwrap_or_default();
-            let about = match event {
-                RoomEvent::Joined(l) | RoomEvent::Left(l) => Some(l),
-                RoomEvent::Published { login, .. }
-                | RoomEvent::Unpublished { login, .. }
-                | RoomEvent::Failed { login, .. } => Some(login),
-                RoomEvent::Message { from, .. } => Some(from),
-                // Every member hears who speaks, the speaker too.
-                RoomEvent::ActiveSpeaker { .. } => None,
-                RoomEvent::State(entries) => {
-                    for e in entries {
-                        let l = match e {
-                            StateEntry::Participant(l) => l,
-                            StateEntry::Stream { login, .. } => login,
-                        };
-                        assert_ne!(l, &me, "STATE lists the receiver itself");
-                    }
-                    None
-                }
-            };
-            assert_ne!(about, Some(&me), "event about the receiver: {event:?}");
         }
     }
 }
