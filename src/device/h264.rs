@@ -219,7 +219,10 @@ impl Packetizer {
         for unit in nal_units(access_unit) {
             let unit = access_unit.slice_ref(unit);
             match nal_type(&unit) {
-                nal::AUD => continue,
+                // Access unit delimiters are not sent; types 0 and 24-31 are unspecified
+                // in H.264 and would be read by the receiver as RTP aggregation or
+                // fragmentation units (a broken source's bytes, not a picture).
+                nal::AUD | 0 | nal::STAP_A..=31 => continue,
                 nal::SPS => self.sps = Some(unit.clone()),
                 nal::PPS => self.pps = Some(unit.clone()),
                 _ => {}
@@ -347,6 +350,19 @@ mod tests {
         assert_eq!(nal_units(&[]).count(), 0);
         assert_eq!(nal_units(&[0, 0, 1]).count(), 0);
         assert_eq!(nal_units(&[1, 2, 3, 4]).count(), 0);
+    }
+
+    /// Found by the `h264` fuzz target: a unit of type 28 went out as a single NAL
+    /// unit packet and the receiver read it as an FU-A fragment.
+    #[test]
+    fn units_of_rtp_reserved_and_unspecified_types_are_not_sent() {
+        let idr = [0x65, 0x88, 0x84];
+        let au = annex_b(&[SPS, PPS, &[0xfc, 0xc0, 0x1a], &idr, &[0x00, 1], &[0x78, 2]]);
+        let mut p = Packetizer::new(96, 1, 1200);
+        let mut out = Vec::new();
+        p.packetize(&au, 0, &mut out);
+        let types: Vec<u8> = out.iter().map(|p| nal_type(&p.payload)).collect();
+        assert_eq!(types, [nal::STAP_A, nal::IDR]);
     }
 
     #[test]
