@@ -1649,7 +1649,7 @@ async fn a_junk_flood_at_the_media_port_leaves_the_room_flowing() {
     play(&mut bob, &mut player, "m-bob", 106, port).await;
     let before = common::metric(addr, "huddle_packets_dropped_total{reason=\"no_route\"}").await;
 
-    // About 20 000 datagrams a second (10 000 emulated) from four sockets, until told to
+    // About 20 000 datagrams a second (2 500 emulated) from four sockets, until told to
     // stop; at most 300 000 and 30 s.
     let halt = Arc::new(AtomicBool::new(false));
     let flood = {
@@ -1658,7 +1658,7 @@ async fn a_junk_flood_at_the_media_port_leaves_the_room_flowing() {
             let sockets: Vec<std::net::UdpSocket> = (0..4)
                 .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
                 .collect();
-            let (burst, pause) = if emulated { (100, 10) } else { (200, 10) };
+            let (burst, pause) = if emulated { (25, 10) } else { (200, 10) };
             let started = std::time::Instant::now();
             let mut rng = 0x2545_f491_4f6c_dd1d_u64;
             let mut sent = 0u64;
@@ -1716,7 +1716,10 @@ async fn a_junk_flood_at_the_media_port_leaves_the_room_flowing() {
     let dropped =
         common::metric(addr, "huddle_packets_dropped_total{reason=\"no_route\"}").await - before;
     eprintln!("{junk} junk datagrams sent, {dropped} counted unroutable; {late} media packets out of place");
-    assert!(junk >= 2_000, "the flood sent {junk}");
+    assert!(
+        junk >= if emulated { 200 } else { 2_000 },
+        "the flood sent {junk}"
+    );
     assert!(dropped >= junk as f64 / 10.0, "{dropped} of {junk} counted");
     alice_pc.close().await;
     player.close().await;
