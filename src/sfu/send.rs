@@ -73,8 +73,6 @@ pub struct UdpBatch {
     lone: Vec<usize>,
     /// Whether trains are tried (until the socket refuses one).
     gso: bool,
-    /// Trains the kernel took, since the batch was made.
-    trains: u64,
 }
 
 impl Default for UdpBatch {
@@ -85,7 +83,6 @@ impl Default for UdpBatch {
             order: Vec::with_capacity(PENDING),
             lone: Vec::with_capacity(PENDING),
             gso: true,
-            trains: 0,
         }
     }
 }
@@ -138,9 +135,9 @@ impl UdpBatch {
         self.pending.is_empty()
     }
 
-    /// Whether trains are still tried on this socket, and how many the kernel took.
-    pub fn trains(&self) -> (bool, u64) {
-        (self.gso, self.trains)
+    /// Whether trains are still tried on this socket.
+    pub fn tries_trains(&self) -> bool {
+        self.gso
     }
 
     /// Sends everything queued; `dropped` is told of each datagram a full socket
@@ -152,7 +149,7 @@ impl UdpBatch {
         order.clear();
         order.extend(0..self.pending.len());
         lone.clear();
-        if self.gso {
+        if self.gso && self.pending.len() > 1 {
             // Stable: each destination's datagrams stay in the order they came.
             let pending = &self.pending;
             order.sort_by_key(|&i| pending[i].1);
@@ -181,7 +178,6 @@ impl UdpBatch {
             lone.clear();
             match self.send_train(socket, &order[k..end]) {
                 Ok(()) => {
-                    self.trains += 1;
                     trains.sent += 1;
                     trains.datagrams += (end - k) as u64;
                 }
@@ -506,16 +502,16 @@ mod tests {
     }
 
     /// `frames` through `batch` on `socket`: nothing dropped, every datagram whole and in
-    /// order at each receiver.
+    /// order at each receiver. The trains the flush made.
     fn frames_arrive(
         socket: &UdpSocket,
         batch: &mut UdpBatch,
         receivers: [&std::net::UdpSocket; 2],
-    ) {
+    ) -> Trains {
         let at = receivers.map(|r| r.local_addr().unwrap());
         let sent = frames(batch, at[0], at[1]);
         let mut drops = 0;
-        batch.flush(socket, |_| drops += 1);
+        let trains = batch.flush(socket, |_| drops += 1);
         assert_eq!(drops, 0);
         let mut buf = vec![0u8; 2000];
         for (r, at) in receivers.into_iter().zip(at) {
@@ -524,6 +520,7 @@ mod tests {
                 assert_eq!(&buf[..n], &d[..], "to {to}: {n} bytes");
             }
         }
+        trains
     }
 
     #[tokio::test]
@@ -532,23 +529,36 @@ mod tests {
         let (a, a_addr) = receiver().await;
         let (b, _) = receiver().await;
         let mut batch = UdpBatch::default();
-        frames_arrive(&socket, &mut batch, [&a, &b]);
+        let trains = frames_arrive(&socket, &mut batch, [&a, &b]);
         // a: 1200×5 + 1199 ends one, 1199 1199 300 the next, 90 alone, 1100 1100;
         // b: 500 alone, 600×3 + 90, 600 alone.
-        assert_eq!(batch.trains(), (true, 4));
+        assert_eq!(
+            trains,
+            Trains {
+                sent: 4,
+                datagrams: 6 + 3 + 2 + 4
+            }
+        );
+        assert!(batch.tries_trains());
         // Trains longer than a kernel's limit are cut in several.
         for i in 0..(MAX_SEGMENTS + 10) as u16 {
             let mut d = BytesMut::from(&[0u8; 100][..]);
             d[..2].copy_from_slice(&i.to_be_bytes());
             batch.push(1, a_addr, d);
         }
-        batch.flush(&socket, |_| panic!("dropped"));
+        let trains = batch.flush(&socket, |_| panic!("dropped"));
         let mut buf = [0u8; 200];
         for i in 0..(MAX_SEGMENTS + 10) as u16 {
             assert_eq!(a.recv(&mut buf).unwrap(), 100);
             assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), i);
         }
-        assert_eq!(batch.trains(), (true, 6));
+        assert_eq!(
+            trains,
+            Trains {
+                sent: 2,
+                datagrams: MAX_SEGMENTS as u64 + 10
+            }
+        );
     }
 
     /// A socket that refuses trains (`SO_NO_CHECK`: the kernel will not segment
@@ -571,12 +581,12 @@ mod tests {
         let (a, _) = receiver().await;
         let (b, _) = receiver().await;
         let mut batch = UdpBatch::default();
-        frames_arrive(&socket, &mut batch, [&a, &b]);
-        assert_eq!(batch.trains(), (false, 0));
+        let trains = frames_arrive(&socket, &mut batch, [&a, &b]);
+        assert_eq!((batch.tries_trains(), trains), (false, Trains::default()));
         // And a batch made without trains sends none.
         let mut batch = UdpBatch::new(false);
-        frames_arrive(&sender().await, &mut batch, [&a, &b]);
-        assert_eq!(batch.trains(), (false, 0));
+        let trains = frames_arrive(&sender().await, &mut batch, [&a, &b]);
+        assert_eq!((batch.tries_trains(), trains), (false, Trains::default()));
     }
 
     #[tokio::test]
