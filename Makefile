@@ -4,7 +4,7 @@ CARGO ?= cargo
 CONFIG ?=
 
 .PHONY: run test build lint test-rust test-browser deps-build deps-test clean yocto-crates \
-	test-aarch64 deps-aarch64 size-aarch64 bench fuzz
+	test-aarch64 deps-aarch64 size-aarch64 bench fuzz soak
 
 ## Build and start the service with its embedded defaults (or CONFIG=file.toml).
 run: deps-build
@@ -52,6 +52,16 @@ bench: deps-build
 ## bytes, FUZZ_SECONDS each (default 60); `make test` replays the corpora instead.
 fuzz: deps-build
 	scripts/fuzz.sh
+
+## Soak: a compressed multi-day life (WebRTC members joining, publishing, playing,
+## chatting, leaving and vanishing; RTMP publishers and players; recordings; the
+## device's stream; hostile probes) for SOAK_SECONDS (default 3600), sampled every 10 s;
+## passes when every count is back to idle and RSS within 5 % of its warm-up value.
+## Figures and docs/soak.svg into docs/reliability.md (runs of 20 minutes or more).
+SOAK_SECONDS ?= 3600
+soak: deps-build
+	scripts/install-deps.sh soak
+	HUDDLE_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) bench --locked --bench soak
 
 ## Cross-build for aarch64 (Debian rustc-web) and run the Rust tests under qemu-user.
 test-aarch64: deps-test deps-aarch64

@@ -6,6 +6,7 @@
 #   scripts/install-deps.sh packages NAME...   # only these Debian packages
 #   scripts/install-deps.sh bench   # + what `make bench` runs besides the service: GStreamer's
 #                                   #   tools, ffmpeg, Janus (benches/janus.rs), ip/unshare
+#   scripts/install-deps.sh soak    # + ffmpeg (RTMP clients) and gnuplot (the soak's plot)
 #   scripts/install-deps.sh test    # + headless Chromium, Node.js and the browser tests' npm
 #                                   #   packages, systemd-analyze, oelint-adv (in a venv)
 set -euo pipefail
@@ -34,6 +35,8 @@ TEST_PACKAGES=(chromium firefox-esr fonts-liberation systemd python3 python3-ven
 # RTMP and recording benches), Janus VideoRoom side by side with the SFU (benches/janus.rs,
 # in a network namespace of its own: ip and unshare from iproute2 and util-linux).
 BENCH_PACKAGES=(gstreamer1.0-tools gstreamer1.0-libav ffmpeg janus iproute2 util-linux)
+# Soak (benches/soak.rs): ffmpeg as RTMP publishers and players, gnuplot for its plot.
+SOAK_PACKAGES=(ffmpeg gnuplot-nox)
 
 want=()
 if [ "${1:-}" = packages ]; then
@@ -47,7 +50,8 @@ for group in "$@"; do
     build) want+=("${BUILD_PACKAGES[@]}") ;;
     test) want+=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
     bench) want+=("${BUILD_PACKAGES[@]}" "${BENCH_PACKAGES[@]}") ;;
-    *) echo "install-deps: unknown group '$group' (build, test, bench)" >&2; exit 2 ;;
+    soak) want+=("${BUILD_PACKAGES[@]}" "${SOAK_PACKAGES[@]}") ;;
+    *) echo "install-deps: unknown group '$group' (build, test, bench, soak)" >&2; exit 2 ;;
   esac
 done
 

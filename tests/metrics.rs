@@ -170,6 +170,7 @@ async fn exposition_parses_and_moves_with_signalling() {
         ("huddle_process_cpu_seconds", "counter"),
         ("huddle_process_open_fds", "gauge"),
         ("huddle_process_threads", "gauge"),
+        ("huddle_tasks", "gauge"),
     ] {
         assert_eq!(
             before.families.get(family).map(String::as_str),
@@ -185,6 +186,7 @@ async fn exposition_parses_and_moves_with_signalling() {
     assert_eq!(before.value("huddle_streams{source=webrtc}"), 0.0);
     assert!(before.value("huddle_process_resident_memory_bytes{}") > 1e6);
     assert!(before.value("huddle_process_threads{}") >= 2.0);
+    assert!(before.value("huddle_tasks{}") >= 1.0);
     assert!(before.value("huddle_process_open_fds{}") >= 3.0);
     for reason in [
         "sink_queue_full",

@@ -1726,3 +1726,291 @@ async fn a_junk_flood_at_the_media_port_leaves_the_room_flowing() {
     drop((alice, bob));
     stop(server).await;
 }
+
+/// Fault injection (issue 17): a player whose network goes bad — 10 % loss, a 200 kbps
+/// cap with a 100 ms queue (a third of the stream's rate) and 150 ms of delay, made by
+/// a relay — does not touch the publisher or the other player: the other player gets
+/// every packet, each once, and the publisher is asked for key frames no more often
+/// than the SFU's interval (500 ms) allows, whatever the bad player's losses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_a_bad_network_leaves_the_publisher_and_the_other_player_alone() {
+    let emulated = std::env::var("HUDDLE_TEST_EXEC_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
+    let server = start_sfu_server(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, mut bob, mut alice_pc, port) = alice_publishing_to_bob(addr).await;
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    play(&mut bob, &mut bob_pc, "m-bob", 106, port).await;
+
+    let mut carol = member(addr, "carol").await;
+    let mut carol_pc =
+        RtcClient::player("carol-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    let offer = carol_pc.create_offer().await;
+    carol.send_json(play_frame("m-carol", STREAM, &offer)).await;
+    let answer = expect_answer(&mut carol, "m-carol").await;
+    let relay = room_media::Relay::bind().await;
+    let seen = Arc::clone(&relay.seen);
+    let bad = room_media::Impairment {
+        loss_percent: 10,
+        rate_bps: 200_000,
+        queue: Duration::from_millis(100),
+        delay: Duration::from_millis(150),
+    };
+    carol_pc
+        .apply_answer(&relay.impaired_answer(&answer, bad))
+        .await;
+    expect_status(&mut carol, "m-carol", "PLAYING").await;
+    carol_pc.wait_connected(Duration::from_secs(10)).await;
+    // The key frame requests of the players' starts are not the window's.
+    while alice_pc
+        .wait_key_frame_request(Duration::from_millis(600))
+        .await
+        .is_some()
+    {}
+
+    // About 600 kbps for ~4 s: eight runs of a key frame and 15 frames, a frame every
+    // 33 ms (emulated: every 66 ms).
+    let frame_gap = Duration::from_millis(if emulated { 66 } else { 33 });
+    let sent: Vec<Packet> = (0..8u16)
+        .flat_map(|k| h264_packets(125, (3000 + k * 50, u32::from(k) * 48_000)))
+        .collect();
+    let carol_counter = tokio::spawn(async move {
+        let mut got = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(if emulated { 20 } else { 8 });
+        while let Some(m) = carol_pc
+            .next_media(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            if matches!(m, Media::Rtp { kind, .. } if kind == VIDEO) {
+                got += 1;
+            }
+        }
+        (got, carol_pc)
+    });
+    let window = Instant::now();
+    let mut frame = Vec::new();
+    for p in &sent {
+        frame.push(p.clone());
+        if p.header.marker {
+            for p in frame.drain(..) {
+                alice_pc.write_rtp(VIDEO, p).await;
+            }
+            tokio::time::sleep(frame_gap).await;
+        }
+    }
+    let got = video_packets(&mut bob_pc, sent.len(), emulated).await;
+    let window = window.elapsed();
+
+    // Bob: every packet, each once, in the order sent.
+    assert_eq!(got.len(), sent.len(), "bob's packets");
+    let out_of_order = got
+        .iter()
+        .zip(&sent)
+        .filter(|(g, s)| g.payload != s.payload)
+        .count();
+    assert_eq!(out_of_order, 0, "bob got every packet in order");
+    let seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "bob's sequence numbers are consecutive"
+    );
+
+    // Alice: key frame requests in the window within the interval's allowance.
+    let mut requests = 0u32;
+    while alice_pc
+        .wait_key_frame_request(Duration::from_millis(200))
+        .await
+        .is_some()
+    {
+        requests += 1;
+    }
+    let allowed = (window.as_millis() / 500) as u32 + 2;
+    // Carol: a bad link, but still playing and getting some of it.
+    let (carol_got, carol_pc) = carol_counter.await.expect("carol's counter");
+    let (dropped, queue_dropped, passed) = (
+        seen.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        seen.queue_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        seen.passed.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    eprintln!(
+        "window {window:?}: alice asked for {requests} key frames (at most {allowed}); carol got {carol_got} of {} video packets; her link lost {dropped}, dropped {queue_dropped} at its queue, passed {passed}",
+        sent.len()
+    );
+    assert!(
+        requests <= allowed,
+        "{requests} key frame requests in {window:?}"
+    );
+    assert!(queue_dropped > 0, "the cap must bite ({passed} passed)");
+    assert!(
+        carol_got > 0 && carol_got < sent.len(),
+        "carol got {carol_got} of {}",
+        sent.len()
+    );
+    assert_eq!(server.stats().players, 2, "both players still playing");
+
+    alice_pc.close().await;
+    bob_pc.close().await;
+    carol_pc.close().await;
+    drop((alice, bob, carol));
+    stop(server).await;
+}
+
+/// Fault injection (issue 17): a publisher whose network vanishes in the middle of a
+/// frame — two of its three fragments sent, then nothing at all, no goodbye — while
+/// it is played and recorded. The player gets everything that was sent, in order;
+/// after `ice_timeout_ms` of silence the stream fails ("Failed by ICE timeout"), the
+/// player is told it stopped and the room that it is gone; the record is finished and
+/// holds every whole frame and not the half one; nothing is left of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_vanishing_mid_frame_ends_cleanly_and_its_record_keeps_every_whole_frame() {
+    let emulated = std::env::var("HUDDLE_TEST_EXEC_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
+    let records =
+        std::env::temp_dir().join(format!("huddle-vanish-records-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&records);
+    let dir = records.clone();
+    let server = start_sfu_server(move |c| {
+        c.media.ice_timeout_ms = 4000;
+        c.records.dir = dir;
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut alice = member(addr, "alice").await;
+    let mut bob = member(addr, "bob").await;
+    alice.expect_event_in(ROOM, "JOINED").await;
+
+    // Alice publishes through a relay that will lose her network.
+    let mut alice_pc = h264_publisher("alice-pc").await;
+    let offer = alice_pc.create_offer().await;
+    alice
+        .send_json(publish_frame("m-alice", STREAM, &offer, true, true))
+        .await;
+    let answer = expect_answer(&mut alice, "m-alice").await;
+    let relay = room_media::Relay::bind().await;
+    let seen = Arc::clone(&relay.seen);
+    let pass = room_media::Loss {
+        drop: 0,
+        every: 1,
+        repairable: true,
+    };
+    alice_pc.apply_answer(&relay.answer(&answer, pass)).await;
+    expect_status(&mut alice, "m-alice", "PUBLISHING").await;
+    alice_pc.wait_connected(Duration::from_secs(5)).await;
+    expect_alice_event(&mut bob, "PUBLISHED", STREAM).await;
+    let port = check_answer("alice publish", &answer, "recvonly");
+    let mut bob_pc = RtcClient::player("bob-pc", &[(AUDIO, opus(111)), (VIDEO, h264(106))]).await;
+    play(&mut bob, &mut bob_pc, "m-bob", 106, port).await;
+    let path = format!("/api/v1/streams/{STREAM}/recording");
+    let (status, _, reply) = http_request(addr, "POST", &path, &[], None).await;
+    assert_eq!(status, 201, "POST {path}: {reply}");
+
+    // 16 whole frames (a key frame with SPS and PPS first), then the first two of the
+    // 17th frame's three fragments.
+    let mut sent = h264_packets(125, (500, 0));
+    let ts = 16 * 3000;
+    for (i, fu_header) in [0x81u8, 0x01].into_iter().enumerate() {
+        let mut payload = vec![0x5c, fu_header];
+        payload.extend(body(900 + i, 1000));
+        sent.push(rtp_packet(
+            125,
+            PUB_VIDEO_SSRC,
+            550 + i as u16,
+            ts,
+            false,
+            payload,
+        ));
+    }
+    let mut frame = Vec::new();
+    for p in &sent {
+        frame.push(p.clone());
+        if p.header.marker || p.header.sequence_number == 551 {
+            for p in frame.drain(..) {
+                alice_pc.write_rtp(VIDEO, p).await;
+            }
+            tokio::time::sleep(Duration::from_millis(33)).await;
+        }
+    }
+    let got = video_packets(&mut bob_pc, sent.len(), emulated).await;
+    // Her network goes: nothing more either way.
+    seen.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cut = Instant::now();
+    assert_eq!(got.len(), sent.len(), "bob got what alice sent");
+    assert!(
+        got.iter().zip(&sent).all(|(g, s)| g.payload == s.payload),
+        "in order"
+    );
+
+    // The stream fails by ICE timeout after 4 s of silence; bob and the room are told.
+    let d = expect_status(&mut alice, "m-alice", "FAILED").await;
+    assert_eq!(d["info"], "Failed by ICE timeout", "{d}");
+    let failed_after = cut.elapsed();
+    let (mut stopped, mut gone) = (false, false);
+    while !(stopped && gone) {
+        let v = bob.recv().await;
+        let d = &v["data"][0];
+        match v["message"].as_str() {
+            Some("notifyStreamStatusEvent") if d["mediaSessionId"] == "m-bob" => {
+                assert_eq!(d["status"], "STOPPED", "bob: {v}");
+                stopped = true;
+            }
+            Some("OnDataEvent") => {
+                let p = &d["payload"];
+                if matches!(p["name"].as_str(), Some("FAILED" | "UNPUBLISHED")) {
+                    assert_eq!(p["info"]["name"], STREAM, "bob: {v}");
+                    gone = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    // ~4 s after the last datagram the relay let through (a keepalive may have come
+    // up to 2 s before the cut).
+    eprintln!("failed {} ms after the cut", failed_after.as_millis());
+    expect_nothing_left(&server, "after the publisher vanished").await;
+
+    // The record: finished, listed with its duration, 16 video frames, not 17.
+    let deadline = Instant::now() + Duration::from_secs(if emulated { 60 } else { 15 });
+    let record = loop {
+        let (_, _, listing) = http_get(addr, "/api/v1/records").await;
+        let v: Value = serde_json::from_str(&listing).expect("records JSON");
+        let done = v["records"].as_array().and_then(|r| {
+            r.iter()
+                .find(|r| r["stream"] == STREAM && !r["duration_ms"].is_null())
+                .cloned()
+        });
+        if let Some(r) = done {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no finished record: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let file = records.join(record["name"].as_str().expect("record name"));
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_packets"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,nb_read_packets",
+            "-of",
+            "json",
+        ])
+        .arg(&file)
+        .output()
+        .expect("ffprobe is installed");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let stream = &v["streams"][0];
+    assert_eq!(
+        stream["codec_name"],
+        "h264",
+        "{v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stream["nb_read_packets"], "16",
+        "every whole frame recorded, the half one not: {v}"
+    );
+
+    bob_pc.close().await;
+    alice_pc.close().await;
+    drop((alice, bob));
+    stop(server).await;
+    let _ = std::fs::remove_dir_all(&records);
+}

@@ -385,19 +385,61 @@ pub fn media_workers(workers: usize, sections: &str) -> String {
     format!("workers = {workers}\n{sections}")
 }
 
+/// One HTTP/1.1 request to the server at `addr` (`Connection: close`, bounded by
+/// `STEP`): the status and the body; `None` when it fails.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        c.read_to_end(&mut response).await.ok()?;
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        // Chunked bodies (axum's JSON) are read without their chunk sizes.
+        Some((status, dechunk(body)))
+    };
+    tokio::time::timeout(STEP, exchange).await.ok()?
+}
+
+/// A body without its chunk-size lines if it looks chunked, else as it is.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if n == 0 {
+            return out;
+        }
+        let Some(chunk) = after.get(..n) else {
+            return body.to_owned();
+        };
+        out.push_str(chunk);
+        rest = after.get(n + 2..).unwrap_or("");
+    }
+}
+
 /// The value of an exact `/metrics` sample line (`name{labels}`) of the server at
 /// `addr`; `None` when the scrape or the sample is missing.
 pub async fn metric(addr: SocketAddr, sample: String) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let scrape = async {
-        let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        c.write_all(request.as_bytes()).await.ok()?;
-        let mut body = String::new();
-        c.read_to_string(&mut body).await.ok()?;
-        Some(body)
-    };
-    let body = tokio::time::timeout(STEP, scrape).await.ok()??;
+    let (_, body) = http(addr, "GET", "/metrics", None).await?;
     body.lines().find_map(|l| {
         l.strip_prefix(sample.as_str())?
             .strip_prefix(' ')?
@@ -460,6 +502,12 @@ impl Ws {
         c.wait_for("getUserData", |v| v["message"] == "getUserData")
             .await;
         c
+    }
+
+    /// The socket and the login, for a client that reads the session itself
+    /// (`benches/soak.rs`).
+    pub fn into_parts(self) -> (WsStream, String) {
+        (self.ws, self.name)
     }
 
     async fn send(&mut self, v: Value) {

@@ -376,6 +376,14 @@ pub fn encode_sample(
             count(threads),
         );
     }
+    if let Some(tasks) = p.tasks {
+        gauge(
+            reg,
+            "tasks",
+            "Tasks alive in the async runtime",
+            count(tasks),
+        );
+    }
 
     let mut text = String::new();
     // Writing into a String does not fail.

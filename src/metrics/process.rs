@@ -12,6 +12,8 @@ pub struct Process {
     pub cpu_seconds: Option<f64>,
     pub open_fds: Option<usize>,
     pub threads: Option<usize>,
+    /// Tasks alive in the tokio runtime the sample is taken on (none outside one).
+    pub tasks: Option<usize>,
 }
 
 impl Process {
@@ -23,6 +25,9 @@ impl Process {
             cpu_seconds: cpu_seconds(&stat),
             open_fds: fs::read_dir("/proc/self/fd").ok().map(|d| d.count()),
             threads: status_field(&status, "Threads:").and_then(|n| usize::try_from(n).ok()),
+            tasks: tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|h| h.metrics().num_alive_tasks()),
         }
     }
 }
@@ -65,5 +70,6 @@ mod tests {
         assert!(me.threads.unwrap_or(0) >= 1);
         assert!(me.open_fds.unwrap_or(0) >= 1);
         assert!(me.cpu_seconds.is_some());
+        assert_eq!(me.tasks, None, "no runtime in a plain test");
     }
 }

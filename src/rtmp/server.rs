@@ -559,6 +559,19 @@ impl Connection {
                 info!("{}: closed: the peer closed the connection", self.who());
                 "the publisher closed the connection".to_string()
             }
+            // A player or publisher that goes away with unread data resets the
+            // connection: routine, not a warning.
+            Err(e @ Close::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                info!("{}: closed: {e}", self.who());
+                e.to_string()
+            }
             Err(e) => {
                 warn!("{}: closed: {e}", self.who());
                 e.to_string()

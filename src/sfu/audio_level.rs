@@ -103,6 +103,7 @@ mod tests {
                 port: 20_000,
                 prefer_vp8: false,
                 key_frame_interval: Duration::from_millis(500),
+                silence_timeout: Duration::from_secs(15),
             },
             cert,
         );

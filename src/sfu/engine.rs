@@ -71,6 +71,9 @@ pub struct EngineConfig {
     pub prefer_vp8: bool,
     /// At most one key-frame request per publisher this often.
     pub key_frame_interval: Duration,
+    /// A connected peer that sends nothing this long has vanished (`[media]
+    /// ice_timeout_ms`, see `peer::build`).
+    pub silence_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -1069,6 +1072,7 @@ impl Engine {
             (&ufrag, &pwd),
             &negotiated,
             (direction, !rids.is_empty()),
+            self.cfg.silence_timeout,
             &self.counters,
         )?;
         let mut tracks = PlayTracks::default();
@@ -1257,7 +1261,9 @@ impl Engine {
                     }
                     RTCPeerConnectionState::Failed if !p.failed => {
                         p.failed = true;
-                        let info = if p.ice_connected {
+                        // Connected, then failed: the peer went silent (its network
+                        // or its process gone), which is ICE's to tell, not DTLS's.
+                        let info = if p.ice_connected && !p.up {
                             self.counters.dtls_failures.inc();
                             "Failed by DTLS error"
                         } else {
@@ -1477,6 +1483,7 @@ mod tests {
                 port: 20_000,
                 prefer_vp8: false,
                 key_frame_interval: Duration::from_millis(500),
+                silence_timeout: Duration::from_secs(15),
             },
             cert,
         )

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
@@ -48,10 +48,22 @@ pub fn build(
     (ufrag, pwd): (&str, &str),
     chosen: &Chosen,
     (direction, simulcast): (Direction, bool),
+    silence: Duration,
     counters: &Arc<MediaCounters>,
 ) -> Result<RTCPeerConnection, String> {
+    // A connected peer that sends nothing (no consent check, no RTCP, no media) for a
+    // third of `silence` (at most 5 s) is disconnected, and failed at `silence`:
+    // 15 s by default, where ICE's own 5 + 25 s would leave a vanished participant's
+    // frozen picture in the room for half a minute. Browsers send consent checks
+    // every ~5 s and RTCP every second.
+    let disconnected = (silence / 3).min(Duration::from_secs(5));
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
+        .with_ice_timeouts(
+            Some(disconnected),
+            Some(silence.saturating_sub(disconnected)),
+            None,
+        )
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .build();

@@ -563,6 +563,7 @@ impl Sfu {
                 port,
                 prefer_vp8: media.preferred_video_codec == crate::config::VideoCodec::Vp8,
                 key_frame_interval: Duration::from_millis(500),
+                silence_timeout: Duration::from_millis(media.ice_timeout_ms),
             },
             cert,
         );

@@ -90,10 +90,27 @@ pub struct RelaySeen {
     pub repaired: AtomicU64,
     /// The SSRCs of sender reports (RTCP 200; the SRTCP header is in the clear).
     pub sender_reports: Mutex<HashSet<u32>>,
+    /// Set: the relay drops everything both ways from then on (the peer's network
+    /// gone, without a word).
+    pub cut: std::sync::atomic::AtomicBool,
+    /// An impaired relay's datagrams dropped by its full queue, and those it passed.
+    pub queue_dropped: AtomicU64,
+    pub passed: AtomicU64,
 }
 
-/// A UDP relay on 127.0.0.1 between a player and the SFU, which loses RTP toward the
-/// player as its `Loss` says (STUN, DTLS and RTCP pass). Packets are SRTP: the RTP
+/// A bad link toward a player (`Relay::impaired_answer`): random loss, a rate cap
+/// with a bounded queue (tail drop, like `tc tbf`) and a fixed delay (like netem's).
+#[derive(Debug, Clone, Copy)]
+pub struct Impairment {
+    pub loss_percent: u64,
+    pub rate_bps: u64,
+    pub queue: Duration,
+    pub delay: Duration,
+}
+
+/// A UDP relay on 127.0.0.1 between a player (or a publisher) and the SFU, which loses
+/// RTP toward the player as its `Loss` says (STUN, DTLS and RTCP pass), and everything
+/// once `seen.cut` is set. Packets are SRTP: the RTP
 /// header (SSRC, sequence number) is in the clear.
 pub struct Relay {
     player_side: UdpSocket,
@@ -113,6 +130,22 @@ impl Relay {
     /// The SFU's answer with its 127.0.0.1 candidate replaced by the relay's, which
     /// starts relaying to it (until the test's runtime ends).
     pub fn answer(self, answer: &str, loss: Loss) -> String {
+        let (sfu, answer) = self.redirect(answer);
+        tokio::spawn(self.run(sfu, loss));
+        answer
+    }
+
+    /// `answer`, with the relay making a bad link of the way to the player as
+    /// `impairment` says (everything toward the player: STUN, DTLS, RTP, RTCP).
+    pub fn impaired_answer(self, answer: &str, impairment: Impairment) -> String {
+        let (sfu, answer) = self.redirect(answer);
+        tokio::spawn(self.run_impaired(sfu, impairment));
+        answer
+    }
+
+    /// The SFU's address in `answer`, and the answer with the SFU's 127.0.0.1
+    /// candidate turned into the relay's.
+    fn redirect(&self, answer: &str) -> (SocketAddr, String) {
         let sfu: SocketAddr = answer
             .lines()
             .find_map(|l| {
@@ -123,11 +156,71 @@ impl Relay {
             })
             .expect("a 127.0.0.1 candidate in the answer");
         let port = self.player_side.local_addr().expect("addr").port();
-        tokio::spawn(self.run(sfu, loss));
-        answer.replace(
+        let answer = answer.replace(
             &format!(" 127.0.0.1 {} typ host", sfu.port()),
             &format!(" 127.0.0.1 {port} typ host"),
-        )
+        );
+        (sfu, answer)
+    }
+
+    async fn run_impaired(self, sfu: SocketAddr, bad: Impairment) {
+        let Relay {
+            player_side,
+            sfu_side,
+            seen,
+        } = self;
+        let player_side = Arc::new(player_side);
+        let player: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        // Toward the player: lost at random, then through a link of `rate_bps` with a
+        // queue of at most `queue` (what does not fit is dropped, as `tc tbf` does),
+        // then `delay` later (as netem's delay), in order.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        let out = {
+            let (player_side, player) = (Arc::clone(&player_side), Arc::clone(&player));
+            async move {
+                while let Some((at, d)) = rx.recv().await {
+                    tokio::time::sleep_until(at).await;
+                    let to = *player.lock().expect("relay");
+                    if let Some(to) = to {
+                        let _ = player_side.send_to(&d, to).await;
+                    }
+                }
+            }
+        };
+        tokio::spawn(out);
+        let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut link_free = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                r = player_side.recv_from(&mut a) => {
+                    let Ok((len, from)) = r else { return };
+                    *player.lock().expect("relay") = Some(from);
+                    let _ = sfu_side.send_to(&a[..len], sfu).await;
+                }
+                r = sfu_side.recv_from(&mut b) => {
+                    let Ok((len, _)) = r else { return };
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    if rng % 100 < bad.loss_percent {
+                        seen.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let now = tokio::time::Instant::now();
+                    let wire = Duration::from_nanos(len as u64 * 8 * 1_000_000_000 / bad.rate_bps.max(1));
+                    let done = link_free.max(now) + wire;
+                    if done.duration_since(now) > bad.queue {
+                        seen.queue_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    link_free = done;
+                    seen.passed.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send((done + bad.delay, b[..len].to_vec()));
+                }
+            }
+        }
     }
 
     async fn run(self, sfu: SocketAddr, loss: Loss) {
@@ -144,11 +237,17 @@ impl Relay {
             tokio::select! {
                 r = player_side.recv_from(&mut a) => {
                     let Ok((len, from)) = r else { return };
+                    if seen.cut.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     player = Some(from);
                     let _ = sfu_side.send_to(&a[..len], sfu).await;
                 }
                 r = sfu_side.recv_from(&mut b) => {
                     let Ok((len, _)) = r else { return };
+                    if seen.cut.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     let version_2 = len > 12 && b[0] >> 6 == 2;
                     // RTCP packet types are 200-207; RTP's marker and payload type
                     // never look like them in the tests (payload types < 128).
