@@ -640,7 +640,7 @@ async fn member_lives(
             Ok(()) => {
                 pc.wait_connected(STEP).await;
                 add(&ctx.tally.played, 1);
-                plays.push(pcs.len());
+                plays.push((pcs.len(), stream));
                 pcs.push(pc);
             }
             // The stream ended meanwhile: churn, not a failure.
@@ -657,8 +657,8 @@ async fn member_lives(
     // Each player's media counted in the background.
     let received: Vec<Arc<AtomicU64>> = plays.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     let mut players = Vec::new();
-    for (i, &at) in plays.iter().enumerate().rev() {
-        let mut pc = pcs.remove(at);
+    for (i, (at, _)) in plays.iter().enumerate().rev() {
+        let mut pc = pcs.remove(*at);
         let (got, mut stop) = (Arc::clone(&received[i]), stop.clone());
         players.push(tokio::spawn(async move {
             loop {
@@ -711,14 +711,21 @@ async fn member_lives(
     let got: Vec<u64> = received.iter().map(|r| get(r)).collect();
     add(&ctx.tally.video_packets, got.iter().sum());
 
-    // Every player that played for 5 s got video.
+    // Every player that played for 5 s a stream still published at the end got
+    // video (one whose publisher left soon after the play started may have sent none
+    // to it: churn).
     let mut checked = Ok(());
-    if played_for > Duration::from_secs(5) {
-        if let Some(i) = got.iter().position(|&n| n == 0) {
+    for ((_, stream), n) in plays.iter().zip(&got) {
+        if *n > 0 || played_for < Duration::from_secs(5) {
+            continue;
+        }
+        if m.streams.contains_key(stream) {
             checked = Err(format!(
-                "{}: play {i} got no video in {played_for:?}",
+                "{}: the play of {stream} got no video in {played_for:?}",
                 m.login
             ));
+        } else {
+            add(&ctx.tally.play_races, 1);
         }
     }
     Ok((pcs, checked))
@@ -1362,7 +1369,7 @@ fn report(
     let lives = get(&t.member_lives);
     let _ = writeln!(
         s,
-        "\nClients over {:.0} min: {lives} WebRTC member lives ({} left, {} vanished; {:.0} an hour; a busy meeting room sees ~50 a day, so this is ~{:.0} days), {} cameras published, {} plays ({} races with a stream's end), {} chat messages sent (to any member, RTMP publishers and probes included) and {} received by the soak's members, {} video packets received by players; {} RTMP publishers ({} killed), {} RTMP players; {} recordings, {} records deleted; {} hostile probes. Server log lines at WARN or above: {warnings}.",
+        "\nClients over {:.0} min: {lives} WebRTC member lives ({} left, {} vanished; {:.0} an hour; a busy meeting room sees ~50 a day, so this is ~{:.0} days), {} cameras published, {} plays ({} races with a stream's end: gone before the play, or before its first picture), {} chat messages sent (to any member, RTMP publishers and probes included) and {} received by the soak's members, {} video packets received by players; {} RTMP publishers ({} killed), {} RTMP players; {} recordings, {} records deleted; {} hostile probes. Server log lines at WARN or above: {warnings}.",
         secs / 60.0,
         get(&t.left),
         get(&t.vanished),

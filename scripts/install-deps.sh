@@ -26,11 +26,12 @@ BUILD_PACKAGES=(build-essential pkg-config ca-certificates
 # Tests: browsers, systemd-analyze, oelint (python venv), the media tools that check
 # the device's H.264 and Opus (avdec_h264 from libav, ffmpeg/ffprobe, gst-inspect), the
 # Prometheus parser that reads /metrics (tests/metrics.rs), ip/unshare (iproute2,
-# util-linux) for tests/api.rs's non-loopback client; the OpenAPI validator is a
+# util-linux) for tests/api.rs's non-loopback client, libfaketime (faketime) for the
+# clock jumping under the service (tests/clock_jump.rs); the OpenAPI validator is a
 # PyPI package in a venv (below).
 TEST_PACKAGES=(chromium firefox-esr fonts-liberation systemd python3 python3-venv
   gstreamer1.0-libav gstreamer1.0-tools alsa-utils ffmpeg python3-prometheus-client
-  iproute2 util-linux curl)
+  iproute2 util-linux curl faketime)
 # Benchmarks: gst-launch-1.0 (benches/device.rs's references), avdec_aac and ffmpeg (the
 # RTMP and recording benches), Janus VideoRoom side by side with the SFU (benches/janus.rs,
 # in a network namespace of its own: ip and unshare from iproute2 and util-linux).

@@ -158,7 +158,8 @@ fn trusting(der: &[u8]) -> Arc<ClientConfig> {
 /// Accepts exactly the end-entity certificate `der` (handshake signatures still checked).
 #[derive(Debug)]
 struct Pinned {
-    der: Vec<u8>,
+    /// The certificates accepted (any of them).
+    ders: Vec<Vec<u8>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -171,7 +172,11 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.der.as_slice() {
+        if self
+            .ders
+            .iter()
+            .any(|d| end_entity.as_ref() == d.as_slice())
+        {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -204,8 +209,13 @@ impl ServerCertVerifier for Pinned {
 }
 
 fn pinned(der: &[u8]) -> Arc<ClientConfig> {
+    pinned_any(&[der])
+}
+
+/// A client that accepts any of `ders` (and nothing else).
+fn pinned_any(ders: &[&[u8]]) -> Arc<ClientConfig> {
     let verifier = Arc::new(Pinned {
-        der: der.to_vec(),
+        ders: ders.iter().map(|d| d.to_vec()).collect(),
         algorithms: provider().signature_verification_algorithms,
     });
     client_config(|| {
@@ -748,6 +758,136 @@ fn sighup_switches_the_certificate_and_keeps_sessions() {
     });
 
     rt.block_on(async {
+        alice.close().await;
+        bob.close().await;
+    });
+    huddle.stop();
+}
+
+/// (3b) Fault injection (issue 17): SIGHUP and a certificate swap under load. Four
+/// clients open HTTPS connections back to back (a handshake and a GET each) while the
+/// certificate is swapped six times (A → B → A …), and two wss:// members chat
+/// throughout: every handshake succeeds with one of the two certificates, every GET
+/// is answered, the sessions from before keep chatting, and the last certificate is
+/// the one served at the end.
+#[test]
+fn sighup_swaps_under_load_without_a_failed_handshake() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = TempDir::new("sighup-load");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let a = self_signed("huddle load A");
+    let b = self_signed("huddle load B");
+    std::fs::write(&cert_path, &a.0).unwrap();
+    std::fs::write(&key_path, &a.1).unwrap();
+    let http = format!(
+        "listen = \"127.0.0.1:0\"\ntls = true\ntls_listen = \"127.0.0.1:0\"\n\
+         tls_cert = {}\ntls_key = {}\ntls_dir = {}\n\
+         max_connections_per_address = 256\nconnection_rate_per_address = 1000",
+        toml_path(&cert_path),
+        toml_path(&key_path),
+        toml_path(&dir.join("unused"))
+    );
+    let mut huddle = Running::start_with_config("sighup-load", &http, &[]);
+    assert_eq!(huddle.logged_certificate(&cert_path), fingerprint(&a.2));
+    let addr = huddle.https_address();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let either = pinned_any(&[&a.2, &b.2]);
+    let room = "load";
+    let (mut alice, mut bob) = rt.block_on(two_in_a_room(addr, &either, room));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, either) =
+                (stop.clone(), ok.clone(), failed.clone(), either.clone());
+            rt.spawn(async move {
+                let mut first_failure = None;
+                // Bounded: at most 20 000 connections or 60 s per client.
+                let started = std::time::Instant::now();
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
+                    let attempt = async {
+                        let mut tls = tls_connect(addr, &either, ip_name(addr)).await?;
+                        let req = format!(
+                            "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                        );
+                        tls.write_all(req.as_bytes())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let mut raw = Vec::new();
+                        let _ = tls.read_to_end(&mut raw).await;
+                        if raw.starts_with(b"HTTP/1.1 200") {
+                            Ok(())
+                        } else {
+                            Err(format!("answer {:?}", String::from_utf8_lossy(&raw)))
+                        }
+                    };
+                    match timeout(RECV_TIMEOUT, attempt).await {
+                        Ok(Ok(())) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            first_failure.get_or_insert(format!("{other:?}"));
+                        }
+                    }
+                }
+                first_failure
+            })
+        })
+        .collect();
+
+    let mut last = &a;
+    for swap in 0..6 {
+        let next = if swap % 2 == 0 { &b } else { &a };
+        std::fs::write(&key_path, &next.1).unwrap();
+        std::fs::write(&cert_path, &next.0).unwrap();
+        let before = ok.load(Ordering::Relaxed);
+        huddle.signal(Signal::SIGHUP);
+        let line = huddle.wait_line("HTTPS certificate reloaded", Duration::from_secs(10));
+        assert!(line.contains(&fingerprint(&next.2)), "{line}");
+        last = next;
+        rt.block_on(async {
+            chat(&mut alice, &mut bob, room, &format!("swap {swap}")).await;
+            chat(&mut bob, &mut alice, room, &format!("swap {swap} back")).await;
+            // The load goes on across the reload.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while ok.load(Ordering::Relaxed) < before + 20 && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = rt.block_on(async {
+        let mut out = Vec::new();
+        for l in load {
+            if let Some(f) = l.await.expect("load client") {
+                out.push(f);
+            }
+        }
+        out
+    });
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} HTTPS connections answered across 6 swaps, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "handshakes or requests failed across the swaps: {failures:?}"
+    );
+    // 20 more after each swap (fewer under qemu-user's emulation of the service).
+    let emulated = std::env::var("HUDDLE_TEST_EXEC_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
+    let least = if emulated { 24 } else { 120 };
+    assert!(ok >= least, "the load made only {ok} connections");
+    rt.block_on(async {
+        assert_eq!(served_certificate(addr, &last.2).await, last.2);
+        chat(&mut alice, &mut bob, room, "after the swaps").await;
         alice.close().await;
         bob.close().await;
     });

@@ -78,8 +78,9 @@ pub struct RecordStatus {
     /// Media time recorded, all segments.
     pub duration_ms: u64,
     /// When the first recorded media arrived (file time 0 of the first file): the
-    /// stream's start on a room's timeline.
-    pub first_media: Option<SystemTime>,
+    /// stream's start on a room's timeline (monotonic: a jump of the system clock
+    /// does not move it).
+    pub first_media: Option<Instant>,
     /// Why the recording stopped early.
     pub error: Option<String>,
     /// Packets dropped because the writer could not keep up.
@@ -93,7 +94,7 @@ pub struct RecordSummary {
     pub files: Vec<String>,
     pub bytes: u64,
     pub duration_ms: u64,
-    pub first_media: Option<SystemTime>,
+    pub first_media: Option<Instant>,
     pub error: Option<String>,
     pub dropped: u64,
 }
@@ -283,6 +284,7 @@ pub(crate) fn start_with<S: Storage>(
         first: meta,
         first_file: Some(file),
         started_wall: SystemTime::now(),
+        started_at: Instant::now(),
         has_video: video.is_some(),
         video,
         opus,
@@ -411,6 +413,8 @@ struct Recording<S: Storage> {
     /// The first file, created at start, until its first media.
     first_file: Option<S::File>,
     started_wall: SystemTime,
+    /// `started_wall` on the monotonic clock.
+    started_at: Instant,
     has_video: bool,
     video: Option<Video>,
     /// Channels of an Opus track.
@@ -430,7 +434,7 @@ struct Recording<S: Storage> {
     units: Vec<crate::rtmp::egress::AccessUnit>,
     closed_bytes: u64,
     closed_ms: u64,
-    first_media: Option<SystemTime>,
+    first_media: Option<Instant>,
     error: Option<String>,
     status: watch::Sender<RecordStatus>,
     dropped: Arc<AtomicU64>,
@@ -715,7 +719,8 @@ impl<S: Storage> Recording<S> {
                 }
             }
         };
-        self.first_media.get_or_insert(when);
+        self.first_media
+            .get_or_insert(self.started_at + Duration::from_millis(base_ms));
         let mut tracks = Vec::new();
         let video_track = video.map(|config| {
             tracks.push(config);

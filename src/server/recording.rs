@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -64,13 +64,13 @@ enum RecordCommand {
     FirstMedia {
         room: String,
         file: String,
-        at: SystemTime,
+        at: Instant,
     },
     /// A recording ended.
     Ended {
         room: Option<String>,
         file: String,
-        at: SystemTime,
+        at: Instant,
     },
     /// A finalized room's grace for its recordings is over.
     RoomDue {
@@ -258,10 +258,13 @@ impl RecordingTask {
 struct RoomRecording {
     manifest_path: PathBuf,
     manifest: RoomManifest,
+    /// When it started: the wall clock (its names, `started`) and the monotonic one
+    /// (its timeline: offsets and duration stay right when the system clock jumps).
     started: SystemTime,
+    t0: Instant,
     /// Recordings of its streams still running.
     running: usize,
-    finalized: Option<SystemTime>,
+    finalized: Option<Instant>,
 }
 
 struct State {
@@ -285,10 +288,8 @@ struct Active {
     stop: watch::Sender<bool>,
 }
 
-fn ms_between(from: SystemTime, to: SystemTime) -> u64 {
-    to.duration_since(from)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
+fn ms_between(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_millis() as u64
 }
 
 impl State {
@@ -325,6 +326,7 @@ impl State {
                 mix_error: None,
             },
             started,
+            t0: Instant::now(),
             running: 0,
             finalized: None,
         };
@@ -342,6 +344,7 @@ impl State {
             }
         };
         let started = SystemTime::now();
+        let started_at = Instant::now();
         let file = catalog::unique_name(&self.dir, &stream, started, ".mp4");
         let meta = RecordMeta {
             name: file.clone(),
@@ -410,7 +413,7 @@ impl State {
                     stream: stream.clone(),
                     login,
                     file: file.clone(),
-                    start_ms: ms_between(r.started, started),
+                    start_ms: ms_between(r.t0, started_at),
                     end_ms: None,
                 });
             }
@@ -489,17 +492,17 @@ impl State {
                 .send(RecordCommand::Ended {
                     room: in_room,
                     file,
-                    at: SystemTime::now(),
+                    at: Instant::now(),
                 })
                 .await;
         });
     }
 
-    fn first_media(&mut self, room: &str, file: &str, at: SystemTime) {
+    fn first_media(&mut self, room: &str, file: &str, at: Instant) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        let started = r.started;
+        let started = r.t0;
         if let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) {
             s.start_ms = ms_between(started, at);
         }
@@ -508,14 +511,14 @@ impl State {
         }
     }
 
-    fn ended(&mut self, room: Option<String>, file: &str, at: SystemTime) {
+    fn ended(&mut self, room: Option<String>, file: &str, at: Instant) {
         self.live.remove(file);
         self.active.remove(file);
         let Some(room) = room else { return };
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
-        let started = r.started;
+        let started = r.t0;
         let Some(s) = r.manifest.streams.iter_mut().find(|s| s.file == file) else {
             // A recording of an earlier recording of the room (already mixed).
             return;
@@ -573,7 +576,7 @@ impl State {
             // Its recording was stopped before the end: already being finished.
             return;
         }
-        r.finalized = Some(SystemTime::now());
+        r.finalized = Some(Instant::now());
         if r.running == 0 {
             self.finish(&room);
             return;
@@ -591,11 +594,16 @@ impl State {
         let Some(mut r) = self.rooms.remove(room) else {
             return;
         };
-        let ended = r.finalized.unwrap_or_else(SystemTime::now);
-        r.manifest.ended = Some(catalog::rfc3339(ended));
-        r.manifest.duration_ms = Some(ms_between(r.started, ended));
+        let ended = r.finalized.unwrap_or_else(Instant::now);
+        let duration_ms = ms_between(r.t0, ended);
+        // The end on the start's wall clock: a clock that jumped meanwhile moves
+        // neither the duration nor the end.
+        r.manifest.ended = Some(catalog::rfc3339(
+            r.started + Duration::from_millis(duration_ms),
+        ));
+        r.manifest.duration_ms = Some(duration_ms);
         for s in &mut r.manifest.streams {
-            s.end_ms.get_or_insert(ms_between(r.started, ended));
+            s.end_ms.get_or_insert(duration_ms);
         }
         r.manifest.mix = MixState::Pending;
         self.store(&r);
