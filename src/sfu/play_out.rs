@@ -32,6 +32,14 @@ pub const HISTORY: usize = 512;
 /// can name hundreds of packets, so what it may cost us is bounded (about the packet
 /// rate of a 2.5 Mbit/s stream).
 pub const RESEND_PER_SEC: u32 = 300;
+/// Besides, a player earns one retransmission for every two video packets it is sent
+/// (saved up to `RESEND_BURST`, which it starts with: a key frame lost whole): a
+/// player behind a congested link NACKs most of what it is sent, again and again, and
+/// answering all of it would pour more into the link than the stream itself (seen in
+/// tests/sfu_ws.rs's bad network: 2 168 datagrams dropped at a 200 kbps link carrying
+/// 400 packets). Repair then costs at most half again the stream's rate; libwebrtc caps
+/// its retransmissions by its bandwidth estimate the same way.
+pub const RESEND_BURST: u32 = 128;
 /// Sender reports this often, the first one this soon after the first packet.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 const FIRST_REPORT: Duration = Duration::from_millis(200);
@@ -85,6 +93,8 @@ pub struct PlayOut {
     clock: WallClock,
     /// Retransmissions left, and when the budget was last topped up.
     budget: (u32, Option<Instant>),
+    /// Retransmissions earned by the video sent, in halves (`RESEND_BURST`).
+    earned: u32,
 }
 
 impl std::fmt::Debug for PlayOut {
@@ -117,6 +127,7 @@ impl PlayOut {
             next_report: None,
             clock,
             budget: (RESEND_PER_SEC, None),
+            earned: 2 * RESEND_BURST,
         })
     }
 
@@ -150,6 +161,7 @@ impl PlayOut {
             self.next_report = Some(now + FIRST_REPORT);
         }
         if keep {
+            self.earned = (self.earned + 1).min(2 * RESEND_BURST);
             if self.history.is_empty() {
                 self.history.resize_with(HISTORY, || None);
             }
@@ -171,7 +183,8 @@ impl PlayOut {
     }
 
     /// The kept packets of `ssrc` with these sequence numbers, protected again, each
-    /// once, within the retransmission budget; those no longer kept are skipped.
+    /// once, within the retransmission budgets (per second, and earned by what was
+    /// sent); those no longer kept are skipped.
     pub fn resend(&mut self, now: Instant, ssrc: u32, seqs: &[u16]) -> Vec<BytesMut> {
         let (left, since) = &mut self.budget;
         let refill = since.map_or(RESEND_PER_SEC, |t| {
@@ -187,7 +200,7 @@ impl PlayOut {
         wanted.dedup();
         let mut out = Vec::new();
         for seq in wanted {
-            if self.budget.0 == 0 {
+            if self.budget.0 == 0 || self.earned < 2 {
                 break;
             }
             let slot = usize::from(seq) % HISTORY;
@@ -197,6 +210,7 @@ impl PlayOut {
             if packet.header.ssrc == ssrc && packet.header.sequence_number == seq {
                 if let Ok(b) = self.seal(&packet) {
                     self.budget.0 -= 1;
+                    self.earned -= 2;
                     out.push(b);
                 }
             }
@@ -372,21 +386,63 @@ pub(crate) mod tests {
         }
         // One NACK naming a packet a thousand times: one retransmission.
         assert_eq!(out.resend(t0, 9, &[7; 1000]).len(), 1);
-        // Every kept packet asked for, again and again: the budget, then nothing
-        // until it refills.
+        // Every kept packet asked for, again and again: what was saved up, then
+        // nothing until more is sent.
         let all: Vec<u16> = (0..HISTORY as u16).collect();
-        assert_eq!(out.resend(t0, 9, &all).len(), RESEND_PER_SEC as usize - 1);
+        assert_eq!(out.resend(t0, 9, &all).len(), RESEND_BURST as usize - 1);
         assert!(out.resend(t0, 9, &all).is_empty());
-        let later = t0 + Duration::from_millis(100);
-        assert_eq!(
-            out.resend(later, 9, &all).len(),
-            RESEND_PER_SEC as usize / 10
-        );
-        let much_later = later + Duration::from_secs(10);
-        assert_eq!(
-            out.resend(much_later, 9, &all).len(),
-            RESEND_PER_SEC as usize,
-            "the budget never exceeds a second's worth"
+        // 100 packets sent earn 50 retransmissions.
+        for seq in 0..100u16 {
+            out.protect(t0, packet(9, seq, 0, 100), 90_000, true)
+                .unwrap();
+        }
+        let later = t0 + Duration::from_millis(200);
+        assert_eq!(out.resend(later, 9, &all).len(), 50);
+        // However much is sent, at most a second's worth per second.
+        for _ in 0..4 {
+            for seq in 0..HISTORY as u16 {
+                out.protect(later, packet(9, seq, 0, 100), 90_000, true)
+                    .unwrap();
+            }
+        }
+        let soon = later + Duration::from_millis(100);
+        let n = out.resend(soon, 9, &all).len();
+        assert_eq!(n, RESEND_BURST as usize, "the saved-up burst, not more");
+        let much_later = soon + Duration::from_secs(10);
+        for _ in 0..4 {
+            for seq in 0..HISTORY as u16 {
+                out.protect(much_later, packet(9, seq, 0, 100), 90_000, true)
+                    .unwrap();
+            }
+        }
+        assert_eq!(out.resend(much_later, 9, &all).len(), RESEND_BURST as usize);
+    }
+
+    #[test]
+    fn a_player_losing_most_of_its_stream_is_repaired_at_half_its_rate_at_most() {
+        let k = keys(ProtectionProfile::AeadAes128Gcm);
+        let t0 = Instant::now();
+        let mut out = PlayOut::new(&k, clock(t0)).unwrap();
+        // 10 s of a 50-packet-a-second stream, each second's packets all asked for
+        // again (a link that loses nearly everything).
+        let mut resent = 0;
+        let mut seq = 0u16;
+        for s in 0..10u64 {
+            let now = t0 + Duration::from_secs(s);
+            let first = seq;
+            for _ in 0..50 {
+                out.protect(now, packet(9, seq, 0, 100), 90_000, true)
+                    .unwrap();
+                seq = seq.wrapping_add(1);
+            }
+            let asked: Vec<u16> = (first..seq).collect();
+            resent += out.resend(now, 9, &asked).len();
+        }
+        // At most the burst saved at the start and one for every two sent; at least
+        // the latter.
+        assert!(
+            (500 / 2..=RESEND_BURST as usize + 500 / 2).contains(&resent),
+            "{resent} retransmissions for 500 packets"
         );
     }
 
