@@ -1154,7 +1154,12 @@ fn main() {
     std::process::exit(if passed { 0 } else { 1 });
 }
 
+/// The machine and the commit, read when the run starts (the checkout may move on
+/// during an hour).
+static MACHINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 async fn soak(run: Duration, warmup: Duration, seed: u64, source: PathBuf, out: &Path) -> bool {
+    let _ = MACHINE.set(machine());
     let server = Server::start_with("soak", SECTIONS);
     let rtmp = wait_rtmp_address(&server);
     let pid = server.proc.pid;
@@ -1324,7 +1329,7 @@ fn report(
     let _ = writeln!(
         s,
         "{}, `HUDDLE_SOAK_SECONDS={}`, seed {seed}.\n",
-        machine(),
+        MACHINE.get().cloned().unwrap_or_else(machine),
         run.as_secs()
     );
     let _ = writeln!(
