@@ -218,7 +218,69 @@ def room_core():
         write("room_core", name, bytes(steps))
 
 
+def rtmp_urls():
+    # The app and the stream key on two lines, or a whole push URL.
+    write("rtmp_urls", "publisher", "daily\nalice")
+    write("rtmp_urls", "token-on-key", "daily\nalice?token=eyJh.eyJz.sig&record=true")
+    write("rtmp_urls", "token-on-app", "daily?token=abc\nalice")
+    write("rtmp_urls", "percent-utf8", "%D0%BA%D0%BE%D0%BC%D0%BD%D0%B0%D1%82%D0%B0\n%E2%82%AC%20x")
+    write("rtmp_urls", "bad-percent", "room%\n%00%2F")
+    write("rtmp_urls", "push", "rtmp://a.rtmp.youtube.com/live2/xxxx-xxxx-xxxx")
+    write("rtmp_urls", "push-port-query", "rtmp://127.0.0.1:1936/live/key?secret=1")
+    write("rtmp_urls", "push-ipv6", "rtmp://[::1]:1935/app/nested/key")
+    write("rtmp_urls", "push-rtmps", "rtmps://host/app/key")
+
+
+def admin_api_body():
+    # First byte: 0 mute, 1 push, 2 device; then the body.
+    write("admin_api_body", "mute", b"\x00" + b'{"audio": true}')
+    write("admin_api_body", "mute-empty", b"\x00{}")
+    write("admin_api_body", "mute-unknown-field", b"\x00" + b'{"audio": true, "x": 1}')
+    write("admin_api_body", "push", b"\x01" + b'{"stream": "daily-alice", "url": "rtmp://127.0.0.1/live/key", "retry_ms": 500}')
+    write("admin_api_body", "push-bad-url", b"\x01" + b'{"stream": "s", "url": "http://x/y"}')
+    write("admin_api_body", "push-wrong-type", b"\x01" + b'{"stream": 7, "url": []}')
+    write("admin_api_body", "device", b"\x02" + b'{"camera": false, "microphone": true}')
+    write("admin_api_body", "not-json", b"\x02{\"camera\": fal")
+
+
+def rtp_packet(flags, ts_step, payload):
+    # huddle::fuzz::rtp_depacketizers: flags (bit 0 marker, bits 1-3 sequence step + 2),
+    # a timestamp step (x100), a length byte, the payload.
+    return bytes([flags, ts_step, len(payload)]) + payload
+
+
+def rtp_depacketizers():
+    step = 3 << 1  # the next sequence number
+    sps = bytes([0x67, 0x42, 0xE0, 0x1F, 0xDA, 0x02, 0x80, 0xBF, 0xE5, 0x84, 0x00])
+    pps = bytes([0x68, 0xCE, 0x3C, 0x80])
+    stap = bytes([0x78, 0, len(sps)]) + sps + bytes([0, len(pps)]) + pps
+    idr = [bytes([0x7C, 0x85]) + b"\x11" * 60, bytes([0x7C, 0x05]) + b"\x22" * 60,
+           bytes([0x7C, 0x45]) + b"\x33" * 30]
+    delta = bytes([0x41]) + b"\x44" * 40
+    key = rtp_packet(step, 30, stap) + b"".join(
+        rtp_packet(step | (1 if i == 2 else 0), 0, p) for i, p in enumerate(idr))
+    write("rtp_depacketizers", "h264-key-then-delta",
+          key + rtp_packet(step | 1, 30, delta) + rtp_packet(step | 1, 30, delta))
+    # A lost fragment (sequence step 2), then a delta: dropped until the next key frame.
+    lossy = rtp_packet(step, 30, stap) + rtp_packet(step, 0, idr[0]) + \
+        rtp_packet(4 << 1, 0, idr[2]) + rtp_packet(step | 1, 30, delta) + key
+    write("rtp_depacketizers", "h264-loss", lossy)
+    # Reordered and duplicated packets (steps of -1 and 0).
+    write("rtp_depacketizers", "h264-reorder",
+          rtp_packet(step, 30, stap) + rtp_packet(4 << 1, 0, idr[1]) + rtp_packet(1 << 1, 0, idr[0])
+          + rtp_packet((3 << 1) | 1, 0, idr[2]) + rtp_packet(2 << 1, 0, idr[2]))
+    # VP8 (RFC 7741): S bit descriptor, a key frame (bit 0 of the first byte clear).
+    vp8_key = bytes([0x10, 0x50, 0x42, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x00, 0x30, 0x00]) + b"\x55" * 50
+    vp8_delta = bytes([0x10, 0x31]) + b"\x66" * 40
+    write("rtp_depacketizers", "vp8-key-delta",
+          rtp_packet(step | 1, 30, vp8_key) + rtp_packet(step | 1, 30, vp8_delta)
+          + rtp_packet(step, 30, bytes([0x10]) + vp8_delta[1:20]) + rtp_packet(step | 1, 0, bytes([0x00]) + vp8_delta[20:]))
+
+
 def main():
+    rtmp_urls()
+    admin_api_body()
+    rtp_depacketizers()
     room_core()
     room_api()
     stun()

@@ -24,6 +24,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rtmp_chunks", rtmp_chunks),
     ("flv_tags", flv_tags),
     ("room_core", room_core),
+    ("rtmp_urls", rtmp_urls),
+    ("admin_api_body", admin_api_body),
+    ("rtp_depacketizers", rtp_depacketizers),
 ];
 
 /// A Room API text frame (`signalling::wire`): every frame becomes one command, and a
@@ -418,4 +421,142 @@ pub fn room_core(data: &[u8]) {
         (0, 0, 0, 0, 0),
         "left after everyone went: {stats:?}"
     );
+}
+
+/// RTMP URLs: what a publisher or player asks for (`rtmp::url`: the app and the stream
+/// key, here the input's two lines) and a push target (`rtmp::client::Target`, from the
+/// configuration or the admin API: the whole input). An accepted request names a room
+/// and a login or stream without '/', control characters or over-long parts; an
+/// accepted target has a host, an app and a key, and its printable form never holds
+/// the key.
+pub fn rtmp_urls(data: &[u8]) {
+    use crate::rtmp::client::Target;
+    use crate::rtmp::url::{parse, MAX_PART};
+    let text = String::from_utf8_lossy(data);
+    let (app, key) = text.split_once('\n').unwrap_or((&text, ""));
+    if let Ok(p) = parse(app, key) {
+        for part in [&p.room, &p.name] {
+            assert!(!part.is_empty(), "{p:?}");
+            assert!(part.len() <= MAX_PART, "{p:?}");
+            assert!(!part.contains('/'), "{p:?}");
+            assert!(!part.chars().any(char::is_control), "{p:?}");
+        }
+    }
+    if let Ok(t) = Target::parse(&text) {
+        assert!(!t.host().is_empty() && !t.app().is_empty() && !t.key().is_empty());
+        let shown = format!("{t} {t:?} {}", t.redacted());
+        assert!(!shown.contains(t.key()), "the key in {shown:?}");
+        assert!(
+            !t.redact(&text).contains(t.key()),
+            "the key left in the redacted URL"
+        );
+    }
+}
+
+/// The admin API's JSON bodies (`server::api`: mute, push, device; the first byte picks
+/// one, the rest is the body): each is decoded and checked like the handler does, a push
+/// target's URL parsed like the push does; a refusal renders as the JSON error body the
+/// API answers with, with its code and a message.
+pub fn admin_api_body(data: &[u8]) {
+    use crate::server::api::{decode_body, error_body, DeviceRequest, MuteRequest, PushRequest};
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let refused = match which % 3 {
+        0 => decode_body::<MuteRequest>(body)
+            .and_then(MuteRequest::check)
+            .err(),
+        1 => match decode_body::<PushRequest>(body).and_then(PushRequest::check) {
+            Ok(p) => {
+                let _ = crate::rtmp::client::Target::parse(&p.url);
+                None
+            }
+            Err(e) => Some(e),
+        },
+        _ => decode_body::<DeviceRequest>(body)
+            .and_then(DeviceRequest::check)
+            .err(),
+    };
+    if let Some(e) = refused {
+        assert_eq!(e.status, 400, "{e:?}");
+        let rendered = error_body(&e);
+        let v: serde_json::Value = serde_json::from_str(&rendered).expect("an error body is JSON");
+        assert_eq!(v["code"], e.code, "{rendered}");
+        assert!(
+            v["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{rendered}"
+        );
+    }
+}
+
+/// What a publisher's RTP becomes in the recorder and the RTMP egress
+/// (`rtmp::egress::H264Depacketizer`, `record::recorder::Vp8Depacketizer`): any packet
+/// sequence — reordered, lost, duplicated, broken FU-A/STAP-A or VP8 descriptors —
+/// gives whole frames only: H.264 access units of non-empty NAL units, a key frame
+/// exactly when one holds an IDR, and one first, and after every loss, before anything
+/// else; VP8 frames non-empty, a key frame first, key exactly when the frame says so.
+/// Input: packets, each a flags byte (marker, sequence step), a timestamp step and a
+/// length byte, then the payload.
+pub fn rtp_depacketizers(data: &[u8]) {
+    use crate::device::h264::{nal_type, nal_units};
+    use crate::record::recorder::Vp8Depacketizer;
+    use crate::rtmp::egress::{H264Depacketizer, Pushed};
+    let mut packets = Vec::new();
+    let (mut seq, mut ts) = (1000u16, 90_000u32);
+    let mut rest = data;
+    while let [flags, ts_step, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (payload, next) = tail.split_at(n);
+        // Sequence steps -2..=5: duplicates, reordering, losses.
+        seq = seq.wrapping_add_signed(i16::from((flags >> 1) & 7) - 2);
+        ts = ts.wrapping_add(u32::from(*ts_step) * 100);
+        packets.push(crate::device::h264::RtpPacket {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: flags & 1 == 1,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: 0x1234,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(payload),
+        });
+        rest = next;
+    }
+
+    let mut h264 = H264Depacketizer::new();
+    let mut out = Vec::new();
+    let mut need_key = true;
+    for p in &packets {
+        out.clear();
+        let pushed = h264.push(p, &mut out);
+        for au in &out {
+            let units: Vec<&[u8]> = nal_units(&au.data).collect();
+            assert!(!units.is_empty(), "an empty access unit");
+            assert!(units.iter().all(|u| !u.is_empty()), "an empty NAL unit");
+            let idr = units.iter().any(|u| nal_type(u) == 5);
+            assert_eq!(au.key, idr, "key flag vs IDR in {units:?}");
+            assert!(
+                !need_key || au.key,
+                "a delta frame after a loss or at the start"
+            );
+            need_key = false;
+        }
+        // What this packet completed may precede the loss it revealed.
+        if pushed == Pushed::Lost {
+            need_key = true;
+        }
+    }
+
+    let mut vp8 = Vp8Depacketizer::new();
+    let mut first = true;
+    for p in &packets {
+        vp8.push(p, |frame, _ts, key| {
+            assert!(!frame.is_empty(), "an empty VP8 frame");
+            assert_eq!(key, frame[0] & 1 == 0, "the key flag vs the frame's");
+            assert!(!first || key, "the first VP8 frame is not a key frame");
+            first = false;
+        });
+    }
 }

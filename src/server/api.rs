@@ -86,11 +86,11 @@ impl IntoResponse for Failure {
             StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (
             status,
-            [(header::CACHE_CONTROL, "no-store")],
-            Json(ErrorBody {
-                error: &self.0.message,
-                code: self.0.code,
-            }),
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::CONTENT_TYPE, "application/json"),
+            ],
+            error_body(&self.0),
         )
             .into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -311,11 +311,24 @@ async fn json_body<T: DeserializeOwned>(
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;
+    Ok(decode_body(&bytes)?)
+}
+
+/// A request body's bytes as `T` (valid JSON, no unknown fields), or the 400 saying why.
+pub(crate) fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(Failure(ApiError::invalid("A JSON body is required")));
+        return Err(ApiError::invalid("A JSON body is required"));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Failure(ApiError::invalid(format!("Invalid JSON body: {e}"))))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")))
+}
+
+/// The JSON body of an error answer.
+pub(crate) fn error_body(e: &ApiError) -> String {
+    serde_json::to_string(&ErrorBody {
+        error: &e.message,
+        code: e.code,
+    })
+    .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -356,9 +369,20 @@ async fn kick(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MuteRequest {
+pub(crate) struct MuteRequest {
     audio: Option<bool>,
     video: Option<bool>,
+}
+
+impl MuteRequest {
+    pub(crate) fn check(self) -> Result<Self, ApiError> {
+        if self.audio.is_none() && self.video.is_none() {
+            return Err(ApiError::invalid(
+                "Give \"audio\" and/or \"video\" (true: muted, false: unmuted)",
+            ));
+        }
+        Ok(self)
+    }
 }
 
 async fn mute(
@@ -368,12 +392,9 @@ async fn mute(
     body: Body,
 ) -> Answer {
     let (room, login) = params(path)?;
-    let m: MuteRequest = json_body(&api, &headers, body).await?;
-    if m.audio.is_none() && m.video.is_none() {
-        return Err(Failure(ApiError::invalid(
-            "Give \"audio\" and/or \"video\" (true: muted, false: unmuted)",
-        )));
-    }
+    let m = json_body::<MuteRequest>(&api, &headers, body)
+        .await?
+        .check()?;
     let muted = api
         .shared
         .control
@@ -614,22 +635,30 @@ async fn pushes(State(api): State<Api>) -> Answer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PushRequest {
-    stream: String,
-    url: String,
+pub(crate) struct PushRequest {
+    pub(crate) stream: String,
+    pub(crate) url: String,
     retry_ms: Option<u64>,
+}
+
+impl PushRequest {
+    pub(crate) fn check(self) -> Result<Self, ApiError> {
+        if self.stream.is_empty() || self.url.is_empty() {
+            return Err(ApiError::invalid(
+                "\"stream\" and \"url\" must not be empty",
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// The retry interval of a push when the request names none (`[[rtmp.push]]`'s default).
 const DEFAULT_PUSH_RETRY_MS: u64 = 1000;
 
 async fn start_push(State(api): State<Api>, headers: HeaderMap, body: Body) -> Answer {
-    let p: PushRequest = json_body(&api, &headers, body).await?;
-    if p.stream.is_empty() || p.url.is_empty() {
-        return Err(Failure(ApiError::invalid(
-            "\"stream\" and \"url\" must not be empty",
-        )));
-    }
+    let p = json_body::<PushRequest>(&api, &headers, body)
+        .await?
+        .check()?;
     let view = api.shared.control.start_push(
         &p.stream,
         &p.url,
@@ -655,18 +684,26 @@ async fn device(State(api): State<Api>) -> Answer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeviceRequest {
+pub(crate) struct DeviceRequest {
     camera: Option<bool>,
     microphone: Option<bool>,
 }
 
-async fn set_device(State(api): State<Api>, headers: HeaderMap, body: Body) -> Answer {
-    let d: DeviceRequest = json_body(&api, &headers, body).await?;
-    if d.camera.is_none() && d.microphone.is_none() {
-        return Err(Failure(ApiError::invalid(
-            "Give \"camera\" and/or \"microphone\" (true: on, false: off)",
-        )));
+impl DeviceRequest {
+    pub(crate) fn check(self) -> Result<Self, ApiError> {
+        if self.camera.is_none() && self.microphone.is_none() {
+            return Err(ApiError::invalid(
+                "Give \"camera\" and/or \"microphone\" (true: on, false: off)",
+            ));
+        }
+        Ok(self)
     }
+}
+
+async fn set_device(State(api): State<Api>, headers: HeaderMap, body: Body) -> Answer {
+    let d = json_body::<DeviceRequest>(&api, &headers, body)
+        .await?
+        .check()?;
     ok(
         StatusCode::OK,
         api.shared.control.set_device(d.camera, d.microphone)?,

@@ -6,7 +6,7 @@
 //! a clone of `alive` so `shutdown` can wait until every socket got its close frame.
 
 mod access;
-mod api;
+pub(crate) mod api;
 mod client;
 pub(crate) mod control;
 mod driver;
