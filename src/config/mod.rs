@@ -308,6 +308,10 @@ pub struct Media {
     /// Each player's share of a burst leaves as one UDP GSO segment train (`sfu::send`);
     /// false: datagram by datagram (a network driver that mishandles UDP segmentation).
     pub udp_gso: bool,
+    /// The media socket's receive and send buffers, KiB (0: the kernel's default). The
+    /// kernel caps them at `net.core.rmem_max`/`wmem_max` (raised by the sysctl.d file
+    /// in `systemd/`).
+    pub socket_buffer_kb: u32,
 }
 
 impl Media {
@@ -332,6 +336,7 @@ impl Default for Media {
             tcp_port: None,
             workers: 0,
             udp_gso: true,
+            socket_buffer_kb: 0,
         }
     }
 }
@@ -744,6 +749,11 @@ workers = 0
 # device that refuses trains is detected and sent to datagram by datagram; false
 # never tries (a driver known to mishandle UDP segmentation offload).
 udp_gso = true
+# The media socket's receive and send buffers in KiB; 0: the kernel's default (about
+# 208 KiB). A burst that overflows the receive buffer is lost before Huddle sees it
+# (repaired by NACK, late). The kernel caps the size at net.core.rmem_max/wmem_max:
+# systemd/huddle-sysctl.conf raises them (installed by the Yocto recipe).
+socket_buffer_kb = 0
 
 [records]
 # Where stream and room recordings are written (relative to the working directory
@@ -1154,6 +1164,15 @@ impl Config {
             ));
         }
         at_least("media.ice_timeout_ms", self.media.ice_timeout_ms, 100)?;
+        if self.media.socket_buffer_kb > 65_536 {
+            return Err(invalid(
+                "media.socket_buffer_kb",
+                format!(
+                    "must be at most 65536 (64 MiB), got {}",
+                    self.media.socket_buffer_kb
+                ),
+            ));
+        }
         if self.records.dir.as_os_str().is_empty() {
             return Err(invalid("records.dir", "must not be empty".into()));
         }
@@ -1483,6 +1502,11 @@ mod tests {
         assert!(auto.udp_gso, "segment trains by default");
         assert!(!parse("[media]\nudp_gso = false\n").unwrap().media.udp_gso);
         assert!(parse("[media]\nudp_gso = 1\n").is_err());
+        assert_eq!(auto.socket_buffer_kb, 0, "the kernel's buffers by default");
+        let big = parse("[media]\nsocket_buffer_kb = 4096\n").unwrap();
+        assert_eq!(big.media.socket_buffer_kb, 4096);
+        assert!(parse("[media]\nsocket_buffer_kb = 70000\n").is_err());
+        assert!(parse("[media]\nsocket_buffer_kb = -1\n").is_err());
     }
 
     #[test]

@@ -540,6 +540,9 @@ impl Sfu {
                 port: media.udp_port,
                 why,
             })?;
+        if media.socket_buffer_kb > 0 {
+            size_buffers(&socket, media.socket_buffer_kb);
+        }
         let port = socket
             .local_addr()
             .map_err(|why| SfuError::Bind {
@@ -1282,5 +1285,55 @@ mod tests {
         assert_eq!(counters.packets_in[1].get(), 1);
         assert_eq!(counters.bytes_in[1].get(), sps.len() as u64);
         sfu.shutdown().await;
+    }
+}
+
+/// Sets the media socket's receive and send buffers to `kib` (`[media]
+/// socket_buffer_kb`); says what the kernel gave, and why when it is less. Returns the
+/// sizes (KiB) the kernel reports back for use, halved as Linux doubles them.
+pub(crate) fn size_buffers(socket: &impl std::os::fd::AsFd, kib: u32) -> (usize, usize) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    let want = kib as usize * 1024;
+    let _ = setsockopt(socket, sockopt::RcvBuf, &want);
+    let _ = setsockopt(socket, sockopt::SndBuf, &want);
+    let got = |o: Result<usize, nix::Error>| o.map_or(0, |b| b / 2 / 1024);
+    let rcv = got(getsockopt(socket, sockopt::RcvBuf));
+    let snd = got(getsockopt(socket, sockopt::SndBuf));
+    if rcv < kib as usize || snd < kib as usize {
+        warn!(
+            "media socket: buffers of {rcv} KiB (receive) and {snd} KiB (send), {kib} KiB asked ([media] socket_buffer_kb): \
+             the kernel caps them at net.core.rmem_max/wmem_max (systemd/huddle-sysctl.conf raises those)"
+        );
+    } else {
+        info!("media socket: buffers of {rcv} KiB (receive) and {snd} KiB (send)");
+    }
+    (rcv, snd)
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::size_buffers;
+
+    #[test]
+    fn buffers_are_sized_up_to_what_the_kernel_allows() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // 64 KiB is under every kernel's default cap.
+        assert_eq!(size_buffers(&socket, 64), (64, 64));
+        // 64 MiB: whatever the kernel allows, reported as it is.
+        let max = |f: &str| -> usize {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (rcv, snd) = size_buffers(&socket, 65_536);
+        let (rmax, wmax) = (
+            max("/proc/sys/net/core/rmem_max"),
+            max("/proc/sys/net/core/wmem_max"),
+        );
+        if rmax > 0 && wmax > 0 {
+            assert_eq!(rcv, (rmax / 1024).min(65_536), "rmem_max {rmax}");
+            assert_eq!(snd, (wmax / 1024).min(65_536), "wmem_max {wmax}");
+        }
     }
 }

@@ -84,6 +84,9 @@ do_install() {
     install -m 0644 ${S}/systemd/huddle.sysusers ${D}${nonarch_libdir}/sysusers.d/huddle.conf
     install -d ${D}${sysconfdir}/huddle
     install -m 0644 ${S}/systemd/huddle.toml ${D}${sysconfdir}/huddle/huddle.toml
+    # Room for the media socket's buffers ([media] socket_buffer_kb in the board profiles).
+    install -d ${D}${nonarch_libdir}/sysctl.d
+    install -m 0644 ${S}/systemd/huddle-sysctl.conf ${D}${nonarch_libdir}/sysctl.d/60-huddle.conf
 
     # Web assets, once the repository has a web/ directory (today the page is compiled into
     # the binary). ${datadir}/${BPN} is already part of ${PN}.
@@ -94,7 +97,7 @@ do_install() {
     fi
 }
 
-FILES:${PN} += "${nonarch_libdir}/sysusers.d/huddle.conf"
+FILES:${PN} += "${nonarch_libdir}/sysusers.d/huddle.conf ${nonarch_libdir}/sysctl.d/60-huddle.conf"
 CONFFILES:${PN} = "${sysconfdir}/huddle/huddle.toml"
 
 SYSTEMD_SERVICE:${PN} = "huddle.service"
