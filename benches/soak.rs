@@ -62,7 +62,7 @@ use support::{
     Ws, WsStream, AUDIO, FPS, KEY_FRAME_EVERY, PUB_VIDEO_SSRC, STEP, VIDEO,
 };
 use tokio::task::JoinHandle;
-use webrtc_client::{h264, opus, rtp_packet, stream_request, Media, RtcClient};
+use webrtc_client::{h264, opus, rtp_packet, stap_a_sps_pps, stream_request, Media, RtcClient};
 
 const SAMPLE: Duration = Duration::from_secs(10);
 const MEMBER_LOOPS: usize = 8;
@@ -495,15 +495,7 @@ impl Publisher for RealCamera {
     async fn video_frame(&mut self) {
         let c = &mut self.0;
         if c.frame.is_multiple_of(KEY_FRAME_EVERY) {
-            // A Constrained Baseline SPS (level 3.1) and its PPS (tests/sfu_ws.rs's).
-            let sps = [
-                0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0x84, 0x00,
-            ];
-            let pps = [0x68, 0xce, 0x3c, 0x80];
-            let mut stap = vec![0x78, 0x00, sps.len() as u8];
-            stap.extend(sps);
-            stap.extend([0x00, pps.len() as u8]);
-            stap.extend(pps);
+            let stap = stap_a_sps_pps();
             let ts = (c.frame * 90_000 / FPS) as u32;
             let p = rtp_packet(c.pts.0, PUB_VIDEO_SSRC, c.video_seq, ts, false, stap);
             support::write(&c.video, p, &c.sent).await;

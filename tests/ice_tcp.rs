@@ -123,14 +123,7 @@ fn packets(i: u32) -> [(RtpCodecKind, Packet); 2] {
         vec![0xfc, i as u8, 1, 2, 3],
     );
     let video = if i.is_multiple_of(50) {
-        let sps = [
-            0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0x84, 0x00,
-        ];
-        let pps = [0x68, 0xce, 0x3c, 0x80];
-        let mut stap = vec![0x78, 0x00, sps.len() as u8];
-        stap.extend(sps);
-        stap.extend([0x00, pps.len() as u8]);
-        stap.extend(pps);
+        let mut stap = stap_a_sps_pps();
         stap.extend([0x00, 0x05, 0x65, 0x88, 0x84, 0x00, 0x33]);
         stap
     } else {

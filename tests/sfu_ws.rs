@@ -348,15 +348,7 @@ fn h264_packets(pt: u8, (mut seq, ts0): (u16, u32)) -> Vec<Packet> {
         out.push(rtp_packet(pt, PUB_VIDEO_SSRC, seq, ts, marker, payload));
         seq = seq.wrapping_add(1);
     };
-    let sps = [
-        0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0x84, 0x00,
-    ];
-    let pps = [0x68, 0xce, 0x3c, 0x80];
-    let mut stap = vec![0x78, 0x00, sps.len() as u8];
-    stap.extend(sps);
-    stap.extend([0x00, pps.len() as u8]);
-    stap.extend(pps);
-    push(&mut out, ts0, false, stap);
+    push(&mut out, ts0, false, stap_a_sps_pps());
     for (i, len) in [1100, 1100, 1100, 600].into_iter().enumerate() {
         let fu_header = match i {
             0 => 0x85,

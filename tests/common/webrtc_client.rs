@@ -156,6 +156,20 @@ pub fn opus(pt: u8) -> RTCRtpCodecParameters {
     }
 }
 
+/// An H.264 STAP-A payload holding a Constrained Baseline SPS (level 3.1) and its PPS,
+/// as a browser sends before a key frame.
+pub fn stap_a_sps_pps() -> Vec<u8> {
+    let sps = [
+        0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0x84, 0x00,
+    ];
+    let pps = [0x68, 0xce, 0x3c, 0x80];
+    let mut stap = vec![0x78, 0x00, sps.len() as u8];
+    stap.extend(sps);
+    stap.extend([0x00, pps.len() as u8]);
+    stap.extend(pps);
+    stap
+}
+
 /// The offer as the Flashphoner SDK sends it: no `a=candidate` / `a=end-of-candidates`.
 pub fn strip_candidates(sdp: &str) -> String {
     sdp.split("\r\n")
