@@ -431,6 +431,44 @@ impl Client {
         })
         .await;
     }
+
+    /// Keeps this session alive while the test is busy elsewhere for longer than the
+    /// server's ping allowance (`ping_interval_ms` × `ping_misses`): a task answers
+    /// the server's pings and keeps every other frame, in order, until `Kept::back`.
+    /// A browser's socket is read all the time; a test's is read only when asked.
+    pub fn keep_alive(mut self) -> Kept {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut frames = Vec::new();
+            // Bounded: a test that forgets to take its client back ends it in 2 min.
+            let cap = Instant::now() + Duration::from_secs(120);
+            while matches!(
+                stopped.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            ) && Instant::now() < cap
+            {
+                if let Some(v) = self.recv_within(Duration::from_millis(100)).await {
+                    frames.push(v);
+                }
+            }
+            (self, frames)
+        });
+        Kept { stop, task }
+    }
+}
+
+/// A `Client` whose pings a task answers (`Client::keep_alive`).
+pub struct Kept {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(Client, Vec<Value>)>,
+}
+
+impl Kept {
+    /// The client again, and the frames that came meanwhile (pings excepted).
+    pub async fn back(self) -> (Client, Vec<Value>) {
+        let _ = self.stop.send(());
+        self.task.await.expect("the keep-alive task")
+    }
 }
 
 /// A `connection` frame as the room module sends it.
